@@ -1,0 +1,378 @@
+//! The deployment's settings, read once per request into a validated [`Config`].
+//!
+//! Settings come from `wrangler.toml` `[vars]`, `wrangler secret put`, or `.dev.vars` locally.
+//! This module sees them only through a lookup function, so it never touches `worker::Env`
+//! and the rules are tested natively. A missing or malformed setting becomes a 500 that
+//! names the setting; the value itself is never quoted, and secrets are held in [`Secret`],
+//! whose `Debug` prints nothing.
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+
+pub const DEFAULT_KLING_API_BASE: &str = "https://api-singapore.klingai.com";
+pub const DEFAULT_KLING_TIMEOUT_MS: u32 = 30_000;
+
+/// A secret string. Its `Debug` output is redacted so it cannot reach a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How the worker authenticates to Kling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KlingCredentials {
+    /// `KLING_API_KEY`: sent as the bearer token itself.
+    ApiKey(Secret),
+    /// `KLING_ACCESS_KEY` + `KLING_SECRET_KEY`: an HS256 JWT is signed per [`crate::jwt`].
+    AccessKey {
+        access_key: Secret,
+        secret_key: Secret,
+    },
+}
+
+/// One client of the proxy, from `PROXY_API_KEYS`: a tenant name and its key's SHA-256.
+#[derive(Clone, PartialEq, Eq)]
+struct ClientKey {
+    name: String,
+    key_digest: [u8; 32],
+}
+
+/// The client keys from `PROXY_API_KEYS` (`name:key,name:key`).
+///
+/// Keys are kept only as SHA-256 digests and compared in constant time, all of them every
+/// time, so neither timing nor a stray `Debug` reveals a key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientKeys(Vec<ClientKey>);
+
+impl std::fmt::Debug for ClientKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|client| &client.name))
+            .finish()
+    }
+}
+
+impl ClientKeys {
+    pub fn parse(raw: &str) -> Result<Self, &'static str> {
+        let mut clients: Vec<ClientKey> = Vec::new();
+        for entry in raw
+            .split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+        {
+            let (name, key) = entry
+                .split_once(':')
+                .ok_or("is malformed: each entry must be name:key")?;
+            let (name, key) = (name.trim(), key.trim());
+            if !is_client_name(name) {
+                return Err("is malformed: a name must be 1 to 32 letters, digits, '-' or '_'");
+            }
+            if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err("is malformed: a key must be non-empty, without spaces");
+            }
+            let key_digest = digest(key);
+            if clients.iter().any(|client| client.name == name) {
+                return Err("is malformed: a name appears twice");
+            }
+            if clients.iter().any(|client| client.key_digest == key_digest) {
+                return Err("is malformed: a key appears twice");
+            }
+            clients.push(ClientKey {
+                name: name.to_owned(),
+                key_digest,
+            });
+        }
+        if clients.is_empty() {
+            return Err("is empty: give at least one name:key pair");
+        }
+        Ok(ClientKeys(clients))
+    }
+
+    /// The name (tenant) whose key this is, if any.
+    pub fn tenant_for(&self, presented_key: &str) -> Option<&str> {
+        let presented = digest(presented_key);
+        let mut found = None;
+        for client in &self.0 {
+            if bool::from(client.key_digest.ct_eq(&presented)) {
+                found = Some(client.name.as_str());
+            }
+        }
+        found
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|client| client.name.as_str())
+    }
+}
+
+fn digest(value: &str) -> [u8; 32] {
+    Sha256::digest(value.as_bytes()).into()
+}
+
+/// A client name is also a tenant id and part of KV keys, so it is kept plain.
+fn is_client_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Every setting the worker reads, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub kling: KlingCredentials,
+    /// Kling's origin (and optional path prefix), without a trailing slash.
+    pub kling_api_base: String,
+    pub clients: ClientKeys,
+    /// Reserved for local development and tests: accept `video_url`/`callback_url` on
+    /// private and local addresses.
+    pub allow_private_urls: bool,
+    /// How long one call to Kling may take, connection and body together.
+    pub kling_timeout_ms: u32,
+}
+
+impl Config {
+    /// Reads every setting through `lookup` (which returns a setting's value if it is set).
+    /// Blank values count as unset.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ApiError> {
+        let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
+
+        let kling = match (
+            get("KLING_API_KEY"),
+            get("KLING_ACCESS_KEY"),
+            get("KLING_SECRET_KEY"),
+        ) {
+            (Some(api_key), _, _) => KlingCredentials::ApiKey(Secret::new(api_key.trim())),
+            (None, Some(access_key), Some(secret_key)) => KlingCredentials::AccessKey {
+                access_key: Secret::new(access_key.trim()),
+                secret_key: Secret::new(secret_key.trim()),
+            },
+            (None, Some(_), None) => {
+                return Err(ApiError::config(
+                    "KLING_SECRET_KEY",
+                    "is not set (KLING_ACCESS_KEY is)",
+                ))
+            }
+            (None, None, Some(_)) => {
+                return Err(ApiError::config(
+                    "KLING_ACCESS_KEY",
+                    "is not set (KLING_SECRET_KEY is)",
+                ))
+            }
+            (None, None, None) => {
+                return Err(ApiError::config(
+                    "KLING_API_KEY",
+                    "is not set (set it, or KLING_ACCESS_KEY and KLING_SECRET_KEY)",
+                ))
+            }
+        };
+
+        let kling_api_base = match get("KLING_API_BASE") {
+            None => DEFAULT_KLING_API_BASE.to_owned(),
+            Some(raw) => parse_api_base(raw.trim())
+                .ok_or_else(|| ApiError::config("KLING_API_BASE", "is not an http(s) base URL"))?,
+        };
+
+        let clients = match get("PROXY_API_KEYS") {
+            None => return Err(ApiError::config("PROXY_API_KEYS", "is not set")),
+            Some(raw) => ClientKeys::parse(&raw)
+                .map_err(|problem| ApiError::config("PROXY_API_KEYS", problem))?,
+        };
+
+        let allow_private_urls = match get("ALLOW_PRIVATE_URLS") {
+            None => false,
+            Some(raw) => parse_bool(&raw)
+                .ok_or_else(|| ApiError::config("ALLOW_PRIVATE_URLS", "must be true or false"))?,
+        };
+
+        let kling_timeout_ms = match get("KLING_TIMEOUT_MS") {
+            None => DEFAULT_KLING_TIMEOUT_MS,
+            Some(raw) => raw
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|ms| (100..=120_000).contains(ms))
+                .ok_or_else(|| {
+                    ApiError::config(
+                        "KLING_TIMEOUT_MS",
+                        "must be a whole number from 100 to 120000",
+                    )
+                })?,
+        };
+
+        Ok(Config {
+            kling,
+            kling_api_base,
+            clients,
+            allow_private_urls,
+            kling_timeout_ms,
+        })
+    }
+}
+
+fn parse_api_base(raw: &str) -> Option<String> {
+    let url = url::Url::parse(raw).ok()?;
+    let usable = matches!(url.scheme(), "http" | "https")
+        && url.host().is_some()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && url.query().is_none()
+        && url.fragment().is_none();
+    usable.then(|| url.as_str().trim_end_matches('/').to_owned())
+}
+
+fn parse_bool(raw: &str) -> Option<bool> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Some(true),
+        "false" | "0" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ApiError> {
+        let settings: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| settings.get(name).cloned())
+    }
+
+    const BASE: &[(&str, &str)] = &[
+        ("KLING_ACCESS_KEY", "ak-example"),
+        ("KLING_SECRET_KEY", "sk-example"),
+        ("PROXY_API_KEYS", "web:k_1,ops:k_2"),
+    ];
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+        let mut all: Vec<_> = BASE.to_vec();
+        all.retain(|(k, _)| !extra.iter().any(|(e, _)| e == k));
+        all.extend_from_slice(extra);
+        all
+    }
+
+    #[test]
+    fn defaults() {
+        let config = config(BASE).unwrap();
+        assert_eq!(config.kling_api_base, DEFAULT_KLING_API_BASE);
+        assert!(!config.allow_private_urls);
+        assert_eq!(config.kling_timeout_ms, DEFAULT_KLING_TIMEOUT_MS);
+        assert!(matches!(config.kling, KlingCredentials::AccessKey { .. }));
+    }
+
+    #[test]
+    fn api_key_wins_over_access_keys() {
+        let config = config(&with(&[("KLING_API_KEY", "api-example")])).unwrap();
+        assert_eq!(
+            config.kling,
+            KlingCredentials::ApiKey(Secret::new("api-example"))
+        );
+    }
+
+    #[test]
+    fn missing_credentials_name_the_setting() {
+        let error = config(&[("PROXY_API_KEYS", "web:k_1")]).unwrap_err();
+        assert_eq!(error.status, 500);
+        assert!(error.message.contains("KLING_API_KEY"), "{}", error.message);
+
+        let error =
+            config(&[("PROXY_API_KEYS", "web:k_1"), ("KLING_ACCESS_KEY", "ak")]).unwrap_err();
+        assert!(
+            error.message.contains("KLING_SECRET_KEY"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn blank_counts_as_unset() {
+        let error = config(&with(&[("PROXY_API_KEYS", "  ")])).unwrap_err();
+        assert!(
+            error.message.contains("PROXY_API_KEYS is not set"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn malformed_settings_name_the_setting_not_the_value() {
+        for (name, value) in [
+            ("PROXY_API_KEYS", "web-secret-value-without-colon"),
+            ("PROXY_API_KEYS", "we b:secret-value"),
+            ("PROXY_API_KEYS", "web:secret-value,web:secret-value-2"),
+            ("PROXY_API_KEYS", "a:secret-value,b:secret-value"),
+            ("KLING_API_BASE", "ftp://secret-value.example"),
+            ("KLING_API_BASE", "https://user:secret-value@example.com"),
+            ("ALLOW_PRIVATE_URLS", "secret-value"),
+            ("KLING_TIMEOUT_MS", "secret-value"),
+            ("KLING_TIMEOUT_MS", "5"),
+        ] {
+            let error = config(&with(&[(name, value)])).unwrap_err();
+            assert_eq!(error.status, 500);
+            assert!(error.message.contains(name), "{name}: {}", error.message);
+            assert!(
+                !error.message.contains("secret-value"),
+                "{name}: {}",
+                error.message
+            );
+        }
+    }
+
+    #[test]
+    fn api_base_is_normalised() {
+        let config = config(&with(&[("KLING_API_BASE", "http://127.0.0.1:9000/")])).unwrap();
+        assert_eq!(config.kling_api_base, "http://127.0.0.1:9000");
+    }
+
+    #[test]
+    fn client_keys_find_their_tenant() {
+        let keys = ClientKeys::parse(" web:k_1 , ops:k_2,").unwrap();
+        assert_eq!(keys.tenant_for("k_1"), Some("web"));
+        assert_eq!(keys.tenant_for("k_2"), Some("ops"));
+        assert_eq!(keys.tenant_for("k_3"), None);
+        assert_eq!(keys.tenant_for(""), None);
+        assert_eq!(keys.names().collect::<Vec<_>>(), ["web", "ops"]);
+    }
+
+    #[test]
+    fn a_key_may_contain_colons() {
+        let keys = ClientKeys::parse("web:k:with:colons").unwrap();
+        assert_eq!(keys.tenant_for("k:with:colons"), Some("web"));
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let config = config(&with(&[("KLING_API_KEY", "api-example")])).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("api-example"), "{printed}");
+        assert!(!printed.contains("k_1"), "{printed}");
+        assert!(printed.contains("web"), "{printed}");
+    }
+
+    #[test]
+    fn booleans() {
+        assert_eq!(parse_bool("TRUE"), Some(true));
+        assert_eq!(parse_bool(" false "), Some(false));
+        assert_eq!(parse_bool("maybe"), None);
+    }
+}

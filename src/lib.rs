@@ -1,0 +1,27 @@
+//! # kling-edge
+//!
+//! A Cloudflare Worker that puts Kling's video-to-audio API behind a web app: it holds the
+//! Kling credentials and signs Kling's JWTs, authenticates its own clients, validates every
+//! request before a credit is spent, and proxies Kling's create, query and list calls on
+//! Kling's own paths.
+//!
+//! ## Two kinds of module
+//! - **Pure modules** (everything at this level): Kling's wire types, validation, routing,
+//!   configuration, signing, errors. They never import `worker`, take the current time and
+//!   any randomness as arguments, and are tested natively with `cargo test`. `worker` is not
+//!   even a dependency on native targets, so the compiler keeps this line.
+//! - **Edge modules** ([`edge`], wasm32 only): the fetch handler, reading `Env`, calling
+//!   Kling, answering. Each handler reads as: authenticate, validate, call, answer.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod jwt;
+pub mod kling;
+pub mod routes;
+pub mod url_safety;
+pub mod validate;
+
+#[cfg(target_arch = "wasm32")]
+pub mod edge;

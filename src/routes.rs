@@ -1,0 +1,152 @@
+//! Which endpoint a request is for: a pure function of method and path.
+//!
+//! The worker has a handful of fixed routes, so a `match` on path segments is both smaller
+//! than `worker::Router` and testable natively. It also gives unknown paths (404) and wrong
+//! methods (405 with `Allow`) the same envelope as every other error.
+
+use percent_encoding::percent_decode_str;
+
+use crate::error::ApiError;
+use crate::validate;
+
+/// The two path families that reach Kling's video-to-audio endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `/v1/audio/video-to-audio`: Kling's own path and body.
+    Official,
+    /// `/v1/videos/video-to-audio`: the simpler body (`video_url`, `prompt`, `audio_type`)
+    /// some third-party write-ups describe; mapped onto the official call.
+    Simplified,
+}
+
+impl Family {
+    pub fn path(self) -> &'static str {
+        match self {
+            Family::Official => "/v1/audio/video-to-audio",
+            Family::Simplified => "/v1/videos/video-to-audio",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    CreateTask(Family),
+    /// One task by task id or external task id (already validated and percent-decoded).
+    QueryTask(Family, String),
+    ListTasks(Family),
+}
+
+/// Finds the route for `method` and `path` (the URL path, still percent-encoded).
+pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
+    const GET: &str = "GET";
+    const GET_POST: &str = "GET, POST";
+
+    if path == "/health" {
+        return only(method, GET, Route::Health);
+    }
+    for family in [Family::Official, Family::Simplified] {
+        let Some(rest) = path.strip_prefix(family.path()) else {
+            continue;
+        };
+        if rest.is_empty() {
+            return match method {
+                "POST" => Ok(Route::CreateTask(family)),
+                "GET" => Ok(Route::ListTasks(family)),
+                _ => Err(ApiError::method_not_allowed(method, GET_POST)),
+            };
+        }
+        if let Some(raw_id) = rest.strip_prefix('/') {
+            if raw_id.contains('/') {
+                break;
+            }
+            if method != GET {
+                return Err(ApiError::method_not_allowed(method, GET));
+            }
+            let id = percent_decode_str(raw_id)
+                .decode_utf8()
+                .map_err(|_| ApiError::bad_param("task_id", validate::IDENTIFIER_RULE))?;
+            validate::task_id("task_id", &id)?;
+            return Ok(Route::QueryTask(family, id.into_owned()));
+        }
+    }
+    Err(ApiError::no_route(path))
+}
+
+fn only(method: &str, allowed: &'static str, route: Route) -> Result<Route, ApiError> {
+    if method == allowed {
+        Ok(route)
+    } else {
+        Err(ApiError::method_not_allowed(method, allowed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_families_route_alike() {
+        for family in [Family::Official, Family::Simplified] {
+            let base = family.path();
+            assert_eq!(route("POST", base), Ok(Route::CreateTask(family)));
+            assert_eq!(route("GET", base), Ok(Route::ListTasks(family)));
+            assert_eq!(
+                route("GET", &format!("{base}/task-1")),
+                Ok(Route::QueryTask(family, "task-1".into()))
+            );
+        }
+    }
+
+    #[test]
+    fn task_ids_are_percent_decoded_then_validated() {
+        assert_eq!(
+            route("GET", "/v1/audio/video-to-audio/order%3A42"),
+            Ok(Route::QueryTask(Family::Official, "order:42".into()))
+        );
+        let error = route("GET", "/v1/audio/video-to-audio/a%20b").unwrap_err();
+        assert_eq!((error.status, error.code), (400, 1201));
+        assert!(error.message.starts_with("task_id:"), "{}", error.message);
+        let long = "x".repeat(65);
+        assert_eq!(
+            route("GET", &format!("/v1/audio/video-to-audio/{long}"))
+                .unwrap_err()
+                .status,
+            400
+        );
+        assert_eq!(
+            route("GET", "/v1/audio/video-to-audio/%FF")
+                .unwrap_err()
+                .status,
+            400
+        );
+    }
+
+    #[test]
+    fn unknown_paths_and_methods() {
+        assert_eq!(
+            route("GET", "/v1/audio/video-to-audiox")
+                .unwrap_err()
+                .status,
+            404
+        );
+        assert_eq!(
+            route("GET", "/v1/audio/video-to-audio/a/b")
+                .unwrap_err()
+                .status,
+            404
+        );
+        assert_eq!(route("GET", "/").unwrap_err().status, 404);
+        let error = route("DELETE", "/v1/audio/video-to-audio").unwrap_err();
+        assert_eq!(error.status, 405);
+        assert_eq!(error.header, Some(("Allow", "GET, POST".into())));
+        assert_eq!(
+            route("POST", "/v1/audio/video-to-audio/t")
+                .unwrap_err()
+                .status,
+            405
+        );
+        assert_eq!(route("POST", "/health").unwrap_err().status, 405);
+        assert_eq!(route("GET", "/health"), Ok(Route::Health));
+    }
+}
