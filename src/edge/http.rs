@@ -1,0 +1,54 @@
+//! Building the worker's responses and reading request bodies.
+
+use futures_util::StreamExt;
+use worker::{Headers, Request, Response};
+
+use crate::error::ApiError;
+
+/// Request bodies above this are refused with 413 before they are read in full.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A JSON response with the headers every answer carries.
+pub fn json(status: u16, body: impl Into<Vec<u8>>, request_id: &str) -> Response {
+    let headers = Headers::new();
+    let _ = headers.set("Content-Type", "application/json; charset=utf-8");
+    let _ = headers.set("Cache-Control", "no-store");
+    let _ = headers.set("X-Content-Type-Options", "nosniff");
+    let _ = headers.set("X-Request-Id", request_id);
+    Response::builder()
+        .with_status(status)
+        .with_headers(headers)
+        .fixed(body.into())
+}
+
+/// An error in Kling's envelope, with its extra header if it has one.
+pub fn error(error: &ApiError, request_id: &str) -> Response {
+    let response = json(error.status, error.envelope(request_id), request_id);
+    if let Some((name, value)) = &error.header {
+        let _ = response.headers().set(name, value);
+    }
+    response
+}
+
+/// Reads the body, refusing (413) one larger than [`MAX_BODY_BYTES`] without reading the
+/// rest: by its `Content-Length` when it declares one, else as soon as the stream passes it.
+pub async fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
+    let declared = request.headers().get("Content-Length").ok().flatten();
+    if let Some(length) = declared.and_then(|value| value.trim().parse::<u64>().ok()) {
+        if length > MAX_BODY_BYTES as u64 {
+            return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
+        }
+    }
+    let Ok(mut stream) = request.stream() else {
+        return Ok(Vec::new());
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ApiError::bad_request("body: could not be read"))?;
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
