@@ -1,0 +1,27 @@
+# The two commands of the README's quick start are `make dev` and `make test`;
+# each installs whatever is missing first (scripts/setup.sh).
+.PHONY: dev test setup build deploy clean
+
+## Run the worker locally (workerd, local KV, the local Kling stand-in unless .dev.vars has Kling credentials).
+dev:
+	@scripts/setup.sh
+	@PATH="$(CURDIR)/node_modules/.bin:$$PATH" node scripts/dev.mjs
+
+## Run every test: lints, native unit tests, wasm32 tests, end-to-end tests in workerd.
+test:
+	@scripts/test.sh
+
+## Install the toolchain pieces and npm packages that are missing.
+setup:
+	@scripts/setup.sh
+
+## Build the worker into build/ (what wrangler's [build] runs).
+build: setup
+	@scripts/build.sh
+
+## Deploy with wrangler (after `wrangler login` and the secrets: see README).
+deploy: setup
+	@PATH="$(CURDIR)/node_modules/.bin:$$PATH" wrangler deploy
+
+clean:
+	rm -rf build target .wrangler
