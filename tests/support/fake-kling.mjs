@@ -1,0 +1,302 @@
+// A strict stand-in for Kling's API, on loopback.
+//
+// Kling itself cannot be reached from CI, so this plays it, as strictly as Kling does:
+// - every call must carry `Authorization: Bearer <token>`; the token is either the API key
+//   or an HS256 JWT that is verified like Kling verifies it (signature with the secret key,
+//   `alg`, `iss`, `nbf`, `exp`), answering 401 with Kling's codes 1001-1004 otherwise;
+// - it answers in Kling's envelope, keeps tasks in memory, rejects a create body with
+//   fields Kling does not define, and pages the list like Kling;
+// - it records every request (and the token it carried) for tests to inspect;
+// - tests can make the next calls fail, drop the connection, or hang;
+// - it POSTs callbacks to a task's callback_url, optionally signed the Standard Webhooks
+//   way, and with `autoProgress` moves each task submitted -> processing -> succeed by
+//   itself (the local development stand-in), serving a playable sample video and audio.
+
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const SAMPLES_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../samples');
+const CREATE_FIELDS = new Set([
+  'video_id', 'video_url', 'sound_effect_prompt', 'bgm_prompt', 'asmr_mode', 'callback_url',
+  'external_task_id',
+]);
+const BASE_PATH = '/v1/audio/video-to-audio';
+
+const b64url = (buf) => Buffer.from(buf).toString('base64url');
+
+/** Verifies a bearer token as Kling does. Returns null when valid, else [code, message]. */
+export function verifyKlingToken(token, { accessKey, secretKey, apiKey }, nowSeconds) {
+  if (apiKey && token === apiKey) return null;
+  if (!accessKey || !secretKey) return [1002, 'token invalid'];
+  const parts = token.split('.');
+  if (parts.length !== 3) return [1002, 'token invalid: not a JWT'];
+  let header;
+  let claims;
+  try {
+    header = JSON.parse(Buffer.from(parts[0], 'base64url').toString('utf8'));
+    claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+  } catch {
+    return [1002, 'token invalid: undecodable'];
+  }
+  if (header.alg !== 'HS256') return [1002, `token invalid: alg ${header.alg}`];
+  if (header.typ !== undefined && header.typ !== 'JWT') return [1002, 'token invalid: typ'];
+  const expected = crypto.createHmac('sha256', secretKey).update(`${parts[0]}.${parts[1]}`).digest();
+  const given = Buffer.from(parts[2], 'base64url');
+  if (given.length !== expected.length || !crypto.timingSafeEqual(given, expected)) {
+    return [1002, 'token invalid: signature'];
+  }
+  if (claims.iss !== accessKey) return [1002, 'token invalid: iss'];
+  if (typeof claims.nbf !== 'number') return [1002, 'token invalid: no nbf'];
+  if (typeof claims.exp !== 'number') return [1002, 'token invalid: no exp'];
+  if (nowSeconds < claims.nbf) return [1003, 'token not yet valid'];
+  if (nowSeconds >= claims.exp) return [1004, 'token expired'];
+  return null;
+}
+
+/** Signs a body the Standard Webhooks way (as Kling's signed callbacks are). */
+export function signWebhook(secret, id, timestamp, body) {
+  const key = Buffer.from(secret.replace(/^whsec_/, ''), 'base64');
+  const mac = crypto.createHmac('sha256', key).update(`${id}.${timestamp}.${body}`).digest('base64');
+  return `v1,${mac}`;
+}
+
+function envelope(code, message, data) {
+  const body = { code, message, request_id: crypto.randomUUID() };
+  if (data !== undefined) body.data = data;
+  return body;
+}
+
+export class FakeKling {
+  constructor({ accessKey, secretKey, apiKey, autoProgress = false, webhookSecret, stepMs = 1500 } = {}) {
+    this.credentials = { accessKey, secretKey, apiKey };
+    this.autoProgress = autoProgress;
+    this.webhookSecret = webhookSecret;
+    this.stepMs = stepMs;
+    this.requests = [];
+    this.callbacks = [];
+    this.tasks = new Map();
+    this.faults = [];
+    this.sockets = new Set();
+    this.timers = new Set();
+    this.nextId = 1;
+    this.server = http.createServer((req, res) => this.#serve(req, res));
+    this.server.on('connection', (socket) => {
+      this.sockets.add(socket);
+      socket.on('close', () => this.sockets.delete(socket));
+    });
+  }
+
+  async listen(port = 0, host = '127.0.0.1') {
+    await new Promise((resolve) => this.server.listen(port, host, resolve));
+    this.url = `http://${host}:${this.server.address().port}`;
+    return this;
+  }
+
+  async close() {
+    for (const timer of this.timers) clearTimeout(timer);
+    for (const socket of this.sockets) socket.destroy();
+    await new Promise((resolve) => this.server.close(resolve));
+  }
+
+  /** The calls that reached the API (not sample downloads). */
+  apiRequests(method, pathPrefix = BASE_PATH) {
+    return this.requests.filter(
+      (r) => (!method || r.method === method) && r.path.startsWith(pathPrefix),
+    );
+  }
+
+  /** Makes the next `count` matching calls fail: kind is 'drop', 'hang' or a status. */
+  injectFault({ method, kind, status = 500, body, count = 1 }) {
+    this.faults.push({ method, kind, status, body, count });
+  }
+
+  /** Moves a task to a new state, as Kling does, and POSTs the callback if it has a URL. */
+  async advance(taskId, status, { withAudios = true, updatedAt, callback = true, signature } = {}) {
+    const task = this.tasks.get(taskId);
+    if (!task) throw new Error(`no task ${taskId}`);
+    task.data.task_status = status;
+    task.data.updated_at = updatedAt ?? Math.max(Date.now(), task.data.updated_at + 1);
+    if (status === 'processing') task.data.task_status_msg = '';
+    if (status === 'failed') task.data.task_status_msg = 'The video could not be processed';
+    if (status === 'succeed') {
+      task.data.task_result = this.#result(task, withAudios);
+      task.data.final_unit_deduction = '1';
+    }
+    if (callback && task.callbackUrl) return this.sendCallback(taskId, { signature });
+    return null;
+  }
+
+  /** POSTs the task's current data to its callback URL; returns the receiver's status. */
+  async sendCallback(taskId, { data, url, signature, headers = {} } = {}) {
+    const task = this.tasks.get(taskId);
+    const body = JSON.stringify(data ?? task.data);
+    const target = url ?? task.callbackUrl;
+    const sent = { 'content-type': 'application/json', ...headers };
+    if (this.webhookSecret && signature !== false) {
+      const id = `msg_${crypto.randomUUID()}`;
+      const timestamp = Math.floor(Date.now() / 1000);
+      sent['webhook-id'] = id;
+      sent['webhook-timestamp'] = String(timestamp);
+      sent['webhook-signature'] = signWebhook(this.webhookSecret, id, timestamp, body);
+    }
+    const response = await fetch(target, { method: 'POST', headers: sent, body });
+    const record = { taskId, url: target, status: response.status, body: await response.text() };
+    this.callbacks.push(record);
+    return record;
+  }
+
+  #result(task, withAudios) {
+    const base = this.url;
+    const result = {
+      videos: [{ id: `${task.data.task_id}-v`, url: `${base}/samples/sample-video.mp4`, duration: '5.0' }],
+    };
+    if (withAudios) {
+      result.audios = [{
+        id: `${task.data.task_id}-a`,
+        url_mp3: `${base}/samples/sample-audio.mp3`,
+        url_wav: `${base}/samples/sample-audio.wav`,
+        duration_mp3: '5.0',
+        duration_wav: '5.0',
+      }];
+    }
+    return result;
+  }
+
+  #takeFault(method) {
+    const index = this.faults.findIndex((f) => !f.method || f.method === method);
+    if (index < 0) return null;
+    const fault = this.faults[index];
+    fault.count -= 1;
+    if (fault.count <= 0) this.faults.splice(index, 1);
+    return fault;
+  }
+
+  async #serve(req, res) {
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    const raw = Buffer.concat(chunks).toString('utf8');
+    const url = new URL(req.url, 'http://fake-kling');
+    const record = { method: req.method, path: url.pathname + url.search, headers: req.headers, raw };
+    if (url.pathname.startsWith('/samples/')) return this.#sample(url.pathname, res);
+    this.requests.push(record);
+
+    const send = (status, body) => {
+      res.writeHead(status, { 'content-type': 'application/json; charset=utf-8' });
+      res.end(JSON.stringify(body));
+    };
+
+    const auth = req.headers.authorization ?? '';
+    if (!auth) return send(401, envelope(1001, 'Authorization header is empty'));
+    if (!auth.startsWith('Bearer ')) return send(401, envelope(1002, 'token invalid'));
+    record.token = auth.slice('Bearer '.length);
+    const rejected = verifyKlingToken(record.token, this.credentials, Math.floor(Date.now() / 1000));
+    if (rejected) return send(401, envelope(rejected[0], rejected[1]));
+
+    const fault = this.#takeFault(req.method);
+    if (fault) {
+      record.fault = fault.kind;
+      if (fault.kind === 'drop') return req.socket.destroy();
+      if (fault.kind === 'hang') return; // never answers; close() destroys the socket
+      return send(fault.status, fault.body ?? envelope(5000, 'internal error'));
+    }
+
+    if (url.pathname === BASE_PATH && req.method === 'POST') return this.#create(raw, record, send);
+    if (url.pathname === BASE_PATH && req.method === 'GET') return this.#list(url, send);
+    if (url.pathname.startsWith(`${BASE_PATH}/`) && req.method === 'GET') {
+      const id = decodeURIComponent(url.pathname.slice(BASE_PATH.length + 1));
+      const task = this.tasks.get(id)
+        ?? [...this.tasks.values()].find((t) => t.data.task_info.external_task_id === id);
+      if (!task) return send(404, envelope(1203, 'task not found'));
+      return send(200, envelope(0, 'SUCCEED', task.data));
+    }
+    return send(404, envelope(1202, 'invalid method'));
+  }
+
+  #create(raw, record, send) {
+    let body;
+    try {
+      body = JSON.parse(raw);
+    } catch {
+      return send(400, envelope(1200, 'invalid request body'));
+    }
+    record.body = body;
+    const unknown = Object.keys(body).filter((k) => !CREATE_FIELDS.has(k));
+    if (unknown.length) return send(400, envelope(1201, `unknown parameter ${unknown[0]}`));
+    if (!body.video_id === !body.video_url) return send(400, envelope(1201, 'video_id or video_url'));
+    for (const field of ['sound_effect_prompt', 'bgm_prompt']) {
+      if (body[field] !== undefined && [...body[field]].length > 200) {
+        return send(400, envelope(1201, `${field} too long`));
+      }
+    }
+    const externalId = body.external_task_id;
+    if (externalId && [...this.tasks.values()].some((t) => t.data.task_info.external_task_id === externalId)) {
+      return send(400, envelope(1201, 'external_task_id already exists'));
+    }
+    const now = Date.now();
+    const taskId = `${860000000000000000n + BigInt(this.nextId++)}`;
+    const data = {
+      task_id: taskId,
+      task_status: 'submitted',
+      task_status_msg: '',
+      task_info: {
+        external_task_id: externalId ?? '',
+        parent_video: body.video_url ? { id: '', url: body.video_url, duration: '5.0' } : { id: body.video_id, url: '', duration: '5.0' },
+      },
+      created_at: now,
+      updated_at: now,
+    };
+    const task = { data, callbackUrl: body.callback_url, body };
+    this.tasks.set(taskId, task);
+    send(200, envelope(0, 'SUCCEED', {
+      task_id: taskId,
+      task_status: 'submitted',
+      task_info: { external_task_id: data.task_info.external_task_id },
+      created_at: now,
+      updated_at: now,
+    }));
+    if (this.autoProgress) this.#progress(taskId);
+  }
+
+  #progress(taskId) {
+    const later = (ms, fn) => {
+      const timer = setTimeout(() => {
+        this.timers.delete(timer);
+        fn().catch((error) => console.error(`[fake-kling] callback for ${taskId} failed: ${error.message}`));
+      }, ms);
+      this.timers.add(timer);
+    };
+    later(this.stepMs, () => this.advance(taskId, 'processing'));
+    later(this.stepMs * 3, () => this.advance(taskId, 'succeed'));
+  }
+
+  #list(url, send) {
+    const pageNum = Number(url.searchParams.get('pageNum') ?? 1);
+    const pageSize = Number(url.searchParams.get('pageSize') ?? 30);
+    if (!Number.isInteger(pageNum) || pageNum < 1 || pageNum > 1000) return send(400, envelope(1201, 'pageNum'));
+    if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 500) return send(400, envelope(1201, 'pageSize'));
+    const all = [...this.tasks.values()].map((t) => t.data).sort((a, b) => b.created_at - a.created_at);
+    send(200, envelope(0, 'SUCCEED', all.slice((pageNum - 1) * pageSize, pageNum * pageSize)));
+  }
+
+  #sample(pathname, res) {
+    const file = path.join(SAMPLES_DIR, path.basename(pathname));
+    const types = { '.mp4': 'video/mp4', '.mp3': 'audio/mpeg', '.wav': 'audio/wav' };
+    if (!fs.existsSync(file)) {
+      res.writeHead(404);
+      return res.end();
+    }
+    res.writeHead(200, {
+      'content-type': types[path.extname(file)] ?? 'application/octet-stream',
+      'access-control-allow-origin': '*',
+      'content-length': fs.statSync(file).size,
+    });
+    fs.createReadStream(file).pipe(res);
+  }
+}
+
+export async function startFakeKling(options) {
+  return new FakeKling(options).listen(options?.port ?? 0);
+}

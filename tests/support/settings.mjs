@@ -1,0 +1,22 @@
+// Test credentials: made up for the tests, valid nowhere else.
+
+export const ACCESS_KEY = 'ak_test_8c1f2e0d';
+export const SECRET_KEY = 'sk_test_5b7e9a3c41d2f6e8a0b9c7d5';
+export const KLING_API_KEY = 'kling_api_test_2f4e6a8c0e1d3b5f';
+export const WEB_KEY = 'pk_web_test_9d8c7b6a5f4e3d2c';
+export const OPS_KEY = 'pk_ops_test_1a2b3c4d5e6f7a8b';
+
+/** The settings of a worker that signs JWTs and talks to `fake`. */
+export function baseSettings(fake, extra = {}) {
+  return {
+    KLING_ACCESS_KEY: ACCESS_KEY,
+    KLING_SECRET_KEY: SECRET_KEY,
+    KLING_API_BASE: fake.url,
+    PROXY_API_KEYS: `web:${WEB_KEY},ops:${OPS_KEY}`,
+    KLING_TIMEOUT_MS: '2000',
+    ...extra,
+  };
+}
+
+/** Every secret value a test worker may hold: none may ever appear in a response or log. */
+export const SECRETS = [SECRET_KEY, KLING_API_KEY, WEB_KEY, OPS_KEY];

@@ -1,0 +1,125 @@
+// Runs the built worker in workerd through `wrangler dev` (local KV, real HTTP) for a test
+// file, with settings of the test's choosing, and collects everything it logs.
+//
+// The settings go into a temporary env file passed with --env-file, so a developer's own
+// .dev.vars never leaks into a test run.
+
+import { spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const BIN = path.join(ROOT, 'node_modules/.bin');
+
+export async function freePort() {
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+function envFileLine(name, value) {
+  return `${name}='${String(value).replace(/'/g, '')}'`;
+}
+
+export class WorkerProcess {
+  constructor() {
+    this.output = '';
+  }
+
+  /** Everything wrangler and the worker printed (logs included). */
+  logs() {
+    return this.output;
+  }
+
+  async stop() {
+    if (!this.child || this.child.exitCode !== null) return;
+    const exited = new Promise((resolve) => this.child.once('exit', resolve));
+    process.kill(-this.child.pid, 'SIGTERM');
+    const timer = setTimeout(() => {
+      try { process.kill(-this.child.pid, 'SIGKILL'); } catch { /* already gone */ }
+    }, 5000);
+    await exited;
+    clearTimeout(timer);
+    await fs.rm(this.dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Starts `wrangler dev` with `settings` (name -> value) as its vars and secrets.
+ * Resolves once /health answers.
+ */
+export async function startWorker(settings, { persistTo } = {}) {
+  const worker = new WorkerProcess();
+  worker.dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kling-edge-test-'));
+  const envFile = path.join(worker.dir, 'settings.env');
+  await fs.writeFile(envFile, Object.entries(settings).map(([k, v]) => envFileLine(k, v)).join('\n'));
+  const port = await freePort();
+  const inspectorPort = await freePort();
+  worker.url = `http://127.0.0.1:${port}`;
+  worker.child = spawn(path.join(BIN, 'wrangler'), [
+    'dev',
+    '--ip', '127.0.0.1',
+    '--port', String(port),
+    '--inspector-port', String(inspectorPort),
+    '--env-file', envFile,
+    '--persist-to', persistTo ?? path.join(worker.dir, 'state'),
+    '--show-interactive-dev-session=false',
+  ], {
+    cwd: ROOT,
+    detached: true,
+    env: {
+      ...process.env,
+      PATH: `${BIN}:${process.env.PATH}`,
+      WRANGLER_SEND_METRICS: 'false',
+      CI: '1',
+      NO_COLOR: '1',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const append = (chunk) => { worker.output += chunk.toString(); };
+  worker.child.stdout.on('data', append);
+  worker.child.stderr.on('data', append);
+
+  const deadline = Date.now() + 120_000;
+  while (Date.now() < deadline) {
+    if (worker.child.exitCode !== null) {
+      throw new Error(`wrangler dev exited (${worker.child.exitCode}):\n${worker.output}`);
+    }
+    try {
+      const response = await fetch(`${worker.url}/health`);
+      if (response.status === 200) return worker;
+    } catch { /* not listening yet */ }
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+  await worker.stop();
+  throw new Error(`wrangler dev did not become healthy:\n${worker.output}`);
+}
+
+/**
+ * One HTTP call to the worker. Returns status, headers, the raw text and the parsed JSON
+ * (or undefined), and records the exchange on `transcript` for the secret audit.
+ */
+export async function call(worker, method, pathname, { key, body, headers = {}, raw } = {}) {
+  const sent = { ...headers };
+  if (key) sent.authorization = `Bearer ${key}`;
+  let payload = raw;
+  if (body !== undefined) {
+    payload = JSON.stringify(body);
+    sent['content-type'] = 'application/json';
+  }
+  const response = await fetch(`${worker.url}${pathname}`, { method, headers: sent, body: payload });
+  const text = await response.text();
+  let json;
+  try { json = JSON.parse(text); } catch { json = undefined; }
+  const result = { status: response.status, headers: response.headers, text, json };
+  transcript.push({ method, pathname, status: response.status, headers: [...response.headers], text });
+  return result;
+}
+
+/** Every response the tests received, for the audit that no secret ever leaves. */
+export const transcript = [];
