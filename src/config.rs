@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::error::ApiError;
+use crate::webhook::WebhookKey;
 
 pub const DEFAULT_KLING_API_BASE: &str = "https://api-singapore.klingai.com";
 pub const DEFAULT_KLING_TIMEOUT_MS: u32 = 30_000;
@@ -40,10 +41,7 @@ pub enum KlingCredentials {
     /// `KLING_API_KEY`: sent as the bearer token itself.
     ApiKey(Secret),
     /// `KLING_ACCESS_KEY` + `KLING_SECRET_KEY`: an HS256 JWT is signed per [`crate::jwt`].
-    AccessKey {
-        access_key: Secret,
-        secret_key: Secret,
-    },
+    AccessKey { access_key: Secret, secret_key: Secret },
 }
 
 /// One client of the proxy, from `PROXY_API_KEYS`: a tenant name and its key's SHA-256.
@@ -62,23 +60,15 @@ pub struct ClientKeys(Vec<ClientKey>);
 
 impl std::fmt::Debug for ClientKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|client| &client.name))
-            .finish()
+        f.debug_list().entries(self.0.iter().map(|client| &client.name)).finish()
     }
 }
 
 impl ClientKeys {
     pub fn parse(raw: &str) -> Result<Self, &'static str> {
         let mut clients: Vec<ClientKey> = Vec::new();
-        for entry in raw
-            .split(',')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-        {
-            let (name, key) = entry
-                .split_once(':')
-                .ok_or("is malformed: each entry must be name:key")?;
+        for entry in raw.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+            let (name, key) = entry.split_once(':').ok_or("is malformed: each entry must be name:key")?;
             let (name, key) = (name.trim(), key.trim());
             if !is_client_name(name) {
                 return Err("is malformed: a name must be 1 to 32 letters, digits, '-' or '_'");
@@ -93,10 +83,7 @@ impl ClientKeys {
             if clients.iter().any(|client| client.key_digest == key_digest) {
                 return Err("is malformed: a key appears twice");
             }
-            clients.push(ClientKey {
-                name: name.to_owned(),
-                key_digest,
-            });
+            clients.push(ClientKey { name: name.to_owned(), key_digest });
         }
         if clients.is_empty() {
             return Err("is empty: give at least one name:key pair");
@@ -128,9 +115,7 @@ fn digest(value: &str) -> [u8; 32] {
 /// A client name is also a tenant id and part of KV keys, so it is kept plain.
 fn is_client_name(name: &str) -> bool {
     (1..=32).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Every setting the worker reads, validated.
@@ -145,6 +130,14 @@ pub struct Config {
     pub allow_private_urls: bool,
     /// How long one call to Kling may take, connection and body together.
     pub kling_timeout_ms: u32,
+    /// The origin Kling's callbacks are sent to (`PUBLIC_BASE_URL`); when unset, the origin
+    /// of the create request.
+    pub public_base_url: Option<String>,
+    /// `KLING_WEBHOOK_SECRET`: when set, Kling's callbacks must carry a valid signature.
+    pub kling_webhook_key: Option<WebhookKey>,
+    /// `PROXY_WEBHOOK_SECRET`: signs the webhooks forwarded to clients. Without it, creates
+    /// with a `callback_url` are refused (a client could not verify what it receives).
+    pub proxy_webhook_key: Option<WebhookKey>,
 }
 
 impl Config {
@@ -153,27 +146,17 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ApiError> {
         let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
 
-        let kling = match (
-            get("KLING_API_KEY"),
-            get("KLING_ACCESS_KEY"),
-            get("KLING_SECRET_KEY"),
-        ) {
+        let kling = match (get("KLING_API_KEY"), get("KLING_ACCESS_KEY"), get("KLING_SECRET_KEY")) {
             (Some(api_key), _, _) => KlingCredentials::ApiKey(Secret::new(api_key.trim())),
             (None, Some(access_key), Some(secret_key)) => KlingCredentials::AccessKey {
                 access_key: Secret::new(access_key.trim()),
                 secret_key: Secret::new(secret_key.trim()),
             },
             (None, Some(_), None) => {
-                return Err(ApiError::config(
-                    "KLING_SECRET_KEY",
-                    "is not set (KLING_ACCESS_KEY is)",
-                ))
+                return Err(ApiError::config("KLING_SECRET_KEY", "is not set (KLING_ACCESS_KEY is)"))
             }
             (None, None, Some(_)) => {
-                return Err(ApiError::config(
-                    "KLING_ACCESS_KEY",
-                    "is not set (KLING_SECRET_KEY is)",
-                ))
+                return Err(ApiError::config("KLING_ACCESS_KEY", "is not set (KLING_SECRET_KEY is)"))
             }
             (None, None, None) => {
                 return Err(ApiError::config(
@@ -191,8 +174,9 @@ impl Config {
 
         let clients = match get("PROXY_API_KEYS") {
             None => return Err(ApiError::config("PROXY_API_KEYS", "is not set")),
-            Some(raw) => ClientKeys::parse(&raw)
-                .map_err(|problem| ApiError::config("PROXY_API_KEYS", problem))?,
+            Some(raw) => {
+                ClientKeys::parse(&raw).map_err(|problem| ApiError::config("PROXY_API_KEYS", problem))?
+            }
         };
 
         let allow_private_urls = match get("ALLOW_PRIVATE_URLS") {
@@ -203,17 +187,24 @@ impl Config {
 
         let kling_timeout_ms = match get("KLING_TIMEOUT_MS") {
             None => DEFAULT_KLING_TIMEOUT_MS,
-            Some(raw) => raw
-                .trim()
-                .parse::<u32>()
-                .ok()
-                .filter(|ms| (100..=120_000).contains(ms))
-                .ok_or_else(|| {
-                    ApiError::config(
-                        "KLING_TIMEOUT_MS",
-                        "must be a whole number from 100 to 120000",
-                    )
-                })?,
+            Some(raw) => {
+                raw.trim().parse::<u32>().ok().filter(|ms| (100..=120_000).contains(ms)).ok_or_else(|| {
+                    ApiError::config("KLING_TIMEOUT_MS", "must be a whole number from 100 to 120000")
+                })?
+            }
+        };
+
+        let public_base_url = match get("PUBLIC_BASE_URL") {
+            None => None,
+            Some(raw) => Some(
+                parse_api_base(raw.trim())
+                    .ok_or_else(|| ApiError::config("PUBLIC_BASE_URL", "is not an http(s) base URL"))?,
+            ),
+        };
+        let webhook_key = |name: &'static str| -> Result<Option<WebhookKey>, ApiError> {
+            get(name)
+                .map(|raw| WebhookKey::from_secret(&raw).map_err(|problem| ApiError::config(name, problem)))
+                .transpose()
         };
 
         Ok(Config {
@@ -222,6 +213,9 @@ impl Config {
             clients,
             allow_private_urls,
             kling_timeout_ms,
+            public_base_url,
+            kling_webhook_key: webhook_key("KLING_WEBHOOK_SECRET")?,
+            proxy_webhook_key: webhook_key("PROXY_WEBHOOK_SECRET")?,
         })
     }
 }
@@ -251,10 +245,8 @@ mod tests {
     use std::collections::HashMap;
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ApiError> {
-        let settings: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let settings: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|name| settings.get(name).cloned())
     }
 
@@ -283,10 +275,7 @@ mod tests {
     #[test]
     fn api_key_wins_over_access_keys() {
         let config = config(&with(&[("KLING_API_KEY", "api-example")])).unwrap();
-        assert_eq!(
-            config.kling,
-            KlingCredentials::ApiKey(Secret::new("api-example"))
-        );
+        assert_eq!(config.kling, KlingCredentials::ApiKey(Secret::new("api-example")));
     }
 
     #[test]
@@ -295,23 +284,14 @@ mod tests {
         assert_eq!(error.status, 500);
         assert!(error.message.contains("KLING_API_KEY"), "{}", error.message);
 
-        let error =
-            config(&[("PROXY_API_KEYS", "web:k_1"), ("KLING_ACCESS_KEY", "ak")]).unwrap_err();
-        assert!(
-            error.message.contains("KLING_SECRET_KEY"),
-            "{}",
-            error.message
-        );
+        let error = config(&[("PROXY_API_KEYS", "web:k_1"), ("KLING_ACCESS_KEY", "ak")]).unwrap_err();
+        assert!(error.message.contains("KLING_SECRET_KEY"), "{}", error.message);
     }
 
     #[test]
     fn blank_counts_as_unset() {
         let error = config(&with(&[("PROXY_API_KEYS", "  ")])).unwrap_err();
-        assert!(
-            error.message.contains("PROXY_API_KEYS is not set"),
-            "{}",
-            error.message
-        );
+        assert!(error.message.contains("PROXY_API_KEYS is not set"), "{}", error.message);
     }
 
     #[test]
@@ -326,16 +306,27 @@ mod tests {
             ("ALLOW_PRIVATE_URLS", "secret-value"),
             ("KLING_TIMEOUT_MS", "secret-value"),
             ("KLING_TIMEOUT_MS", "5"),
+            ("PUBLIC_BASE_URL", "secret-value"),
+            ("KLING_WEBHOOK_SECRET", "whsec_secret-value"),
+            ("PROXY_WEBHOOK_SECRET", "secret-value"),
         ] {
             let error = config(&with(&[(name, value)])).unwrap_err();
             assert_eq!(error.status, 500);
             assert!(error.message.contains(name), "{name}: {}", error.message);
-            assert!(
-                !error.message.contains("secret-value"),
-                "{name}: {}",
-                error.message
-            );
+            assert!(!error.message.contains("secret-value"), "{name}: {}", error.message);
         }
+    }
+
+    #[test]
+    fn webhook_settings() {
+        let config = config(&with(&[
+            ("PUBLIC_BASE_URL", "https://edge.example.com/"),
+            ("KLING_WEBHOOK_SECRET", "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI="),
+        ]))
+        .unwrap();
+        assert_eq!(config.public_base_url.as_deref(), Some("https://edge.example.com"));
+        assert!(config.kling_webhook_key.is_some());
+        assert!(config.proxy_webhook_key.is_none());
     }
 
     #[test]

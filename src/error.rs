@@ -54,21 +54,12 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: u16, code: u32, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            message: message.into(),
-            header: None,
-        }
+        ApiError { status, code, message: message.into(), header: None }
     }
 
     /// A parameter broke a rule: 400, code 1201, `"<field>: <rule>"`.
     pub fn bad_param(field: &str, rule: impl AsRef<str>) -> Self {
-        Self::new(
-            400,
-            code::INVALID_PARAMETER,
-            format!("{field}: {}", rule.as_ref()),
-        )
+        Self::new(400, code::INVALID_PARAMETER, format!("{field}: {}", rule.as_ref()))
     }
 
     /// The request as a whole is unusable (not JSON, not an object...): 400, code 1200.
@@ -77,11 +68,7 @@ impl ApiError {
     }
 
     pub fn auth_missing() -> Self {
-        Self::new(
-            401,
-            code::AUTH_MISSING,
-            "Authorization: missing; send \"Authorization: Bearer <key>\"",
-        )
+        Self::new(401, code::AUTH_MISSING, "Authorization: missing; send \"Authorization: Bearer <key>\"")
     }
 
     pub fn auth_invalid(why: &str) -> Self {
@@ -93,11 +80,7 @@ impl ApiError {
     }
 
     pub fn no_route(path: &str) -> Self {
-        Self::new(
-            404,
-            code::INVALID_METHOD,
-            format!("path {path}: no such endpoint"),
-        )
+        Self::new(404, code::INVALID_METHOD, format!("path {path}: no such endpoint"))
     }
 
     pub fn method_not_allowed(method: &str, allow: &'static str) -> Self {
@@ -111,11 +94,7 @@ impl ApiError {
     }
 
     pub fn payload_too_large(limit_bytes: usize) -> Self {
-        Self::new(
-            413,
-            code::INVALID_REQUEST,
-            format!("body: must be at most {limit_bytes} bytes"),
-        )
+        Self::new(413, code::INVALID_REQUEST, format!("body: must be at most {limit_bytes} bytes"))
     }
 
     pub fn rate_limited(retry_after_seconds: u32) -> Self {
@@ -130,11 +109,7 @@ impl ApiError {
 
     /// The deployment is misconfigured. Names the setting, never its value.
     pub fn config(setting: &str, problem: &str) -> Self {
-        Self::new(
-            500,
-            code::INTERNAL,
-            format!("configuration: {setting} {problem}"),
-        )
+        Self::new(500, code::INTERNAL, format!("configuration: {setting} {problem}"))
     }
 
     pub fn internal(what: &str) -> Self {
@@ -142,19 +117,11 @@ impl ApiError {
     }
 
     pub fn upstream_unreachable(detail: &str) -> Self {
-        Self::new(
-            502,
-            code::UNAVAILABLE,
-            format!("Kling could not be reached: {detail}"),
-        )
+        Self::new(502, code::UNAVAILABLE, format!("Kling could not be reached: {detail}"))
     }
 
     pub fn upstream_timeout(detail: &str) -> Self {
-        Self::new(
-            504,
-            code::TIMEOUT,
-            format!("Kling did not answer in time: {detail}"),
-        )
+        Self::new(504, code::TIMEOUT, format!("Kling did not answer in time: {detail}"))
     }
 
     /// The JSON body of this error, in Kling's envelope.
@@ -165,22 +132,14 @@ impl ApiError {
             message: &'a str,
             request_id: &'a str,
         }
-        serde_json::to_string(&Envelope {
-            code: self.code,
-            message: &self.message,
-            request_id,
-        })
-        .unwrap_or_default()
+        serde_json::to_string(&Envelope { code: self.code, message: &self.message, request_id })
+            .unwrap_or_default()
     }
 }
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (HTTP {}, code {})",
-            self.message, self.status, self.code
-        )
+        write!(f, "{} (HTTP {}, code {})", self.message, self.status, self.code)
     }
 }
 
@@ -191,8 +150,8 @@ mod tests {
 
     #[test]
     fn envelope_has_kling_shape() {
-        let body = ApiError::bad_param("video_url", "must be an absolute http or https URL")
-            .envelope("req-1");
+        let body =
+            ApiError::bad_param("video_url", "must be an absolute http or https URL").envelope("req-1");
         let value: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
             value,

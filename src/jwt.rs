@@ -23,9 +23,7 @@ pub struct KlingClaims {
 
 /// Signs a Kling token valid from `now - 5 s` to `now + 1800 s`.
 pub fn sign_kling_token(access_key: &str, secret_key: &str, now_secs: i64) -> String {
-    let mut claims = Claims::new(KlingClaims {
-        iss: access_key.to_owned(),
-    });
+    let mut claims = Claims::new(KlingClaims { iss: access_key.to_owned() });
     claims.expiration = Some(timestamp(now_secs + TOKEN_LIFETIME_SECS));
     claims.not_before = Some(timestamp(now_secs - NOT_BEFORE_SKEW_SECS));
     let header = Header::empty().with_token_type("JWT");
@@ -103,10 +101,7 @@ mod tests {
     #[test]
     fn token_has_klings_header_and_claims() {
         let token = sign_kling_token("ak-example", "sk-example", NOW);
-        assert_eq!(
-            decode_part(&token, 0),
-            serde_json::json!({"alg": "HS256", "typ": "JWT"})
-        );
+        assert_eq!(decode_part(&token, 0), serde_json::json!({"alg": "HS256", "typ": "JWT"}));
         assert_eq!(
             decode_part(&token, 1),
             serde_json::json!({"iss": "ak-example", "exp": NOW + 1800, "nbf": NOW - 5})
@@ -117,10 +112,8 @@ mod tests {
     fn token_verifies_with_the_secret_key_only() {
         let token = sign_kling_token("ak-example", "sk-example", NOW);
         let untrusted = UntrustedToken::new(&token).unwrap();
-        let verified = Hs256
-            .validator::<KlingClaims>(&Hs256Key::new(b"sk-example"))
-            .validate(&untrusted)
-            .unwrap();
+        let verified =
+            Hs256.validator::<KlingClaims>(&Hs256Key::new(b"sk-example")).validate(&untrusted).unwrap();
         let clock = TimeOptions::new(chrono::Duration::zero(), || timestamp(NOW));
         verified.claims().validate_expiration(&clock).unwrap();
         verified.claims().validate_maturity(&clock).unwrap();

@@ -70,10 +70,7 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(query_path("abc"), "/v1/audio/video-to-audio/abc");
-        assert_eq!(
-            list_path(2, 30),
-            "/v1/audio/video-to-audio?pageNum=2&pageSize=30"
-        );
+        assert_eq!(list_path(2, 30), "/v1/audio/video-to-audio?pageNum=2&pageSize=30");
     }
 
     #[test]

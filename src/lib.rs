@@ -20,8 +20,10 @@ pub mod ids;
 pub mod jwt;
 pub mod kling;
 pub mod routes;
+pub mod task;
 pub mod url_safety;
 pub mod validate;
+pub mod webhook;
 
 #[cfg(target_arch = "wasm32")]
 pub mod edge;

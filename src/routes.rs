@@ -7,7 +7,24 @@
 use percent_encoding::percent_decode_str;
 
 use crate::error::ApiError;
+use crate::ids;
 use crate::validate;
+
+/// Where Kling's callbacks arrive: `{KLING_CALLBACK_PATH}/{token}`.
+pub const KLING_CALLBACK_PATH: &str = "/v1/callbacks/kling";
+
+/// The callback URL given to Kling for one task.
+pub fn kling_callback_url(origin: &str, token: &str) -> String {
+    format!("{origin}{KLING_CALLBACK_PATH}/{token}")
+}
+
+/// The path as it may be logged: a callback URL's token is a secret.
+pub fn loggable_path(path: &str) -> String {
+    match path.strip_prefix(KLING_CALLBACK_PATH) {
+        Some(rest) if !rest.is_empty() => format!("{KLING_CALLBACK_PATH}/<token>"),
+        _ => path.chars().take(200).collect(),
+    }
+}
 
 /// The two path families that reach Kling's video-to-audio endpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +48,14 @@ impl Family {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
+    /// A callback from Kling, with the token of its URL (already checked for form).
+    KlingCallback(String),
+    /// A route for an authenticated client.
+    Client(ClientRoute),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientRoute {
     CreateTask(Family),
     /// One task by task id or external task id (already validated and percent-decoded).
     QueryTask(Family, String),
@@ -45,14 +70,20 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     if path == "/health" {
         return only(method, GET, Route::Health);
     }
+    if let Some(token) = path.strip_prefix(KLING_CALLBACK_PATH).and_then(|rest| rest.strip_prefix('/')) {
+        if !ids::is_callback_token(token) {
+            return Err(ApiError::not_found("callback"));
+        }
+        return only(method, "POST", Route::KlingCallback(token.to_owned()));
+    }
     for family in [Family::Official, Family::Simplified] {
         let Some(rest) = path.strip_prefix(family.path()) else {
             continue;
         };
         if rest.is_empty() {
             return match method {
-                "POST" => Ok(Route::CreateTask(family)),
-                "GET" => Ok(Route::ListTasks(family)),
+                "POST" => Ok(Route::Client(ClientRoute::CreateTask(family))),
+                "GET" => Ok(Route::Client(ClientRoute::ListTasks(family))),
                 _ => Err(ApiError::method_not_allowed(method, GET_POST)),
             };
         }
@@ -67,7 +98,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
                 .decode_utf8()
                 .map_err(|_| ApiError::bad_param("task_id", validate::IDENTIFIER_RULE))?;
             validate::task_id("task_id", &id)?;
-            return Ok(Route::QueryTask(family, id.into_owned()));
+            return Ok(Route::Client(ClientRoute::QueryTask(family, id.into_owned())));
         }
     }
     Err(ApiError::no_route(path))
@@ -89,11 +120,11 @@ mod tests {
     fn both_families_route_alike() {
         for family in [Family::Official, Family::Simplified] {
             let base = family.path();
-            assert_eq!(route("POST", base), Ok(Route::CreateTask(family)));
-            assert_eq!(route("GET", base), Ok(Route::ListTasks(family)));
+            assert_eq!(route("POST", base), Ok(Route::Client(ClientRoute::CreateTask(family))));
+            assert_eq!(route("GET", base), Ok(Route::Client(ClientRoute::ListTasks(family))));
             assert_eq!(
                 route("GET", &format!("{base}/task-1")),
-                Ok(Route::QueryTask(family, "task-1".into()))
+                Ok(Route::Client(ClientRoute::QueryTask(family, "task-1".into())))
             );
         }
     }
@@ -102,50 +133,48 @@ mod tests {
     fn task_ids_are_percent_decoded_then_validated() {
         assert_eq!(
             route("GET", "/v1/audio/video-to-audio/order%3A42"),
-            Ok(Route::QueryTask(Family::Official, "order:42".into()))
+            Ok(Route::Client(ClientRoute::QueryTask(Family::Official, "order:42".into())))
         );
         let error = route("GET", "/v1/audio/video-to-audio/a%20b").unwrap_err();
         assert_eq!((error.status, error.code), (400, 1201));
         assert!(error.message.starts_with("task_id:"), "{}", error.message);
         let long = "x".repeat(65);
+        assert_eq!(route("GET", &format!("/v1/audio/video-to-audio/{long}")).unwrap_err().status, 400);
+        assert_eq!(route("GET", "/v1/audio/video-to-audio/%FF").unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn kling_callbacks() {
+        let token = "0123456789abcdef0123456789abcdef";
+        let path = format!("/v1/callbacks/kling/{token}");
+        assert_eq!(route("POST", &path), Ok(Route::KlingCallback(token.into())));
+        assert_eq!(route("GET", &path).unwrap_err().status, 405);
+        for bad in [
+            "/v1/callbacks/kling/",
+            "/v1/callbacks/kling/xyz",
+            "/v1/callbacks/kling/0123456789ABCDEF0123456789ABCDEF",
+        ] {
+            let error = route("POST", bad).unwrap_err();
+            assert_eq!((error.status, error.code), (404, 1203), "{bad}");
+        }
+        assert_eq!(route("POST", "/v1/callbacks/kling").unwrap_err().status, 404);
         assert_eq!(
-            route("GET", &format!("/v1/audio/video-to-audio/{long}"))
-                .unwrap_err()
-                .status,
-            400
+            kling_callback_url("https://edge.example.com", token),
+            format!("https://edge.example.com{path}")
         );
-        assert_eq!(
-            route("GET", "/v1/audio/video-to-audio/%FF")
-                .unwrap_err()
-                .status,
-            400
-        );
+        assert_eq!(loggable_path(&path), "/v1/callbacks/kling/<token>");
+        assert_eq!(loggable_path("/v1/audio/video-to-audio/t1"), "/v1/audio/video-to-audio/t1");
     }
 
     #[test]
     fn unknown_paths_and_methods() {
-        assert_eq!(
-            route("GET", "/v1/audio/video-to-audiox")
-                .unwrap_err()
-                .status,
-            404
-        );
-        assert_eq!(
-            route("GET", "/v1/audio/video-to-audio/a/b")
-                .unwrap_err()
-                .status,
-            404
-        );
+        assert_eq!(route("GET", "/v1/audio/video-to-audiox").unwrap_err().status, 404);
+        assert_eq!(route("GET", "/v1/audio/video-to-audio/a/b").unwrap_err().status, 404);
         assert_eq!(route("GET", "/").unwrap_err().status, 404);
         let error = route("DELETE", "/v1/audio/video-to-audio").unwrap_err();
         assert_eq!(error.status, 405);
         assert_eq!(error.header, Some(("Allow", "GET, POST".into())));
-        assert_eq!(
-            route("POST", "/v1/audio/video-to-audio/t")
-                .unwrap_err()
-                .status,
-            405
-        );
+        assert_eq!(route("POST", "/v1/audio/video-to-audio/t").unwrap_err().status, 405);
         assert_eq!(route("POST", "/health").unwrap_err().status, 405);
         assert_eq!(route("GET", "/health"), Ok(Route::Health));
     }

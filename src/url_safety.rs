@@ -30,16 +30,8 @@ pub fn check_public(url: &Url) -> Result<(), String> {
     }
 }
 
-const LOCAL_SUFFIXES: &[&str] = &[
-    "localhost",
-    "local",
-    "internal",
-    "localdomain",
-    "home.arpa",
-    "lan",
-    "intranet",
-    "corp",
-];
+const LOCAL_SUFFIXES: &[&str] =
+    &["localhost", "local", "internal", "localdomain", "home.arpa", "lan", "intranet", "corp"];
 
 fn check_name(name: &str) -> Result<(), String> {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -47,10 +39,7 @@ fn check_name(name: &str) -> Result<(), String> {
         return Err("it has no host".to_owned());
     }
     for suffix in LOCAL_SUFFIXES {
-        let matches = name == *suffix
-            || name
-                .strip_suffix(suffix)
-                .is_some_and(|head| head.ends_with('.'));
+        let matches = name == *suffix || name.strip_suffix(suffix).is_some_and(|head| head.ends_with('.'));
         if matches {
             return Err(format!("{name} is a local name (.{suffix})"));
         }

@@ -24,8 +24,7 @@ pub const MAX_VIDEO_SECONDS: f64 = 20.0;
 pub const MAX_PAGE_NUM: u32 = 1000;
 pub const MAX_PAGE_SIZE: u32 = 500;
 pub const DEFAULT_PAGE_SIZE: u32 = 30;
-pub const IDENTIFIER_RULE: &str =
-    "must be 1 to 64 characters, each a letter, digit, '-', '_', '.' or ':'";
+pub const IDENTIFIER_RULE: &str = "must be 1 to 64 characters, each a letter, digit, '-', '_', '.' or ':'";
 
 const OFFICIAL_FIELDS: &[&str] = &[
     "video_id",
@@ -37,14 +36,8 @@ const OFFICIAL_FIELDS: &[&str] = &[
     "external_task_id",
     "video_duration",
 ];
-const SIMPLIFIED_FIELDS: &[&str] = &[
-    "video_url",
-    "prompt",
-    "audio_type",
-    "callback_url",
-    "external_task_id",
-    "video_duration",
-];
+const SIMPLIFIED_FIELDS: &[&str] =
+    &["video_url", "prompt", "audio_type", "callback_url", "external_task_id", "video_duration"];
 const AUDIO_TYPES: &str = "sound_effect, ambient, music, bgm, asmr";
 
 /// Whether URLs may point at private and local addresses (`ALLOW_PRIVATE_URLS`).
@@ -63,11 +56,7 @@ pub struct CreateRequest {
 }
 
 /// Parses and checks a create body of either path family.
-pub fn create_request(
-    family: Family,
-    body: &[u8],
-    policy: UrlPolicy,
-) -> Result<CreateRequest, ApiError> {
+pub fn create_request(family: Family, body: &[u8], policy: UrlPolicy) -> Result<CreateRequest, ApiError> {
     match family {
         Family::Official => official_create(body, policy),
         Family::Simplified => simplified_create(body, policy),
@@ -87,10 +76,7 @@ fn official_create(body: &[u8], policy: UrlPolicy) -> Result<CreateRequest, ApiE
             Some(url) => Some(video_url_rule(&url, policy)?),
             None => None,
         },
-        sound_effect_prompt: prompt_rule(
-            "sound_effect_prompt",
-            fields.string("sound_effect_prompt")?,
-        )?,
+        sound_effect_prompt: prompt_rule("sound_effect_prompt", fields.string("sound_effect_prompt")?)?,
         bgm_prompt: prompt_rule("bgm_prompt", fields.string("bgm_prompt")?)?,
         asmr_mode: fields.boolean("asmr_mode")?,
         callback_url: callback_url_rule(fields.string("callback_url")?, policy)?,
@@ -112,10 +98,7 @@ fn official_create(body: &[u8], policy: UrlPolicy) -> Result<CreateRequest, ApiE
         _ => {}
     }
     let video_duration_seconds = video_duration_rule(fields.number("video_duration")?)?;
-    Ok(CreateRequest {
-        upstream,
-        video_duration_seconds,
-    })
+    Ok(CreateRequest { upstream, video_duration_seconds })
 }
 
 fn simplified_create(body: &[u8], policy: UrlPolicy) -> Result<CreateRequest, ApiError> {
@@ -139,18 +122,10 @@ fn simplified_create(body: &[u8], policy: UrlPolicy) -> Result<CreateRequest, Ap
             upstream.sound_effect_prompt = prompt;
             upstream.asmr_mode = Some(true);
         }
-        _ => {
-            return Err(ApiError::bad_param(
-                "audio_type",
-                format!("must be one of {AUDIO_TYPES}"),
-            ))
-        }
+        _ => return Err(ApiError::bad_param("audio_type", format!("must be one of {AUDIO_TYPES}"))),
     }
     let video_duration_seconds = video_duration_rule(fields.number("video_duration")?)?;
-    Ok(CreateRequest {
-        upstream,
-        video_duration_seconds,
-    })
+    Ok(CreateRequest { upstream, video_duration_seconds })
 }
 
 /// Checks a task id or external task id (from a path or a body).
@@ -164,9 +139,7 @@ pub fn task_id(field: &str, id: &str) -> Result<(), ApiError> {
 
 fn is_identifier(id: &str) -> bool {
     (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
 fn identifier(field: &str, id: String) -> Result<String, ApiError> {
@@ -192,15 +165,13 @@ fn prompt_rule(field: &str, prompt: Option<String>) -> Result<Option<String>, Ap
 
 fn video_duration_rule(seconds: Option<f64>) -> Result<Option<f64>, ApiError> {
     match seconds {
-        Some(s) if !(MIN_VIDEO_SECONDS..=MAX_VIDEO_SECONDS).contains(&s) => {
-            Err(ApiError::bad_param(
-                "video_duration",
-                format!(
-                    "must be from {MIN_VIDEO_SECONDS} to {MAX_VIDEO_SECONDS} seconds \
+        Some(s) if !(MIN_VIDEO_SECONDS..=MAX_VIDEO_SECONDS).contains(&s) => Err(ApiError::bad_param(
+            "video_duration",
+            format!(
+                "must be from {MIN_VIDEO_SECONDS} to {MAX_VIDEO_SECONDS} seconds \
                  (Kling accepts videos of 3 to 20 seconds; got {s})"
-                ),
-            ))
-        }
+            ),
+        )),
         other => Ok(other),
     }
 }
@@ -219,8 +190,7 @@ fn video_url_rule(raw: &str, policy: UrlPolicy) -> Result<String, ApiError> {
 }
 
 fn callback_url_rule(raw: Option<String>, policy: UrlPolicy) -> Result<Option<String>, ApiError> {
-    raw.map(|raw| http_url("callback_url", &raw, policy).map(String::from))
-        .transpose()
+    raw.map(|raw| http_url("callback_url", &raw, policy).map(String::from)).transpose()
 }
 
 /// An absolute http(s) URL with a host, without user info, at most 2048 characters, and
@@ -234,10 +204,7 @@ pub fn http_url(field: &str, raw: &str, policy: UrlPolicy) -> Result<Url, ApiErr
         ));
     }
     if raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ApiError::bad_param(
-            field,
-            "must not contain spaces or control characters",
-        ));
+        return Err(ApiError::bad_param(field, "must not contain spaces or control characters"));
     }
     let not_http = || ApiError::bad_param(field, "must be an absolute http or https URL");
     let url = Url::parse(raw).map_err(|_| not_http())?;
@@ -248,10 +215,7 @@ pub fn http_url(field: &str, raw: &str, policy: UrlPolicy) -> Result<Url, ApiErr
         return Err(ApiError::bad_param(field, "must have a host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(ApiError::bad_param(
-            field,
-            "must not contain user info (user:password@)",
-        ));
+        return Err(ApiError::bad_param(field, "must not contain user info (user:password@)"));
     }
     if !policy.allow_private {
         if let Err(reason) = url_safety::check_public(&url) {
@@ -299,14 +263,12 @@ pub fn page(query: Option<&str>) -> Result<Page, ApiError> {
             return Err(ApiError::bad_param(&name, "must be given at most once"));
         }
         let parsed = value.parse::<u32>().ok().filter(|n| (1..=max).contains(n));
-        *slot = Some(parsed.ok_or_else(|| {
-            ApiError::bad_param(&name, format!("must be a whole number from 1 to {max}"))
-        })?);
+        *slot =
+            Some(parsed.ok_or_else(|| {
+                ApiError::bad_param(&name, format!("must be a whole number from 1 to {max}"))
+            })?);
     }
-    Ok(Page {
-        num: num.unwrap_or(1),
-        size: size.unwrap_or(DEFAULT_PAGE_SIZE),
-    })
+    Ok(Page { num: num.unwrap_or(1), size: size.unwrap_or(DEFAULT_PAGE_SIZE) })
 }
 
 /// The fields of a JSON object body, taken one by one with their type checked.
@@ -316,9 +278,7 @@ struct Fields(Map<String, Value>);
 impl Fields {
     fn parse(body: &[u8], allowed: &[&str]) -> Result<Fields, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::bad_request(
-                "body: must be a JSON object; the body is empty",
-            ));
+            return Err(ApiError::bad_request("body: must be a JSON object; the body is empty"));
         }
         let value: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("body: must be valid JSON ({e})")))?;
@@ -346,10 +306,9 @@ impl Fields {
         match self.take(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(ApiError::bad_param(
-                name,
-                format!("must be a string, not {}", json_kind(&other)),
-            )),
+            Some(other) => {
+                Err(ApiError::bad_param(name, format!("must be a string, not {}", json_kind(&other))))
+            }
         }
     }
 
@@ -359,10 +318,7 @@ impl Fields {
             Some(Value::Bool(b)) => Ok(Some(b)),
             Some(other) => Err(ApiError::bad_param(
                 name,
-                format!(
-                    "must be a boolean (true or false), not {}",
-                    json_kind(&other)
-                ),
+                format!("must be a boolean (true or false), not {}", json_kind(&other)),
             )),
         }
     }
@@ -371,10 +327,9 @@ impl Fields {
         match self.take(name) {
             None => Ok(None),
             Some(Value::Number(n)) => Ok(n.as_f64()),
-            Some(other) => Err(ApiError::bad_param(
-                name,
-                format!("must be a number, not {}", json_kind(&other)),
-            )),
+            Some(other) => {
+                Err(ApiError::bad_param(name, format!("must be a number, not {}", json_kind(&other))))
+            }
         }
     }
 }
@@ -395,9 +350,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const PUBLIC: UrlPolicy = UrlPolicy {
-        allow_private: false,
-    };
+    const PUBLIC: UrlPolicy = UrlPolicy { allow_private: false };
     const VIDEO: &str = "https://cdn.example.com/clips/beach.mp4";
 
     fn official(body: Value) -> Result<CreateRequest, ApiError> {
@@ -446,30 +399,15 @@ mod tests {
     #[test]
     fn video_id_alone_is_enough() {
         let request = official(json!({"video_id": "842250903629086785"})).unwrap();
-        assert_eq!(
-            request.upstream.video_id.as_deref(),
-            Some("842250903629086785")
-        );
+        assert_eq!(request.upstream.video_id.as_deref(), Some("842250903629086785"));
         assert_eq!(request.upstream.video_url, None);
     }
 
     #[test]
     fn exactly_one_video_source() {
-        assert_rejected(
-            official(json!({"video_id": "1", "video_url": VIDEO})),
-            "video_id",
-            "exactly one",
-        );
-        assert_rejected(
-            official(json!({"sound_effect_prompt": "x"})),
-            "video_url",
-            "exactly one",
-        );
-        assert_rejected(
-            official(json!({"video_id": null, "video_url": null})),
-            "video_url",
-            "required",
-        );
+        assert_rejected(official(json!({"video_id": "1", "video_url": VIDEO})), "video_id", "exactly one");
+        assert_rejected(official(json!({"sound_effect_prompt": "x"})), "video_url", "exactly one");
+        assert_rejected(official(json!({"video_id": null, "video_url": null})), "video_url", "required");
     }
 
     #[test]
@@ -491,45 +429,21 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        assert_rejected(
-            official(json!({"video_ulr": VIDEO})),
-            "video_ulr",
-            "unknown field",
-        );
-        assert_rejected(
-            official(json!({"video_url": VIDEO, "prompt": "x"})),
-            "prompt",
-            "unknown field",
-        );
-        assert_rejected(
-            simplified(json!({"video_url": VIDEO, "bgm_prompt": "x"})),
-            "bgm_prompt",
-            "unknown",
-        );
+        assert_rejected(official(json!({"video_ulr": VIDEO})), "video_ulr", "unknown field");
+        assert_rejected(official(json!({"video_url": VIDEO, "prompt": "x"})), "prompt", "unknown field");
+        assert_rejected(simplified(json!({"video_url": VIDEO, "bgm_prompt": "x"})), "bgm_prompt", "unknown");
     }
 
     #[test]
     fn types_are_checked() {
-        assert_rejected(
-            official(json!({"video_url": 5})),
-            "video_url",
-            "must be a string, not a number",
-        );
-        assert_rejected(
-            official(json!({"video_url": VIDEO, "asmr_mode": "yes"})),
-            "asmr_mode",
-            "boolean",
-        );
+        assert_rejected(official(json!({"video_url": 5})), "video_url", "must be a string, not a number");
+        assert_rejected(official(json!({"video_url": VIDEO, "asmr_mode": "yes"})), "asmr_mode", "boolean");
         assert_rejected(
             official(json!({"video_url": VIDEO, "video_duration": "8"})),
             "video_duration",
             "number",
         );
-        assert_rejected(
-            official(json!({"video_url": VIDEO, "bgm_prompt": ["a"]})),
-            "bgm_prompt",
-            "an array",
-        );
+        assert_rejected(official(json!({"video_url": VIDEO, "bgm_prompt": ["a"]})), "bgm_prompt", "an array");
     }
 
     #[test]
@@ -574,11 +488,7 @@ mod tests {
                 "1 to 64",
             );
         }
-        assert_rejected(
-            official(json!({"video_id": "../etc"})),
-            "video_id",
-            "1 to 64",
-        );
+        assert_rejected(official(json!({"video_id": "../etc"})), "video_id", "1 to 64");
         assert!(task_id("task_id", &"x".repeat(64)).is_ok());
     }
 
@@ -601,11 +511,7 @@ mod tests {
             assert_rejected(official(json!({"video_url": url})), "video_url", words);
         }
         let long = format!("https://cdn.example.com/{}.mp4", "a".repeat(2048));
-        assert_rejected(
-            official(json!({"video_url": long})),
-            "video_url",
-            "at most 2048 characters",
-        );
+        assert_rejected(official(json!({"video_url": long})), "video_url", "at most 2048 characters");
     }
 
     #[test]
@@ -624,18 +530,14 @@ mod tests {
     #[test]
     fn urls_are_forwarded_normalised() {
         let request = official(json!({"video_url": "HTTPS://CDN.Example.COM/a.mp4"})).unwrap();
-        assert_eq!(
-            request.upstream.video_url.as_deref(),
-            Some("https://cdn.example.com/a.mp4")
-        );
+        assert_eq!(request.upstream.video_url.as_deref(), Some("https://cdn.example.com/a.mp4"));
     }
 
     #[test]
     fn callback_url_follows_url_rules_without_extension_rule() {
-        assert!(official(
-            json!({"video_url": VIDEO, "callback_url": "https://app.example.com/hook.php"})
-        )
-        .is_ok());
+        assert!(
+            official(json!({"video_url": VIDEO, "callback_url": "https://app.example.com/hook.php"})).is_ok()
+        );
         assert_rejected(
             official(json!({"video_url": VIDEO, "callback_url": "not a url"})),
             "callback_url",
@@ -660,13 +562,8 @@ mod tests {
         ];
         for (audio_type, sound, bgm, asmr) in cases {
             let request =
-                simplified(json!({"video_url": VIDEO, "prompt": "p", "audio_type": audio_type}))
-                    .unwrap();
-            assert_eq!(
-                request.upstream.sound_effect_prompt.as_deref(),
-                sound,
-                "{audio_type}"
-            );
+                simplified(json!({"video_url": VIDEO, "prompt": "p", "audio_type": audio_type})).unwrap();
+            assert_eq!(request.upstream.sound_effect_prompt.as_deref(), sound, "{audio_type}");
             assert_eq!(request.upstream.bgm_prompt.as_deref(), bgm, "{audio_type}");
             assert_eq!(request.upstream.asmr_mode, asmr, "{audio_type}");
             assert_eq!(request.upstream.video_url.as_deref(), Some(VIDEO));
@@ -678,45 +575,28 @@ mod tests {
 
     #[test]
     fn simplified_rules() {
-        assert_rejected(
-            simplified(json!({"prompt": "x"})),
-            "video_url",
-            "is required",
-        );
+        assert_rejected(simplified(json!({"prompt": "x"})), "video_url", "is required");
         assert_rejected(
             simplified(json!({"video_url": VIDEO, "audio_type": "speech"})),
             "audio_type",
             "must be one of",
         );
-        assert_rejected(
-            simplified(json!({"video_url": VIDEO, "audio_type": 3})),
-            "audio_type",
-            "string",
-        );
+        assert_rejected(simplified(json!({"video_url": VIDEO, "audio_type": 3})), "audio_type", "string");
         let request = simplified(json!({
             "video_url": VIDEO, "callback_url": "https://app.example.com/h",
             "external_task_id": "e-1", "video_duration": 4
         }))
         .unwrap();
         assert_eq!(request.upstream.external_task_id.as_deref(), Some("e-1"));
-        assert_eq!(
-            request.upstream.callback_url.as_deref(),
-            Some("https://app.example.com/h")
-        );
+        assert_eq!(request.upstream.callback_url.as_deref(), Some("https://app.example.com/h"));
         assert_eq!(request.video_duration_seconds, Some(4.0));
     }
 
     #[test]
     fn pagination() {
         assert_eq!(page(None), Ok(Page { num: 1, size: 30 }));
-        assert_eq!(
-            page(Some("pageNum=3&pageSize=500")),
-            Ok(Page { num: 3, size: 500 })
-        );
-        assert_eq!(
-            page(Some("pageNum=1000&pageSize=1")),
-            Ok(Page { num: 1000, size: 1 })
-        );
+        assert_eq!(page(Some("pageNum=3&pageSize=500")), Ok(Page { num: 3, size: 500 }));
+        assert_eq!(page(Some("pageNum=1000&pageSize=1")), Ok(Page { num: 1000, size: 1 }));
         for (query, field) in [
             ("pageNum=0", "pageNum"),
             ("pageNum=1001", "pageNum"),
@@ -731,10 +611,7 @@ mod tests {
         ] {
             let error = page(Some(query)).unwrap_err();
             assert_eq!(error.status, 400, "{query}");
-            assert!(
-                error.message.starts_with(&format!("{field}:")),
-                "{query}: {error}"
-            );
+            assert!(error.message.starts_with(&format!("{field}:")), "{query}: {error}");
         }
     }
 }
