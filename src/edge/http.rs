@@ -1,7 +1,10 @@
 //! Building the worker's responses and reading request bodies.
 
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
 use futures_util::StreamExt;
-use worker::{Headers, Request, Response};
+use worker::{AbortController, Delay, Fetch, Headers, Request, Response};
 
 use crate::error::ApiError;
 
@@ -15,10 +18,18 @@ pub fn json(status: u16, body: impl Into<Vec<u8>>, request_id: &str) -> Response
     let _ = headers.set("Cache-Control", "no-store");
     let _ = headers.set("X-Content-Type-Options", "nosniff");
     let _ = headers.set("X-Request-Id", request_id);
-    Response::builder()
-        .with_status(status)
-        .with_headers(headers)
-        .fixed(body.into())
+    Response::builder().with_status(status).with_headers(headers).fixed(body.into())
+}
+
+/// A success in Kling's envelope: `{"code": 0, "message": "SUCCEED", "request_id", "data"}`.
+pub fn success(data: &serde_json::Value, request_id: &str) -> Response {
+    let body = serde_json::json!({
+        "code": 0,
+        "message": "SUCCEED",
+        "request_id": request_id,
+        "data": data,
+    });
+    json(200, body.to_string(), request_id)
 }
 
 /// An error in Kling's envelope, with its extra header if it has one.
@@ -51,4 +62,37 @@ pub async fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// Why an outgoing call produced no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchFailure {
+    /// The connection failed or dropped before a whole answer arrived.
+    Unreachable,
+    /// No whole answer (headers and body) within the deadline.
+    TimedOut,
+}
+
+/// Sends `request` and reads the whole answer, giving up (and aborting the call) when
+/// `timeout` passes first. Returns the status and body, whatever the status.
+pub async fn fetch_with_deadline(
+    request: Request,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), FetchFailure> {
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let exchange = async {
+        let mut response =
+            Fetch::Request(request).send_with_signal(&signal).await.map_err(|_| FetchFailure::Unreachable)?;
+        let body = response.bytes().await.map_err(|_| FetchFailure::Unreachable)?;
+        Ok((response.status_code(), body))
+    };
+    futures_util::pin_mut!(exchange);
+    match select(exchange, Delay::from(timeout)).await {
+        Either::Left((outcome, _)) => outcome,
+        Either::Right(((), _)) => {
+            controller.abort();
+            Err(FetchFailure::TimedOut)
+        }
+    }
 }

@@ -8,9 +8,6 @@ use crate::error::ApiError;
 /// Reads every setting, from `[vars]` or secrets alike (locally, `--var` and `.dev.vars`).
 pub fn config(env: &Env) -> Result<Config, ApiError> {
     Config::from_lookup(|name| {
-        env.var(name)
-            .or_else(|_| env.secret(name))
-            .ok()
-            .map(|value| value.to_string())
+        env.var(name).or_else(|_| env.secret(name)).ok().map(|value| value.to_string())
     })
 }

@@ -1,15 +1,14 @@
 //! Calls to Kling: the bearer token, a deadline on every call, and the retry policy.
 //!
 //! A create is sent exactly once: if the connection drops after Kling accepted it, sending
-//! it again would cost a second credit. A query or a list is read-only and is retried once
-//! when the connection fails or Kling's gateway answers 502/503/504. Every call has one
-//! deadline (`KLING_TIMEOUT_MS`) covering the answer's headers and body.
+//! it again would cost a second credit. A query is read-only and is retried once when the
+//! connection fails or Kling's gateway answers 502/503/504. Every call has one deadline
+//! (`KLING_TIMEOUT_MS`) covering the answer's headers and body.
 
 use std::cell::RefCell;
 use std::time::Duration;
 
-use futures_util::future::{select, Either};
-use worker::{AbortController, Delay, Fetch, Headers, Method, Request, RequestInit};
+use worker::{Headers, Method, Request, RequestInit};
 
 use crate::config::{Config, KlingCredentials};
 use crate::error::ApiError;
@@ -17,6 +16,7 @@ use crate::jwt::KlingTokenCache;
 use crate::kling::{self, CreateVideoToAudio};
 
 use super::clock;
+use super::http::{fetch_with_deadline, FetchFailure};
 
 thread_local! {
     /// One Kling token per isolate, shared by all the requests it serves.
@@ -29,13 +29,6 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
-enum Failure {
-    /// The connection failed or dropped before a whole answer arrived.
-    Unreachable,
-    /// No whole answer within the deadline.
-    TimedOut,
-}
-
 pub struct Kling {
     base: String,
     authorization: String,
@@ -46,15 +39,8 @@ impl Kling {
     pub fn new(config: &Config) -> Kling {
         let token = match &config.kling {
             KlingCredentials::ApiKey(key) => key.expose().to_owned(),
-            KlingCredentials::AccessKey {
-                access_key,
-                secret_key,
-            } => KLING_TOKENS.with(|cache| {
-                cache.borrow_mut().token(
-                    access_key.expose(),
-                    secret_key.expose(),
-                    clock::now_secs(),
-                )
+            KlingCredentials::AccessKey { access_key, secret_key } => KLING_TOKENS.with(|cache| {
+                cache.borrow_mut().token(access_key.expose(), secret_key.expose(), clock::now_secs())
             }),
         };
         Kling {
@@ -66,54 +52,39 @@ impl Kling {
 
     /// Creates a task. Never retried.
     pub async fn create(&self, body: &CreateVideoToAudio) -> Result<Reply, ApiError> {
-        let json = serde_json::to_string(body)
-            .map_err(|_| ApiError::internal("encoding the create body"))?;
-        match self
-            .send(Method::Post, kling::VIDEO_TO_AUDIO_PATH, Some(json))
-            .await
-        {
+        let json = serde_json::to_string(body).map_err(|_| ApiError::internal("encoding the create body"))?;
+        match self.send(Method::Post, kling::VIDEO_TO_AUDIO_PATH, Some(json)).await {
             Ok(reply) => Ok(reply),
-            Err(Failure::Unreachable) => Err(ApiError::upstream_unreachable(
+            Err(FetchFailure::Unreachable) => Err(ApiError::upstream_unreachable(
                 "the connection failed during the create; the task may or may not exist: \
                  look it up by external_task_id before creating it again",
             )),
-            Err(Failure::TimedOut) => Err(ApiError::upstream_timeout(
+            Err(FetchFailure::TimedOut) => Err(ApiError::upstream_timeout(
                 "the create got no answer in time; the task may or may not exist: \
                  look it up by external_task_id before creating it again",
             )),
         }
     }
 
-    /// A read-only call (query or list), retried once on a failed connection or a gateway error.
+    /// A read-only call, retried once on a failed connection or a gateway error.
     pub async fn get(&self, path_and_query: &str) -> Result<Reply, ApiError> {
         let first = self.send(Method::Get, path_and_query, None).await;
         let retry = match &first {
-            Err(Failure::Unreachable) => true,
+            Err(FetchFailure::Unreachable) => true,
             Ok(reply) => matches!(reply.status, 502..=504),
-            Err(Failure::TimedOut) => false,
+            Err(FetchFailure::TimedOut) => false,
         };
-        let outcome = if retry {
-            self.send(Method::Get, path_and_query, None).await
-        } else {
-            first
-        };
+        let outcome = if retry { self.send(Method::Get, path_and_query, None).await } else { first };
         match outcome {
             Ok(reply) => Ok(reply),
-            Err(Failure::Unreachable) => Err(ApiError::upstream_unreachable(
-                "the connection failed twice",
-            )),
-            Err(Failure::TimedOut) => {
-                Err(ApiError::upstream_timeout("no answer within the deadline"))
+            Err(FetchFailure::Unreachable) => {
+                Err(ApiError::upstream_unreachable("the connection failed twice"))
             }
+            Err(FetchFailure::TimedOut) => Err(ApiError::upstream_timeout("no answer within the deadline")),
         }
     }
 
-    async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<Reply, Failure> {
+    async fn send(&self, method: Method, path: &str, body: Option<String>) -> Result<Reply, FetchFailure> {
         let headers = Headers::new();
         let _ = headers.set("Authorization", &self.authorization);
         let _ = headers.set("Accept", "application/json");
@@ -126,29 +97,8 @@ impl Kling {
             init.with_body(Some(body.into()));
         }
         let request = Request::new_with_init(&format!("{}{}", self.base, path), &init)
-            .map_err(|_| Failure::Unreachable)?;
-
-        let controller = AbortController::default();
-        let signal = controller.signal();
-        let exchange = async {
-            let mut response = Fetch::Request(request)
-                .send_with_signal(&signal)
-                .await
-                .map_err(|_| Failure::Unreachable)?;
-            let body = response.bytes().await.map_err(|_| Failure::Unreachable)?;
-            Ok(Reply {
-                status: response.status_code(),
-                body,
-            })
-        };
-        let deadline = Delay::from(self.timeout);
-        futures_util::pin_mut!(exchange);
-        match select(exchange, deadline).await {
-            Either::Left((outcome, _)) => outcome,
-            Either::Right(((), _)) => {
-                controller.abort();
-                Err(Failure::TimedOut)
-            }
-        }
+            .map_err(|_| FetchFailure::Unreachable)?;
+        let (status, body) = fetch_with_deadline(request, self.timeout).await?;
+        Ok(Reply { status, body })
     }
 }
