@@ -40,7 +40,11 @@ const hex = (bytes) => crypto.randomBytes(bytes).toString('hex');
 
 fs.mkdirSync(STATE, { recursive: true });
 const localEnv = path.join(STATE, 'local.env');
-if (!fs.existsSync(localEnv)) writeEnvFile(localEnv, { PROXY_API_KEYS: `dev:dev_${hex(16)}` });
+const localDefaults = {
+  PROXY_API_KEYS: `dev:dev_${hex(16)}`,
+  PROXY_WEBHOOK_SECRET: `whsec_${crypto.randomBytes(32).toString('base64')}`,
+};
+writeEnvFile(localEnv, { ...localDefaults, ...readEnvFile(localEnv) });
 
 const devVarsFile = path.join(ROOT, '.dev.vars');
 const devVars = readEnvFile(devVarsFile);

@@ -58,7 +58,7 @@ debian_target_marker() {
 # ensure_cargo_tool CRATE BINARY VERSION
 ensure_cargo_tool() {
   local crate=$1 binary=$2 version=$3 installed
-  installed="$("$HOME/.cargo/bin/$binary" --version 2>/dev/null | awk '{print $2}' || true)"
+  installed="$("$HOME/.cargo/bin/$binary" --version 2>/dev/null | awk '{print $NF}' || true)"
   [ "$installed" = "$version" ] && return 0
   say "installing $crate $version (a few minutes the first time)"
   cargo install --quiet --locked "$crate" --version "=$version" ||

@@ -13,26 +13,17 @@ const KNOWN_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.\
 
 #[wasm_bindgen_test]
 fn signing_on_wasm32_gives_the_known_answer() {
-    assert_eq!(
-        sign_kling_token("ak-example", "sk-example", 1_781_080_794),
-        KNOWN_TOKEN
-    );
+    assert_eq!(sign_kling_token("ak-example", "sk-example", 1_781_080_794), KNOWN_TOKEN);
 }
 
 #[wasm_bindgen_test]
 fn the_worker_clock_is_unix_time_in_milliseconds() {
     let now_ms = clock::now_ms();
     // After 2025-01-01 and before 2100-01-01: milliseconds, not seconds or microseconds.
-    assert!(
-        now_ms > 1_735_689_600_000 && now_ms < 4_102_444_800_000,
-        "{now_ms}"
-    );
+    assert!(now_ms > 1_735_689_600_000 && now_ms < 4_102_444_800_000, "{now_ms}");
     let now_secs = clock::now_secs();
     assert!((now_secs - (now_ms / 1000) as i64).abs() <= 1);
-    assert!(
-        clock::now_ms() >= now_ms,
-        "the clock never goes backwards within a test"
-    );
+    assert!(clock::now_ms() >= now_ms, "the clock never goes backwards within a test");
 }
 
 #[wasm_bindgen_test]

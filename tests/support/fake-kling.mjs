@@ -113,8 +113,12 @@ export class FakeKling {
     this.faults.push({ method, kind, status, body, count });
   }
 
-  /** Moves a task to a new state, as Kling does, and POSTs the callback if it has a URL. */
-  async advance(taskId, status, { withAudios = true, updatedAt, callback = true, signature } = {}) {
+  /**
+   * Moves a task to a new state, as Kling does, and POSTs the callback if it has a URL.
+   * `audiosInCallback: false` sends the callback without the audios that queries return
+   * (Kling does not promise them in callbacks). Other options go to sendCallback.
+   */
+  async advance(taskId, status, { withAudios = true, audiosInCallback = true, updatedAt, callback = true, ...send } = {}) {
     const task = this.tasks.get(taskId);
     if (!task) throw new Error(`no task ${taskId}`);
     task.data.task_status = status;
@@ -125,22 +129,30 @@ export class FakeKling {
       task.data.task_result = this.#result(task, withAudios);
       task.data.final_unit_deduction = '1';
     }
-    if (callback && task.callbackUrl) return this.sendCallback(taskId, { signature });
-    return null;
+    if (!callback || !task.callbackUrl) return null;
+    const data = structuredClone(task.data);
+    if (!audiosInCallback) delete data.task_result?.audios;
+    return this.sendCallback(taskId, { data, ...send });
   }
 
-  /** POSTs the task's current data to its callback URL; returns the receiver's status. */
-  async sendCallback(taskId, { data, url, signature, headers = {} } = {}) {
+  /**
+   * POSTs a task's data (or `data`, or the raw string `rawBody`) to its callback URL (or
+   * `url`) and returns the receiver's answer. When a webhook secret is set, the callback is
+   * signed unless `sign` is false; `signWith` signs with another secret, `timestamp`
+   * overrides the signed time, `extraSignatures` are listed before the real one.
+   */
+  async sendCallback(taskId, { data, rawBody, url, sign = true, signWith, timestamp, extraSignatures = [], headers = {} } = {}) {
     const task = this.tasks.get(taskId);
-    const body = JSON.stringify(data ?? task.data);
+    const body = rawBody ?? JSON.stringify(data ?? task.data);
     const target = url ?? task.callbackUrl;
     const sent = { 'content-type': 'application/json', ...headers };
-    if (this.webhookSecret && signature !== false) {
+    const secret = signWith ?? this.webhookSecret;
+    if (secret && sign) {
       const id = `msg_${crypto.randomUUID()}`;
-      const timestamp = Math.floor(Date.now() / 1000);
+      const at = timestamp ?? Math.floor(Date.now() / 1000);
       sent['webhook-id'] = id;
-      sent['webhook-timestamp'] = String(timestamp);
-      sent['webhook-signature'] = signWebhook(this.webhookSecret, id, timestamp, body);
+      sent['webhook-timestamp'] = String(at);
+      sent['webhook-signature'] = [...extraSignatures, signWebhook(secret, id, at, body)].join(' ');
     }
     const response = await fetch(target, { method: 'POST', headers: sent, body });
     const record = { taskId, url: target, status: response.status, body: await response.text() };
@@ -215,7 +227,7 @@ export class FakeKling {
     return send(404, envelope(1202, 'invalid method'));
   }
 
-  #create(raw, record, send) {
+  async #create(raw, record, send) {
     let body;
     try {
       body = JSON.parse(raw);
@@ -250,6 +262,12 @@ export class FakeKling {
     };
     const task = { data, callbackUrl: body.callback_url, body };
     this.tasks.set(taskId, task);
+    if (this.callbackBeforeAnswering && task.callbackUrl) {
+      // Kling may call back before its create answer arrives: play that race, once.
+      const status = this.callbackBeforeAnswering;
+      this.callbackBeforeAnswering = null;
+      await this.advance(taskId, status, { updatedAt: now + 1 });
+    }
     send(200, envelope(0, 'SUCCEED', {
       task_id: taskId,
       task_status: 'submitted',

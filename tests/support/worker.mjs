@@ -36,6 +36,18 @@ export class WorkerProcess {
     return this.output;
   }
 
+  /** Reads a key of the worker's local KV (through wrangler, as an operator would). */
+  async kvGet(key) {
+    const child = spawn(path.join(BIN, 'wrangler'), [
+      'kv', 'key', 'get', key, '--binding', 'TASKS', '--local', '--persist-to', this.persistTo,
+    ], { cwd: ROOT, env: { ...process.env, PATH: `${BIN}:${process.env.PATH}`, WRANGLER_SEND_METRICS: 'false' } });
+    let out = '';
+    child.stdout.on('data', (chunk) => { out += chunk; });
+    const code = await new Promise((resolve) => child.on('exit', resolve));
+    if (code !== 0 || out.trim() === 'Value not found') return undefined;
+    return JSON.parse(out);
+  }
+
   async stop() {
     if (!this.child || this.child.exitCode !== null) return;
     const exited = new Promise((resolve) => this.child.once('exit', resolve));
@@ -53,12 +65,13 @@ export class WorkerProcess {
  * Starts `wrangler dev` with `settings` (name -> value) as its vars and secrets.
  * Resolves once /health answers.
  */
-export async function startWorker(settings, { persistTo } = {}) {
+export async function startWorker(settings, { port: wantedPort, persistTo } = {}) {
   const worker = new WorkerProcess();
   worker.dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kling-edge-test-'));
   const envFile = path.join(worker.dir, 'settings.env');
   await fs.writeFile(envFile, Object.entries(settings).map(([k, v]) => envFileLine(k, v)).join('\n'));
-  const port = await freePort();
+  const port = wantedPort ?? await freePort();
+  worker.persistTo = persistTo ?? path.join(worker.dir, 'state');
   const inspectorPort = await freePort();
   worker.url = `http://127.0.0.1:${port}`;
   worker.child = spawn(path.join(BIN, 'wrangler'), [
@@ -67,7 +80,7 @@ export async function startWorker(settings, { persistTo } = {}) {
     '--port', String(port),
     '--inspector-port', String(inspectorPort),
     '--env-file', envFile,
-    '--persist-to', persistTo ?? path.join(worker.dir, 'state'),
+    '--persist-to', worker.persistTo,
     '--show-interactive-dev-session=false',
   ], {
     cwd: ROOT,
@@ -123,3 +136,14 @@ export async function call(worker, method, pathname, { key, body, headers = {}, 
 
 /** Every response the tests received, for the audit that no secret ever leaves. */
 export const transcript = [];
+
+/** Polls `check` until it returns a truthy value (returned) or `timeoutMs` passes. */
+export async function eventually(check, { timeoutMs = 15_000, intervalMs = 100, what = 'condition' } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+}

@@ -1,0 +1,61 @@
+// A client's webhook receiver on loopback: verifies the Standard Webhooks signature the
+// worker puts on forwarded tasks (as a client following the README would), records every
+// delivery, and can be told to fail.
+
+import crypto from 'node:crypto';
+import http from 'node:http';
+
+/** Verifies a Standard Webhooks message; returns null when valid, else the reason. */
+export function verifyWebhook(secret, headers, body, nowSeconds = Math.floor(Date.now() / 1000)) {
+  const id = headers['webhook-id'];
+  const timestamp = headers['webhook-timestamp'];
+  const signatures = headers['webhook-signature'];
+  if (!id || !timestamp || !signatures) return 'missing headers';
+  if (Math.abs(nowSeconds - Number(timestamp)) > 300) return 'stale timestamp';
+  const key = Buffer.from(secret.replace(/^whsec_/, ''), 'base64');
+  const expected = crypto.createHmac('sha256', key).update(`${id}.${timestamp}.${body}`).digest();
+  for (const candidate of signatures.split(' ')) {
+    const [version, encoded] = candidate.split(',');
+    const given = Buffer.from(encoded ?? '', 'base64');
+    if (version === 'v1' && given.length === expected.length && crypto.timingSafeEqual(given, expected)) return null;
+  }
+  return 'bad signature';
+}
+
+export class Receiver {
+  constructor(secret) {
+    this.secret = secret;
+    this.deliveries = [];
+    this.failures = new Map(); // path -> statuses to answer next, in order
+    this.server = http.createServer(async (req, res) => {
+      const chunks = [];
+      for await (const chunk of req) chunks.push(chunk);
+      const body = Buffer.concat(chunks).toString('utf8');
+      const verdict = verifyWebhook(this.secret, req.headers, body);
+      const planned = this.failures.get(req.url)?.shift();
+      const status = verdict ? 401 : (planned ?? 200);
+      this.deliveries.push({ path: req.url, headers: req.headers, body, json: JSON.parse(body), verdict, status });
+      res.writeHead(status);
+      res.end();
+    });
+  }
+
+  async listen() {
+    await new Promise((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    this.url = `http://127.0.0.1:${this.server.address().port}`;
+    return this;
+  }
+
+  /** The next answers to deliveries on `path` (then 200). */
+  failNext(path, ...statuses) {
+    this.failures.set(path, statuses);
+  }
+
+  at(path) {
+    return this.deliveries.filter((d) => d.path === path);
+  }
+
+  async close() {
+    await new Promise((resolve) => this.server.close(resolve));
+  }
+}
