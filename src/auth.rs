@@ -1,16 +1,43 @@
-//! Who is calling: the client behind an `Authorization: Bearer <key>` header.
+//! Who is calling: the client behind an `Authorization: Bearer <credential>` header.
 //!
-//! Every route but `/health` needs a client. The client's name from `PROXY_API_KEYS` is its
-//! tenant: the unit that owns tasks and is rate limited.
+//! A credential is either a key from `PROXY_API_KEYS` (an app's server) or a browser token
+//! minted by one (see `crate::browser_token`). Every route but `/health` and Kling's
+//! callbacks needs a client. The client's tenant owns its tasks and is its rate-limit key:
+//! the key's name for a server key, `{name}/{sub}` for a browser token.
 
-use crate::config::ClientKeys;
-use crate::error::ApiError;
+use crate::browser_token;
+use crate::config::Config;
+use crate::error::{code, ApiError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// A key from `PROXY_API_KEYS`: may mint browser tokens.
+    ServerKey,
+    /// A browser token: may create and read its own tasks, nothing more.
+    BrowserToken,
+}
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
-    /// Owns the caller's tasks; also the rate-limit key.
     pub tenant: String,
+    /// The `PROXY_API_KEYS` name behind the credential.
+    pub app: String,
+    pub kind: ClientKind,
+}
+
+impl Client {
+    /// Only a server key may mint browser tokens.
+    pub fn require_server_key(&self) -> Result<(), ApiError> {
+        match self.kind {
+            ClientKind::ServerKey => Ok(()),
+            ClientKind::BrowserToken => Err(ApiError::new(
+                403,
+                code::NO_PERMISSION,
+                "Authorization: a browser token cannot mint tokens",
+            )),
+        }
+    }
 }
 
 /// The token of an `Authorization: Bearer <token>` header (the scheme is case-insensitive).
@@ -27,33 +54,79 @@ pub fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
     Ok(token)
 }
 
-/// Authenticates a request's `Authorization` header against the configured client keys.
-pub fn authenticate(keys: &ClientKeys, header: Option<&str>) -> Result<Client, ApiError> {
-    let token = bearer(header)?;
-    match keys.tenant_for(token) {
-        Some(name) => Ok(Client { tenant: name.to_owned() }),
-        None => Err(ApiError::auth_invalid("unknown API key")),
+/// Authenticates a request's `Authorization` header at time `now_secs`.
+pub fn authenticate(config: &Config, header: Option<&str>, now_secs: i64) -> Result<Client, ApiError> {
+    let credential = bearer(header)?;
+    if let Some(name) = config.clients.tenant_for(credential) {
+        return Ok(Client { tenant: name.to_owned(), app: name.to_owned(), kind: ClientKind::ServerKey });
     }
+    if !browser_token::looks_like_jwt(credential) {
+        return Err(ApiError::auth_invalid("unknown API key"));
+    }
+    let Some(secret) = &config.token_secret else {
+        return Err(ApiError::auth_invalid(
+            "browser tokens are not enabled here (PROXY_TOKEN_SECRET is not set)",
+        ));
+    };
+    let identity = browser_token::verify(secret.expose().as_bytes(), credential, now_secs)?;
+    if !config.clients.has_name(&identity.app) {
+        return Err(ApiError::auth_invalid("browser token of an app whose key was removed"));
+    }
+    Ok(Client { tenant: identity.tenant(), app: identity.app, kind: ClientKind::BrowserToken })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::browser_token::{mint, MintRequest};
 
-    fn keys() -> ClientKeys {
-        ClientKeys::parse("web:k_1,ops:k_2").unwrap()
+    const SECRET: &str = "browser-token-secret-for-unit-tests-0123";
+    const NOW: i64 = 1_800_000_000;
+
+    fn config(token_secret: bool) -> Config {
+        let mut settings = vec![("KLING_API_KEY", "kling-example"), ("PROXY_API_KEYS", "web:k_1,ops:k_2")];
+        if token_secret {
+            settings.push(("PROXY_TOKEN_SECRET", SECRET));
+        }
+        Config::from_lookup(|name| settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
+            .unwrap()
+    }
+
+    fn token(app: &str, sub: &str) -> String {
+        mint(SECRET.as_bytes(), app, &MintRequest { sub: sub.into(), ttl_secs: 600 }, NOW).token
     }
 
     #[test]
     fn known_key_names_its_tenant() {
-        assert_eq!(authenticate(&keys(), Some("Bearer k_1")).unwrap().tenant, "web");
-        assert_eq!(authenticate(&keys(), Some("bearer  k_2 ")).unwrap().tenant, "ops");
+        let client = authenticate(&config(false), Some("Bearer k_1"), NOW).unwrap();
+        assert_eq!((client.tenant.as_str(), client.kind), ("web", ClientKind::ServerKey));
+        assert_eq!(authenticate(&config(false), Some("bearer  k_2 "), NOW).unwrap().tenant, "ops");
+    }
+
+    #[test]
+    fn browser_tokens_are_their_own_tenants() {
+        let header = format!("Bearer {}", token("web", "alice"));
+        let client = authenticate(&config(true), Some(&header), NOW + 1).unwrap();
+        assert_eq!(client.tenant, "web/alice");
+        assert_eq!(client.app, "web");
+        assert_eq!(client.kind, ClientKind::BrowserToken);
+        assert!(client.require_server_key().is_err());
+        assert!(authenticate(&config(true), Some("Bearer k_1"), NOW).unwrap().require_server_key().is_ok());
+    }
+
+    #[test]
+    fn browser_tokens_need_the_secret_and_a_live_app() {
+        let header = format!("Bearer {}", token("web", "alice"));
+        let error = authenticate(&config(false), Some(&header), NOW).unwrap_err();
+        assert_eq!((error.status, error.code), (401, 1002));
+        let revoked = format!("Bearer {}", token("gone", "alice"));
+        assert_eq!(authenticate(&config(true), Some(&revoked), NOW).unwrap_err().code, 1002);
     }
 
     #[test]
     fn missing_credentials_are_1001() {
         for header in [None, Some(""), Some("  "), Some("Bearer"), Some("Bearer   ")] {
-            let error = authenticate(&keys(), header).unwrap_err();
+            let error = authenticate(&config(true), header, NOW).unwrap_err();
             assert_eq!((error.status, error.code), (401, 1001), "{header:?}");
         }
     }
@@ -61,7 +134,7 @@ mod tests {
     #[test]
     fn wrong_credentials_are_1002_and_do_not_echo_the_key() {
         for header in ["Bearer k_3", "Basic d2ViOmtfMQ==", "Bearer k_1x", "Token k_1"] {
-            let error = authenticate(&keys(), Some(header)).unwrap_err();
+            let error = authenticate(&config(true), Some(header), NOW).unwrap_err();
             assert_eq!((error.status, error.code), (401, 1002), "{header}");
             assert!(!error.message.contains("k_"), "{}", error.message);
         }

@@ -9,6 +9,7 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::cors::AllowedOrigins;
 use crate::error::ApiError;
 use crate::webhook::WebhookKey;
 
@@ -106,6 +107,10 @@ impl ClientKeys {
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(|client| client.name.as_str())
     }
+
+    pub fn has_name(&self, name: &str) -> bool {
+        self.names().any(|known| known == name)
+    }
 }
 
 fn digest(value: &str) -> [u8; 32] {
@@ -138,7 +143,14 @@ pub struct Config {
     /// `PROXY_WEBHOOK_SECRET`: signs the webhooks forwarded to clients. Without it, creates
     /// with a `callback_url` are refused (a client could not verify what it receives).
     pub proxy_webhook_key: Option<WebhookKey>,
+    /// `ALLOWED_ORIGINS`: the browser origins granted CORS (none when unset).
+    pub allowed_origins: AllowedOrigins,
+    /// `PROXY_TOKEN_SECRET`: signs browser tokens; without it `/v1/tokens` is disabled.
+    pub token_secret: Option<Secret>,
 }
+
+/// Browser tokens are HS256: a shorter secret could be guessed offline from one token.
+pub const MIN_TOKEN_SECRET_CHARS: usize = 32;
 
 impl Config {
     /// Reads every setting through `lookup` (which returns a setting's value if it is set).
@@ -216,6 +228,23 @@ impl Config {
             public_base_url,
             kling_webhook_key: webhook_key("KLING_WEBHOOK_SECRET")?,
             proxy_webhook_key: webhook_key("PROXY_WEBHOOK_SECRET")?,
+            allowed_origins: match get("ALLOWED_ORIGINS") {
+                None => AllowedOrigins::default(),
+                Some(raw) => AllowedOrigins::parse(&raw)
+                    .map_err(|problem| ApiError::config("ALLOWED_ORIGINS", problem))?,
+            },
+            token_secret: match get("PROXY_TOKEN_SECRET") {
+                None => None,
+                Some(raw) if raw.trim().chars().count() >= MIN_TOKEN_SECRET_CHARS => {
+                    Some(Secret::new(raw.trim()))
+                }
+                Some(_) => {
+                    return Err(ApiError::config(
+                        "PROXY_TOKEN_SECRET",
+                        "is too short: use at least 32 random characters",
+                    ))
+                }
+            },
         })
     }
 }
@@ -309,6 +338,9 @@ mod tests {
             ("PUBLIC_BASE_URL", "secret-value"),
             ("KLING_WEBHOOK_SECRET", "whsec_secret-value"),
             ("PROXY_WEBHOOK_SECRET", "secret-value"),
+            ("ALLOWED_ORIGINS", "*,https://secret-value.example.com"),
+            ("ALLOWED_ORIGINS", "https://secret-value.example.com/path"),
+            ("PROXY_TOKEN_SECRET", "secret-value"),
         ] {
             let error = config(&with(&[(name, value)])).unwrap_err();
             assert_eq!(error.status, 500);

@@ -14,8 +14,12 @@
 //!   Kling, answering. Each handler reads as: authenticate, validate, call, answer.
 
 pub mod auth;
+pub mod browser_token;
 pub mod config;
+pub mod cors;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_harness;
 pub mod ids;
 pub mod jwt;
 pub mod kling;

@@ -48,6 +48,8 @@ impl Family {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
+    /// A CORS preflight (`OPTIONS`, any path).
+    Preflight,
     /// A callback from Kling, with the token of its URL (already checked for form).
     KlingCallback(String),
     /// A route for an authenticated client.
@@ -56,6 +58,8 @@ pub enum Route {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientRoute {
+    /// `POST /v1/tokens`: a server key mints a browser token.
+    MintToken,
     CreateTask(Family),
     /// One task by task id or external task id (already validated and percent-decoded).
     QueryTask(Family, String),
@@ -67,8 +71,14 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     const GET: &str = "GET";
     const GET_POST: &str = "GET, POST";
 
+    if method == "OPTIONS" {
+        return Ok(Route::Preflight);
+    }
     if path == "/health" {
         return only(method, GET, Route::Health);
+    }
+    if path == "/v1/tokens" {
+        return only(method, "POST", Route::Client(ClientRoute::MintToken));
     }
     if let Some(token) = path.strip_prefix(KLING_CALLBACK_PATH).and_then(|rest| rest.strip_prefix('/')) {
         if !ids::is_callback_token(token) {
@@ -177,5 +187,8 @@ mod tests {
         assert_eq!(route("POST", "/v1/audio/video-to-audio/t").unwrap_err().status, 405);
         assert_eq!(route("POST", "/health").unwrap_err().status, 405);
         assert_eq!(route("GET", "/health"), Ok(Route::Health));
+        assert_eq!(route("POST", "/v1/tokens"), Ok(Route::Client(ClientRoute::MintToken)));
+        assert_eq!(route("GET", "/v1/tokens").unwrap_err().status, 405);
+        assert_eq!(route("OPTIONS", "/v1/audio/video-to-audio"), Ok(Route::Preflight));
     }
 }

@@ -10,15 +10,18 @@ mod callbacks;
 pub mod clock;
 mod forward;
 mod http;
+mod limits;
 mod settings;
 mod store;
 mod tasks;
+mod tokens;
 mod upstream;
 
 use worker::{console_log, event, Context, Env, Request, Response};
 
 use crate::auth;
 use crate::config::Config;
+use crate::cors::{self, AllowedOrigins};
 use crate::error::ApiError;
 use crate::routes::{self, ClientRoute, Route};
 
@@ -30,18 +33,33 @@ pub struct Call<'a> {
     pub request_id: &'a str,
 }
 
+/// What the entry point learns while handling a request, for the answer's CORS headers
+/// and the log line.
+#[derive(Default)]
+struct Seen {
+    tenant: Option<String>,
+    allowed_origins: Option<AllowedOrigins>,
+}
+
 #[event(fetch)]
 pub async fn fetch(mut request: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let started_ms = clock::now_ms();
     let request_id = clock::new_request_id();
     let method = request.method().to_string();
     let path = request.path();
+    let origin = request.headers().get("Origin").ok().flatten();
 
-    let mut tenant = None;
-    let response = match handle(&mut request, &env, &ctx, &request_id, &mut tenant).await {
+    let mut seen = Seen::default();
+    let response = match handle(&mut request, &env, &ctx, &request_id, &mut seen).await {
         Ok(response) => response,
         Err(error) => http::error(&error, &request_id),
     };
+    if method != "OPTIONS" {
+        let granted = seen.allowed_origins.as_ref().and_then(|allowed| allowed.grant(origin.as_deref()));
+        for (name, value) in cors::response_headers(granted) {
+            let _ = response.headers().set(name, &value);
+        }
+    }
     let answered_id = response.headers().get("X-Request-Id").ok().flatten();
     console_log!(
         "{}",
@@ -50,7 +68,7 @@ pub async fn fetch(mut request: Request, env: Env, ctx: Context) -> worker::Resu
             "method": method,
             "path": routes::loggable_path(&path),
             "status": response.status_code(),
-            "tenant": tenant,
+            "tenant": seen.tenant,
             "ms": clock::now_ms().saturating_sub(started_ms),
         })
     );
@@ -62,30 +80,62 @@ async fn handle(
     env: &Env,
     ctx: &Context,
     request_id: &str,
-    tenant: &mut Option<String>,
+    seen: &mut Seen,
 ) -> Result<Response, ApiError> {
     let url = request.url().map_err(|_| ApiError::bad_request("the request URL is unreadable"))?;
-    let route = routes::route(request.method().as_ref(), url.path())?;
+    let route = routes::route(request.method().as_ref(), url.path());
+    if route == Ok(Route::Health) {
+        return Ok(health(request_id));
+    }
+    let call = Call { env, ctx, config: settings::config(env)?, request_id };
+    // From here on, even a refusal carries the CORS grant, so a page can read why.
+    seen.allowed_origins = Some(call.config.allowed_origins.clone());
+    let route = route?;
+
     let client_route = match route {
         Route::Health => return Ok(health(request_id)),
-        Route::KlingCallback(token) => {
-            // Kling authenticates with the URL's token (and a signature, when configured).
-            let call = Call { env, ctx, config: settings::config(env)?, request_id };
-            return callbacks::receive(request, &call, &token).await;
-        }
+        Route::Preflight => return preflight(request, &call).await,
+        // Kling authenticates with the URL's token (and a signature, when configured).
+        Route::KlingCallback(token) => return callbacks::receive(request, &call, &token).await,
         Route::Client(client_route) => client_route,
     };
 
-    let call = Call { env, ctx, config: settings::config(env)?, request_id };
+    let now_secs = clock::now_secs();
     let authorization = request.headers().get("Authorization").ok().flatten();
-    let client = auth::authenticate(&call.config.clients, authorization.as_deref())?;
-    *tenant = Some(client.tenant.clone());
+    let client = match auth::authenticate(&call.config, authorization.as_deref(), now_secs) {
+        Ok(client) => client,
+        Err(refusal) => {
+            // Guessing credentials is limited per address.
+            limits::check(env, limits::REQUESTS, &limits::ip_key(request), now_secs).await?;
+            return Err(refusal);
+        }
+    };
+    seen.tenant = Some(client.tenant.clone());
+    let tenant_key = limits::tenant_key(&client.tenant);
+    limits::check(env, limits::REQUESTS, &tenant_key, now_secs).await?;
 
     match client_route {
-        ClientRoute::CreateTask(family) => tasks::create(request, &call, &client, family).await,
+        ClientRoute::MintToken => tokens::mint(request, &call, &client).await,
+        ClientRoute::CreateTask(family) => {
+            limits::check(env, limits::CREATES, &tenant_key, now_secs).await?;
+            tasks::create(request, &call, &client, family).await
+        }
         ClientRoute::QueryTask(_, id) => tasks::query(&call, &client, &id).await,
         ClientRoute::ListTasks(_) => tasks::list(&call, &client, url.query()).await,
     }
+}
+
+/// `OPTIONS`: a CORS preflight, granted to the allowed origins only.
+async fn preflight(request: &Request, call: &Call<'_>) -> Result<Response, ApiError> {
+    limits::check(call.env, limits::REQUESTS, &limits::ip_key(request), clock::now_secs()).await?;
+    let origin = request.headers().get("Origin").ok().flatten();
+    let granted = call.config.allowed_origins.grant(origin.as_deref());
+    let response = Response::builder().with_status(204).empty();
+    for (name, value) in cors::preflight_headers(granted) {
+        let _ = response.headers().set(name, &value);
+    }
+    let _ = response.headers().set("X-Request-Id", call.request_id);
+    Ok(response)
 }
 
 /// `GET /health`: liveness only; it needs no credential and reveals nothing.

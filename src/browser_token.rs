@@ -1,0 +1,289 @@
+//! Short-lived browser tokens: what an app's server hands its users' browsers instead of a
+//! key from `PROXY_API_KEYS`, which must never reach a browser.
+//!
+//! A token is an HS256 JWT signed with `PROXY_TOKEN_SECRET`: `iss` = `kling-edge`, `sub` =
+//! the app's user id, `app` = the name of the key that minted it, `iat`/`nbf`/`exp`. It
+//! authenticates like a key, as the tenant `{app}/{sub}`, so each user of each app sees
+//! only their own tasks. It is refused when expired, not yet valid, badly signed, signed
+//! with any algorithm but HS256, or expiring more than an hour ahead (which only a leaked
+//! secret could mint). Removing the minting key from `PROXY_API_KEYS`, or rotating the
+//! secret, revokes its tokens.
+
+use chrono::{DateTime, Duration, Utc};
+use jwt_compact::{
+    alg::{Hs256, Hs256Key},
+    AlgorithmExt, Claims, Header, TimeOptions, UntrustedToken, ValidationError,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{code, ApiError};
+
+pub const ISSUER: &str = "kling-edge";
+pub const DEFAULT_TTL_SECS: u32 = 900;
+pub const MAX_TTL_SECS: u32 = 3600;
+/// Clock skew tolerated on `nbf` between edge locations.
+pub const NOT_BEFORE_LEEWAY_SECS: i64 = 5;
+pub const MAX_SUB_CHARS: usize = 128;
+pub const SUB_RULE: &str = "must be 1 to 128 characters, without spaces, control characters, ':' or '/'";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct BrowserClaims {
+    iss: String,
+    sub: String,
+    app: String,
+}
+
+/// Who a valid browser token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrowserIdentity {
+    /// The `PROXY_API_KEYS` name whose key minted the token.
+    pub app: String,
+    pub sub: String,
+}
+
+impl BrowserIdentity {
+    /// The tenant: the app's name plus the user, so users of one app never share tasks.
+    pub fn tenant(&self) -> String {
+        format!("{}/{}", self.app, self.sub)
+    }
+}
+
+/// A minted token and its expiry (epoch ms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Minted {
+    pub token: String,
+    pub expires_at: i64,
+}
+
+/// A validated `POST /v1/tokens` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MintRequest {
+    pub sub: String,
+    pub ttl_secs: u32,
+}
+
+/// Parses `{"sub": "...", "ttl_seconds": N}`.
+pub fn mint_request(body: &[u8]) -> Result<MintRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("body: must be valid JSON ({e})")))?;
+    let Value::Object(mut fields) = value else {
+        return Err(ApiError::bad_request("body: must be a JSON object"));
+    };
+    if let Some(unknown) = fields.keys().find(|k| !matches!(k.as_str(), "sub" | "ttl_seconds")) {
+        let shown: String = unknown.chars().take(40).collect();
+        return Err(ApiError::bad_param(&shown, "unknown field (expected one of sub, ttl_seconds)"));
+    }
+    let sub = match fields.remove("sub") {
+        Some(Value::String(sub)) if is_valid_sub(&sub) => sub,
+        Some(Value::String(_)) => return Err(ApiError::bad_param("sub", SUB_RULE)),
+        None | Some(Value::Null) => return Err(ApiError::bad_param("sub", "is required (the user's id)")),
+        Some(_) => return Err(ApiError::bad_param("sub", "must be a string")),
+    };
+    let ttl_rule =
+        || ApiError::bad_param("ttl_seconds", format!("must be a whole number from 1 to {MAX_TTL_SECS}"));
+    let ttl_secs = match fields.remove("ttl_seconds") {
+        None | Some(Value::Null) => DEFAULT_TTL_SECS,
+        Some(Value::Number(n)) => {
+            n.as_u64().filter(|s| (1..=u64::from(MAX_TTL_SECS)).contains(s)).ok_or_else(ttl_rule)? as u32
+        }
+        Some(_) => return Err(ttl_rule()),
+    };
+    Ok(MintRequest { sub, ttl_secs })
+}
+
+fn is_valid_sub(sub: &str) -> bool {
+    let chars = sub.chars().count();
+    (1..=MAX_SUB_CHARS).contains(&chars)
+        && !sub.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '/')
+}
+
+fn timestamp(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// Mints a token for `request.sub`, on behalf of the app `app`.
+pub fn mint(secret: &[u8], app: &str, request: &MintRequest, now_secs: i64) -> Minted {
+    let expires = now_secs + i64::from(request.ttl_secs);
+    let mut claims =
+        Claims::new(BrowserClaims { iss: ISSUER.to_owned(), sub: request.sub.clone(), app: app.to_owned() });
+    claims.issued_at = Some(timestamp(now_secs));
+    claims.not_before = Some(timestamp(now_secs));
+    claims.expiration = Some(timestamp(expires));
+    let header = Header::empty().with_token_type("JWT");
+    let token = Hs256.token(&header, &claims, &Hs256Key::new(secret)).unwrap_or_default();
+    Minted { token, expires_at: expires * 1000 }
+}
+
+/// Whether a bearer value has a JWT's shape (and so should be verified as a token).
+pub fn looks_like_jwt(bearer: &str) -> bool {
+    bearer.split('.').count() == 3 && bearer.starts_with("eyJ")
+}
+
+/// Verifies a browser token at `now_secs`.
+pub fn verify(secret: &[u8], token: &str, now_secs: i64) -> Result<BrowserIdentity, ApiError> {
+    let invalid =
+        |why: &str| ApiError::new(401, code::AUTH_INVALID, format!("Authorization: browser token {why}"));
+    let untrusted = UntrustedToken::new(token).map_err(|_| invalid("is malformed"))?;
+    let verified =
+        Hs256.validator::<BrowserClaims>(&Hs256Key::new(secret)).validate(&untrusted).map_err(|error| {
+            match error {
+                ValidationError::AlgorithmMismatch { .. } => invalid("must be signed with HS256"),
+                ValidationError::MalformedClaims(_) => invalid("has malformed claims"),
+                _ => invalid("has an invalid signature"),
+            }
+        })?;
+    let claims = verified.claims();
+    let clock = TimeOptions::new(Duration::zero(), || timestamp(now_secs));
+    claims.validate_expiration(&clock).map_err(|error| match error {
+        ValidationError::Expired => {
+            ApiError::new(401, code::AUTH_EXPIRED, "Authorization: browser token has expired")
+        }
+        _ => invalid("has no expiry"),
+    })?;
+    let maturity = TimeOptions::new(Duration::seconds(NOT_BEFORE_LEEWAY_SECS), || timestamp(now_secs));
+    claims.validate_maturity(&maturity).map_err(|error| match error {
+        ValidationError::NotMature => {
+            ApiError::new(401, code::AUTH_NOT_YET_VALID, "Authorization: browser token is not valid yet")
+        }
+        _ => invalid("has no nbf"),
+    })?;
+    let expires = claims.expiration.map(|exp| exp.timestamp()).unwrap_or(i64::MAX);
+    if expires - now_secs > i64::from(MAX_TTL_SECS) {
+        return Err(invalid("expires more than one hour ahead"));
+    }
+    let custom = &claims.custom;
+    if custom.iss != ISSUER || !is_valid_sub(&custom.sub) || custom.app.is_empty() {
+        return Err(invalid("was not issued by this worker"));
+    }
+    Ok(BrowserIdentity { app: custom.app.clone(), sub: custom.sub.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64ct::{Base64UrlUnpadded, Encoding};
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+
+    const SECRET: &[u8] = b"browser-token-secret-for-unit-tests-0123";
+    const NOW: i64 = 1_800_000_000;
+
+    fn alice(ttl_secs: u32) -> MintRequest {
+        MintRequest { sub: "alice".into(), ttl_secs }
+    }
+
+    /// A token with any header and claims, signed with HMAC-SHA256 and `secret`.
+    fn craft(header: &str, claims: &str, secret: &[u8]) -> String {
+        let signing_input = format!(
+            "{}.{}",
+            Base64UrlUnpadded::encode_string(header.as_bytes()),
+            Base64UrlUnpadded::encode_string(claims.as_bytes())
+        );
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(signing_input.as_bytes());
+        format!("{signing_input}.{}", Base64UrlUnpadded::encode_string(&mac.finalize().into_bytes()))
+    }
+
+    fn claims(nbf: i64, exp: i64) -> String {
+        format!(r#"{{"iss":"kling-edge","sub":"alice","app":"web","nbf":{nbf},"exp":{exp}}}"#)
+    }
+
+    const HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+    #[test]
+    fn minted_tokens_verify_as_their_tenant() {
+        let minted = mint(SECRET, "web", &alice(900), NOW);
+        assert_eq!(minted.expires_at, (NOW + 900) * 1000);
+        assert!(looks_like_jwt(&minted.token));
+        let identity = verify(SECRET, &minted.token, NOW + 10).unwrap();
+        assert_eq!(identity, BrowserIdentity { app: "web".into(), sub: "alice".into() });
+        assert_eq!(identity.tenant(), "web/alice");
+    }
+
+    #[test]
+    fn expired_and_not_yet_valid_tokens_are_refused_with_klings_codes() {
+        let minted = mint(SECRET, "web", &alice(60), NOW);
+        assert_eq!(verify(SECRET, &minted.token, NOW + 61).unwrap_err().code, 1004);
+        let early = craft(HS256, &claims(NOW + 60, NOW + 600), SECRET);
+        let error = verify(SECRET, &early, NOW).unwrap_err();
+        assert_eq!((error.status, error.code), (401, 1003));
+        assert!(
+            verify(SECRET, &craft(HS256, &claims(NOW + 5, NOW + 600), SECRET), NOW).is_ok(),
+            "5 s of skew"
+        );
+    }
+
+    #[test]
+    fn wrong_signatures_and_algorithms_are_refused() {
+        let minted = mint(SECRET, "web", &alice(60), NOW);
+        assert_eq!(
+            verify(b"another-secret-another-secret-another", &minted.token, NOW).unwrap_err().code,
+            1002
+        );
+        let good_claims = claims(NOW, NOW + 600);
+        for header in [r#"{"alg":"none","typ":"JWT"}"#, r#"{"alg":"HS512"}"#, r#"{"alg":"RS256"}"#] {
+            let error = verify(SECRET, &craft(header, &good_claims, SECRET), NOW).unwrap_err();
+            assert_eq!(error.code, 1002, "{header}");
+            assert!(error.message.contains("HS256"), "{header}: {}", error.message);
+        }
+        let unsigned = format!(
+            "{}.{}.",
+            Base64UrlUnpadded::encode_string(br#"{"alg":"none"}"#),
+            Base64UrlUnpadded::encode_string(good_claims.as_bytes())
+        );
+        assert_eq!(verify(SECRET, &unsigned, NOW).unwrap_err().code, 1002);
+        let mut tampered = minted.token.clone();
+        tampered.insert(tampered.len() - 3, 'x');
+        assert_eq!(verify(SECRET, &tampered, NOW).unwrap_err().code, 1002);
+    }
+
+    #[test]
+    fn tokens_expiring_more_than_an_hour_ahead_are_refused() {
+        assert!(verify(SECRET, &craft(HS256, &claims(NOW, NOW + 3600), SECRET), NOW).is_ok());
+        let error = verify(SECRET, &craft(HS256, &claims(NOW, NOW + 3601), SECRET), NOW).unwrap_err();
+        assert!(error.message.contains("more than one hour"), "{}", error.message);
+    }
+
+    #[test]
+    fn tokens_must_have_our_claims() {
+        for bad in [
+            format!(r#"{{"iss":"someone","sub":"alice","app":"web","nbf":{NOW},"exp":{}}}"#, NOW + 60),
+            format!(r#"{{"iss":"kling-edge","sub":"a/b","app":"web","nbf":{NOW},"exp":{}}}"#, NOW + 60),
+            format!(r#"{{"iss":"kling-edge","sub":"alice","app":"web","exp":{}}}"#, NOW + 60),
+            format!(r#"{{"iss":"kling-edge","sub":"alice","app":"web","nbf":{NOW}}}"#),
+            format!(r#"{{"iss":"kling-edge","sub":"alice","nbf":{NOW},"exp":{}}}"#, NOW + 60),
+        ] {
+            assert!(verify(SECRET, &craft(HS256, &bad, SECRET), NOW).is_err(), "{bad}");
+        }
+        for garbage in ["", "a.b.c", "eyJ.eyJ.x", "not a token"] {
+            assert_eq!(verify(SECRET, garbage, NOW).unwrap_err().status, 401, "{garbage}");
+        }
+    }
+
+    #[test]
+    fn mint_requests() {
+        assert_eq!(mint_request(br#"{"sub":"alice"}"#).unwrap(), alice(DEFAULT_TTL_SECS));
+        assert_eq!(mint_request(br#"{"sub":"u-1@example.com","ttl_seconds":3600}"#).unwrap().ttl_secs, 3600);
+        for (body, field) in [
+            (&br#"{}"#[..], "sub"),
+            (br#"{"sub":""}"#, "sub"),
+            (br#"{"sub":"a b"}"#, "sub"),
+            (br#"{"sub":"a:b"}"#, "sub"),
+            (br#"{"sub":5}"#, "sub"),
+            (br#"{"sub":"a","ttl_seconds":3601}"#, "ttl_seconds"),
+            (br#"{"sub":"a","ttl_seconds":0}"#, "ttl_seconds"),
+            (br#"{"sub":"a","ttl_seconds":1.5}"#, "ttl_seconds"),
+            (br#"{"sub":"a","ttl_seconds":"60"}"#, "ttl_seconds"),
+            (br#"{"sub":"a","scope":"admin"}"#, "scope"),
+            (b"[]", "body"),
+            (b"nope", "body"),
+        ] {
+            let error = mint_request(body).unwrap_err();
+            assert_eq!(error.status, 400);
+            assert!(error.message.starts_with(field), "{}", error.message);
+        }
+        let long = format!(r#"{{"sub":"{}"}}"#, "é".repeat(129));
+        assert!(mint_request(long.as_bytes()).is_err());
+    }
+}

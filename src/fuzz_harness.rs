@@ -1,0 +1,117 @@
+//! The bodies of the fuzz targets in `fuzz/`, kept here so that `cargo test` replays the
+//! committed corpus through exactly the same code (`tests/fuzz_corpus.rs`) without
+//! cargo-fuzz. Each checks invariants, not just the absence of panics.
+//!
+//! Not part of the worker: nothing in `edge` calls it, so the release build drops it.
+
+use serde_json::Value;
+
+use crate::browser_token;
+use crate::routes::{self, Family};
+use crate::task;
+use crate::validate::{self, UrlPolicy};
+use crate::webhook::{SignatureHeaders, WebhookKey};
+
+const NOW: i64 = 1_800_000_000;
+const TOKEN_SECRET: &[u8] = b"fuzz-token-secret-fuzz-token-secret-0123";
+
+/// Splits input at 0xff bytes (never valid UTF-8) into `count` fields.
+fn fields(data: &[u8], count: usize) -> Vec<&[u8]> {
+    let mut parts: Vec<&[u8]> = data.splitn(count, |b| *b == 0xff).collect();
+    parts.resize(count, &[]);
+    parts
+}
+
+/// Request validation: create bodies of both families, pagination, routing and URLs.
+pub fn validate_request(data: &[u8]) {
+    for family in [Family::Official, Family::Simplified] {
+        for allow_private in [false, true] {
+            match validate::create_request(family, data, UrlPolicy { allow_private }) {
+                Ok(request) => {
+                    // Whatever passes is something Kling accepts the shape of.
+                    let body = &request.upstream;
+                    assert!(body.video_id.is_some() != body.video_url.is_some());
+                    for prompt in [&body.sound_effect_prompt, &body.bgm_prompt].into_iter().flatten() {
+                        assert!(prompt.chars().count() <= validate::MAX_PROMPT_CHARS);
+                    }
+                    if let Some(url) = &body.video_url {
+                        let again = validate::http_url("video_url", url, UrlPolicy { allow_private });
+                        assert!(again.is_ok(), "a forwarded URL must pass its own rules again");
+                    }
+                    if let Some(seconds) = request.video_duration_seconds {
+                        assert!(
+                            (validate::MIN_VIDEO_SECONDS..=validate::MAX_VIDEO_SECONDS).contains(&seconds)
+                        );
+                    }
+                    assert!(serde_json::to_string(body).is_ok());
+                }
+                Err(error) => {
+                    assert_eq!(error.status, 400);
+                    assert!(serde_json::from_str::<Value>(&error.envelope("r")).is_ok());
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(data);
+    if let Ok(page) = validate::page(Some(&text)) {
+        assert!((1..=validate::MAX_PAGE_NUM).contains(&page.num));
+        assert!((1..=validate::MAX_PAGE_SIZE).contains(&page.size));
+    }
+    for method in ["GET", "POST", "OPTIONS", "DELETE"] {
+        if let Err(error) = routes::route(method, &text) {
+            assert!(matches!(error.status, 400 | 404 | 405), "{}", error.status);
+        }
+    }
+    let _ = routes::loggable_path(&text);
+}
+
+/// Kling callbacks: signature verification of arbitrary headers and bodies, parsing, and
+/// the merge's invariants (idempotent, monotonic).
+pub fn callback(data: &[u8]) {
+    let parts = fields(data, 5);
+    let key = WebhookKey::from_secret("whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI=").unwrap();
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let (id, timestamp, signature) = (text(parts[0]), text(parts[1]), text(parts[2]));
+    let headers =
+        SignatureHeaders { id: Some(&id), timestamp: Some(&timestamp), signature: Some(&signature) };
+    let _ = key.verify(&headers, parts[3], NOW);
+    // What the worker signs, it verifies.
+    let signed = key.sign(&id, NOW, parts[3]);
+    if !id.is_empty() {
+        let now = NOW.to_string();
+        let own = SignatureHeaders { id: Some(&id), timestamp: Some(&now), signature: Some(&signed) };
+        assert!(key.verify(&own, parts[3], NOW).is_ok());
+    }
+    let _ = WebhookKey::from_secret(&text(parts[4]));
+
+    let stored = task::parse_callback(parts[3]);
+    let incoming = task::parse_callback(parts[4]);
+    if let (Ok(stored), Ok(incoming)) = (stored, incoming) {
+        let merged = task::merge(&stored, &incoming).unwrap_or_else(|| stored.clone());
+        assert_eq!(task::merge(&merged, &incoming), None, "merging the same report twice changes nothing");
+        if task::is_final(&stored) {
+            assert!(task::is_final(&merged), "a final task never becomes unfinished");
+        }
+        if task::has_audios(&stored) && task::is_final(&stored) {
+            assert!(task::has_audios(&merged), "a final result never loses its audios");
+        }
+    }
+}
+
+/// Browser tokens: verification of arbitrary tokens, and mint/verify round trips.
+pub fn browser_token(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(identity) = browser_token::verify(TOKEN_SECRET, &text, NOW) {
+        assert!(!identity.sub.contains('/') && !identity.sub.contains(':'));
+    }
+    if let Ok(request) = browser_token::mint_request(data) {
+        let minted = browser_token::mint(TOKEN_SECRET, "app", &request, NOW);
+        let identity =
+            browser_token::verify(TOKEN_SECRET, &minted.token, NOW).expect("a minted token verifies");
+        assert_eq!(identity.sub, request.sub);
+        assert_eq!(identity.tenant(), format!("app/{}", request.sub));
+        let expired =
+            browser_token::verify(TOKEN_SECRET, &minted.token, NOW + i64::from(request.ttl_secs) + 1);
+        assert_eq!(expired.unwrap_err().code, crate::error::code::AUTH_EXPIRED);
+    }
+}
