@@ -62,10 +62,11 @@ export class WorkerProcess {
 }
 
 /**
- * Starts `wrangler dev` with `settings` (name -> value) as its vars and secrets.
+ * Starts `wrangler dev` with `settings` (name -> value) as its vars and secrets, in the
+ * `test` environment of wrangler.toml (high rate limits) unless `productionLimits`.
  * Resolves once /health answers.
  */
-export async function startWorker(settings, { port: wantedPort, persistTo } = {}) {
+export async function startWorker(settings, { port: wantedPort, persistTo, productionLimits = false } = {}) {
   const worker = new WorkerProcess();
   worker.dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kling-edge-test-'));
   const envFile = path.join(worker.dir, 'settings.env');
@@ -82,6 +83,8 @@ export async function startWorker(settings, { port: wantedPort, persistTo } = {}
     '--env-file', envFile,
     '--persist-to', worker.persistTo,
     '--show-interactive-dev-session=false',
+    // Rate limits high enough for a test suite, unless a test is about them.
+    ...(productionLimits ? [] : ['--env', 'test']),
   ], {
     cwd: ROOT,
     detached: true,
