@@ -43,6 +43,7 @@ const localEnv = path.join(STATE, 'local.env');
 const localDefaults = {
   PROXY_API_KEYS: `dev:dev_${hex(16)}`,
   PROXY_WEBHOOK_SECRET: `whsec_${crypto.randomBytes(32).toString('base64')}`,
+  PROXY_TOKEN_SECRET: hex(32),
 };
 writeEnvFile(localEnv, { ...localDefaults, ...readEnvFile(localEnv) });
 
@@ -95,16 +96,40 @@ for (let i = 0; i < 600; i += 1) {
 
 const clientKey = settings.PROXY_API_KEYS.split(',')[0].split(':').slice(1).join(':').trim();
 const videoUrl = standIn ? `${standIn.url}/samples/sample-video.mp4` : 'https://example.com/your-video.mp4';
+
+// A development browser token for the demo page: the page gets it in the link's fragment,
+// never a key. Tokens last at most an hour; restart `make dev` (or mint one, below) after.
+let pageLink = `${base}/`;
+try {
+  const minted = await fetch(`${base}/v1/tokens`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${clientKey}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ sub: 'developer', ttl_seconds: 3600 }),
+  }).then((r) => r.json());
+  if (minted.code === 0) {
+    pageLink = `${base}/#token=${minted.data.token}&video=${encodeURIComponent(videoUrl)}`;
+  } else {
+    console.log(`(no development token: ${minted.message})`);
+  }
+} catch (error) {
+  console.log(`(no development token: ${error.message})`);
+}
+
 console.log(`
 kling-edge is running at ${base}
-  Kling: ${realKling ? `the real Kling (${settings.KLING_API_BASE ?? 'https://api-singapore.klingai.com'})` : `the local stand-in at ${standIn.url} (tasks succeed after a few seconds)`}
+  Kling: ${realKling ? `the real Kling (${settings.KLING_API_BASE ?? 'https://api-singapore.klingai.com'})` : `the local stand-in at ${standIn.url} (tasks succeed after a few seconds; a video URL containing "fail" fails)`}
   Client key (from ${devVars.PROXY_API_KEYS ? '.dev.vars' : 'target/dev/local.env'}): ${clientKey}
 
-Try it:
+Open the demo page (signed in for an hour as "developer"):
+  ${pageLink}
+
+Or call the API:
   curl -s ${base}/v1/audio/video-to-audio \\
     -H 'Authorization: Bearer ${clientKey}' -H 'Content-Type: application/json' \\
     -d '{"video_url": "${videoUrl}", "sound_effect_prompt": "waves on a beach"}'
   curl -s ${base}/v1/audio/video-to-audio/<task_id> -H 'Authorization: Bearer ${clientKey}'
+  curl -s ${base}/v1/tokens -H 'Authorization: Bearer ${clientKey}' \\
+    -H 'Content-Type: application/json' -d '{"sub": "developer"}'      # a new browser token
 
-Press Ctrl+C to stop.
+API document: ${base}/openapi.json · Press Ctrl+C to stop.
 `);

@@ -5,3 +5,32 @@ case "$(wasm_toolchain_mode)" in
   debian) apt_install rust-web-clippy ;;
   rustup) rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy ;;
 esac
+
+# Headless Chromium for the demo page's browser test (Debian's; playwright-core drives it).
+[ -x /usr/bin/chromium ] || apt_install chromium
+
+# schemathesis for the API-document test, in .venv. CPython before 3.11.8/3.12.1 has an AST
+# bug that hypothesis trips over, so take the newest Python 3.12+ the machine has (pyenv's
+# included), else the system's (the test then skips schemathesis' coverage phase).
+SCHEMATHESIS_VERSION=4.32.5
+pick_python() {
+  local candidates=(python3.14 python3.13 python3.12)
+  if command -v pyenv >/dev/null 2>&1; then
+    candidates+=($(ls -d "$(pyenv root)"/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV))
+  fi
+  for candidate in "${candidates[@]}" python3; do
+    if "$candidate" -c 'import sys, venv; assert sys.version_info >= (3, 10)' >/dev/null 2>&1; then
+      if [ "$candidate" = python3 ] || "$candidate" -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1; then
+        echo "$candidate"
+        return
+      fi
+    fi
+  done
+}
+if ! .venv/bin/schemathesis --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  python="$(pick_python)"
+  say "installing schemathesis $SCHEMATHESIS_VERSION into .venv ($("$python" --version))"
+  rm -rf .venv
+  "$python" -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every test (`make test`): installs what is missing first, then
 #   1. formatting and lints,
-#   2. native unit tests of the pure code (cargo test),
+#   2. native unit tests of the pure code, and the fuzz seeds replayed (cargo test),
 #   3. wasm32 tests of the clock, randomness and signing (wasm-bindgen-test under node),
 #   4. the release build of the worker,
-#   5. end-to-end tests of the built worker in workerd against the fake Kling.
+#   5. end-to-end tests of the built worker in workerd against the fake Kling, including
+#      the demo page in headless Chromium and schemathesis against /openapi.json.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$PROJECT_ROOT"

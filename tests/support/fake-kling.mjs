@@ -10,7 +10,8 @@
 // - tests can make the next calls fail, drop the connection, or hang;
 // - it POSTs callbacks to a task's callback_url, optionally signed the Standard Webhooks
 //   way, and with `autoProgress` moves each task submitted -> processing -> succeed by
-//   itself (the local development stand-in), serving a playable sample video and audio.
+//   itself (the local development stand-in; a video URL containing "fail" ends `failed`),
+//   serving a playable sample video and audio from samples/.
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -286,8 +287,10 @@ export class FakeKling {
       }, ms);
       this.timers.add(timer);
     };
+    // A video URL with "fail" in it plays a task Kling could not process.
+    const fails = /fail/i.test(this.tasks.get(taskId).body.video_url ?? '');
     later(this.stepMs, () => this.advance(taskId, 'processing'));
-    later(this.stepMs * 3, () => this.advance(taskId, 'succeed'));
+    later(this.stepMs * 3, () => this.advance(taskId, fails ? 'failed' : 'succeed'));
   }
 
   #list(url, send) {
