@@ -1,6 +1,6 @@
 # The two commands of the README's quick start are `make dev` and `make test`;
 # each installs whatever is missing first (scripts/setup.sh).
-.PHONY: dev test setup build deploy clean
+.PHONY: dev test setup build bench fuzz deploy clean
 
 ## Run the worker locally (workerd, local KV, the local Kling stand-in unless .dev.vars has Kling credentials).
 dev:
@@ -18,6 +18,14 @@ setup:
 ## Build the worker into build/ (what wrangler's [build] runs).
 build: setup
 	@scripts/build.sh
+
+## Print the wasm size, the latency the worker adds over a direct call, and throughput.
+bench: build
+	@PATH="$(CURDIR)/node_modules/.bin:$$PATH" node scripts/bench.mjs
+
+## Fuzz each target for 10 minutes (scripts/fuzz.sh SECONDS for another budget).
+fuzz:
+	@scripts/fuzz.sh
 
 ## Deploy with wrangler (after `wrangler login` and the secrets: see README).
 deploy: setup

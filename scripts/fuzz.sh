@@ -7,7 +7,7 @@
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$PROJECT_ROOT"
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="$CARGO_BIN:$PATH"
 
 seconds=${1:-600}
 shift || true

@@ -6,6 +6,8 @@
 #   built in) plus its std sources, and cargo's build-std (see ../shared/TOOLCHAIN.md).
 
 PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Where `cargo install` puts binaries.
+CARGO_BIN="${CARGO_HOME:-$HOME/.cargo}/bin"
 WASM_TARGET=wasm32-unknown-unknown
 DEBIAN_WASM_PACKAGES=(rustc-web cargo-web rust-web-src lld-22)
 
@@ -37,7 +39,7 @@ wasm_toolchain_mode() {
 
 # Exports what a wasm build (worker-build, or cargo --target wasm32) needs.
 wasm_build_env() {
-  export PATH="$PROJECT_ROOT/node_modules/.bin:$HOME/.cargo/bin:$PATH"
+  export PATH="$PROJECT_ROOT/node_modules/.bin:$CARGO_BIN:$PATH"
   case "$(wasm_toolchain_mode)" in
     rustup) ;;
     debian)
@@ -59,7 +61,7 @@ wasm_build_env() {
       say "no wasm32 toolchain: run 'make setup' first" && return 1 ;;
   esac
   # worker-build would download these; use the ones setup installed.
-  export WASM_BINDGEN_BIN="$HOME/.cargo/bin/wasm-bindgen"
+  export WASM_BINDGEN_BIN="$CARGO_BIN/wasm-bindgen"
   export WASM_OPT_BIN="$PROJECT_ROOT/node_modules/.bin/wasm-opt"
   export ESBUILD_BIN="$PROJECT_ROOT/node_modules/.bin/esbuild"
 }

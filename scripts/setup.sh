@@ -24,7 +24,7 @@ apt_install() {
 }
 
 ensure_rust() {
-  export PATH="$HOME/.cargo/bin:$PATH"
+  export PATH="$CARGO_BIN:$PATH"
   if ! command -v cargo >/dev/null 2>&1; then
     say "cargo is missing: install Rust (https://rustup.rs) and run this again"
     exit 1
@@ -58,7 +58,7 @@ debian_target_marker() {
 # ensure_cargo_tool CRATE BINARY VERSION
 ensure_cargo_tool() {
   local crate=$1 binary=$2 version=$3 installed
-  installed="$("$HOME/.cargo/bin/$binary" --version 2>/dev/null | awk '{print $NF}' || true)"
+  installed="$("$CARGO_BIN/$binary" --version 2>/dev/null | awk '{print $NF}' || true)"
   [ "$installed" = "$version" ] && return 0
   say "installing $crate $version (a few minutes the first time)"
   cargo install --quiet --locked "$crate" --version "=$version" ||

@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$PROJECT_ROOT"
 
 scripts/setup.sh --tests
-export PATH="$PROJECT_ROOT/node_modules/.bin:$HOME/.cargo/bin:$PATH"
+export PATH="$PROJECT_ROOT/node_modules/.bin:$CARGO_BIN:$PATH"
 
 say "1/5 format and lints"
 cargo fmt --check
@@ -24,7 +24,7 @@ cargo test --quiet
 say "3/5 wasm32 tests (wasm-bindgen-test under node)"
 (
   wasm_build_env
-  export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$HOME/.cargo/bin/wasm-bindgen-test-runner"
+  export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER="$CARGO_BIN/wasm-bindgen-test-runner"
   cargo test --target "$WASM_TARGET" --test wasm
 )
 

@@ -351,6 +351,14 @@ describe('the task list', () => {
   });
 });
 
+/** The task's KV record once its delivery state is `state` (read as an operator would). */
+function recordedDelivery(taskId, state) {
+  return eventually(async () => {
+    const stored = await worker.kvGet(`task:${taskId}`);
+    return stored?.delivery?.state === state && stored;
+  }, { what: `a ${state} delivery recorded on ${taskId}` });
+}
+
 describe('forwarding to the client webhook', () => {
   it('POSTs the finished task, signed, and records the delivery', async () => {
     const hook = '/hooks/signed';
@@ -362,10 +370,7 @@ describe('forwarding to the client webhook', () => {
     assert.equal(delivery.headers['webhook-id'], `msg_${taskId}_succeed`);
     assert.deepEqual(delivery.json, fake.tasks.get(taskId).data, "the same JSON as Kling's callback");
     assert.equal(receiver.at(hook).length, 1, 'only the final state is forwarded');
-    const record = await eventually(async () => {
-      const stored = await worker.kvGet(`task:${taskId}`);
-      return stored?.delivery?.state === 'delivered' && stored;
-    }, { what: 'the recorded delivery' });
+    const record = await recordedDelivery(taskId, 'delivered');
     assert.equal(record.delivery.attempts, 1);
     assert.equal(record.delivery.last_http_status, 200);
     assert.equal(record.client_callback_url, `${receiver.url}${hook}`);
@@ -382,10 +387,7 @@ describe('forwarding to the client webhook', () => {
     assert.equal(new Set(attempts.map((d) => d.headers['webhook-id'])).size, 1, 'one message id for every attempt');
     const gaps = attempts.slice(1).map((d, i) => Number(d.headers['webhook-timestamp']) - Number(attempts[i].headers['webhook-timestamp']));
     assert.ok(gaps[1] >= gaps[0], `backoff grows: ${gaps}`);
-    const record = await eventually(async () => {
-      const stored = await worker.kvGet(`task:${taskId}`);
-      return stored?.delivery?.state === 'delivered' && stored;
-    }, { what: 'the recorded delivery' });
+    const record = await recordedDelivery(taskId, 'delivered');
     assert.equal(record.delivery.attempts, 3);
   });
 
@@ -394,10 +396,7 @@ describe('forwarding to the client webhook', () => {
     receiver.failNext(hook, 410);
     const { taskId } = await createTask(worker, { body: { callback_url: `${receiver.url}${hook}` } });
     await fake.advance(taskId, 'succeed');
-    const record = await eventually(async () => {
-      const stored = await worker.kvGet(`task:${taskId}`);
-      return stored?.delivery?.state === 'failed' && stored;
-    }, { what: 'the recorded failure' });
+    const record = await recordedDelivery(taskId, 'failed');
     assert.equal(record.delivery.attempts, 1);
     assert.equal(record.delivery.last_http_status, 410);
     assert.equal(receiver.at(hook).length, 1);

@@ -66,7 +66,7 @@ export class WorkerProcess {
  * `test` environment of wrangler.toml (high rate limits) unless `productionLimits`.
  * Resolves once /health answers.
  */
-export async function startWorker(settings, { port: wantedPort, persistTo, productionLimits = false } = {}) {
+export async function startWorker(settings, { port: wantedPort, persistTo, productionLimits = false, logLevel } = {}) {
   const worker = new WorkerProcess();
   worker.dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kling-edge-test-'));
   const envFile = path.join(worker.dir, 'settings.env');
@@ -85,6 +85,7 @@ export async function startWorker(settings, { port: wantedPort, persistTo, produ
     '--show-interactive-dev-session=false',
     // Rate limits high enough for a test suite, unless a test is about them.
     ...(productionLimits ? [] : ['--env', 'test']),
+    ...(logLevel ? ['--log-level', logLevel] : []),
   ], {
     cwd: ROOT,
     detached: true,
