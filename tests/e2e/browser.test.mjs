@@ -4,6 +4,7 @@
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import http from 'node:http';
 import { after, before, describe, it } from 'node:test';
 
 import { startFakeKling } from '../support/fake-kling.mjs';
@@ -44,6 +45,29 @@ async function mint(sub, { key = WEB_KEY, ttl } = {}) {
   const response = await call(worker, 'POST', '/v1/tokens', { key, body });
   assert.equal(response.status, 200, response.text);
   return response.json.data.token;
+}
+
+/** POSTs a chunked body, a chunk every few ms, until the server answers; stops sending then. */
+function streamUntilAnswered(url, headers, chunk, maxChunks) {
+  return new Promise((resolve, reject) => {
+    const request = http.request(url, { method: 'POST', headers: { ...headers, 'transfer-encoding': 'chunked' } });
+    let sentChunks = 0;
+    let answered = false;
+    request.on('response', (response) => {
+      answered = true;
+      let body = '';
+      response.on('data', (data) => { body += data; });
+      response.on('end', () => resolve({ status: response.statusCode, body, sentChunks }));
+    });
+    // Once answered, the server may close before the client stops writing.
+    request.on('error', (error) => { if (!answered) reject(error); });
+    const pump = () => {
+      if (answered || sentChunks >= maxChunks) return request.end();
+      sentChunks += 1;
+      request.write(chunk, () => setTimeout(pump, 5));
+    };
+    pump();
+  });
 }
 
 async function preflight(w, origin, path = OFFICIAL) {
@@ -204,21 +228,14 @@ describe('input safety', () => {
     assert.equal(declared.status, 413);
     assert.equal(declared.json.code, 1200);
 
-    const chunk = new TextEncoder().encode(' '.repeat(16 * 1024));
-    let sent = 0;
-    const stream = new ReadableStream({
-      pull(controller) {
-        if (sent >= 64) return controller.close();
-        sent += 1;
-        controller.enqueue(chunk);
-      },
-    });
-    const streamed = await fetch(`${worker.url}${OFFICIAL}`, {
-      method: 'POST', body: stream, duplex: 'half',
-      headers: { authorization: `Bearer ${WEB_KEY}`, 'content-type': 'application/json' },
-    });
-    assert.equal(streamed.status, 413);
-    assert.equal((await streamed.json()).code, 1200);
+    // No Content-Length: the body streams in 16 KiB chunks, up to 4 MiB, and the answer
+    // must come before the client has sent it all.
+    const streamed = await streamUntilAnswered(`${worker.url}${OFFICIAL}`, {
+      authorization: `Bearer ${WEB_KEY}`, 'content-type': 'application/json',
+    }, Buffer.alloc(16 * 1024, ' '), 256);
+    assert.equal(streamed.status, 413, streamed.body);
+    assert.equal(JSON.parse(streamed.body).code, 1200);
+    assert.ok(streamed.sentChunks < 256, `answered after ${streamed.sentChunks} of 256 chunks`);
     assert.equal(fake.requests.length, before);
 
     const atLimit = JSON.stringify({ video_url: VIDEO }).padEnd(64 * 1024, ' ');

@@ -5,6 +5,7 @@
 // .dev.vars never leaks into a test run.
 
 import { spawn } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -13,6 +14,29 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const BIN = path.join(ROOT, 'node_modules/.bin');
+
+/**
+ * wrangler.toml as the tests run it: the same worker, bindings and assets, with rate limits
+ * high enough for a test suite (the rate-limit tests use the real file). Every edit is
+ * checked, so the copy cannot silently drift from the original.
+ */
+function testConfig() {
+  const file = path.join(ROOT, 'target/e2e/wrangler.toml');
+  let text = readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8');
+  const edit = (pattern, replacement) => {
+    const edited = text.replace(pattern, replacement);
+    if (edited === text) throw new Error(`wrangler.toml changed: update testConfig() (${pattern})`);
+    text = edited;
+  };
+  edit(/^main = "build\/index.js"$/m, `main = "${ROOT}/build/index.js"`);
+  edit(/^command = "\.\/scripts\/build.sh"$/m, `command = "${ROOT}/scripts/build.sh"`);
+  edit(/^watch_dir = .*$/m, `watch_dir = ["${ROOT}/src"]`);
+  edit(/^directory = "\.\/public"$/m, `directory = "${ROOT}/public"`);
+  edit(/simple = \{ limit = \d+, period = (\d+) \}/g, 'simple = { limit = 1000000, period = $1 }');
+  mkdirSync(path.dirname(file), { recursive: true });
+  writeFileSync(file, text);
+  return file;
+}
 
 export async function freePort() {
   const server = net.createServer();
@@ -62,8 +86,8 @@ export class WorkerProcess {
 }
 
 /**
- * Starts `wrangler dev` with `settings` (name -> value) as its vars and secrets, in the
- * `test` environment of wrangler.toml (high rate limits) unless `productionLimits`.
+ * Starts `wrangler dev` with `settings` (name -> value) as its vars and secrets, with the
+ * test copy of wrangler.toml (high rate limits) unless `productionLimits`.
  * Resolves once /health answers.
  */
 export async function startWorker(settings, { port: wantedPort, persistTo, productionLimits = false, logLevel } = {}) {
@@ -84,7 +108,7 @@ export async function startWorker(settings, { port: wantedPort, persistTo, produ
     '--persist-to', worker.persistTo,
     '--show-interactive-dev-session=false',
     // Rate limits high enough for a test suite, unless a test is about them.
-    ...(productionLimits ? [] : ['--env', 'test']),
+    ...(productionLimits ? [] : ['--config', testConfig()]),
     ...(logLevel ? ['--log-level', logLevel] : []),
   ], {
     cwd: ROOT,
