@@ -13,6 +13,10 @@ for_tests=false
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_install() {
+  if ! command -v dpkg-query >/dev/null 2>&1; then
+    say "not a Debian system: install $* yourself"
+    return 1
+  fi
   local missing=()
   for package in "$@"; do
     dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
@@ -68,7 +72,7 @@ ensure_cargo_tool() {
 ensure_npm_packages() {
   local stamp=node_modules/.kling-edge-lock-sha
   local want
-  want="$(sha256sum package-lock.json | cut -d' ' -f1)"
+  want="$( (sha256sum package-lock.json 2>/dev/null || shasum -a 256 package-lock.json) | cut -d' ' -f1)"
   [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && return 0
   say "installing npm packages (npm ci)"
   npm ci --no-audit --no-fund --loglevel=error
