@@ -7,15 +7,15 @@ import { after, before, describe, it } from 'node:test';
 
 import { startFakeKling } from '../support/fake-kling.mjs';
 import { Receiver } from '../support/receiver.mjs';
-import { ACCESS_KEY, baseSettings, OPS_KEY, SECRET_KEY, WEB_KEY } from '../support/settings.mjs';
+import { ACCESS_KEY, baseSettings, OPS_KEY, SECRET_KEY, WEB_KEY, webhookSecret } from '../support/settings.mjs';
 import { call, eventually, startWorker } from '../support/worker.mjs';
 
 const VIDEO = 'https://cdn.example.com/clips/beach.mp4';
 const OFFICIAL = '/v1/audio/video-to-audio';
 const SIMPLIFIED = '/v1/videos/video-to-audio';
 const TOKEN_SECRET = 'audit-token-secret-0123456789abcdef0123';
-const PROXY_WEBHOOK_SECRET = `whsec_${Buffer.from('audit-proxy-webhook-secret-32byt').toString('base64')}`;
-const KLING_WEBHOOK_SECRET = `whsec_${Buffer.from('audit-kling-webhook-secret-32byt').toString('base64')}`;
+const PROXY_WEBHOOK_SECRET = webhookSecret('audit-proxy-webhook-secret-32byt');
+const KLING_WEBHOOK_SECRET = webhookSecret('audit-kling-webhook-secret-32byt');
 const ORIGIN = 'https://app.example.com';
 
 let fake;
@@ -64,7 +64,7 @@ describe('the secrets audit', () => {
     await eventually(() => receiver.at('/audit').length === 1, { what: 'the forwarded webhook' });
     await exchange('GET', `${SIMPLIFIED}/audit-1`, { key: browserToken });
     await exchange('GET', `${OFFICIAL}?pageNum=1&pageSize=10`, { key: browserToken });
-    await fake.sendCallback(taskId, { signWith: `whsec_${Buffer.from('wrong-secret-wrong-secret-wrong!').toString('base64')}` });
+    await fake.sendCallback(taskId, { signWith: webhookSecret('wrong-secret-wrong-secret-wrong!') });
 
     // Refusals of every kind.
     await exchange('GET', OFFICIAL);

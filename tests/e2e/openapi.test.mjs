@@ -9,7 +9,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { startFakeKling } from '../support/fake-kling.mjs';
-import { ACCESS_KEY, baseSettings, SECRET_KEY, WEB_KEY } from '../support/settings.mjs';
+import { ACCESS_KEY, baseSettings, SECRET_KEY, WEB_KEY, webhookSecret } from '../support/settings.mjs';
 import { call, ROOT, startWorker } from '../support/worker.mjs';
 
 const SCHEMATHESIS = path.join(ROOT, '.venv/bin/schemathesis');
@@ -31,7 +31,7 @@ before(async () => {
   fake = await startFakeKling({ accessKey: ACCESS_KEY, secretKey: SECRET_KEY });
   worker = await startWorker(baseSettings(fake, {
     PROXY_TOKEN_SECRET: 'openapi-token-secret-0123456789abcdef0123',
-    PROXY_WEBHOOK_SECRET: `whsec_${Buffer.from('openapi-proxy-webhook-secret-32b').toString('base64')}`,
+    PROXY_WEBHOOK_SECRET: webhookSecret('openapi-proxy-webhook-secret-32b'),
   }));
 });
 

@@ -20,3 +20,8 @@ export function baseSettings(fake, extra = {}) {
 
 /** Every secret value a test worker may hold: none may ever appear in a response or log. */
 export const SECRETS = [SECRET_KEY, KLING_API_KEY, WEB_KEY, OPS_KEY];
+
+/** A Standard Webhooks secret (`whsec_` + base64) made from a test phrase. */
+export function webhookSecret(phrase) {
+  return `whsec_${Buffer.from(phrase).toString('base64')}`;
+}

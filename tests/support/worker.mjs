@@ -5,7 +5,7 @@
 // .dev.vars never leaks into a test run.
 
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -21,7 +21,9 @@ const BIN = path.join(ROOT, 'node_modules/.bin');
  * checked, so the copy cannot silently drift from the original.
  */
 function testConfig() {
-  const file = path.join(ROOT, 'target/e2e/wrangler.toml');
+  // One file per test process, written whole and renamed into place, so test files run in
+  // parallel never read each other's half-written copy.
+  const file = path.join(ROOT, `target/e2e/wrangler.${process.pid}.toml`);
   let text = readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8');
   const edit = (pattern, replacement) => {
     const edited = text.replace(pattern, replacement);
@@ -34,7 +36,8 @@ function testConfig() {
   edit(/^directory = "\.\/public"$/m, `directory = "${ROOT}/public"`);
   edit(/simple = \{ limit = \d+, period = (\d+) \}/g, 'simple = { limit = 1000000, period = $1 }');
   mkdirSync(path.dirname(file), { recursive: true });
-  writeFileSync(file, text);
+  writeFileSync(`${file}.tmp`, text);
+  renameSync(`${file}.tmp`, file);
   return file;
 }
 
@@ -90,7 +93,17 @@ export class WorkerProcess {
  * test copy of wrangler.toml (high rate limits) unless `productionLimits`.
  * Resolves once /health answers.
  */
-export async function startWorker(settings, { port: wantedPort, persistTo, productionLimits = false, logLevel } = {}) {
+export async function startWorker(settings, options = {}) {
+  try {
+    return await startWorkerOnce(settings, options);
+  } catch (error) {
+    // The ports are picked free but bound a moment later; another process may have won one.
+    if (options.port || !/exited/.test(error.message)) throw error;
+    return startWorkerOnce(settings, options);
+  }
+}
+
+async function startWorkerOnce(settings, { port: wantedPort, persistTo, productionLimits = false, logLevel } = {}) {
   const worker = new WorkerProcess();
   worker.dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kling-edge-test-'));
   const envFile = path.join(worker.dir, 'settings.env');
@@ -129,6 +142,7 @@ export async function startWorker(settings, { port: wantedPort, persistTo, produ
   const deadline = Date.now() + 120_000;
   while (Date.now() < deadline) {
     if (worker.child.exitCode !== null) {
+      await fs.rm(worker.dir, { recursive: true, force: true });
       throw new Error(`wrangler dev exited (${worker.child.exitCode}):\n${worker.output}`);
     }
     try {
