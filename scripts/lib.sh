@@ -3,7 +3,8 @@
 # Two ways to get a wasm32 standard library, decided by what the machine has:
 # - rustup: the ordinary `rustup target add wasm32-unknown-unknown`;
 # - debian: where rustup cannot download it, Debian's rustc-web (a newer rustc with wasm32
-#   built in) plus its std sources, and cargo's build-std (see ../shared/TOOLCHAIN.md).
+#   built in) plus its std sources, and cargo's build-std (README: "Building without
+#   rustup's wasm32 target").
 
 PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # Where `cargo install` puts binaries.

@@ -1,5 +1,10 @@
 # Sourced by `scripts/setup.sh --tests`: what the test suite needs beyond the build.
 
+# rustfmt and clippy for the lints (rustup's minimal profile lacks them).
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done
+
 # Clippy for the wasm32-only edge code, from the same toolchain that builds it.
 case "$(wasm_toolchain_mode)" in
   debian) apt_install rust-web-clippy ;;
@@ -11,7 +16,8 @@ esac
 
 # schemathesis for the API-document test, in .venv. CPython before 3.11.8/3.12.1 has an AST
 # bug that hypothesis trips over, so take the newest Python 3.12+ the machine has (pyenv's
-# included), else the system's (the test then skips schemathesis' coverage phase).
+# included), else the system's (the test then skips schemathesis' coverage phase, and says so).
+if command -v dpkg-query >/dev/null 2>&1; then apt_install python3 python3-venv; fi
 SCHEMATHESIS_VERSION=4.32.5
 pick_python() {
   local candidates=(python3.14 python3.13 python3.12)
@@ -19,7 +25,7 @@ pick_python() {
     candidates+=($(ls -d "$(pyenv root)"/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV))
   fi
   for candidate in "${candidates[@]}" python3; do
-    if "$candidate" -c 'import sys, venv; assert sys.version_info >= (3, 10)' >/dev/null 2>&1; then
+    if "$candidate" -c 'import sys, venv, ensurepip; assert sys.version_info >= (3, 10)' >/dev/null 2>&1; then
       if [ "$candidate" = python3 ] || "$candidate" -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1; then
         echo "$candidate"
         return

@@ -59,6 +59,13 @@ debian_target_marker() {
   [ -d "$libdir" ] || as_root mkdir -p "$libdir"
 }
 
+# `cargo install` of worker-build and wasm-bindgen-cli compiles C (zstd, bzip2) and links
+# OpenSSL: on Debian, make sure a C toolchain, pkg-config and OpenSSL's headers are there.
+ensure_build_dependencies() {
+  command -v dpkg-query >/dev/null 2>&1 || return 0
+  apt_install build-essential pkg-config libssl-dev
+}
+
 # ensure_cargo_tool CRATE BINARY VERSION
 ensure_cargo_tool() {
   local crate=$1 binary=$2 version=$3 installed
@@ -82,6 +89,7 @@ ensure_npm_packages() {
 ensure_rust
 ensure_wasm_target
 debian_target_marker
+ensure_build_dependencies
 ensure_cargo_tool worker-build worker-build "$(locked_version worker)"
 ensure_cargo_tool wasm-bindgen-cli wasm-bindgen "$(locked_version wasm-bindgen)"
 ensure_npm_packages

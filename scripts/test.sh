@@ -32,6 +32,6 @@ say "4/5 release build"
 scripts/build.sh
 
 say "5/5 end-to-end tests (workerd via wrangler dev, fake Kling on loopback)"
-node --test --test-reporter=spec 'tests/e2e/*.test.mjs'
+node --test --test-reporter=spec tests/e2e/*.test.mjs
 
 say "all tests passed"

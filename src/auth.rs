@@ -5,6 +5,8 @@
 //! callbacks needs a client. The client's tenant owns its tasks and is its rate-limit key:
 //! the key's name for a server key, `{name}/{sub}` for a browser token.
 
+use subtle::ConstantTimeEq;
+
 use crate::browser_token;
 use crate::config::Config;
 use crate::error::{code, ApiError};
@@ -69,8 +71,17 @@ pub fn authenticate(config: &Config, header: Option<&str>, now_secs: i64) -> Res
         ));
     };
     let identity = browser_token::verify(secret.expose().as_bytes(), credential, now_secs)?;
-    if !config.clients.has_name(&identity.app) {
-        return Err(ApiError::auth_invalid("browser token of an app whose key was removed"));
+    let current_key = config
+        .clients
+        .key_digest(&identity.app)
+        .map(|digest| browser_token::app_key_fingerprint(secret.expose().as_bytes(), digest));
+    let same_key = current_key.is_some_and(|expected| {
+        bool::from(expected.as_bytes().ct_eq(identity.app_key_fingerprint.as_bytes()))
+    });
+    if !same_key {
+        return Err(ApiError::auth_invalid(
+            "browser token minted by a key that was since rotated or removed",
+        ));
     }
     Ok(Client { tenant: identity.tenant(), app: identity.app, kind: ClientKind::BrowserToken })
 }
@@ -92,8 +103,10 @@ mod tests {
             .unwrap()
     }
 
-    fn token(app: &str, sub: &str) -> String {
-        mint(SECRET.as_bytes(), app, &MintRequest { sub: sub.into(), ttl_secs: 600 }, NOW).token
+    fn token(app: &str, key: &str, sub: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        mint(SECRET.as_bytes(), app, &digest, &MintRequest { sub: sub.into(), ttl_secs: 600 }, NOW).token
     }
 
     #[test]
@@ -105,7 +118,7 @@ mod tests {
 
     #[test]
     fn browser_tokens_are_their_own_tenants() {
-        let header = format!("Bearer {}", token("web", "alice"));
+        let header = format!("Bearer {}", token("web", "k_1", "alice"));
         let client = authenticate(&config(true), Some(&header), NOW + 1).unwrap();
         assert_eq!(client.tenant, "web/alice");
         assert_eq!(client.app, "web");
@@ -115,12 +128,15 @@ mod tests {
     }
 
     #[test]
-    fn browser_tokens_need_the_secret_and_a_live_app() {
-        let header = format!("Bearer {}", token("web", "alice"));
+    fn browser_tokens_need_the_secret_and_the_key_that_minted_them() {
+        let header = format!("Bearer {}", token("web", "k_1", "alice"));
         let error = authenticate(&config(false), Some(&header), NOW).unwrap_err();
         assert_eq!((error.status, error.code), (401, 1002));
-        let revoked = format!("Bearer {}", token("gone", "alice"));
-        assert_eq!(authenticate(&config(true), Some(&revoked), NOW).unwrap_err().code, 1002);
+        let removed = format!("Bearer {}", token("gone", "k_9", "alice"));
+        assert_eq!(authenticate(&config(true), Some(&removed), NOW).unwrap_err().code, 1002);
+        let rotated = format!("Bearer {}", token("web", "k_old", "alice"));
+        let error = authenticate(&config(true), Some(&rotated), NOW).unwrap_err();
+        assert!(error.message.contains("rotated"), "{}", error.message);
     }
 
     #[test]

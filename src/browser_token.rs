@@ -6,8 +6,10 @@
 //! authenticates like a key, as the tenant `{app}/{sub}`, so each user of each app sees
 //! only their own tasks. It is refused when expired, not yet valid, badly signed, signed
 //! with any algorithm but HS256, or expiring more than an hour ahead (which only a leaked
-//! secret could mint). Removing the minting key from `PROXY_API_KEYS`, or rotating the
-//! secret, revokes its tokens.
+//! secret could mint). A token also carries `akf`, a keyed fingerprint of the key that
+//! minted it (an HMAC under the token secret, so it reveals nothing about the key):
+//! rotating that key, removing it from `PROXY_API_KEYS`, or rotating the secret revokes
+//! its tokens.
 
 use chrono::{DateTime, Duration, Utc};
 use jwt_compact::{
@@ -32,6 +34,8 @@ struct BrowserClaims {
     iss: String,
     sub: String,
     app: String,
+    /// [`app_key_fingerprint`] of the minting key.
+    akf: String,
 }
 
 /// Who a valid browser token speaks for.
@@ -40,6 +44,8 @@ pub struct BrowserIdentity {
     /// The `PROXY_API_KEYS` name whose key minted the token.
     pub app: String,
     pub sub: String,
+    /// The minting key's fingerprint, to compare with the key the app has now.
+    pub app_key_fingerprint: String,
 }
 
 impl BrowserIdentity {
@@ -98,15 +104,36 @@ fn is_valid_sub(sub: &str) -> bool {
         && !sub.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '/')
 }
 
+/// A fingerprint of an app key (given as its SHA-256): 64 bits of an HMAC under the token
+/// secret, hex. Without the secret it says nothing about the key.
+pub fn app_key_fingerprint(secret: &[u8], key_digest: &[u8; 32]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(b"kling-edge app key\0");
+    mac.update(key_digest);
+    crate::ids::hex(&mac.finalize().into_bytes()[..8])
+}
+
 fn timestamp(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
-/// Mints a token for `request.sub`, on behalf of the app `app`.
-pub fn mint(secret: &[u8], app: &str, request: &MintRequest, now_secs: i64) -> Minted {
+/// Mints a token for `request.sub`, on behalf of the app `app` whose key has SHA-256
+/// `app_key_digest`.
+pub fn mint(
+    secret: &[u8],
+    app: &str,
+    app_key_digest: &[u8; 32],
+    request: &MintRequest,
+    now_secs: i64,
+) -> Minted {
     let expires = now_secs + i64::from(request.ttl_secs);
-    let mut claims =
-        Claims::new(BrowserClaims { iss: ISSUER.to_owned(), sub: request.sub.clone(), app: app.to_owned() });
+    let mut claims = Claims::new(BrowserClaims {
+        iss: ISSUER.to_owned(),
+        sub: request.sub.clone(),
+        app: app.to_owned(),
+        akf: app_key_fingerprint(secret, app_key_digest),
+    });
     claims.issued_at = Some(timestamp(now_secs));
     claims.not_before = Some(timestamp(now_secs));
     claims.expiration = Some(timestamp(expires));
@@ -156,7 +183,11 @@ pub fn verify(secret: &[u8], token: &str, now_secs: i64) -> Result<BrowserIdenti
     if custom.iss != ISSUER || !is_valid_sub(&custom.sub) || custom.app.is_empty() {
         return Err(invalid("was not issued by this worker"));
     }
-    Ok(BrowserIdentity { app: custom.app.clone(), sub: custom.sub.clone() })
+    Ok(BrowserIdentity {
+        app: custom.app.clone(),
+        sub: custom.sub.clone(),
+        app_key_fingerprint: custom.akf.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -168,6 +199,11 @@ mod tests {
 
     const SECRET: &[u8] = b"browser-token-secret-for-unit-tests-0123";
     const NOW: i64 = 1_800_000_000;
+    const KEY_DIGEST: [u8; 32] = [7; 32];
+
+    fn mint(secret: &[u8], app: &str, request: &MintRequest, now: i64) -> Minted {
+        super::mint(secret, app, &KEY_DIGEST, request, now)
+    }
 
     fn alice(ttl_secs: u32) -> MintRequest {
         MintRequest { sub: "alice".into(), ttl_secs }
@@ -186,7 +222,15 @@ mod tests {
     }
 
     fn claims(nbf: i64, exp: i64) -> String {
-        format!(r#"{{"iss":"kling-edge","sub":"alice","app":"web","nbf":{nbf},"exp":{exp}}}"#)
+        format!(r#"{{"iss":"kling-edge","sub":"alice","app":"web","akf":"00","nbf":{nbf},"exp":{exp}}}"#)
+    }
+
+    #[test]
+    fn fingerprints_depend_on_key_and_secret() {
+        let fingerprint = app_key_fingerprint(SECRET, &KEY_DIGEST);
+        assert_eq!(fingerprint.len(), 16);
+        assert_ne!(fingerprint, app_key_fingerprint(SECRET, &[8; 32]));
+        assert_ne!(fingerprint, app_key_fingerprint(b"another-secret-another-secret-01", &KEY_DIGEST));
     }
 
     const HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
@@ -197,7 +241,9 @@ mod tests {
         assert_eq!(minted.expires_at, (NOW + 900) * 1000);
         assert!(looks_like_jwt(&minted.token));
         let identity = verify(SECRET, &minted.token, NOW + 10).unwrap();
-        assert_eq!(identity, BrowserIdentity { app: "web".into(), sub: "alice".into() });
+        assert_eq!(identity.app, "web");
+        assert_eq!(identity.sub, "alice");
+        assert_eq!(identity.app_key_fingerprint, app_key_fingerprint(SECRET, &KEY_DIGEST));
         assert_eq!(identity.tenant(), "web/alice");
     }
 
@@ -248,11 +294,18 @@ mod tests {
     #[test]
     fn tokens_must_have_our_claims() {
         for bad in [
-            format!(r#"{{"iss":"someone","sub":"alice","app":"web","nbf":{NOW},"exp":{}}}"#, NOW + 60),
-            format!(r#"{{"iss":"kling-edge","sub":"a/b","app":"web","nbf":{NOW},"exp":{}}}"#, NOW + 60),
-            format!(r#"{{"iss":"kling-edge","sub":"alice","app":"web","exp":{}}}"#, NOW + 60),
-            format!(r#"{{"iss":"kling-edge","sub":"alice","app":"web","nbf":{NOW}}}"#),
-            format!(r#"{{"iss":"kling-edge","sub":"alice","nbf":{NOW},"exp":{}}}"#, NOW + 60),
+            format!(
+                r#"{{"iss":"someone","sub":"alice","app":"web","akf":"0","nbf":{NOW},"exp":{}}}"#,
+                NOW + 60
+            ),
+            format!(
+                r#"{{"iss":"kling-edge","sub":"a/b","app":"web","akf":"0","nbf":{NOW},"exp":{}}}"#,
+                NOW + 60
+            ),
+            format!(r#"{{"iss":"kling-edge","sub":"alice","app":"web","akf":"0","exp":{}}}"#, NOW + 60),
+            format!(r#"{{"iss":"kling-edge","sub":"alice","app":"web","akf":"0","nbf":{NOW}}}"#),
+            format!(r#"{{"iss":"kling-edge","sub":"alice","akf":"0","nbf":{NOW},"exp":{}}}"#, NOW + 60),
+            format!(r#"{{"iss":"kling-edge","sub":"alice","app":"web","nbf":{NOW},"exp":{}}}"#, NOW + 60),
         ] {
             assert!(verify(SECRET, &craft(HS256, &bad, SECRET), NOW).is_err(), "{bad}");
         }

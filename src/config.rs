@@ -108,8 +108,9 @@ impl ClientKeys {
         self.0.iter().map(|client| client.name.as_str())
     }
 
-    pub fn has_name(&self, name: &str) -> bool {
-        self.names().any(|known| known == name)
+    /// The SHA-256 of the key named `name`, if there is one.
+    pub fn key_digest(&self, name: &str) -> Option<&[u8; 32]> {
+        self.0.iter().find(|client| client.name == name).map(|client| &client.key_digest)
     }
 }
 

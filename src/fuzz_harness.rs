@@ -105,11 +105,12 @@ pub fn browser_token(data: &[u8]) {
         assert!(!identity.sub.contains('/') && !identity.sub.contains(':'));
     }
     if let Ok(request) = browser_token::mint_request(data) {
-        let minted = browser_token::mint(TOKEN_SECRET, "app", &request, NOW);
+        let minted = browser_token::mint(TOKEN_SECRET, "app", &[1; 32], &request, NOW);
         let identity =
             browser_token::verify(TOKEN_SECRET, &minted.token, NOW).expect("a minted token verifies");
         assert_eq!(identity.sub, request.sub);
         assert_eq!(identity.tenant(), format!("app/{}", request.sub));
+        assert_eq!(identity.app_key_fingerprint, browser_token::app_key_fingerprint(TOKEN_SECRET, &[1; 32]));
         let expired =
             browser_token::verify(TOKEN_SECRET, &minted.token, NOW + i64::from(request.ttl_secs) + 1);
         assert_eq!(expired.unwrap_err().code, crate::error::code::AUTH_EXPIRED);

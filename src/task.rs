@@ -67,12 +67,12 @@ impl CallbackTicket {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
     pub state: DeliveryState,
-    /// Attempts made for the last status forwarded.
+    /// Attempts made for the last message forwarded.
     #[serde(default)]
     pub attempts: u32,
-    /// The task status the last delivery carried.
+    /// The `webhook-id` of the last message forwarded (see [`forward_message_id`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task_status: Option<String>,
+    pub message_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_http_status: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,13 +94,13 @@ pub enum DeliveryState {
 }
 
 impl TaskRecord {
-    /// Whether the task is final and its client webhook has not received this final state.
+    /// Whether the task is final and its client webhook has not yet been sent (or given up
+    /// on) this version of it. A `succeed` without audios and the same task completed are
+    /// two messages, so a client that got the first also gets the second.
     pub fn needs_forwarding(&self) -> bool {
         self.client_callback_url.is_some()
             && is_final(&self.data)
-            && !(self.delivery.state == DeliveryState::Delivered
-                && self.delivery.task_status.as_deref() == status_of(&self.data))
-            && self.delivery.state != DeliveryState::Failed
+            && self.delivery.message_id.as_deref() != Some(forward_message_id(&self.data).as_str())
     }
 }
 
@@ -130,9 +130,12 @@ pub mod keys {
         format!("{}{newest_first:013}:{task_id}", index_prefix(tenant))
     }
 
-    /// The task id at the end of an index key.
+    /// The task id at the end of an index key (`index:{tenant}:{13 digits}:{task id}`; the
+    /// tenant never contains `:`, a task id may).
     pub fn task_id_of_index(key: &str) -> Option<&str> {
-        key.rsplit_once(':').map(|(_, id)| id).filter(|id| !id.is_empty())
+        let mut parts = key.splitn(4, ':');
+        let (_index, _tenant, _order) = (parts.next()?, parts.next()?, parts.next()?);
+        parts.next().filter(|id| !id.is_empty())
     }
 }
 
@@ -183,19 +186,24 @@ pub fn is_complete(data: &Value) -> bool {
 /// Merges a new report into the stored one. `None` when the stored data stays as it is;
 /// otherwise the new data: the stored fields overlaid with the report's top-level fields,
 /// so fields a partial report (a create answer) lacks are kept.
+///
+/// A task moves forward only (`submitted` < `processing` < `succeed`/`failed`), and within
+/// a status only to a report at least as recent (`updated_at`). Once `succeed` or `failed`
+/// it never switches to the other; a `succeed` without audios takes a `succeed` with them
+/// whatever its time, and a complete task never changes again.
 pub fn merge(stored: &Value, incoming: &Value) -> Option<Value> {
     if is_complete(stored) {
         return None;
     }
     let (old_rank, new_rank) = (rank(status_of(stored)), rank(status_of(incoming)));
-    if new_rank < old_rank {
-        return None;
-    }
-    if new_rank == old_rank {
-        if updated_at(incoming) < updated_at(stored) {
+    let completes =
+        is_incomplete_success(stored) && status_of(incoming) == Some("succeed") && has_audios(incoming);
+    if !completes {
+        if new_rank < old_rank || (new_rank == 2 && old_rank == 2 && status_of(incoming) != status_of(stored))
+        {
             return None;
         }
-        if new_rank == 2 && has_audios(stored) && !has_audios(incoming) {
+        if new_rank == old_rank && updated_at(incoming) < updated_at(stored) {
             return None;
         }
     }
@@ -253,17 +261,21 @@ pub fn parse_callback(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// The id the forwarded webhook carries: the same for every attempt of one message, so
-/// receivers can drop duplicates.
+/// receivers can drop duplicates; `msg_{task_id}_{status}`, with `_partial` for a `succeed`
+/// still without its audios (the complete one follows under its own id).
 pub fn forward_message_id(data: &Value) -> String {
     let task_id = data.get("task_id").and_then(Value::as_str).unwrap_or("unknown");
     let status = status_of(data).unwrap_or("unknown");
-    format!("msg_{task_id}_{status}")
+    let partial = if is_incomplete_success(data) { "_partial" } else { "" };
+    format!("msg_{task_id}_{status}{partial}")
 }
 
-/// Waits between forwarding attempts (ms), so that all of them fit in `wait_until`'s 30 s.
+/// Work after a response must end within `wait_until`'s 30 s: the query that completes a
+/// `succeed` (at most [`FOLLOW_UP_QUERY_TIMEOUT_MS`]), then the forwarding attempts (waits of
+/// [`FORWARD_BACKOFF_MS`], each attempt at most [`FORWARD_TIMEOUT_MS`]): 4 + 11 + 4 x 3 = 27 s.
+pub const FOLLOW_UP_QUERY_TIMEOUT_MS: u32 = 4_000;
 pub const FORWARD_BACKOFF_MS: [u64; 4] = [0, 1_000, 3_000, 7_000];
-/// The deadline of one forwarding attempt.
-pub const FORWARD_TIMEOUT_MS: u64 = 4_000;
+pub const FORWARD_TIMEOUT_MS: u64 = 3_000;
 
 #[cfg(test)]
 mod tests {
@@ -302,6 +314,7 @@ mod tests {
         assert_eq!(merge(&complete, &task("succeed", 6)), None);
         assert_eq!(merge(&task("succeed", 5), &complete), Some(complete.clone()));
         assert_eq!(merge(&task("succeed", 5), &task("succeed", 7)), Some(task("succeed", 7)));
+        assert_eq!(merge(&task("succeed", 5), &task("succeed", 4)), None);
     }
 
     #[test]
@@ -314,6 +327,18 @@ mod tests {
         assert!(is_complete(&task("failed", 1)));
         assert!(!is_complete(&task("succeed", 1)));
         assert!(!is_complete(&task("processing", 1)));
+    }
+
+    #[test]
+    fn audios_complete_a_succeed_whatever_their_time() {
+        let complete = with_audios(task("succeed", 9));
+        assert_eq!(merge(&task("succeed", 10), &complete), Some(complete.clone()));
+    }
+
+    #[test]
+    fn succeed_and_failed_never_switch() {
+        assert_eq!(merge(&task("succeed", 5), &task("failed", 9)), None);
+        assert_eq!(merge(&task("failed", 5), &with_audios(task("succeed", 9))), None);
     }
 
     #[test]
@@ -405,12 +430,14 @@ mod tests {
         assert!(record.needs_forwarding());
         record.delivery = Delivery {
             state: DeliveryState::Delivered,
-            task_status: Some("succeed".into()),
+            message_id: Some(forward_message_id(&record.data)),
             ..Delivery::default()
         };
         assert!(!record.needs_forwarding());
         record.delivery.state = DeliveryState::Failed;
-        assert!(!record.needs_forwarding());
+        assert!(!record.needs_forwarding(), "a message given up on is not retried");
+        record.data = with_audios(task("succeed", 3));
+        assert!(record.needs_forwarding(), "the complete result follows a partial one");
         record.client_callback_url = None;
         record.delivery = Delivery::default();
         assert!(!record.needs_forwarding());
@@ -425,6 +452,7 @@ mod tests {
         assert!(!older.starts_with(&keys::index_prefix("we")));
         assert!(!keys::index("web/alice", 1, "t").starts_with(&keys::index_prefix("web")));
         assert_eq!(keys::task_id_of_index(&newer), Some("t-new"));
+        assert_eq!(keys::task_id_of_index(&keys::index("web/alice", 5, "order:42")), Some("order:42"));
     }
 
     #[test]
@@ -435,6 +463,8 @@ mod tests {
         assert_eq!(external_task_id_of(&data), Some("e1"));
         assert_eq!(envelope_data(br#"{"code":1201,"message":"bad"}"#), None);
         assert_eq!(external_task_id_of(&json!({"task_info": {"external_task_id": ""}})), None);
-        assert_eq!(forward_message_id(&task("succeed", 1)), "msg_t1_succeed");
+        assert_eq!(forward_message_id(&task("succeed", 1)), "msg_t1_succeed_partial");
+        assert_eq!(forward_message_id(&with_audios(task("succeed", 1))), "msg_t1_succeed");
+        assert_eq!(forward_message_id(&task("failed", 1)), "msg_t1_failed");
     }
 }

@@ -217,6 +217,14 @@ pub fn http_url(field: &str, raw: &str, policy: UrlPolicy) -> Result<Url, ApiErr
     if !url.username().is_empty() || url.password().is_some() {
         return Err(ApiError::bad_param(field, "must not contain user info (user:password@)"));
     }
+    // What is forwarded is the normalised form, which percent-encodes what needs it.
+    let normalised = url.as_str().chars().count();
+    if normalised > MAX_URL_CHARS {
+        return Err(ApiError::bad_param(
+            field,
+            format!("must be at most {MAX_URL_CHARS} characters once percent-encoded (got {normalised})"),
+        ));
+    }
     if !policy.allow_private {
         if let Err(reason) = url_safety::check_public(&url) {
             return Err(ApiError::bad_param(
@@ -512,6 +520,12 @@ mod tests {
         }
         let long = format!("https://cdn.example.com/{}.mp4", "a".repeat(2048));
         assert_rejected(official(json!({"video_url": long})), "video_url", "at most 2048 characters");
+        let encoded = format!("https://cdn.example.com/{}.mp4", "中".repeat(2000));
+        assert_rejected(
+            official(json!({"video_url": encoded})),
+            "video_url",
+            "once percent-encoded (got 18028)",
+        );
     }
 
     #[test]

@@ -70,7 +70,7 @@ impl WebhookKey {
             .filter(|v| !v.is_empty())
             .ok_or(Rejection::MissingHeader("webhook-signature"))?;
         let sent_at: i64 = timestamp.trim().parse().map_err(|_| Rejection::BadTimestamp)?;
-        if (now_secs - sent_at).abs() > TOLERANCE_SECS {
+        if now_secs.abs_diff(sent_at) > TOLERANCE_SECS.unsigned_abs() {
             return Err(Rejection::StaleTimestamp);
         }
         let expected = self.mac(id, timestamp.trim(), body);

@@ -38,6 +38,9 @@ fn tokens_signed_with_the_worker_clock_are_valid_now() {
         serde_json::from_slice(&Base64UrlUnpadded::decode_vec(claims).unwrap()).unwrap();
     assert_eq!(claims["exp"], now + 1800);
     assert_eq!(claims["nbf"], now - 5);
+    // Valid by a separate reading of the JavaScript clock, not only by the `now` passed in.
+    let js_now = (worker::js_sys::Date::now() / 1000.0) as i64;
+    assert!(claims["nbf"].as_i64().unwrap() <= js_now && js_now < claims["exp"].as_i64().unwrap());
 }
 
 #[wasm_bindgen_test]

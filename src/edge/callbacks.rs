@@ -111,7 +111,8 @@ async fn follow_up(env: Env, config: Config, task_id: String) {
     let Ok(store) = Store::open(&env) else { return };
     let Ok(Some(mut record)) = store.task(&task_id).await else { return };
     if task::is_incomplete_success(&record.data) {
-        match Kling::new(&config).get(&kling::query_path(&task_id)).await {
+        let kling = Kling::new(&config).with_timeout_ms(task::FOLLOW_UP_QUERY_TIMEOUT_MS);
+        match kling.get(&kling::query_path(&task_id)).await {
             Ok(reply) => match task::envelope_data(&reply.body).filter(|_| reply.status == 200) {
                 Some(data) => {
                     if let Ok(updated) =

@@ -2,7 +2,9 @@
 //!
 //! The body is the task's data, the same JSON Kling's callback carries, signed the
 //! Standard Webhooks way with `PROXY_WEBHOOK_SECRET`. The message id is the same on every
-//! attempt (`msg_{task_id}_{status}`) so a receiver can drop duplicates. Attempts follow
+//! attempt (`msg_{task_id}_{status}`) so a receiver can drop duplicates; a `succeed` whose
+//! audios Kling has not reported yet goes out as `..._partial`, and the complete one later
+//! under its own id. Attempts follow
 //! `crate::task::FORWARD_BACKOFF_MS` inside the request's `wait_until` (which the runtime
 //! keeps alive for 30 s after the response); the outcome is recorded on the task.
 //!
@@ -39,7 +41,6 @@ pub async fn deliver(store: &Store, key: &WebhookKey, task_id: &str, record: &Ta
     let Some(url) = record.client_callback_url.as_deref() else { return };
     let body = record.data.to_string().into_bytes();
     let message_id = forward_message_id(&record.data);
-    let task_status = crate::task::status_of(&record.data).map(str::to_owned);
 
     let mut attempts = 0;
     let mut outcome = Attempt::Retry { status: None, error: "not attempted".into() };
@@ -58,7 +59,7 @@ pub async fn deliver(store: &Store, key: &WebhookKey, task_id: &str, record: &Ta
     let Ok(Some(mut latest)) = store.task(task_id).await else { return };
     let delivery = &mut latest.delivery;
     delivery.attempts = attempts;
-    delivery.task_status = task_status;
+    delivery.message_id = Some(message_id.clone());
     delivery.updated_at = Some(clock::now_ms());
     let (state, status, error) = match outcome {
         Attempt::Delivered(status) => (DeliveryState::Delivered, Some(status), None),
@@ -72,7 +73,7 @@ pub async fn deliver(store: &Store, key: &WebhookKey, task_id: &str, record: &Ta
     delivery.last_error = error;
     console_log!(
         "{}",
-        serde_json::json!({"event": "forward", "task_id": task_id, "state": state, "attempts": attempts, "http_status": status})
+        serde_json::json!({"event": "forward", "task_id": task_id, "message_id": message_id, "state": state, "attempts": attempts, "http_status": status})
     );
     let _ = store.put_task(task_id, &latest).await;
 }

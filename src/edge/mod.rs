@@ -95,8 +95,15 @@ async fn handle(
     let client_route = match route {
         Route::Health => return Ok(health(request_id)),
         Route::Preflight => return preflight(request, &call).await,
-        // Kling authenticates with the URL's token (and a signature, when configured).
-        Route::KlingCallback(token) => return callbacks::receive(request, &call, &token).await,
+        // Kling authenticates with the URL's token (and a signature, when configured); only
+        // refused callbacks count against the sender's address, so Kling's are never limited.
+        Route::KlingCallback(token) => {
+            let outcome = callbacks::receive(request, &call, &token).await;
+            if outcome.as_ref().is_err_and(|refusal| matches!(refusal.status, 401 | 403 | 404)) {
+                limits::check(env, limits::REQUESTS, &limits::ip_key(request), clock::now_secs()).await?;
+            }
+            return outcome;
+        }
         Route::Client(client_route) => client_route,
     };
 

@@ -83,13 +83,14 @@ async fn remember(
     store.put_ticket(token, &CallbackTicket { task_id: Some(task_id), ..ticket }).await
 }
 
-/// `GET /v1/{audio,videos}/video-to-audio/{id}`: from KV when final, else from Kling.
+/// `GET /v1/{audio,videos}/video-to-audio/{id}`: from KV when complete (failed, or succeeded
+/// with its audios), else from Kling.
 pub async fn query(call: &Call<'_>, client: &Client, id: &str) -> Result<Response, ApiError> {
     let store = Store::open(call.env)?;
     let Some((task_id, mut record)) = store.find_for_tenant(&client.tenant, id).await? else {
         return Err(ApiError::not_found(&format!("task {id}")));
     };
-    if !task::is_final(&record.data) {
+    if !task::is_complete(&record.data) {
         match Kling::new(&call.config).get(&kling::query_path(&task_id)).await {
             Ok(reply) => match task::envelope_data(&reply.body).filter(|_| reply.status == 200) {
                 Some(data) => {

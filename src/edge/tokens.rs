@@ -19,8 +19,18 @@ pub async fn mint(request: &mut Request, call: &Call<'_>, client: &Client) -> Re
     };
     let body = http::read_body(request).await?;
     let mint_request = browser_token::mint_request(&body)?;
-    let minted =
-        browser_token::mint(secret.expose().as_bytes(), &client.app, &mint_request, clock::now_secs());
+    let key_digest = call
+        .config
+        .clients
+        .key_digest(&client.app)
+        .ok_or_else(|| ApiError::internal("the minting key vanished"))?;
+    let minted = browser_token::mint(
+        secret.expose().as_bytes(),
+        &client.app,
+        key_digest,
+        &mint_request,
+        clock::now_secs(),
+    );
     let data = serde_json::to_value(&minted).map_err(|_| ApiError::internal("encoding the token"))?;
     Ok(http::success(&data, call.request_id))
 }

@@ -50,18 +50,26 @@ impl Kling {
         }
     }
 
+    /// The same client with a shorter deadline (work after a response must fit `wait_until`).
+    pub fn with_timeout_ms(mut self, timeout_ms: u32) -> Kling {
+        self.timeout = self.timeout.min(Duration::from_millis(timeout_ms.into()));
+        self
+    }
+
     /// Creates a task. Never retried.
     pub async fn create(&self, body: &CreateVideoToAudio) -> Result<Reply, ApiError> {
         let json = serde_json::to_string(body).map_err(|_| ApiError::internal("encoding the create body"))?;
         match self.send(Method::Post, kling::VIDEO_TO_AUDIO_PATH, Some(json)).await {
             Ok(reply) => Ok(reply),
             Err(FetchFailure::Unreachable) => Err(ApiError::upstream_unreachable(
-                "the connection failed during the create; the task may or may not exist: \
-                 look it up by external_task_id before creating it again",
+                "the connection failed during the create, so the task may or may not exist; if you \
+                 gave an external_task_id, query it in a few seconds (the worker learns of the task \
+                 from Kling's first callback) before creating it again",
             )),
             Err(FetchFailure::TimedOut) => Err(ApiError::upstream_timeout(
-                "the create got no answer in time; the task may or may not exist: \
-                 look it up by external_task_id before creating it again",
+                "the create got no answer in time, so the task may or may not exist; if you gave an \
+                 external_task_id, query it in a few seconds (the worker learns of the task from \
+                 Kling's first callback) before creating it again",
             )),
         }
     }

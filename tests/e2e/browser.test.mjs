@@ -176,7 +176,11 @@ describe('browser tokens', () => {
   });
 
   const now = () => Math.floor(Date.now() / 1000);
-  const claims = (extra = {}) => ({ iss: 'kling-edge', sub: 'alice', app: 'web', iat: now(), nbf: now(), exp: now() + 600, ...extra });
+  // The minting key's fingerprint, as the worker computes it (an HMAC under the token secret).
+  const akf = (key) => crypto.createHmac('sha256', TOKEN_SECRET)
+    .update(Buffer.concat([Buffer.from('kling-edge app key\0'), crypto.createHash('sha256').update(key).digest()]))
+    .digest().subarray(0, 8).toString('hex');
+  const claims = (extra = {}) => ({ iss: 'kling-edge', sub: 'alice', app: 'web', akf: akf(WEB_KEY), iat: now(), nbf: now(), exp: now() + 600, ...extra });
   const HS256 = { alg: 'HS256', typ: 'JWT' };
   for (const [name, token, code] of [
     ['an expired token', () => craftJwt(HS256, claims({ nbf: now() - 700, exp: now() - 100 })), 1004],
@@ -186,9 +190,13 @@ describe('browser tokens', () => {
     ['an alg "none" token', () => `${craftJwt({ alg: 'none', typ: 'JWT' }, claims()).split('.').slice(0, 2).join('.')}.`, 1002],
     ['a token expiring more than an hour ahead', () => craftJwt(HS256, claims({ exp: now() + 3700 })), 1002],
     ['a token of an app whose key was removed', () => craftJwt(HS256, claims({ app: 'gone' })), 1002],
+    ['a token minted by a key since rotated', () => craftJwt(HS256, claims({ akf: akf('pk_web_old_key') })), 1002],
+    ['a token without a key fingerprint', () => craftJwt(HS256, claims({ akf: undefined })), 1002],
     ['a token of another issuer', () => craftJwt(HS256, claims({ iss: 'someone-else' })), 1002],
   ]) {
     it(`refuse ${name} with 401 (${code})`, async () => {
+      // The same claims with the right fingerprint and times are accepted (the control).
+      assert.equal((await call(worker, 'GET', OFFICIAL, { key: craftJwt(HS256, claims()) })).status, 200);
       const before = fake.requests.length;
       const response = await call(worker, 'POST', OFFICIAL, { key: token(), body: { video_url: VIDEO } });
       assert.equal(response.status, 401, response.text);
@@ -302,6 +310,18 @@ describe('rate limits (the defaults of wrangler.toml)', () => {
     assert.equal(statuses.filter((s) => s === 401).length, 120);
     assert.equal(statuses.at(-1), 429);
     assert.equal((await call(limited, 'GET', OFFICIAL, { key: OPS_KEY })).status, 200, 'a valid key still works');
+  });
+
+  it('count refused callbacks against the address too, never genuine ones', async () => {
+    // The address has just used its budget on failed authentication (the test above).
+    const created = await call(limited, 'POST', OFFICIAL, { key: OPS_KEY, body: { video_url: VIDEO } });
+    const taskId = created.json.data.task_id;
+    const forged = await fetch(`${limited.url}/v1/callbacks/kling/${crypto.randomBytes(16).toString('hex')}`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(limitedFake.tasks.get(taskId).data),
+    });
+    assert.equal(forged.status, 429);
+    const genuine = await limitedFake.advance(taskId, 'processing');
+    assert.equal(genuine.status, 200, 'Kling is never limited');
   });
 
   it('grant no CORS when ALLOWED_ORIGINS is empty', async () => {

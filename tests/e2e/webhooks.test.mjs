@@ -88,7 +88,7 @@ describe('the callback URL Kling is given', () => {
 });
 
 describe('genuine callbacks', () => {
-  it('are stored before the 200, and served when Kling is down', async () => {
+  it('are stored, then served when Kling is down', async () => {
     const { taskId } = await createTask();
     const answer = await fake.advance(taskId, 'processing');
     assert.equal(answer.status, 200, answer.body);
@@ -385,8 +385,9 @@ describe('forwarding to the client webhook', () => {
     const attempts = receiver.at(hook);
     assert.deepEqual(attempts.map((d) => d.status), [503, 500, 200]);
     assert.equal(new Set(attempts.map((d) => d.headers['webhook-id'])).size, 1, 'one message id for every attempt');
-    const gaps = attempts.slice(1).map((d, i) => Number(d.headers['webhook-timestamp']) - Number(attempts[i].headers['webhook-timestamp']));
-    assert.ok(gaps[1] >= gaps[0], `backoff grows: ${gaps}`);
+    // The backoff is 1 s, then 3 s after the first attempt (2 s after the second).
+    const gaps = attempts.slice(1).map((d, i) => d.receivedAt - attempts[i].receivedAt);
+    assert.ok(gaps[0] >= 900 && gaps[1] >= 1900 && gaps[1] > gaps[0], `backoff grows: ${gaps} ms`);
     const record = await recordedDelivery(taskId, 'delivered');
     assert.equal(record.delivery.attempts, 3);
   });
@@ -400,6 +401,28 @@ describe('forwarding to the client webhook', () => {
     assert.equal(record.delivery.attempts, 1);
     assert.equal(record.delivery.last_http_status, 410);
     assert.equal(receiver.at(hook).length, 1);
+  });
+
+  it('forwards a succeed it cannot complete as partial, then the complete result', async () => {
+    const hook = '/hooks/partial';
+    const { taskId } = await createTask(worker, { body: { callback_url: `${receiver.url}${hook}` } });
+    // Kling calls back without the audios, then cannot be reached for the follow-up query.
+    await withKlingDown(async () => {
+      await fake.advance(taskId, 'succeed', { audiosInCallback: false });
+      await eventually(() => receiver.at(hook).length === 1, { what: 'the partial delivery' });
+    });
+    const [partial] = receiver.at(hook);
+    assert.equal(partial.headers['webhook-id'], `msg_${taskId}_succeed_partial`);
+    assert.equal(partial.json.task_result.audios, undefined);
+
+    // A later query finds the task incomplete, asks Kling (reachable again), stores the
+    // audios, and the complete result is forwarded under its own message id.
+    const response = await call(worker, 'GET', `${OFFICIAL}/${taskId}`, { key: WEB_KEY });
+    assert.equal(response.json.data.task_result.audios.length, 1);
+    await eventually(() => receiver.at(hook).length === 2, { what: 'the complete delivery' });
+    const complete = receiver.at(hook)[1];
+    assert.equal(complete.headers['webhook-id'], `msg_${taskId}_succeed`);
+    assert.deepEqual(complete.json, fake.tasks.get(taskId).data);
   });
 
   it('forwards a succeed only once it is complete', async () => {

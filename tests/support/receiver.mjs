@@ -34,7 +34,7 @@ export class Receiver {
       const verdict = verifyWebhook(this.secret, req.headers, body);
       const planned = this.failures.get(req.url)?.shift();
       const status = verdict ? 401 : (planned ?? 200);
-      this.deliveries.push({ path: req.url, headers: req.headers, body, json: JSON.parse(body), verdict, status });
+      this.deliveries.push({ path: req.url, headers: req.headers, body, json: JSON.parse(body), verdict, status, receivedAt: Date.now() });
       res.writeHead(status);
       res.end();
     });

@@ -20,9 +20,11 @@ const BIN = path.join(ROOT, 'node_modules/.bin');
  * high enough for a test suite (the rate-limit tests use the real file). Every edit is
  * checked, so the copy cannot silently drift from the original.
  */
+let testConfigFile;
 function testConfig() {
-  // One file per test process, written whole and renamed into place, so test files run in
-  // parallel never read each other's half-written copy.
+  // Written once per test process (each wrangler dev would reload on a rewrite), whole and
+  // renamed into place, so test files run in parallel never read a half-written copy.
+  if (testConfigFile) return testConfigFile;
   const file = path.join(ROOT, `target/e2e/wrangler.${process.pid}.toml`);
   let text = readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8');
   const edit = (pattern, replacement) => {
@@ -38,6 +40,7 @@ function testConfig() {
   mkdirSync(path.dirname(file), { recursive: true });
   writeFileSync(`${file}.tmp`, text);
   renameSync(`${file}.tmp`, file);
+  testConfigFile = file;
   return file;
 }
 
@@ -130,6 +133,8 @@ async function startWorkerOnce(settings, { port: wantedPort, persistTo, producti
       ...process.env,
       PATH: `${BIN}:${process.env.PATH}`,
       WRANGLER_SEND_METRICS: 'false',
+      // A worker under test must not reload because a file changed under it.
+      WRANGLER_CI_DISABLE_CONFIG_WATCHING: 'true',
       CI: '1',
       NO_COLOR: '1',
     },
