@@ -95,6 +95,12 @@ pub fn callback(data: &[u8]) {
         if task::has_audios(&stored) && task::is_final(&stored) {
             assert!(task::has_audios(&merged), "a final result never loses its audios");
         }
+        if task::is_final(&stored) {
+            assert_eq!(task::status_of(&merged), task::status_of(&stored), "succeed and failed never switch");
+        }
+        if task::is_complete(&stored) {
+            assert_eq!(merged, stored, "a complete task never changes");
+        }
     }
 }
 
