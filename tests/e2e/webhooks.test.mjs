@@ -316,7 +316,7 @@ describe('tenants', () => {
     assert.ok(own.json.data.some((t) => t.task_id === taskId));
   });
 
-  it('may use the same external_task_id without mixing them up', async () => {
+  it("cannot query another tenant's task by its external_task_id", async () => {
     const ops = await call(worker, 'POST', OFFICIAL, { key: OPS_KEY, body: { video_url: VIDEO, external_task_id: 'shared-ext' } });
     assert.equal(ops.status, 200);
     const response = await call(worker, 'GET', `${OFFICIAL}/shared-ext`, { key: WEB_KEY });
