@@ -7,12 +7,11 @@ import { after, before, describe, it } from 'node:test';
 
 import { startFakeKling } from '../support/fake-kling.mjs';
 import { Receiver } from '../support/receiver.mjs';
-import { ACCESS_KEY, baseSettings, OPS_KEY, SECRET_KEY, WEB_KEY, webhookSecret } from '../support/settings.mjs';
+import {
+  ACCESS_KEY, baseSettings, OFFICIAL, OPS_KEY, SECRET_KEY, SIMPLIFIED, VIDEO, WEB_KEY, webhookSecret,
+} from '../support/settings.mjs';
 import { call, eventually, startWorker } from '../support/worker.mjs';
 
-const VIDEO = 'https://cdn.example.com/clips/beach.mp4';
-const OFFICIAL = '/v1/audio/video-to-audio';
-const SIMPLIFIED = '/v1/videos/video-to-audio';
 const TOKEN_SECRET = 'audit-token-secret-0123456789abcdef0123';
 const PROXY_WEBHOOK_SECRET = webhookSecret('audit-proxy-webhook-secret-32byt');
 const KLING_WEBHOOK_SECRET = webhookSecret('audit-kling-webhook-secret-32byt');

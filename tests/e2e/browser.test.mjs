@@ -8,11 +8,11 @@ import http from 'node:http';
 import { after, before, describe, it } from 'node:test';
 
 import { startFakeKling } from '../support/fake-kling.mjs';
-import { ACCESS_KEY, baseSettings, OPS_KEY, SECRET_KEY, WEB_KEY } from '../support/settings.mjs';
+import {
+  ACCESS_KEY, baseSettings, OFFICIAL, OPS_KEY, SECRET_KEY, VIDEO, WEB_KEY,
+} from '../support/settings.mjs';
 import { call, startWorker } from '../support/worker.mjs';
 
-const VIDEO = 'https://cdn.example.com/clips/beach.mp4';
-const OFFICIAL = '/v1/audio/video-to-audio';
 const APP_ORIGIN = 'https://app.example.com';
 const TOKEN_SECRET = 'browser-token-secret-for-the-e2e-tests-5f4e3d2c';
 

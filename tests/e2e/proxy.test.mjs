@@ -9,13 +9,9 @@ import { after, before, describe, it } from 'node:test';
 
 import { startFakeKling } from '../support/fake-kling.mjs';
 import {
-  ACCESS_KEY, baseSettings, KLING_API_KEY, OPS_KEY, SECRET_KEY, SECRETS, WEB_KEY,
+  ACCESS_KEY, baseSettings, KLING_API_KEY, OFFICIAL, OPS_KEY, SECRET_KEY, SECRETS, SIMPLIFIED, VIDEO, WEB_KEY,
 } from '../support/settings.mjs';
 import { call, startWorker, transcript } from '../support/worker.mjs';
-
-const VIDEO = 'https://cdn.example.com/clips/beach.mp4';
-const OFFICIAL = '/v1/audio/video-to-audio';
-const SIMPLIFIED = '/v1/videos/video-to-audio';
 
 let fake;
 let worker;

@@ -8,12 +8,11 @@ import { after, before, describe, it } from 'node:test';
 
 import { signWebhook, startFakeKling } from '../support/fake-kling.mjs';
 import { Receiver } from '../support/receiver.mjs';
-import { ACCESS_KEY, baseSettings, OPS_KEY, SECRET_KEY, WEB_KEY, webhookSecret } from '../support/settings.mjs';
+import {
+  ACCESS_KEY, baseSettings, OFFICIAL, OPS_KEY, SECRET_KEY, SIMPLIFIED, VIDEO, WEB_KEY, webhookSecret,
+} from '../support/settings.mjs';
 import { call, eventually, freePort, startWorker } from '../support/worker.mjs';
 
-const VIDEO = 'https://cdn.example.com/clips/beach.mp4';
-const OFFICIAL = '/v1/audio/video-to-audio';
-const SIMPLIFIED = '/v1/videos/video-to-audio';
 const LIST_KEY = 'pk_list_test_6e5d4c3b2a1f0e9d';
 const PROXY_WEBHOOK_SECRET = webhookSecret('proxy-webhook-secret-for-tests!!');
 const KLING_WEBHOOK_SECRET = webhookSecret('kling-webhook-secret-for-tests!!');

@@ -1,4 +1,10 @@
-// Test credentials: made up for the tests, valid nowhere else.
+// Test credentials (made up for the tests, valid nowhere else) and the fixtures they share.
+
+/** A public video URL: valid input, never fetched (the fake Kling does not download it). */
+export const VIDEO = 'https://cdn.example.com/clips/beach.mp4';
+/** The official video-to-audio path family, and the simpler one the worker also offers. */
+export const OFFICIAL = '/v1/audio/video-to-audio';
+export const SIMPLIFIED = '/v1/videos/video-to-audio';
 
 export const ACCESS_KEY = 'ak_test_8c1f2e0d';
 export const SECRET_KEY = 'sk_test_5b7e9a3c41d2f6e8a0b9c7d5';
