@@ -11,15 +11,16 @@
 //! rotating that key, removing it from `PROXY_API_KEYS`, or rotating the secret revokes
 //! its tokens.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use jwt_compact::{
     alg::{Hs256, Hs256Key},
-    AlgorithmExt, Claims, Header, TimeOptions, UntrustedToken, ValidationError,
+    AlgorithmExt, Claims, TimeOptions, UntrustedToken, ValidationError,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{code, ApiError};
+use crate::jwt::{sign_hs256, timestamp};
 
 pub const ISSUER: &str = "kling-edge";
 pub const DEFAULT_TTL_SECS: u32 = 900;
@@ -114,10 +115,6 @@ pub fn app_key_fingerprint(secret: &[u8], key_digest: &[u8; 32]) -> String {
     crate::ids::hex(&mac.finalize().into_bytes()[..8])
 }
 
-fn timestamp(secs: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
-}
-
 /// Mints a token for `request.sub`, on behalf of the app `app` whose key has SHA-256
 /// `app_key_digest`.
 pub fn mint(
@@ -137,8 +134,7 @@ pub fn mint(
     claims.issued_at = Some(timestamp(now_secs));
     claims.not_before = Some(timestamp(now_secs));
     claims.expiration = Some(timestamp(expires));
-    let header = Header::empty().with_token_type("JWT");
-    let token = Hs256.token(&header, &claims, &Hs256Key::new(secret)).unwrap_or_default();
+    let token = sign_hs256(&claims, secret);
     Minted { token, expires_at: expires * 1000 }
 }
 

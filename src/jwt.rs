@@ -26,13 +26,19 @@ pub fn sign_kling_token(access_key: &str, secret_key: &str, now_secs: i64) -> St
     let mut claims = Claims::new(KlingClaims { iss: access_key.to_owned() });
     claims.expiration = Some(timestamp(now_secs + TOKEN_LIFETIME_SECS));
     claims.not_before = Some(timestamp(now_secs - NOT_BEFORE_SKEW_SECS));
-    let header = Header::empty().with_token_type("JWT");
-    let key = Hs256Key::new(secret_key.as_bytes());
-    // Serialising these claims cannot fail: they are plain strings and integers.
-    Hs256.token(&header, &claims, &key).unwrap_or_default()
+    sign_hs256(&claims, secret_key.as_bytes())
 }
 
-fn timestamp(secs: i64) -> DateTime<Utc> {
+/// Signs `claims` as an HS256 JWT with the header `{"alg":"HS256","typ":"JWT"}`; shared by
+/// Kling's tokens and the worker's own browser tokens.
+pub(crate) fn sign_hs256<T: Serialize>(claims: &Claims<T>, secret: &[u8]) -> String {
+    let header = Header::empty().with_token_type("JWT");
+    // Serialising the claims cannot fail: they are plain strings and integers.
+    Hs256.token(&header, claims, &Hs256Key::new(secret)).unwrap_or_default()
+}
+
+/// A JWT time claim for `secs` since the epoch (the epoch itself if out of chrono's range).
+pub(crate) fn timestamp(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
