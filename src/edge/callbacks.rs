@@ -15,7 +15,6 @@ use worker::{console_log, Env, Request, Response};
 
 use crate::config::Config;
 use crate::error::{code, ApiError};
-use crate::kling;
 use crate::task::{self, TaskRecord};
 use crate::webhook::SignatureHeaders;
 
@@ -72,7 +71,7 @@ pub async fn receive(request: &mut Request, call: &Call<'_>, token: &str) -> Res
     ))
 }
 
-/// Merges a report into the stored record (or a new one) and stores it if it changed.
+/// Stores a task's first report as `new_record()`, or merges it into the stored record.
 pub async fn record_report(
     store: &Store,
     task_id: &str,
@@ -80,17 +79,25 @@ pub async fn record_report(
     new_record: impl FnOnce() -> TaskRecord,
     report: &serde_json::Value,
 ) -> Result<TaskRecord, ApiError> {
-    let (record, changed) = match stored {
-        None => (new_record(), true),
-        Some(mut record) => match task::merge(&record.data, report) {
-            Some(merged) => {
-                record.data = merged;
-                (record, true)
-            }
-            None => (record, false),
-        },
-    };
-    if changed {
+    match stored {
+        Some(record) => merge_report(store, task_id, record, report).await,
+        None => {
+            let record = new_record();
+            store.put_task(task_id, &record).await?;
+            Ok(record)
+        }
+    }
+}
+
+/// Merges a report into a stored record, and stores the result if it changed.
+pub async fn merge_report(
+    store: &Store,
+    task_id: &str,
+    mut record: TaskRecord,
+    report: &serde_json::Value,
+) -> Result<TaskRecord, ApiError> {
+    if let Some(merged) = task::merge(&record.data, report) {
+        record.data = merged;
         store.put_task(task_id, &record).await?;
     }
     Ok(record)
@@ -112,18 +119,13 @@ async fn follow_up(env: Env, config: Config, task_id: String) {
     let Ok(Some(mut record)) = store.task(&task_id).await else { return };
     if task::is_incomplete_success(&record.data) {
         let kling = Kling::new(&config).with_timeout_ms(task::FOLLOW_UP_QUERY_TIMEOUT_MS);
-        match kling.get(&kling::query_path(&task_id)).await {
-            Ok(reply) => match task::envelope_data(&reply.body).filter(|_| reply.status == 200) {
-                Some(data) => {
-                    if let Ok(updated) =
-                        record_report(&store, &task_id, Some(record.clone()), || record.clone(), &data).await
-                    {
-                        record = updated;
-                    }
+        match kling.current_task(&task_id).await {
+            Ok(data) => {
+                if let Ok(updated) = merge_report(&store, &task_id, record.clone(), &data).await {
+                    record = updated;
                 }
-                None => log_follow_up(&task_id, &format!("Kling answered {}", reply.status)),
-            },
-            Err(error) => log_follow_up(&task_id, &error.message),
+            }
+            Err(problem) => log_follow_up(&task_id, &problem),
         }
     }
     if record.needs_forwarding() {

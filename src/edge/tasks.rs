@@ -14,7 +14,7 @@ use crate::routes::{self, Family};
 use crate::task::{self, CallbackTicket};
 use crate::validate::{self, UrlPolicy};
 
-use super::callbacks::{record_report, schedule_follow_up};
+use super::callbacks::{merge_report, record_report, schedule_follow_up};
 use super::store::Store;
 use super::upstream::{Kling, Reply};
 use super::{clock, http, Call};
@@ -91,17 +91,13 @@ pub async fn query(call: &Call<'_>, client: &Client, id: &str) -> Result<Respons
         return Err(ApiError::not_found(&format!("task {id}")));
     };
     if !task::is_complete(&record.data) {
-        match Kling::new(&call.config).get(&kling::query_path(&task_id)).await {
-            Ok(reply) => match task::envelope_data(&reply.body).filter(|_| reply.status == 200) {
-                Some(data) => {
-                    record = record_report(&store, &task_id, Some(record.clone()), || record.clone(), &data)
-                        .await?;
-                    schedule_follow_up(call, &task_id, &record);
-                }
-                None => log_stale(call, &task_id, &format!("Kling answered {}", reply.status)),
-            },
+        match Kling::new(&call.config).current_task(&task_id).await {
+            Ok(data) => {
+                record = merge_report(&store, &task_id, record, &data).await?;
+                schedule_follow_up(call, &task_id, &record);
+            }
             // The stored state is the latest Kling reported: answer with it.
-            Err(error) => log_stale(call, &task_id, &error.message),
+            Err(problem) => log_stale(call, &task_id, &problem),
         }
     }
     Ok(http::success(&record.data, call.request_id))

@@ -14,6 +14,7 @@ use crate::config::{Config, KlingCredentials};
 use crate::error::ApiError;
 use crate::jwt::KlingTokenCache;
 use crate::kling::{self, CreateVideoToAudio};
+use crate::task;
 
 use super::clock;
 use super::http::{fetch_with_deadline, FetchFailure};
@@ -22,6 +23,11 @@ thread_local! {
     /// One Kling token per isolate, shared by all the requests it serves.
     static KLING_TOKENS: RefCell<KlingTokenCache> = const { RefCell::new(KlingTokenCache::new()) };
 }
+
+/// What a client is told when a create may or may not have reached Kling.
+const CREATE_OUTCOME_UNKNOWN: &str = "so the task may or may not exist; if you gave an external_task_id, \
+     query it in a few seconds (the worker learns of the task from Kling's first callback) before \
+     creating it again";
 
 /// Kling's answer, whatever its status: passed on to the client unchanged.
 pub struct Reply {
@@ -61,21 +67,25 @@ impl Kling {
         let json = serde_json::to_string(body).map_err(|_| ApiError::internal("encoding the create body"))?;
         match self.send(Method::Post, kling::VIDEO_TO_AUDIO_PATH, Some(json)).await {
             Ok(reply) => Ok(reply),
-            Err(FetchFailure::Unreachable) => Err(ApiError::upstream_unreachable(
-                "the connection failed during the create, so the task may or may not exist; if you \
-                 gave an external_task_id, query it in a few seconds (the worker learns of the task \
-                 from Kling's first callback) before creating it again",
-            )),
-            Err(FetchFailure::TimedOut) => Err(ApiError::upstream_timeout(
-                "the create got no answer in time, so the task may or may not exist; if you gave an \
-                 external_task_id, query it in a few seconds (the worker learns of the task from \
-                 Kling's first callback) before creating it again",
-            )),
+            Err(FetchFailure::Unreachable) => Err(ApiError::upstream_unreachable(&format!(
+                "the connection failed during the create, {CREATE_OUTCOME_UNKNOWN}"
+            ))),
+            Err(FetchFailure::TimedOut) => Err(ApiError::upstream_timeout(&format!(
+                "the create got no answer in time, {CREATE_OUTCOME_UNKNOWN}"
+            ))),
         }
     }
 
+    /// The task's `data` as Kling reports it now, or why Kling did not say.
+    pub async fn current_task(&self, task_id: &str) -> Result<serde_json::Value, String> {
+        let reply = self.get(&kling::query_path(task_id)).await.map_err(|error| error.message)?;
+        task::envelope_data(&reply.body)
+            .filter(|_| reply.status == 200)
+            .ok_or_else(|| format!("Kling answered {}", reply.status))
+    }
+
     /// A read-only call, retried once on a failed connection or a gateway error.
-    pub async fn get(&self, path_and_query: &str) -> Result<Reply, ApiError> {
+    async fn get(&self, path_and_query: &str) -> Result<Reply, ApiError> {
         let first = self.send(Method::Get, path_and_query, None).await;
         let retry = match &first {
             Err(FetchFailure::Unreachable) => true,
