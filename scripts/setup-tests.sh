@@ -5,11 +5,9 @@ for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
 
-# Clippy for the wasm32-only edge code, from the same toolchain that builds it.
-case "$(wasm_toolchain_mode)" in
-  debian) apt_install rust-web-clippy ;;
-  rustup) rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy ;;
-esac
+# Clippy for the wasm32-only edge code, from the same toolchain that builds it (with
+# rustup, that is the clippy above).
+if [ "$(wasm_toolchain_mode)" = debian ]; then apt_install rust-web-clippy; fi
 
 # Headless Chromium for the demo page's browser test (Debian's; playwright-core drives it).
 [ -x /usr/bin/chromium ] || apt_install chromium
