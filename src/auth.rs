@@ -26,17 +26,38 @@ pub struct Client {
     /// The `PROXY_API_KEYS` name behind the credential.
     pub app: String,
     pub kind: ClientKind,
+    /// For a browser token: the webhook its app set when minting it, the only one its
+    /// tasks may be forwarded to.
+    pub token_callback_url: Option<String>,
 }
 
 impl Client {
-    /// Only a server key may mint browser tokens.
-    pub fn require_server_key(&self) -> Result<(), ApiError> {
+    /// Only a server key may do `action` (mint tokens, read the webhook secret).
+    pub fn require_server_key(&self, action: &str) -> Result<(), ApiError> {
         match self.kind {
             ClientKind::ServerKey => Ok(()),
             ClientKind::BrowserToken => Err(ApiError::new(
                 403,
                 code::NO_PERMISSION,
-                "Authorization: a browser token cannot mint tokens",
+                format!("Authorization: a browser token cannot {action}; use your server's key"),
+            )),
+        }
+    }
+
+    /// The webhook this client's new task is forwarded to, given the body's `callback_url`.
+    /// A server key may name any (public) URL. A browser token may not choose one: its
+    /// tasks go to the webhook its app set when minting it, if any, and a `callback_url`
+    /// naming another is refused, so a browser user cannot aim the app's signed webhooks
+    /// anywhere.
+    pub fn webhook_for_create(&self, requested: Option<String>) -> Result<Option<String>, ApiError> {
+        match (self.kind, requested) {
+            (ClientKind::ServerKey, requested) => Ok(requested),
+            (ClientKind::BrowserToken, None) => Ok(self.token_callback_url.clone()),
+            (ClientKind::BrowserToken, Some(url)) if Some(&url) == self.token_callback_url.as_ref() => Ok(Some(url)),
+            (ClientKind::BrowserToken, Some(_)) => Err(ApiError::new(
+                403,
+                code::NO_PERMISSION,
+                "callback_url: a browser token cannot choose a webhook; its app sets one when minting the token",
             )),
         }
     }
@@ -60,7 +81,12 @@ pub fn bearer(header: Option<&str>) -> Result<&str, ApiError> {
 pub fn authenticate(config: &Config, header: Option<&str>, now_secs: i64) -> Result<Client, ApiError> {
     let credential = bearer(header)?;
     if let Some(name) = config.clients.tenant_for(credential) {
-        return Ok(Client { tenant: name.to_owned(), app: name.to_owned(), kind: ClientKind::ServerKey });
+        return Ok(Client {
+            tenant: name.to_owned(),
+            app: name.to_owned(),
+            kind: ClientKind::ServerKey,
+            token_callback_url: None,
+        });
     }
     if !browser_token::looks_like_jwt(credential) {
         return Err(ApiError::auth_invalid("unknown API key"));
@@ -83,7 +109,12 @@ pub fn authenticate(config: &Config, header: Option<&str>, now_secs: i64) -> Res
             "browser token minted by a key that was since rotated or removed",
         ));
     }
-    Ok(Client { tenant: identity.tenant(), app: identity.app, kind: ClientKind::BrowserToken })
+    Ok(Client {
+        tenant: identity.tenant(),
+        app: identity.app,
+        kind: ClientKind::BrowserToken,
+        token_callback_url: identity.callback_url,
+    })
 }
 
 #[cfg(test)]
@@ -106,7 +137,14 @@ mod tests {
     fn token(app: &str, key: &str, sub: &str) -> String {
         use sha2::{Digest, Sha256};
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        mint(SECRET.as_bytes(), app, &digest, &MintRequest { sub: sub.into(), ttl_secs: 600 }, NOW).token
+        mint(
+            SECRET.as_bytes(),
+            app,
+            &digest,
+            &MintRequest { sub: sub.into(), ttl_secs: 600, callback_url: None },
+            NOW,
+        )
+        .token
     }
 
     #[test]
@@ -123,8 +161,9 @@ mod tests {
         assert_eq!(client.tenant, "web/alice");
         assert_eq!(client.app, "web");
         assert_eq!(client.kind, ClientKind::BrowserToken);
-        assert!(client.require_server_key().is_err());
-        assert!(authenticate(&config(true), Some("Bearer k_1"), NOW).unwrap().require_server_key().is_ok());
+        assert!(client.require_server_key("mint tokens").is_err());
+        let server = authenticate(&config(true), Some("Bearer k_1"), NOW).unwrap();
+        assert!(server.require_server_key("mint tokens").is_ok());
     }
 
     #[test]
@@ -154,5 +193,25 @@ mod tests {
             assert_eq!((error.status, error.code), (401, 1002), "{header}");
             assert!(!error.message.contains("k_"), "{}", error.message);
         }
+    }
+
+    #[test]
+    fn only_a_server_key_chooses_a_webhook() {
+        let hook = "https://app.example.com/hook".to_owned();
+        let server = authenticate(&config(true), Some("Bearer k_1"), NOW).unwrap();
+        assert_eq!(server.webhook_for_create(Some(hook.clone())), Ok(Some(hook.clone())));
+        assert_eq!(server.webhook_for_create(None), Ok(None));
+
+        let header = format!("Bearer {}", token("web", "k_1", "alice"));
+        let mut browser = authenticate(&config(true), Some(&header), NOW).unwrap();
+        assert_eq!(browser.webhook_for_create(None), Ok(None));
+        let error = browser.webhook_for_create(Some("https://victim.example.com/hook".into())).unwrap_err();
+        assert_eq!((error.status, error.code), (403, 1103));
+        assert!(error.message.starts_with("callback_url:"), "{}", error.message);
+
+        browser.token_callback_url = Some(hook.clone());
+        assert_eq!(browser.webhook_for_create(None), Ok(Some(hook.clone())), "the app's webhook applies");
+        assert_eq!(browser.webhook_for_create(Some(hook.clone())), Ok(Some(hook)));
+        assert!(browser.webhook_for_create(Some("https://victim.example.com/hook".into())).is_err());
     }
 }

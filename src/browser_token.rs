@@ -21,14 +21,17 @@ use serde_json::Value;
 
 use crate::error::{code, ApiError};
 use crate::jwt::{sign_hs256, timestamp};
+use crate::validate::{self, UrlPolicy};
 
 pub const ISSUER: &str = "kling-edge";
 pub const DEFAULT_TTL_SECS: u32 = 900;
 pub const MAX_TTL_SECS: u32 = 3600;
 /// Clock skew tolerated on `nbf` between edge locations.
 pub const NOT_BEFORE_LEEWAY_SECS: i64 = 5;
-pub const MAX_SUB_CHARS: usize = 128;
-pub const SUB_RULE: &str = "must be 1 to 128 characters, without spaces, control characters, ':' or '/'";
+/// `sub` is bounded in bytes, not characters: it becomes part of a tenant name, which must
+/// fit every backend's key limits (128 emoji would be 512 bytes).
+pub const MAX_SUB_BYTES: usize = 128;
+pub const SUB_RULE: &str = "must be 1 to 128 bytes of UTF-8, without spaces, control characters, ':' or '/'";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct BrowserClaims {
@@ -37,6 +40,9 @@ struct BrowserClaims {
     app: String,
     /// [`app_key_fingerprint`] of the minting key.
     akf: String,
+    /// The only webhook this token's tasks may be forwarded to, set by the app's server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cbu: Option<String>,
 }
 
 /// Who a valid browser token speaks for.
@@ -47,6 +53,8 @@ pub struct BrowserIdentity {
     pub sub: String,
     /// The minting key's fingerprint, to compare with the key the app has now.
     pub app_key_fingerprint: String,
+    /// The webhook the app chose for this user's tasks when minting, if any.
+    pub callback_url: Option<String>,
 }
 
 impl BrowserIdentity {
@@ -68,18 +76,26 @@ pub struct Minted {
 pub struct MintRequest {
     pub sub: String,
     pub ttl_secs: u32,
+    /// The webhook every task of this token is forwarded to. A browser cannot choose its
+    /// own: only the app's server decides where the worker posts.
+    pub callback_url: Option<String>,
 }
 
-/// Parses `{"sub": "...", "ttl_seconds": N}`.
-pub fn mint_request(body: &[u8]) -> Result<MintRequest, ApiError> {
+/// Parses `{"sub": "...", "ttl_seconds": N, "callback_url": "https://..."}`.
+pub fn mint_request(body: &[u8], policy: UrlPolicy) -> Result<MintRequest, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("body: must be valid JSON ({e})")))?;
     let Value::Object(mut fields) = value else {
         return Err(ApiError::bad_request("body: must be a JSON object"));
     };
-    if let Some(unknown) = fields.keys().find(|k| !matches!(k.as_str(), "sub" | "ttl_seconds")) {
+    if let Some(unknown) =
+        fields.keys().find(|k| !matches!(k.as_str(), "sub" | "ttl_seconds" | "callback_url"))
+    {
         let shown: String = unknown.chars().take(40).collect();
-        return Err(ApiError::bad_param(&shown, "unknown field (expected one of sub, ttl_seconds)"));
+        return Err(ApiError::bad_param(
+            &shown,
+            "unknown field (expected one of sub, ttl_seconds, callback_url)",
+        ));
     }
     let sub = match fields.remove("sub") {
         Some(Value::String(sub)) if is_valid_sub(&sub) => sub,
@@ -96,12 +112,16 @@ pub fn mint_request(body: &[u8]) -> Result<MintRequest, ApiError> {
         }
         Some(_) => return Err(ttl_rule()),
     };
-    Ok(MintRequest { sub, ttl_secs })
+    let callback_url = match fields.remove("callback_url") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(raw)) => Some(validate::http_url("callback_url", &raw, policy)?.into()),
+        Some(_) => return Err(ApiError::bad_param("callback_url", "must be a string")),
+    };
+    Ok(MintRequest { sub, ttl_secs, callback_url })
 }
 
 fn is_valid_sub(sub: &str) -> bool {
-    let chars = sub.chars().count();
-    (1..=MAX_SUB_CHARS).contains(&chars)
+    (1..=MAX_SUB_BYTES).contains(&sub.len())
         && !sub.chars().any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '/')
 }
 
@@ -130,6 +150,7 @@ pub fn mint(
         sub: request.sub.clone(),
         app: app.to_owned(),
         akf: app_key_fingerprint(secret, app_key_digest),
+        cbu: request.callback_url.clone(),
     });
     claims.issued_at = Some(timestamp(now_secs));
     claims.not_before = Some(timestamp(now_secs));
@@ -183,6 +204,7 @@ pub fn verify(secret: &[u8], token: &str, now_secs: i64) -> Result<BrowserIdenti
         app: custom.app.clone(),
         sub: custom.sub.clone(),
         app_key_fingerprint: custom.akf.clone(),
+        callback_url: custom.cbu.clone(),
     })
 }
 
@@ -202,7 +224,7 @@ mod tests {
     }
 
     fn alice(ttl_secs: u32) -> MintRequest {
-        MintRequest { sub: "alice".into(), ttl_secs }
+        MintRequest { sub: "alice".into(), ttl_secs, callback_url: None }
     }
 
     /// A token with any header and claims, signed with HMAC-SHA256 and `secret`.
@@ -311,9 +333,31 @@ mod tests {
     }
 
     #[test]
+    fn the_apps_webhook_travels_in_the_token() {
+        let request = mint_request(
+            br#"{"sub":"alice","callback_url":"https://app.example.com/hooks/kling"}"#,
+            UrlPolicy::default(),
+        )
+        .unwrap();
+        let minted = super::mint(SECRET, "web", &KEY_DIGEST, &request, NOW);
+        let identity = verify(SECRET, &minted.token, NOW).unwrap();
+        assert_eq!(identity.callback_url.as_deref(), Some("https://app.example.com/hooks/kling"));
+        let without = verify(SECRET, &mint(SECRET, "web", &alice(60), NOW).token, NOW).unwrap();
+        assert_eq!(without.callback_url, None);
+    }
+
+    #[test]
     fn mint_requests() {
-        assert_eq!(mint_request(br#"{"sub":"alice"}"#).unwrap(), alice(DEFAULT_TTL_SECS));
-        assert_eq!(mint_request(br#"{"sub":"u-1@example.com","ttl_seconds":3600}"#).unwrap().ttl_secs, 3600);
+        assert_eq!(
+            mint_request(br#"{"sub":"alice"}"#, UrlPolicy::default()).unwrap(),
+            alice(DEFAULT_TTL_SECS)
+        );
+        assert_eq!(
+            mint_request(br#"{"sub":"u-1@example.com","ttl_seconds":3600}"#, UrlPolicy::default())
+                .unwrap()
+                .ttl_secs,
+            3600
+        );
         for (body, field) in [
             (&br#"{}"#[..], "sub"),
             (br#"{"sub":""}"#, "sub"),
@@ -325,14 +369,21 @@ mod tests {
             (br#"{"sub":"a","ttl_seconds":1.5}"#, "ttl_seconds"),
             (br#"{"sub":"a","ttl_seconds":"60"}"#, "ttl_seconds"),
             (br#"{"sub":"a","scope":"admin"}"#, "scope"),
+            (br#"{"sub":"a","callback_url":"http://127.0.0.1/hook"}"#, "callback_url"),
+            (br#"{"sub":"a","callback_url":5}"#, "callback_url"),
             (b"[]", "body"),
             (b"nope", "body"),
         ] {
-            let error = mint_request(body).unwrap_err();
+            let error = mint_request(body, UrlPolicy::default()).unwrap_err();
             assert_eq!(error.status, 400);
             assert!(error.message.starts_with(field), "{}", error.message);
         }
-        let long = format!(r#"{{"sub":"{}"}}"#, "é".repeat(129));
-        assert!(mint_request(long.as_bytes()).is_err());
+        let long = format!(r#"{{"sub":"{}"}}"#, "é".repeat(65));
+        assert!(mint_request(long.as_bytes(), UrlPolicy::default()).is_err(), "130 bytes");
+        let emoji = format!(r#"{{"sub":"{}"}}"#, "🙂".repeat(33));
+        let error = mint_request(emoji.as_bytes(), UrlPolicy::default()).unwrap_err();
+        assert!(error.message.contains("128 bytes"), "{}", error.message);
+        let fits = format!(r#"{{"sub":"{}"}}"#, "🙂".repeat(32));
+        assert_eq!(mint_request(fits.as_bytes(), UrlPolicy::default()).unwrap().sub.len(), 128);
     }
 }

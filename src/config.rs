@@ -209,10 +209,12 @@ impl Config {
 
         let public_base_url = match get("PUBLIC_BASE_URL") {
             None => None,
-            Some(raw) => Some(
-                parse_api_base(raw.trim())
-                    .ok_or_else(|| ApiError::config("PUBLIC_BASE_URL", "is not an http(s) base URL"))?,
-            ),
+            Some(raw) => Some(parse_origin(raw.trim()).ok_or_else(|| {
+                ApiError::config(
+                    "PUBLIC_BASE_URL",
+                    "must be the worker's origin, like https://edge.example.com (no path, query or user info)",
+                )
+            })?),
         };
         let webhook_key = |name: &'static str| -> Result<Option<WebhookKey>, ApiError> {
             get(name)
@@ -259,6 +261,17 @@ fn parse_api_base(raw: &str) -> Option<String> {
         && url.query().is_none()
         && url.fragment().is_none();
     usable.then(|| url.as_str().trim_end_matches('/').to_owned())
+}
+
+/// `scheme://host[:port]` of an http(s) URL with nothing after the host but an optional `/`.
+/// Callback paths are fixed, so a base URL with a path would send Kling's callbacks to a
+/// path the worker does not serve.
+fn parse_origin(raw: &str) -> Option<String> {
+    let url = url::Url::parse(raw).ok()?;
+    let bare = matches!(url.path(), "" | "/") && url.query().is_none() && url.fragment().is_none();
+    let plain = url.username().is_empty() && url.password().is_none();
+    (bare && plain && matches!(url.scheme(), "http" | "https") && url.host().is_some())
+        .then(|| url.origin().ascii_serialization())
 }
 
 fn parse_bool(raw: &str) -> Option<bool> {
@@ -337,6 +350,8 @@ mod tests {
             ("KLING_TIMEOUT_MS", "secret-value"),
             ("KLING_TIMEOUT_MS", "5"),
             ("PUBLIC_BASE_URL", "secret-value"),
+            ("PUBLIC_BASE_URL", "https://edge.example.com/secret-value"),
+            ("PUBLIC_BASE_URL", "https://edge.example.com/?secret-value"),
             ("KLING_WEBHOOK_SECRET", "whsec_secret-value"),
             ("PROXY_WEBHOOK_SECRET", "secret-value"),
             ("ALLOWED_ORIGINS", "*,https://secret-value.example.com"),

@@ -31,11 +31,13 @@ impl AllowedOrigins {
         Ok(AllowedOrigins(origins))
     }
 
-    /// The origin to grant, if the request's `Origin` is allowed.
+    /// The origin to grant, if the request's `Origin` is allowed. Browsers always send the
+    /// canonical form (`https://app.example.com`), so only that form is granted: other
+    /// spellings of an allowed origin (`HTTPS://APP.EXAMPLE.COM`, a trailing `/`) are not.
     pub fn grant<'a>(&self, origin: Option<&'a str>) -> Option<&'a str> {
         let origin = origin?;
-        let normalised = normalise(origin)?;
-        self.0.contains(&normalised).then_some(origin)
+        let canonical = normalise(origin)?;
+        (canonical == origin && self.0.contains(&canonical)).then_some(origin)
     }
 }
 
@@ -96,6 +98,9 @@ mod tests {
             "null",
             "*",
             "",
+            "https://APP.EXAMPLE.COM",
+            "https://app.example.com/",
+            "https://app.example.com:443",
         ] {
             assert_eq!(origins.grant(Some(other)), None, "{other}");
         }

@@ -110,11 +110,13 @@ pub fn browser_token(data: &[u8]) {
     if let Ok(identity) = browser_token::verify(TOKEN_SECRET, &text, NOW) {
         assert!(!identity.sub.contains('/') && !identity.sub.contains(':'));
     }
-    if let Ok(request) = browser_token::mint_request(data) {
+    if let Ok(request) = browser_token::mint_request(data, crate::validate::UrlPolicy::default()) {
         let minted = browser_token::mint(TOKEN_SECRET, "app", &[1; 32], &request, NOW);
         let identity =
             browser_token::verify(TOKEN_SECRET, &minted.token, NOW).expect("a minted token verifies");
         assert_eq!(identity.sub, request.sub);
+        assert!(identity.sub.len() <= browser_token::MAX_SUB_BYTES);
+        assert_eq!(identity.callback_url, request.callback_url);
         assert_eq!(identity.tenant(), format!("app/{}", request.sub));
         assert_eq!(identity.app_key_fingerprint, browser_token::app_key_fingerprint(TOKEN_SECRET, &[1; 32]));
         let expired =

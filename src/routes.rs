@@ -18,11 +18,16 @@ pub fn kling_callback_url(origin: &str, token: &str) -> String {
     format!("{origin}{KLING_CALLBACK_PATH}/{token}")
 }
 
-/// The path as it may be logged: a callback URL's token is a secret.
+/// The path as it may be logged or quoted in an answer: anything after a `callbacks`
+/// segment may be a capability (a callback URL's secret), whatever the spelling of the rest
+/// of the path (`//v1/callbacks/kling/...`, `/v1/Callbacks/KLING/...`, percent-encoded
+/// letters), so it is replaced by `<redacted>`. Other paths are cut to 200 characters.
 pub fn loggable_path(path: &str) -> String {
-    match path.strip_prefix(KLING_CALLBACK_PATH) {
-        Some(rest) if !rest.is_empty() => format!("{KLING_CALLBACK_PATH}/<token>"),
-        _ => path.chars().take(200).collect(),
+    let decoded = percent_decode_str(path).decode_utf8_lossy();
+    let lowercase = decoded.to_ascii_lowercase();
+    match lowercase.find("callbacks") {
+        Some(at) => format!("{}callbacks/<redacted>", &decoded[..at].chars().take(100).collect::<String>()),
+        None => decoded.chars().take(200).collect(),
     }
 }
 
@@ -60,6 +65,8 @@ pub enum Route {
 pub enum ClientRoute {
     /// `POST /v1/tokens`: a server key mints a browser token.
     MintToken,
+    /// `GET /v1/webhook-secret`: a server key reads the secret its webhooks are signed with.
+    WebhookSecret,
     CreateTask(Family),
     /// One task by task id or external task id (already validated and percent-decoded).
     QueryTask(Family, String),
@@ -79,6 +86,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     }
     if path == "/v1/tokens" {
         return only(method, "POST", Route::Client(ClientRoute::MintToken));
+    }
+    if path == "/v1/webhook-secret" {
+        return only(method, GET, Route::Client(ClientRoute::WebhookSecret));
     }
     if let Some(token) = path.strip_prefix(KLING_CALLBACK_PATH).and_then(|rest| rest.strip_prefix('/')) {
         if !ids::is_callback_token(token) {
@@ -111,7 +121,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             return Ok(Route::Client(ClientRoute::QueryTask(family, id.into_owned())));
         }
     }
-    Err(ApiError::no_route(path))
+    Err(ApiError::no_route(&loggable_path(path)))
 }
 
 fn only(method: &str, allowed: &'static str, route: Route) -> Result<Route, ApiError> {
@@ -172,7 +182,7 @@ mod tests {
             kling_callback_url("https://edge.example.com", token),
             format!("https://edge.example.com{path}")
         );
-        assert_eq!(loggable_path(&path), "/v1/callbacks/kling/<token>");
+        assert_eq!(loggable_path(&path), "/v1/callbacks/<redacted>");
         assert_eq!(loggable_path("/v1/audio/video-to-audio/t1"), "/v1/audio/video-to-audio/t1");
     }
 
@@ -190,5 +200,35 @@ mod tests {
         assert_eq!(route("POST", "/v1/tokens"), Ok(Route::Client(ClientRoute::MintToken)));
         assert_eq!(route("GET", "/v1/tokens").unwrap_err().status, 405);
         assert_eq!(route("OPTIONS", "/v1/audio/video-to-audio"), Ok(Route::Preflight));
+        assert_eq!(route("GET", "/v1/webhook-secret"), Ok(Route::Client(ClientRoute::WebhookSecret)));
+        for method in ["PROPFIND", "HEAD", "PUT", "get", "BREW"] {
+            for path in ["/v1/audio/video-to-audio", "/v1/audio/video-to-audio/t1", "/health", "/v1/tokens"] {
+                let error = route(method, path).unwrap_err();
+                assert_eq!(error.status, 405, "{method} {path}");
+                assert!(error.header.is_some(), "{method} {path}: Allow");
+            }
+        }
+    }
+
+    #[test]
+    fn capabilities_never_leave_in_a_path_whatever_its_spelling() {
+        let token = "0123456789abcdef0123456789abcdef";
+        for path in [
+            format!("/v1/callbacks/kling/{token}"),
+            format!("//v1/callbacks/kling/{token}"),
+            format!("/v1/callbacks/KLING/{token}"),
+            format!("/v1/Callbacks/kling/{token}"),
+            format!("/prefix/v1/callbacks/kling/{token}"),
+            format!("/v1/%63allbacks/kling/{token}"),
+            format!("/v1/callbacks%2Fkling%2F{token}"),
+            format!("/v1/callbacks/kling/{token}/extra"),
+        ] {
+            let logged = loggable_path(&path);
+            assert!(!logged.contains(token), "{path} -> {logged}");
+            let refusal = route("POST", &path);
+            if let Err(error) = refusal {
+                assert!(!error.message.contains(token), "{path} -> {}", error.message);
+            }
+        }
     }
 }

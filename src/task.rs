@@ -104,8 +104,28 @@ impl TaskRecord {
     }
 }
 
-/// KV keys. Tenants never contain `:`, so a tenant's prefixes cannot overlap another's.
+impl TaskRecord {
+    /// The `PROXY_API_KEYS` name behind the tenant (`web` for `web` and for `web/alice`):
+    /// whose webhook secret signs this task's webhooks.
+    pub fn app(&self) -> &str {
+        self.tenant.split('/').next().unwrap_or(&self.tenant)
+    }
+
+    /// The body of the webhook forwarded for this task: Kling's data, plus `tenant`, the
+    /// client that created the task (for a browser user, `{app}/{sub}`).
+    pub fn forward_body(&self) -> Vec<u8> {
+        let mut body = self.data.as_object().cloned().unwrap_or_default();
+        body.insert("tenant".into(), Value::String(self.tenant.clone()));
+        Value::Object(body).to_string().into_bytes()
+    }
+}
+
+/// KV keys. A tenant appears only as its [`tenant_shard`] (32 hex digits), so no tenant,
+/// however long, can push a key past a backend's limit (KV: 512 bytes), and one tenant's
+/// prefixes cannot overlap another's.
 pub mod keys {
+    use super::tenant_shard;
+
     /// Index entries sort newest first: the key carries `MAX - created_at`.
     const NEWEST_FIRST_BASE: u64 = 9_999_999_999_999;
 
@@ -118,11 +138,11 @@ pub mod keys {
     }
 
     pub fn external(tenant: &str, external_task_id: &str) -> String {
-        format!("external:{tenant}:{external_task_id}")
+        format!("external:{}:{external_task_id}", tenant_shard(tenant))
     }
 
     pub fn index_prefix(tenant: &str) -> String {
-        format!("index:{tenant}:")
+        format!("index:{}:", tenant_shard(tenant))
     }
 
     pub fn index(tenant: &str, created_at_ms: u64, task_id: &str) -> String {
@@ -137,6 +157,12 @@ pub mod keys {
         let (_index, _tenant, _order) = (parts.next()?, parts.next()?, parts.next()?);
         parts.next().filter(|id| !id.is_empty())
     }
+}
+
+/// A tenant's fixed-length name in storage: the first 128 bits of its SHA-256, in hex.
+pub fn tenant_shard(tenant: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::ids::hex(&Sha256::digest(tenant.as_bytes())[..16])
 }
 
 /// The task's `task_status`, if it has one.
@@ -192,7 +218,9 @@ pub fn is_complete(data: &Value) -> bool {
 /// it never switches to the other; a `succeed` without audios takes a `succeed` with them
 /// whatever its time, and a complete task never changes again.
 pub fn merge(stored: &Value, incoming: &Value) -> Option<Value> {
-    if is_complete(stored) {
+    // A report about another task (Kling may resolve a queried id as someone's external id)
+    // never touches this one.
+    if is_complete(stored) || incoming.get("task_id") != stored.get("task_id") {
         return None;
     }
     let (old_rank, new_rank) = (rank(status_of(stored)), rank(status_of(incoming)));
@@ -342,6 +370,17 @@ mod tests {
     }
 
     #[test]
+    fn a_report_about_another_task_is_never_merged() {
+        let stored = task("processing", 1);
+        let mut other = with_audios(task("succeed", 9));
+        other["task_id"] = json!("t2");
+        assert_eq!(merge(&stored, &other), None);
+        let mut nameless = task("succeed", 9);
+        nameless.as_object_mut().unwrap().remove("task_id");
+        assert_eq!(merge(&stored, &nameless), None);
+    }
+
+    #[test]
     fn duplicates_change_nothing() {
         let data = with_audios(task("succeed", 5));
         assert_eq!(merge(&data, &data), None);
@@ -453,6 +492,9 @@ mod tests {
         assert!(!keys::index("web/alice", 1, "t").starts_with(&keys::index_prefix("web")));
         assert_eq!(keys::task_id_of_index(&newer), Some("t-new"));
         assert_eq!(keys::task_id_of_index(&keys::index("web/alice", 5, "order:42")), Some("order:42"));
+        let long_tenant = format!("web/{}", "🙂".repeat(32));
+        let longest = keys::index(&long_tenant, 1, &"x".repeat(64));
+        assert!(longest.len() <= 512 && keys::external(&long_tenant, &"x".repeat(64)).len() <= 512);
     }
 
     #[test]

@@ -12,6 +12,9 @@ use base64ct::{Base64, Encoding};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+/// Domain separation for [`WebhookKey::for_client`].
+const CLIENT_KEY_LABEL: &[u8] = b"kling-edge client webhook v1\0";
+
 /// Timestamps further than this from now (either way) are refused.
 pub const TOLERANCE_SECS: i64 = 5 * 60;
 
@@ -35,6 +38,22 @@ impl WebhookKey {
             return Err("is too short: use at least 16 random bytes");
         }
         Ok(WebhookKey(key))
+    }
+
+    /// The key that signs the webhooks of one client (a `PROXY_API_KEYS` name), derived
+    /// from the deployment's key: `HMAC-SHA256(key, "kling-edge client webhook v1\0" || name)`.
+    /// A receiver verifying with its own client's secret rejects any webhook caused by
+    /// another client, though one deployment secret stands behind them all.
+    pub fn for_client(&self, client: &str) -> WebhookKey {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(CLIENT_KEY_LABEL);
+        mac.update(client.as_bytes());
+        WebhookKey(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// The `whsec_<base64>` form of this key, as a receiver configures it.
+    pub fn to_secret(&self) -> String {
+        format!("whsec_{}", Base64::encode_string(&self.0))
     }
 
     fn mac(&self, id: &str, timestamp: &str, body: &[u8]) -> Hmac<Sha256> {
@@ -206,5 +225,25 @@ mod tests {
         assert!(WebhookKey::from_secret("whsec_c2hvcnQ=").is_err());
         assert!(WebhookKey::from_secret(&SECRET["whsec_".len()..]).is_ok());
         assert!(!format!("{:?}", key()).contains("dGVzd"));
+    }
+
+    #[test]
+    fn each_client_has_its_own_key() {
+        let deployment = key();
+        let (alice, bob) = (deployment.for_client("alice"), deployment.for_client("bob"));
+        assert_ne!(alice, bob);
+        assert_eq!(alice, deployment.for_client("alice"), "derivation is deterministic");
+        let ts = TIMESTAMP.to_string();
+        let signed_for_bob = bob.sign(ID, TIMESTAMP, BODY.as_bytes());
+        assert_eq!(bob.verify(&headers(&ts, &signed_for_bob), BODY.as_bytes(), TIMESTAMP), Ok(()));
+        assert_eq!(
+            alice.verify(&headers(&ts, &signed_for_bob), BODY.as_bytes(), TIMESTAMP),
+            Err(Rejection::BadSignature),
+            "alice's receiver refuses what bob's tasks cause"
+        );
+        // The published secret round-trips, and matches an independent computation
+        // (Python: hmac.new(base64.b64decode(key), b"kling-edge client webhook v1\0alice", sha256)).
+        assert_eq!(WebhookKey::from_secret(&alice.to_secret()).unwrap(), alice);
+        assert_eq!(alice.to_secret(), "whsec_ylH6gUd9FC2/CxbqsffC50bkBIn+1hY9wOHZ7w772Ik=");
     }
 }

@@ -1,7 +1,8 @@
 //! Forwarding a finished task to the client's own webhook.
 //!
-//! The body is the task's data, the same JSON Kling's callback carries, signed the
-//! Standard Webhooks way with `PROXY_WEBHOOK_SECRET`. The message id is the same on every
+//! The body is the task's data, the same JSON Kling's callback carries, plus the `tenant`
+//! that created the task, signed the Standard Webhooks way with the client's own secret
+//! (derived from `PROXY_WEBHOOK_SECRET` and the client's name). The message id is the same on every
 //! attempt (`msg_{task_id}_{status}`) so a receiver can drop duplicates; a `succeed` whose
 //! audios Kling has not reported yet goes out as `..._partial`, and the complete one later
 //! under its own id. Attempts follow
@@ -39,7 +40,9 @@ enum Attempt {
 /// Delivers the task's current state to its client webhook and records the outcome.
 pub async fn deliver(store: &Store, key: &WebhookKey, task_id: &str, record: &TaskRecord) {
     let Some(url) = record.client_callback_url.as_deref() else { return };
-    let body = record.data.to_string().into_bytes();
+    let body = record.forward_body();
+    let key = key.for_client(record.app());
+    let key = &key;
     let message_id = forward_message_id(&record.data);
 
     let mut attempts = 0;

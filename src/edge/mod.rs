@@ -45,7 +45,8 @@ struct Seen {
 pub async fn fetch(mut request: Request, env: Env, ctx: Context) -> worker::Result<Response> {
     let started_ms = clock::now_ms();
     let request_id = clock::new_request_id();
-    let method = request.method().to_string();
+    // The method as sent: `worker::Method` would read any method it does not know as GET.
+    let method = request.inner().method();
     let path = request.path();
     let origin = request.headers().get("Origin").ok().flatten();
 
@@ -83,7 +84,8 @@ async fn handle(
     seen: &mut Seen,
 ) -> Result<Response, ApiError> {
     let url = request.url().map_err(|_| ApiError::bad_request("the request URL is unreadable"))?;
-    let route = routes::route(request.method().as_ref(), url.path());
+    let method = request.inner().method();
+    let route = routes::route(&method, url.path());
     if route == Ok(Route::Health) {
         return Ok(health(request_id));
     }
@@ -123,6 +125,7 @@ async fn handle(
 
     match client_route {
         ClientRoute::MintToken => tokens::mint(request, &call, &client).await,
+        ClientRoute::WebhookSecret => tokens::webhook_secret(&call, &client),
         ClientRoute::CreateTask(family) => {
             limits::check(env, limits::CREATES, &tenant_key, now_secs).await?;
             tasks::create(request, &call, &client, family).await

@@ -29,6 +29,7 @@ pub async fn create(
     let body = http::read_body(request).await?;
     let policy = UrlPolicy { allow_private: call.config.allow_private_urls };
     let mut create = validate::create_request(family, &body, policy)?;
+    create.upstream.callback_url = client.webhook_for_create(create.upstream.callback_url.take())?;
     if create.upstream.callback_url.is_some() && call.config.proxy_webhook_key.is_none() {
         return Err(ApiError::bad_param(
             "callback_url",

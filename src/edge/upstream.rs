@@ -76,12 +76,17 @@ impl Kling {
         }
     }
 
-    /// The task's `data` as Kling reports it now, or why Kling did not say.
+    /// The task's `data` as Kling reports it now, or why Kling did not say. An answer about
+    /// another task (Kling may resolve the id as someone's external id) is refused.
     pub async fn current_task(&self, task_id: &str) -> Result<serde_json::Value, String> {
         let reply = self.get(&kling::query_path(task_id)).await.map_err(|error| error.message)?;
-        task::envelope_data(&reply.body)
+        let data = task::envelope_data(&reply.body)
             .filter(|_| reply.status == 200)
-            .ok_or_else(|| format!("Kling answered {}", reply.status))
+            .ok_or_else(|| format!("Kling answered {}", reply.status))?;
+        if task::task_id_of(&data) != Some(task_id) {
+            return Err("Kling answered about another task".into());
+        }
+        Ok(data)
     }
 
     /// A read-only call, retried once on a failed connection or a gateway error.

@@ -8,7 +8,7 @@ import { after, before, describe, it } from 'node:test';
 import { startFakeKling } from '../support/fake-kling.mjs';
 import { Receiver } from '../support/receiver.mjs';
 import {
-  ACCESS_KEY, baseSettings, OFFICIAL, OPS_KEY, SECRET_KEY, SIMPLIFIED, VIDEO, WEB_KEY, webhookSecret,
+  ACCESS_KEY, baseSettings, clientWebhookSecret, OFFICIAL, OPS_KEY, SECRET_KEY, SIMPLIFIED, VIDEO, WEB_KEY, webhookSecret,
 } from '../support/settings.mjs';
 import { call, eventually, startWorker } from '../support/worker.mjs';
 
@@ -24,7 +24,7 @@ const exchanges = [];
 
 before(async () => {
   fake = await startFakeKling({ accessKey: ACCESS_KEY, secretKey: SECRET_KEY, webhookSecret: KLING_WEBHOOK_SECRET });
-  receiver = await new Receiver(PROXY_WEBHOOK_SECRET).listen();
+  receiver = await new Receiver(clientWebhookSecret(PROXY_WEBHOOK_SECRET, 'web')).listen();
   worker = await startWorker(baseSettings(fake, {
     PROXY_TOKEN_SECRET: TOKEN_SECRET,
     PROXY_WEBHOOK_SECRET,
@@ -50,10 +50,11 @@ describe('the secrets audit', () => {
   it('drives every route, in success and failure', async () => {
     await exchange('GET', '/health');
     await exchange('OPTIONS', OFFICIAL, { headers: { 'access-control-request-method': 'POST' } });
-    const minted = await exchange('POST', '/v1/tokens', { key: WEB_KEY, body: { sub: 'auditor' } });
-    const browserToken = minted.json.data.token;
-
     const hook = `${receiver.url}/audit`;
+    const minted = await exchange('POST', '/v1/tokens', { key: WEB_KEY, body: { sub: 'auditor', callback_url: hook } });
+    const browserToken = minted.json.data.token;
+    await exchange('GET', '/v1/webhook-secret', { key: WEB_KEY });
+    await exchange('GET', '/v1/webhook-secret', { key: browserToken });
     const created = await exchange('POST', OFFICIAL, { key: browserToken, body: { video_url: VIDEO, callback_url: hook, external_task_id: 'audit-1' } });
     const taskId = created.json.data.task_id;
     await exchange('POST', SIMPLIFIED, { key: WEB_KEY, body: { video_url: VIDEO, prompt: 'rain', audio_type: 'ambient' } });
@@ -92,6 +93,8 @@ describe('the secrets audit', () => {
     const klingTokens = new Set(fake.requests.map((r) => r.token).filter(Boolean));
     const callbackTokens = [...fake.tasks.values()].map((t) => t.callbackUrl?.split('/').at(-1)).filter(Boolean);
     const browserTokens = exchanges.filter((e) => e.path === '/v1/tokens' && e.response.status === 200).map((e) => e.response.json.data.token);
+    // The one answer that carries a client's webhook secret is its own server's request for it.
+    const clientSecrets = ['web', 'ops'].map((name) => clientWebhookSecret(PROXY_WEBHOOK_SECRET, name).slice('whsec_'.length));
     assert.ok(klingTokens.size > 0 && callbackTokens.length > 0 && browserTokens.length > 0);
 
     const secrets = {
@@ -116,6 +119,11 @@ describe('the secrets audit', () => {
       search(`the headers of ${method} ${path}`, headers);
       const isMint = path === '/v1/tokens' && response.status === 200;
       search(`the body of ${method} ${path}`, response.text);
+      const isOwnSecret = path === '/v1/webhook-secret' && response.status === 200;
+      for (const secret of clientSecrets) {
+        if (!isOwnSecret) assert.ok(!response.text.includes(secret), `a client webhook secret in ${method} ${path}`);
+        assert.ok(!headers.includes(secret), `a client webhook secret in the headers of ${method} ${path}`);
+      }
       for (const token of browserTokens) {
         assert.ok(!headers.includes(token), `a browser token in the headers of ${method} ${path}`);
         if (!isMint) assert.ok(!response.text.includes(token), `a browser token in the body of ${method} ${path}`);
@@ -123,15 +131,17 @@ describe('the secrets audit', () => {
     }
     for (const delivery of receiver.deliveries) {
       search('a forwarded webhook', JSON.stringify({ headers: delivery.headers, body: delivery.body }));
+      for (const secret of clientSecrets) assert.ok(!JSON.stringify(delivery).includes(secret), 'a client webhook secret in a webhook');
     }
 
     // wrangler dev's own access log prints request URLs, callback paths included (the
     // README explains why KLING_WEBHOOK_SECRET matters); everything else is searched.
     const logs = worker.logs().split('\n')
-      .filter((line) => !line.startsWith('[wrangler:info] POST /v1/callbacks/kling/'))
+      .filter((line) => !line.startsWith('[wrangler:info] POST /v1/callbacks/'))
       .join('\n');
     assert.match(logs, /"request_id"/);
     search('the logs', logs);
+    for (const secret of clientSecrets) assert.ok(!logs.includes(secret), 'a client webhook secret in the logs');
     for (const token of browserTokens) assert.ok(!logs.includes(token), 'a browser token in the logs');
   });
 });

@@ -59,7 +59,7 @@ describe('GET /openapi.json', () => {
     assert.equal(doc.openapi, '3.1.0');
     assert.deepEqual(Object.keys(doc.paths).sort(), [
       '/health', '/v1/audio/video-to-audio', '/v1/audio/video-to-audio/{task_id}', '/v1/callbacks/kling/{token}',
-      '/v1/tokens', '/v1/videos/video-to-audio', '/v1/videos/video-to-audio/{task_id}',
+      '/v1/tokens', '/v1/videos/video-to-audio', '/v1/videos/video-to-audio/{task_id}', '/v1/webhook-secret',
     ]);
     const create = doc.components.schemas.OfficialCreate;
     assert.equal(create.additionalProperties, false);

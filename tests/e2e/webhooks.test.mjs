@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 import { signWebhook, startFakeKling } from '../support/fake-kling.mjs';
 import { Receiver } from '../support/receiver.mjs';
 import {
-  ACCESS_KEY, baseSettings, OFFICIAL, OPS_KEY, SECRET_KEY, SIMPLIFIED, VIDEO, WEB_KEY, webhookSecret,
+  ACCESS_KEY, baseSettings, clientWebhookSecret, OFFICIAL, OPS_KEY, SECRET_KEY, SIMPLIFIED, VIDEO, WEB_KEY, webhookSecret,
 } from '../support/settings.mjs';
 import { call, eventually, freePort, startWorker } from '../support/worker.mjs';
 
@@ -24,7 +24,7 @@ let receiver;
 
 before(async () => {
   fake = await startFakeKling({ accessKey: ACCESS_KEY, secretKey: SECRET_KEY });
-  receiver = await new Receiver(PROXY_WEBHOOK_SECRET).listen();
+  receiver = await new Receiver(clientWebhookSecret(PROXY_WEBHOOK_SECRET, 'web')).listen();
   worker = await startWorker(baseSettings(fake, {
     PROXY_API_KEYS: `web:${WEB_KEY},ops:${OPS_KEY},lister:${LIST_KEY}`,
     PROXY_WEBHOOK_SECRET,
@@ -365,9 +365,11 @@ describe('forwarding to the client webhook', () => {
     await fake.advance(taskId, 'processing');
     await fake.advance(taskId, 'succeed');
     const [delivery] = await eventually(() => receiver.at(hook).length && receiver.at(hook), { what: 'the delivery' });
-    assert.equal(delivery.verdict, null, 'the signature verifies with PROXY_WEBHOOK_SECRET');
+    assert.equal(delivery.verdict, null, "the signature verifies with the client's own secret");
     assert.equal(delivery.headers['webhook-id'], `msg_${taskId}_succeed`);
-    assert.deepEqual(delivery.json, fake.tasks.get(taskId).data, "the same JSON as Kling's callback");
+    const { tenant, ...kling } = delivery.json;
+    assert.equal(tenant, 'web', 'the body names the tenant that created the task');
+    assert.deepEqual(kling, fake.tasks.get(taskId).data, "the same JSON as Kling's callback");
     assert.equal(receiver.at(hook).length, 1, 'only the final state is forwarded');
     const record = await recordedDelivery(taskId, 'delivered');
     assert.equal(record.delivery.attempts, 1);
@@ -421,7 +423,7 @@ describe('forwarding to the client webhook', () => {
     await eventually(() => receiver.at(hook).length === 2, { what: 'the complete delivery' });
     const complete = receiver.at(hook)[1];
     assert.equal(complete.headers['webhook-id'], `msg_${taskId}_succeed`);
-    assert.deepEqual(complete.json, fake.tasks.get(taskId).data);
+    assert.deepEqual(complete.json, { ...fake.tasks.get(taskId).data, tenant: 'web' });
   });
 
   it('forwards a succeed only once it is complete', async () => {
@@ -441,7 +443,7 @@ describe('secrets', () => {
     // request URLs, as Workers' invocation logs do in production: the worker cannot change
     // that (see the README on KLING_WEBHOOK_SECRET). Everything the worker logs is checked.
     const logs = worker.logs().split('\n').filter((line) => !line.startsWith('[wrangler:info] POST /v1/callbacks/kling/')).join('\n');
-    assert.match(logs, /\/v1\/callbacks\/kling\/<token>/, 'callback paths are logged redacted');
+    assert.match(logs, /\/v1\/callbacks\/<redacted>/, 'callback paths are logged redacted');
     for (const needle of [...tokens, PROXY_WEBHOOK_SECRET, KLING_WEBHOOK_SECRET, WEB_KEY, OPS_KEY, LIST_KEY, SECRET_KEY]) {
       assert.ok(!logs.includes(needle), `leaked into the logs: ${needle.slice(0, 6)}…`);
     }

@@ -71,7 +71,11 @@ function envelope(code, message, data) {
 }
 
 export class FakeKling {
-  constructor({ accessKey, secretKey, apiKey, autoProgress = false, webhookSecret, stepMs = 1500 } = {}) {
+  constructor({ accessKey, secretKey, apiKey, autoProgress = false, webhookSecret, stepMs = 1500, resolveExternalFirst = false } = {}) {
+    // Kling documents that a task id or an external task id may stand in a query's path, not
+    // which wins when one task's external id is another's task id: this mode plays the
+    // worst case, external ids first.
+    this.resolveExternalFirst = resolveExternalFirst;
     this.credentials = { accessKey, secretKey, apiKey };
     this.autoProgress = autoProgress;
     this.webhookSecret = webhookSecret;
@@ -226,8 +230,10 @@ export class FakeKling {
     if (url.pathname === BASE_PATH && req.method === 'GET') return this.#list(url, send);
     if (url.pathname.startsWith(`${BASE_PATH}/`) && req.method === 'GET') {
       const id = decodeURIComponent(url.pathname.slice(BASE_PATH.length + 1));
-      const task = this.tasks.get(id)
-        ?? [...this.tasks.values()].find((t) => t.data.task_info.external_task_id === id);
+      const byExternal = () => [...this.tasks.values()].find((t) => t.data.task_info.external_task_id === id);
+      const task = this.resolveExternalFirst
+        ? byExternal() ?? this.tasks.get(id)
+        : this.tasks.get(id) ?? byExternal();
       if (!task) return send(404, envelope(1203, 'task not found'));
       return send(200, envelope(0, 'SUCCEED', task.data));
     }

@@ -1,3 +1,5 @@
+import crypto from 'node:crypto';
+
 // Test credentials (made up for the tests, valid nowhere else) and the fixtures they share.
 
 /** A public video URL: valid input, never fetched (the fake Kling does not download it). */
@@ -30,4 +32,14 @@ export const SECRETS = [SECRET_KEY, KLING_API_KEY, WEB_KEY, OPS_KEY];
 /** A Standard Webhooks secret (`whsec_` + base64) made from a test phrase. */
 export function webhookSecret(phrase) {
   return `whsec_${Buffer.from(phrase).toString('base64')}`;
+}
+
+/**
+ * The secret that verifies one client's webhooks, computed independently of the worker from
+ * the deployment's secret and the client's name (the README's published derivation).
+ */
+export function clientWebhookSecret(deploymentSecret, client) {
+  const key = Buffer.from(deploymentSecret.replace(/^whsec_/, ''), 'base64');
+  const derived = crypto.createHmac('sha256', key).update(`kling-edge client webhook v1\0${client}`).digest('base64');
+  return `whsec_${derived}`;
 }
