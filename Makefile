@@ -1,6 +1,6 @@
 # The two commands of the README's quick start are `make dev` and `make test`;
 # each installs whatever is missing first (scripts/setup.sh).
-.PHONY: dev test setup build bench fuzz deploy clean
+.PHONY: dev test setup build bench fuzz deploy reset clean
 
 ## Run the worker locally (workerd, local KV, the local Kling stand-in unless .dev.vars has Kling credentials).
 dev:
@@ -30,6 +30,10 @@ fuzz:
 ## Deploy with wrangler (after `wrangler login` and the secrets: see README).
 deploy: setup
 	@PATH="$(CURDIR)/node_modules/.bin:$$PATH" wrangler deploy
+
+## Forget every local task (local KV, Durable Objects and R2 under .wrangler/state); keeps the keys in target/dev.
+reset:
+	rm -rf .wrangler/state
 
 clean:
 	rm -rf build target .wrangler

@@ -4,12 +4,26 @@
 
 const API = '/v1/audio/video-to-audio';
 const TOKEN_KEY = 'kling-edge-token';
-const POLL_MS = 1500;
 const MAX_PROMPT = 200;
+/** Polling starts fast and slows down: real Kling tasks take minutes. */
+const POLL_FIRST_MS = 1000;
+const POLL_MAX_MS = 10_000;
+const POLL_GROWTH = 1.5;
+/** How long a create waits for the browser to read the video's length. */
+const DURATION_WAIT_MS = 3000;
+
+const STATUS_LABELS = { submitted: 'Submitted', processing: 'Processing', succeed: 'Done', failed: 'Failed' };
+/** The page's name for each request field the worker may name in an error. */
+const FIELD_LABELS = {
+  video_url: 'Video URL', sound_effect_prompt: 'Prompt', bgm_prompt: 'Prompt', prompt: 'Prompt',
+  video_duration: 'Video length', asmr_mode: 'Sound', Authorization: 'Sign-in',
+};
 
 const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem(TOKEN_KEY) ?? '';
-let polling = null;
+let following = null; // { taskId, timer, ticker, startedAt }
+
+const isFinal = (status) => status === 'succeed' || status === 'failed';
 
 // --- sign-in -------------------------------------------------------------------------
 
@@ -21,17 +35,41 @@ function claimsOf(jwt) {
   }
 }
 
-function useToken(value) {
-  token = value.trim();
+function setToken(value) {
+  token = value;
   sessionStorage.setItem(TOKEN_KEY, token);
   showWhoami();
   refreshList();
 }
 
+/**
+ * Signs in with a pasted token, but only once the worker accepts it: a wrong paste never
+ * replaces a token that works.
+ */
+async function tryToken(value) {
+  const candidate = value.trim();
+  const note = $('token-note');
+  note.textContent = '';
+  if (!candidate) return;
+  if (!claimsOf(candidate)) {
+    note.textContent = 'That is not a browser token (one starts with "eyJ" and has two dots). '
+      + 'A key from PROXY_API_KEYS belongs on your server, never in a page: mint a token with it (POST /v1/tokens).';
+    return;
+  }
+  try {
+    await api('GET', `${API}?pageNum=1&pageSize=1`, undefined, candidate);
+  } catch (error) {
+    note.textContent = `The worker refused that token: ${error.message}`
+      + (token ? ' You are still signed in with your previous token.' : '');
+    return;
+  }
+  setToken(candidate);
+}
+
 function showWhoami() {
   const claims = token && claimsOf(token);
   if (!claims) {
-    $('whoami').textContent = token ? 'That does not look like a browser token.' : 'Not signed in.';
+    $('whoami').textContent = 'Not signed in.';
     return;
   }
   const expires = new Date(claims.exp * 1000);
@@ -46,7 +84,7 @@ function readFragment() {
   const params = new URLSearchParams(location.hash.slice(1));
   if (params.get('video')) $('video-url').value = params.get('video');
   if (params.get('token')) {
-    useToken(params.get('token'));
+    setToken(params.get('token'));
     history.replaceState(null, '', location.pathname + location.search);
   }
 }
@@ -62,8 +100,8 @@ class WorkerError extends Error {
   }
 }
 
-async function api(method, path, body) {
-  const headers = { Authorization: `Bearer ${token}` };
+async function api(method, path, body, bearer = token) {
+  const headers = { Authorization: `Bearer ${bearer}` };
   if (body) headers['Content-Type'] = 'application/json';
   let response;
   try {
@@ -76,6 +114,7 @@ async function api(method, path, body) {
   return answer.data;
 }
 
+/** Shows the worker's message, with the field named as this page names it. */
 function showError(error) {
   const box = $('error');
   if (!error) {
@@ -84,41 +123,66 @@ function showError(error) {
     return;
   }
   box.hidden = false;
-  box.textContent = error.message;
+  const match = /^([A-Za-z_]+): (.*)$/s.exec(error.message);
+  const label = match && FIELD_LABELS[match[1]];
+  box.textContent = label ? `${label}: ${match[2]}` : error.message;
   if (error.code !== undefined) {
     const detail = document.createElement('div');
     detail.className = 'muted';
-    detail.textContent = `code ${error.code}${error.requestId ? ` · request ${error.requestId}` : ''}`;
+    const parts = [label ? `field ${match[1]}` : null, `code ${error.code}`, error.requestId ? `request ${error.requestId}` : null];
+    detail.textContent = parts.filter(Boolean).join(' · ');
     box.append(detail);
   }
 }
 
 // --- the form ------------------------------------------------------------------------
 
-let knownDuration = null;
+/** The video's length as the browser reads it: a promise per URL, null when unreadable. */
+let durationProbe = { url: null, seconds: Promise.resolve(null) };
 
 function probeDuration() {
   const url = $('video-url').value.trim();
   const hint = $('duration');
-  knownDuration = null;
   hint.textContent = '';
   hint.classList.remove('bad');
-  if (!url) return;
+  if (!url) {
+    durationProbe = { url, seconds: Promise.resolve(null) };
+    return;
+  }
+  hint.textContent = 'Reading the video’s length…';
   const probe = document.createElement('video');
   probe.preload = 'metadata';
   probe.muted = true;
-  probe.onloadedmetadata = () => {
-    if ($('video-url').value.trim() !== url || !Number.isFinite(probe.duration)) return;
-    knownDuration = Math.round(probe.duration * 100) / 100;
-    const fits = knownDuration >= 3 && knownDuration <= 20;
-    hint.textContent = `${knownDuration.toFixed(1)} s${fits ? ' ✓' : ': Kling needs 3 to 20 seconds'}`;
+  const seconds = new Promise((resolve) => {
+    probe.onloadedmetadata = () => resolve(Number.isFinite(probe.duration) ? Math.round(probe.duration * 100) / 100 : null);
+    probe.onerror = () => resolve(null);
+  });
+  durationProbe = { url, seconds };
+  seconds.then((known) => {
+    if (durationProbe.url !== url) return;
+    if (known === null) {
+      hint.textContent = 'This browser could not read the video’s length; the worker checks it.';
+      return;
+    }
+    const fits = known >= 3 && known <= 20;
+    hint.textContent = `${known.toFixed(1)} s${fits ? ' ✓' : ': Kling needs 3 to 20 seconds'}`;
     hint.classList.toggle('bad', !fits);
-  };
-  probe.onerror = () => { hint.textContent = 'Could not read the video here; the worker will still check it.'; };
+  });
   probe.src = url;
 }
 
-function createBody() {
+/** The length of the video about to be sent, waiting briefly if the browser is still reading it. */
+async function videoDuration(url) {
+  if (durationProbe.url !== url) probeDuration();
+  const timeout = new Promise((resolve) => setTimeout(() => resolve(null), DURATION_WAIT_MS));
+  const known = await Promise.race([durationProbe.seconds, timeout]);
+  if (known === null && durationProbe.url === url) {
+    $('duration').textContent = 'Length unknown here; the worker checks it before a credit is spent.';
+  }
+  return known;
+}
+
+async function createBody() {
   const body = { video_url: $('video-url').value.trim() };
   const prompt = $('prompt').value.trim();
   const kind = new FormData($('task-form')).get('kind');
@@ -128,8 +192,9 @@ function createBody() {
     if (prompt) body.sound_effect_prompt = prompt;
     if (kind === 'asmr') body.asmr_mode = true;
   }
-  // The worker checks Kling's 3-20 s rule before a credit is spent.
-  if (knownDuration !== null) body.video_duration = knownDuration;
+  // A hint of the length lets the worker refuse a 3-20 s violation before a credit is spent.
+  const seconds = await videoDuration(body.video_url);
+  if (seconds !== null) body.video_duration = seconds;
   return body;
 }
 
@@ -142,7 +207,7 @@ async function submit(event) {
   }
   $('submit').disabled = true;
   try {
-    const body = createBody();
+    const body = await createBody();
     const created = await api('POST', API, body);
     showTask({ ...created, task_status: created.task_status ?? 'submitted' }, body.video_url);
     follow(created.task_id, body.video_url);
@@ -150,52 +215,107 @@ async function submit(event) {
   } catch (error) {
     showError(error);
   } finally {
-    $('submit').disabled = false;
+    updatePromptCount();
   }
+}
+
+function updatePromptCount() {
+  const count = [...$('prompt').value].length;
+  const over = count > MAX_PROMPT;
+  $('prompt-count').textContent = over ? `${count}/${MAX_PROMPT}: too long for Kling` : `${count}/${MAX_PROMPT}`;
+  $('prompt-count').classList.toggle('bad', over);
+  $('submit').disabled = over;
 }
 
 // --- the current task ----------------------------------------------------------------
 
+function clearPlayers() {
+  $('players').hidden = true;
+  for (const id of ['video-player', 'audio-player']) {
+    const player = $(id);
+    if (player.hasAttribute('src')) {
+      player.pause();
+      player.removeAttribute('src');
+      player.load();
+    }
+  }
+  $('audio-wav').removeAttribute('href');
+}
+
 function showTask(task, videoUrl) {
   $('current').hidden = false;
   $('task-id').textContent = task.task_id;
-  $('status').textContent = task.task_status;
+  $('status').textContent = STATUS_LABELS[task.task_status] ?? task.task_status;
+  $('status').dataset.status = task.task_status;
   $('status-msg').textContent = task.task_status_msg ?? '';
+  const failed = task.task_status === 'failed';
   const order = ['submitted', 'processing', 'succeed'];
-  const reached = task.task_status === 'failed' ? 1 : order.indexOf(task.task_status);
+  const reached = failed ? 2 : order.indexOf(task.task_status);
   for (const step of document.querySelectorAll('.steps li')) {
     const index = order.indexOf(step.dataset.step);
-    step.className = index < reached || task.task_status === 'succeed' ? 'done' : index === reached ? 'active' : '';
-    if (task.task_status === 'failed' && index === 2) step.className = 'failed';
+    if (index === 2) step.textContent = failed ? 'Failed' : 'Done';
+    if (failed) step.className = index === 2 ? 'failed' : 'done';
+    else step.className = index < reached || task.task_status === 'succeed' ? 'done' : index === reached ? 'active' : '';
   }
   const audio = task.task_result?.audios?.[0];
-  if (task.task_status === 'succeed' && audio) {
-    const video = videoUrl ?? task.task_info?.parent_video?.url ?? task.task_result?.videos?.[0]?.url;
-    if ($('video-player').getAttribute('src') !== video) $('video-player').src = video;
-    if ($('audio-player').getAttribute('src') !== audio.url_mp3) $('audio-player').src = audio.url_mp3;
-    $('audio-wav').href = audio.url_wav ?? audio.url_mp3;
-    $('players').hidden = false;
-  } else {
-    $('players').hidden = true;
+  if (task.task_status !== 'succeed' || !audio) {
+    clearPlayers();
+    return;
   }
+  const video = videoUrl ?? task.task_info?.parent_video?.url ?? task.task_result?.videos?.[0]?.url;
+  if ($('video-player').getAttribute('src') !== video) $('video-player').src = video;
+  if ($('audio-player').getAttribute('src') !== audio.url_mp3) $('audio-player').src = audio.url_mp3;
+  $('audio-wav').href = audio.url_wav ?? audio.url_mp3;
+  $('players').hidden = false;
 }
 
-function follow(taskId, videoUrl) {
-  clearTimeout(polling);
+function formatElapsed(ms) {
+  const seconds = Math.floor(ms / 1000);
+  return `${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`;
+}
+
+function stopFollowing() {
+  if (!following) return;
+  clearTimeout(following.timer);
+  clearInterval(following.ticker);
+  following = null;
+}
+
+/** Polls a task until it is final, slowing down as it runs, showing the time elapsed. */
+function follow(taskId, videoUrl, createdAt = Date.now()) {
+  stopFollowing();
+  const state = { taskId, startedAt: createdAt, delay: POLL_FIRST_MS, lastStatus: null };
+  following = state;
+  const showElapsed = () => { $('elapsed').textContent = `${formatElapsed(Date.now() - state.startedAt)} elapsed`; };
+  showElapsed();
+  state.ticker = setInterval(showElapsed, 1000);
   const tick = async () => {
+    if (following !== state) return;
+    let task;
     try {
-      const task = await api('GET', `${API}/${encodeURIComponent(taskId)}`);
-      showTask(task, videoUrl);
-      if (task.task_status === 'succeed' || task.task_status === 'failed') {
-        refreshList();
-        return;
-      }
+      task = await api('GET', `${API}/${encodeURIComponent(taskId)}`);
     } catch (error) {
+      if (following !== state) return;
+      stopFollowing();
       showError(error);
+      $('elapsed').textContent = 'Stopped following this task; open it from the list to try again.';
+      return;
     }
-    polling = setTimeout(tick, POLL_MS);
+    if (following !== state) return;
+    showTask(task, videoUrl);
+    if (task.task_status !== state.lastStatus) {
+      state.lastStatus = task.task_status;
+      refreshList();
+    }
+    if (isFinal(task.task_status)) {
+      showElapsed();
+      stopFollowing();
+      return;
+    }
+    state.delay = Math.min(POLL_MAX_MS, state.delay * POLL_GROWTH);
+    state.timer = setTimeout(tick, state.delay);
   };
-  polling = setTimeout(tick, POLL_MS);
+  state.timer = setTimeout(tick, state.delay);
 }
 
 function playTogether() {
@@ -233,6 +353,7 @@ function emptyRow(text) {
 
 function row(task) {
   const tr = document.createElement('tr');
+  tr.dataset.taskId = task.task_id;
   const cells = [
     new Date(task.created_at).toLocaleString(),
     task.task_info?.external_task_id || task.task_id,
@@ -245,7 +366,7 @@ function row(task) {
   const status = document.createElement('td');
   const badge = document.createElement('span');
   badge.className = `badge ${task.task_status}`;
-  badge.textContent = task.task_status;
+  badge.textContent = STATUS_LABELS[task.task_status] ?? task.task_status;
   status.append(badge);
   const open = document.createElement('td');
   const button = document.createElement('button');
@@ -253,8 +374,11 @@ function row(task) {
   button.className = 'link';
   button.textContent = 'open';
   button.onclick = () => {
+    showError(null);
+    stopFollowing();
+    $('elapsed').textContent = '';
     showTask(task);
-    if (task.task_status !== 'succeed' && task.task_status !== 'failed') follow(task.task_id);
+    if (!isFinal(task.task_status)) follow(task.task_id, undefined, task.created_at);
   };
   open.append(button);
   tr.append(status, open);
@@ -263,18 +387,15 @@ function row(task) {
 
 // --- wiring --------------------------------------------------------------------------
 
-$('token-form').addEventListener('submit', (event) => {
+$('token-form').addEventListener('submit', async (event) => {
   event.preventDefault();
-  useToken($('token-input').value);
+  const value = $('token-input').value;
   $('token-input').value = '';
+  await tryToken(value);
 });
 $('task-form').addEventListener('submit', submit);
 $('video-url').addEventListener('change', probeDuration);
-$('prompt').addEventListener('input', () => {
-  const count = [...$('prompt').value].length;
-  $('prompt-count').textContent = `${count}/${MAX_PROMPT}`;
-  $('prompt-count').style.color = count > MAX_PROMPT ? 'var(--bad)' : '';
-});
+$('prompt').addEventListener('input', updatePromptCount);
 $('play-together').addEventListener('click', playTogether);
 $('refresh').addEventListener('click', refreshList);
 

@@ -12,13 +12,12 @@
 // subtracted below; read the figures as relative, not as production.
 
 import { execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 
-import { startFakeKling } from '../tests/support/fake-kling.mjs';
+import { signKlingJwt, startFakeKling } from '../tests/support/fake-kling.mjs';
 import { ACCESS_KEY, baseSettings, SECRET_KEY, WEB_KEY } from '../tests/support/settings.mjs';
 import { call, ROOT, startWorker } from '../tests/support/worker.mjs';
 
@@ -27,12 +26,7 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 16);
 const API = '/v1/audio/video-to-audio';
 
-function klingJwt() {
-  const now = Math.floor(Date.now() / 1000);
-  const encode = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
-  const input = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode({ iss: ACCESS_KEY, exp: now + 1800, nbf: now - 5 })}`;
-  return `${input}.${crypto.createHmac('sha256', SECRET_KEY).update(input).digest('base64url')}`;
-}
+const klingJwt = () => signKlingJwt(ACCESS_KEY, SECRET_KEY);
 
 function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];

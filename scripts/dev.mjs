@@ -4,11 +4,15 @@
 // With Kling credentials in .dev.vars it talks to the real Kling. Without them it starts
 // the local Kling stand-in (the same fake the tests use, here moving every task to
 // `succeed` by itself and sending callbacks), so the worker works with no Kling account.
-// A local client key is generated once and kept in target/dev/local.env.
+// A local client key, browser-token secret and webhook secret are generated once and kept in
+// target/dev/local.env. Ports: PORT (default 8787) for the worker, STAND_IN_PORT (default
+// 8790) for the stand-in; a port in use is reported and a free one taken instead.
+// ALLOWED_ORIGINS from the environment grants CORS to your own local app.
 
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -16,8 +20,47 @@ import { FakeKling } from '../tests/support/fake-kling.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const STATE = path.join(ROOT, 'target/dev');
-const PORT = Number(process.env.PORT ?? 8787);
-const STAND_IN_PORT = Number(process.env.STAND_IN_PORT ?? 8790);
+// Where wrangler keeps local KV, Durable Objects and R2 (`make reset` clears the default).
+const PERSIST_TO = process.env.KLING_EDGE_STATE ?? path.join(ROOT, '.wrangler/state');
+const WANTED_PORT = Number(process.env.PORT ?? 8787);
+const WANTED_STAND_IN_PORT = Number(process.env.STAND_IN_PORT ?? 8790);
+
+/** Whether something already listens on `port` (on any local address). */
+async function inUse(port) {
+  return new Promise((resolve) => {
+    const probe = net.createServer();
+    probe.once('error', () => resolve(true));
+    probe.listen(port, () => probe.close(() => resolve(false)));
+  });
+}
+
+async function freePort() {
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** What answers on a busy port, in words, for the message that says we moved. */
+async function whoIsOn(port) {
+  try {
+    const response = await fetch(`http://localhost:${port}/health`, { signal: AbortSignal.timeout(1000) });
+    const body = await response.json().catch(() => null);
+    if (body?.message === 'ok' && body.request_id) return 'another kling-edge (a second `make dev`?)';
+  } catch { /* not HTTP, or not answering */ }
+  return 'another program';
+}
+
+/** The wanted port if it is free, else a free one, saying why. */
+async function pickPort(wanted, name, variable) {
+  if (!(await inUse(wanted))) return wanted;
+  const port = await freePort();
+  console.log(`Port ${wanted} (${name}) is in use by ${await whoIsOn(wanted)}; using ${port} instead. Set ${variable} to choose.`);
+  return port;
+}
+
+const PORT = await pickPort(WANTED_PORT, 'the worker', 'PORT');
 
 /** KEY=VALUE lines (the subset of dotenv that .dev.vars uses). */
 function readEnvFile(file) {
@@ -59,7 +102,7 @@ let standIn;
 if (!realKling) {
   const credentials = { accessKey: `ak_local_${hex(8)}`, secretKey: hex(24) };
   standIn = new FakeKling({ ...credentials, autoProgress: true });
-  await standIn.listen(STAND_IN_PORT).catch(() => standIn.listen(0));
+  await standIn.listen(await pickPort(WANTED_STAND_IN_PORT, 'the Kling stand-in', 'STAND_IN_PORT'));
   const standInEnv = path.join(STATE, 'stand-in.env');
   writeEnvFile(standInEnv, {
     KLING_API_BASE: standIn.url,
@@ -70,8 +113,17 @@ if (!realKling) {
   envFiles.push(standInEnv);
 }
 
+// Settings from the environment that make dev honours (after .dev.vars, so they win).
+const fromEnvironment = Object.fromEntries(['ALLOWED_ORIGINS'].filter((name) => process.env[name]).map((name) => [name, process.env[name]]));
+if (Object.keys(fromEnvironment).length) {
+  const overrides = path.join(STATE, 'environment.env');
+  writeEnvFile(overrides, fromEnvironment);
+  envFiles.push(overrides);
+}
+
 const wrangler = spawn(path.join(ROOT, 'node_modules/.bin/wrangler'), [
-  'dev', '--port', String(PORT), '--show-interactive-dev-session=false',
+  'dev', '--port', String(PORT), '--inspector-port', String(await freePort()), '--show-interactive-dev-session=false',
+  '--persist-to', PERSIST_TO,
   ...envFiles.flatMap((file) => ['--env-file', file]),
 ], { cwd: ROOT, stdio: 'inherit', env: { ...process.env, WRANGLER_SEND_METRICS: 'false' } });
 
@@ -94,7 +146,8 @@ for (let i = 0; i < 600; i += 1) {
   await new Promise((resolve) => setTimeout(resolve, 250));
 }
 
-const clientKey = settings.PROXY_API_KEYS.split(',')[0].split(':').slice(1).join(':').trim();
+const [clientName, ...keyParts] = settings.PROXY_API_KEYS.split(',')[0].split(':');
+const clientKey = keyParts.join(':').trim();
 const videoUrl = standIn ? `${standIn.url}/samples/sample-video.mp4` : 'https://example.com/your-video.mp4';
 
 // A development browser token for the demo page: the page gets it in the link's fragment,
@@ -119,11 +172,14 @@ console.log(`
 kling-edge is running at ${base}
   Kling: ${realKling ? `the real Kling (${settings.KLING_API_BASE ?? 'https://api-singapore.klingai.com'})` : `the local stand-in at ${standIn.url} (tasks succeed after a few seconds; a video URL containing "fail" fails)`}
   Client key (from ${devVars.PROXY_API_KEYS ? '.dev.vars' : 'target/dev/local.env'}): ${clientKey}
+  Secrets (browser tokens, webhooks) are in target/dev/local.env; reset local state with \`make reset\`.
+  CORS: ${fromEnvironment.ALLOWED_ORIGINS || settings.ALLOWED_ORIGINS || 'no origin allowed (start with ALLOWED_ORIGINS=http://localhost:5173 make dev)'}
 
 Open the demo page (signed in for an hour as "developer"):
   ${pageLink}
 
-Or call the API:
+Or call the API with the client key (tenant "${clientName.trim()}": it sees its own tasks, not the page's,
+which belong to the tenant "${clientName.trim()}/developer"):
   curl -s ${base}/v1/audio/video-to-audio \\
     -H 'Authorization: Bearer ${clientKey}' -H 'Content-Type: application/json' \\
     -d '{"video_url": "${videoUrl}", "sound_effect_prompt": "waves on a beach"}'

@@ -126,10 +126,7 @@ async fn handle(
     match client_route {
         ClientRoute::MintToken => tokens::mint(request, &call, &client).await,
         ClientRoute::WebhookSecret => tokens::webhook_secret(&call, &client),
-        ClientRoute::CreateTask(family) => {
-            limits::check(env, limits::CREATES, &tenant_key, now_secs).await?;
-            tasks::create(request, &call, &client, family).await
-        }
+        ClientRoute::CreateTask(family) => tasks::create(request, &call, &client, family).await,
         ClientRoute::QueryTask(_, id) => tasks::query(&call, &client, &id).await,
         ClientRoute::ListTasks(_) => tasks::list(&call, &client, url.query()).await,
     }

@@ -17,7 +17,7 @@ use crate::validate::{self, UrlPolicy};
 use super::callbacks::{merge_report, record_report, schedule_follow_up};
 use super::store::Store;
 use super::upstream::{Kling, Reply};
-use super::{clock, http, Call};
+use super::{clock, http, limits, Call};
 
 /// `POST /v1/{audio,videos}/video-to-audio`.
 pub async fn create(
@@ -36,6 +36,9 @@ pub async fn create(
             "this deployment does not forward webhooks (its operator has not set PROXY_WEBHOOK_SECRET)",
         ));
     }
+    // Only a create that passed every rule counts against the create limit: a refused one
+    // costs the client nothing.
+    limits::check(call.env, limits::CREATES, &limits::tenant_key(&client.tenant), clock::now_secs()).await?;
 
     // Kling calls the worker back; the client's own webhook is kept for forwarding.
     let store = Store::open(call.env)?;

@@ -312,6 +312,18 @@ describe('rate limits (the defaults of wrangler.toml)', () => {
     assert.equal((await call(limited, 'POST', OFFICIAL, { key: bob, body: { video_url: VIDEO } })).status, 200);
   });
 
+  it('count only creates that passed validation', async () => {
+    await freshWindow();
+    const carol = (await call(limited, 'POST', '/v1/tokens', { key: OPS_KEY, body: { sub: 'carol' } })).json.data.token;
+    const refused = [];
+    for (let i = 0; i < 12; i += 1) {
+      refused.push((await call(limited, 'POST', OFFICIAL, { key: carol, body: { video_url: 'https://cdn.example.com/clip.avi' } })).status);
+    }
+    assert.deepEqual(refused, Array(12).fill(400), 'every invalid create is refused for what it is, never 429');
+    const valid = await call(limited, 'POST', OFFICIAL, { key: carol, body: { video_url: VIDEO } });
+    assert.equal(valid.status, 200, `a refused create costs nothing: ${valid.text}`);
+  });
+
   it('count failed authentication per address', async () => {
     await freshWindow();
     const statuses = [];

@@ -55,6 +55,24 @@ after(async () => {
 });
 
 const text = (testId) => page.getByTestId(testId).textContent();
+const sample = (query = '') => `${fake.url}/samples/sample-video.mp4${query}`;
+
+/** Resolves once the media element decoded data (HAVE_CURRENT_DATA), so Chromium can play it. */
+const ready = (selector) => page.evaluate((s) => new Promise((resolve, reject) => {
+  const element = document.querySelector(s);
+  if (element.readyState >= 2) return resolve(element.readyState);
+  element.addEventListener('loadeddata', () => resolve(element.readyState), { once: true });
+  element.addEventListener('error', () => reject(new Error(`${s} cannot play ${element.currentSrc}`)), { once: true });
+  setTimeout(() => reject(new Error(`${s} did not load`)), 10_000);
+}), selector);
+
+async function submitVideo(url, { kind = 'kind-sound', prompt = '' } = {}) {
+  await page.getByTestId('video-url').fill(url);
+  await page.getByTestId('video-url').dispatchEvent('change');
+  await page.getByTestId(kind).check();
+  await page.getByTestId('prompt').fill(prompt);
+  await page.getByTestId('submit').click();
+}
 
 describe('the demo page in Chromium', () => {
   it('signs in with the token from the link, and drops it from the address bar', async () => {
@@ -63,33 +81,49 @@ describe('the demo page in Chromium', () => {
     assert.equal(await page.evaluate(() => document.documentElement.outerHTML.includes('pk_')), false, 'no key in the page');
   });
 
+  it('keeps a working token when a wrong one is pasted, and says what was wrong', async () => {
+    await page.getByTestId('token-input').fill(WEB_KEY);
+    await page.getByRole('button', { name: 'Use token' }).click();
+    await page.getByTestId('token-note').filter({ hasText: 'not a browser token' }).waitFor();
+    assert.match(await text('token-note'), /belongs on your server/);
+    const forged = `${(await page.evaluate(() => sessionStorage.getItem('kling-edge-token'))).slice(0, -6)}AAAAAA`;
+    await page.getByTestId('token-input').fill(forged);
+    await page.getByRole('button', { name: 'Use token' }).click();
+    await page.getByTestId('token-note').filter({ hasText: 'refused that token' }).waitFor();
+    assert.match(await text('token-note'), /still signed in/);
+    assert.match(await text('whoami'), /Signed in as demo/);
+    assert.notEqual(await page.evaluate(() => sessionStorage.getItem('kling-edge-token')), forged);
+  });
+
+  it('serves a favicon', async () => {
+    const response = await fetch(`${worker.url}/favicon.ico`);
+    assert.equal(response.status, 200);
+    assert.equal(Buffer.from(await response.arrayBuffer()).readUInt16LE(2), 1, 'an ICO file');
+  });
+
   it('creates a task, follows it to succeed, and plays the video and the audio', async () => {
     await page.locator('#duration').filter({ hasText: '5.0 s' }).waitFor();
     await page.getByTestId('kind-music').check();
     await page.getByTestId('prompt').fill('calm piano over gentle waves');
     await page.getByTestId('submit').click();
-    await page.getByTestId('status').filter({ hasText: 'succeed' }).waitFor({ timeout: 20_000 });
+    // While it runs, no player shows: there is nothing to play yet.
+    await page.getByTestId('status').filter({ hasText: /Submitted|Processing/ }).waitFor();
+    assert.equal(await page.getByTestId('players').isVisible(), false, 'no players before the result');
+    assert.equal(await page.getByText('Play both together').isVisible(), false);
+    await page.getByTestId('status').filter({ hasText: 'Done' }).waitFor({ timeout: 20_000 });
 
     const created = fake.apiRequests('POST').at(-1).body;
     assert.equal(created.bgm_prompt, 'calm piano over gentle waves');
-    assert.equal(created.video_url, `${fake.url}/samples/sample-video.mp4`);
+    assert.equal(created.video_url, sample());
 
     await page.getByTestId('players').waitFor({ state: 'visible' });
-    // HAVE_CURRENT_DATA: a frame (or audio) was actually decoded, so Chromium can play it.
-    const ready = (selector) => page.evaluate((s) => new Promise((resolve, reject) => {
-      const element = document.querySelector(s);
-      if (element.readyState >= 2) return resolve(element.readyState);
-      element.addEventListener('loadeddata', () => resolve(element.readyState), { once: true });
-      element.addEventListener('error', () => reject(new Error(`${s} cannot play ${element.currentSrc}`)), { once: true });
-      setTimeout(() => reject(new Error(`${s} did not load`)), 10_000);
-    }), selector);
     assert.ok(await ready('#video-player') >= 2);
     assert.ok(await ready('#audio-player') >= 2);
     const durations = await page.evaluate(() => [document.querySelector('#video-player').duration, document.querySelector('#audio-player').duration]);
     assert.ok(durations.every((d) => d > 4 && d < 6), `${durations}`);
     assert.match(await page.getByTestId('audio-player').getAttribute('src'), /sample-audio\.mp3$/);
 
-    await page.getByTestId('task-list').filter({ hasText: 'succeed' }).waitFor();
+    await page.getByTestId('task-list').filter({ hasText: 'Done' }).waitFor();
     // For the screenshot: the whole (small) video buffered, so its controls show no spinner.
     await page.evaluate(() => new Promise((resolve) => {
       const video = document.querySelector('#video-player');
@@ -101,22 +135,61 @@ describe('the demo page in Chromium', () => {
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
   });
 
-  it('shows a rejected input as the worker words it', async () => {
-    const before = fake.apiRequests('POST').length;
-    await page.getByTestId('video-url').fill('https://cdn.example.com/holiday.avi');
-    await page.getByTestId('submit').click();
-    const error = page.getByTestId('error');
-    await error.filter({ hasText: 'video_url:' }).waitFor();
-    assert.match(await text('error'), /video_url: must point to an \.mp4 or \.mov file \(the path ends in \.avi\)/);
-    assert.match(await text('error'), /code 1201/);
+  it('shows a failed task after a succeeded one as Failed, with no players', async () => {
+    await submitVideo(sample('?case=fail'));
+    await page.getByTestId('status').filter({ hasText: 'Failed' }).waitFor({ timeout: 20_000 });
+    assert.equal(await page.getByTestId('players').isVisible(), false, "the previous task's media is gone");
+    assert.equal(await page.getByText('Generated audio').isVisible(), false);
+    assert.equal(await page.locator('.steps li.failed').textContent(), 'Failed');
+    assert.equal(await page.locator('.steps li.active').count(), 0, 'nothing still shows as in progress');
+    assert.equal(await page.getByTestId('video-player').getAttribute('src'), null);
+  });
 
-    await page.getByTestId('video-url').fill(`${fake.url}/samples/sample-video.mp4`);
-    await page.getByTestId('kind-sound').check();
+  it('follows a long task with backoff, updates its row, and shows the time elapsed', async () => {
+    await submitVideo(sample('?case=hold'));
+    await page.getByTestId('status').filter({ hasText: 'Processing' }).waitFor({ timeout: 10_000 });
+    const taskId = await text('task-id');
+    await page.locator(`tr[data-task-id="${taskId}"]`).filter({ hasText: 'Processing' }).waitFor({ timeout: 10_000 });
+    let gets = 0;
+    const count = (request) => { if (request.url().endsWith(`/${taskId}`)) gets += 1; };
+    page.on('request', count);
+    await new Promise((resolve) => setTimeout(resolve, 8000));
+    page.off('request', count);
+    // Polls slow down from 1 s by half again each time (1.5, 2.25, 3.4 s...): 3 or 4 in 8 s, not 5+.
+    assert.ok(gets >= 2 && gets <= 4, `${gets} polls in 8 s`);
+    assert.match(await text('elapsed'), /^0:(0[89]|1\d) elapsed$/);
+    await fake.advance(taskId, 'succeed');
+    await page.locator(`tr[data-task-id="${taskId}"]`).filter({ hasText: 'Done' }).waitFor({ timeout: 20_000 });
+  });
+
+  it('waits for a slow video\'s length before creating, so the worker can check it', async () => {
+    const answered = page.waitForResponse((r) => r.request().method() === 'POST' && r.url().endsWith('/v1/audio/video-to-audio'));
+    await submitVideo(sample('?delay=1500'));
+    const response = await answered;
+    const body = JSON.parse(response.request().postData());
+    assert.equal(body.video_url, sample('?delay=1500'));
+    assert.ok(Math.abs(body.video_duration - 5) < 0.2, `the length, read before the create went out: ${body.video_duration}`);
+    const { data } = await response.json();
+    await page.getByTestId('task-id').filter({ hasText: data.task_id }).waitFor();
+  });
+
+  it('shows a rejected input as the worker words it, naming the page\'s field', async () => {
+    const before = fake.apiRequests('POST').length;
+    await submitVideo('https://cdn.example.com/holiday.avi');
+    const error = page.getByTestId('error');
+    await error.filter({ hasText: 'Video URL:' }).waitFor();
+    assert.match(await text('error'), /^Video URL: must point to an \.mp4 or \.mov file \(the path ends in \.avi\)/);
+    assert.match(await text('error'), /field video_url · code 1201/);
+    assert.equal(fake.apiRequests('POST').length, before, `nothing reached Kling: ${JSON.stringify(fake.apiRequests('POST').slice(before).map((r) => r.body))}`);
+  });
+
+  it('does not submit a prompt over 200 characters, and says why', async () => {
+    await page.getByTestId('video-url').fill(sample());
     await page.getByTestId('prompt').fill('x'.repeat(201));
-    await page.getByTestId('submit').click();
-    await error.filter({ hasText: 'at most 200 characters (got 201)' }).waitFor();
-    assert.match(await text('error'), /^sound_effect_prompt: must be at most 200 characters \(got 201\)/);
-    assert.equal(fake.apiRequests('POST').length, before, 'nothing reached Kling');
+    assert.equal(await page.getByTestId('submit').isDisabled(), true);
+    assert.match(await page.locator('#prompt-count').textContent(), /201\/200: too long/);
+    await page.getByTestId('prompt').fill('x'.repeat(200));
+    assert.equal(await page.getByTestId('submit').isDisabled(), false);
   });
 
   it('logged no page errors', () => {

@@ -10,7 +10,8 @@
 // - tests can make the next calls fail, drop the connection, or hang;
 // - it POSTs callbacks to a task's callback_url, optionally signed the Standard Webhooks
 //   way, and with `autoProgress` moves each task submitted -> processing -> succeed by
-//   itself (the local development stand-in; a video URL containing "fail" ends `failed`),
+//   itself (the local development stand-in; a video URL containing "fail" ends `failed`, one
+//   containing "hold" stays `processing`),
 //   serving a playable sample video and audio from samples/.
 
 import crypto from 'node:crypto';
@@ -55,6 +56,13 @@ export function verifyKlingToken(token, { accessKey, secretKey, apiKey }, nowSec
   if (nowSeconds < claims.nbf) return [1003, 'token not yet valid'];
   if (nowSeconds >= claims.exp) return [1004, 'token expired'];
   return null;
+}
+
+/** A Kling JWT as Kling's own clients sign it: HS256, `iss`, `exp` in 30 min, `nbf` 5 s ago. */
+export function signKlingJwt(accessKey, secretKey, nowSeconds = Math.floor(Date.now() / 1000)) {
+  const encode = (value) => b64url(JSON.stringify(value));
+  const input = `${encode({ alg: 'HS256', typ: 'JWT' })}.${encode({ iss: accessKey, exp: nowSeconds + 1800, nbf: nowSeconds - 5 })}`;
+  return `${input}.${crypto.createHmac('sha256', secretKey).update(input).digest('base64url')}`;
 }
 
 /** Signs a body the Standard Webhooks way (as Kling's signed callbacks are). */
@@ -203,7 +211,7 @@ export class FakeKling {
     const raw = Buffer.concat(chunks).toString('utf8');
     const url = new URL(req.url, 'http://fake-kling');
     const record = { method: req.method, path: url.pathname + url.search, headers: req.headers, raw };
-    if (url.pathname.startsWith('/samples/')) return this.#sample(url.pathname, res);
+    if (url.pathname.startsWith('/samples/')) return this.#sample(url, res);
     this.requests.push(record);
 
     const send = (status, body) => {
@@ -261,7 +269,7 @@ export class FakeKling {
       return send(400, envelope(1201, 'external_task_id already exists'));
     }
     const now = Date.now();
-    const taskId = `${860000000000000000n + BigInt(this.nextId++)}`;
+    const taskId = this.#newTaskId();
     const data = {
       task_id: taskId,
       task_status: 'submitted',
@@ -291,6 +299,19 @@ export class FakeKling {
     if (this.autoProgress) this.#progress(taskId);
   }
 
+  /**
+   * An 18-digit id like Kling's that never repeats, across runs too (a restarted stand-in
+   * must not hand out an id the worker's local state already holds): the clock in ms and a
+   * counter. `reuseIdsFrom` plays an upstream that does repeat ids, from a given start.
+   */
+  #newTaskId() {
+    if (this.reuseIdsFrom !== undefined) return `${BigInt(this.reuseIdsFrom) + BigInt(this.nextId++)}`;
+    const millis = BigInt(Math.max(Date.now(), this.lastMillis ?? 0));
+    if (millis !== BigInt(this.lastMillis ?? 0)) this.nextId = 0;
+    this.lastMillis = Number(millis);
+    return `${millis * 100000n + BigInt(this.nextId++)}`;
+  }
+
   #progress(taskId) {
     const later = (ms, fn) => {
       const timer = setTimeout(() => {
@@ -299,10 +320,12 @@ export class FakeKling {
       }, ms);
       this.timers.add(timer);
     };
-    // A video URL with "fail" in it plays a task Kling could not process.
-    const fails = /fail/i.test(this.tasks.get(taskId).body.video_url ?? '');
+    // A video URL with "fail" in it plays a task Kling could not process; one with "hold"
+    // stays processing until a test advances it.
+    const videoUrl = this.tasks.get(taskId).body.video_url ?? '';
     later(this.stepMs, () => this.advance(taskId, 'processing'));
-    later(this.stepMs * 3, () => this.advance(taskId, fails ? 'failed' : 'succeed'));
+    if (/hold/i.test(videoUrl)) return;
+    later(this.stepMs * 3, () => this.advance(taskId, /fail/i.test(videoUrl) ? 'failed' : 'succeed'));
   }
 
   #list(url, send) {
@@ -314,8 +337,11 @@ export class FakeKling {
     send(200, envelope(0, 'SUCCEED', all.slice((pageNum - 1) * pageSize, pageNum * pageSize)));
   }
 
-  #sample(pathname, res) {
-    const file = path.join(SAMPLES_DIR, path.basename(pathname));
+  /** A sample file; `?delay=MS` answers that much later (a slow server). */
+  async #sample(url, res) {
+    const delay = Number(url.searchParams.get('delay') ?? 0);
+    if (delay > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(delay, 10_000)));
+    const file = path.join(SAMPLES_DIR, path.basename(url.pathname));
     const types = { '.mp4': 'video/mp4', '.mp3': 'audio/mpeg', '.wav': 'audio/wav' };
     if (!fs.existsSync(file)) {
       res.writeHead(404);
