@@ -9,8 +9,10 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::capability::CapabilityKey;
 use crate::cors::AllowedOrigins;
 use crate::error::ApiError;
+use crate::schedule::Schedule;
 use crate::webhook::WebhookKey;
 
 pub const DEFAULT_KLING_API_BASE: &str = "https://api-singapore.klingai.com";
@@ -148,7 +150,31 @@ pub struct Config {
     pub allowed_origins: AllowedOrigins,
     /// `PROXY_TOKEN_SECRET`: signs browser tokens; without it `/v1/tokens` is disabled.
     pub token_secret: Option<Secret>,
+    /// `FORWARD_RETRY_SECONDS`: the delays between attempts of a client's webhook.
+    pub forward_retry: Schedule,
+    /// `KLING_POLL_SECONDS`: the delays between polls of a task Kling sends no news about.
+    pub kling_poll: Schedule,
+    /// Signs the callback capabilities, derived from the Kling credential.
+    pub capability_key: CapabilityKey,
 }
+
+/// Every setting [`Config::from_lookup`] reads (a test keeps this list whole).
+pub const SETTINGS: &[&str] = &[
+    "KLING_API_KEY",
+    "KLING_ACCESS_KEY",
+    "KLING_SECRET_KEY",
+    "KLING_API_BASE",
+    "KLING_TIMEOUT_MS",
+    "PROXY_API_KEYS",
+    "ALLOW_PRIVATE_URLS",
+    "PUBLIC_BASE_URL",
+    "KLING_WEBHOOK_SECRET",
+    "PROXY_WEBHOOK_SECRET",
+    "ALLOWED_ORIGINS",
+    "PROXY_TOKEN_SECRET",
+    "FORWARD_RETRY_SECONDS",
+    "KLING_POLL_SECONDS",
+];
 
 /// Browser tokens are HS256: a shorter secret could be guessed offline from one token.
 pub const MIN_TOKEN_SECRET_CHARS: usize = 32;
@@ -222,7 +248,20 @@ impl Config {
                 .transpose()
         };
 
+        let schedule = |name: &'static str, default: fn() -> Schedule| -> Result<Schedule, ApiError> {
+            get(name)
+                .map(|raw| Schedule::parse(&raw).map_err(|problem| ApiError::config(name, problem)))
+                .unwrap_or_else(|| Ok(default()))
+        };
+        let capability_key = CapabilityKey::derive(match &kling {
+            KlingCredentials::ApiKey(key) => key.expose(),
+            KlingCredentials::AccessKey { secret_key, .. } => secret_key.expose(),
+        });
+
         Ok(Config {
+            forward_retry: schedule("FORWARD_RETRY_SECONDS", Schedule::default_forward_retry)?,
+            kling_poll: schedule("KLING_POLL_SECONDS", Schedule::default_kling_poll)?,
+            capability_key,
             kling,
             kling_api_base,
             clients,
@@ -357,6 +396,8 @@ mod tests {
             ("ALLOWED_ORIGINS", "*,https://secret-value.example.com"),
             ("ALLOWED_ORIGINS", "https://secret-value.example.com/path"),
             ("PROXY_TOKEN_SECRET", "secret-value"),
+            ("FORWARD_RETRY_SECONDS", "5,secret-value"),
+            ("KLING_POLL_SECONDS", "secret-value"),
         ] {
             let error = config(&with(&[(name, value)])).unwrap_err();
             assert_eq!(error.status, 500);
@@ -406,6 +447,39 @@ mod tests {
         assert!(!printed.contains("api-example"), "{printed}");
         assert!(!printed.contains("k_1"), "{printed}");
         assert!(printed.contains("web"), "{printed}");
+    }
+
+    #[test]
+    fn schedules_default_and_parse() {
+        let defaults = config(BASE).unwrap();
+        assert_eq!(defaults.forward_retry, Schedule::default_forward_retry());
+        assert_eq!(defaults.kling_poll, Schedule::default_kling_poll());
+        let set = config(&with(&[("FORWARD_RETRY_SECONDS", "1,2"), ("KLING_POLL_SECONDS", "3")])).unwrap();
+        assert_eq!(set.forward_retry, Schedule::parse("1,2").unwrap());
+        assert_eq!(set.kling_poll.repeating_delay_ms(5), 3000);
+    }
+
+    #[test]
+    fn the_capability_key_follows_the_kling_credential() {
+        let access = config(BASE).unwrap().capability_key;
+        assert_eq!(access, CapabilityKey::derive("sk-example"));
+        let api = config(&with(&[("KLING_API_KEY", "api-example")])).unwrap().capability_key;
+        assert_eq!(api, CapabilityKey::derive("api-example"));
+    }
+
+    #[test]
+    fn settings_lists_every_setting_read() {
+        let read = std::cell::RefCell::new(Vec::new());
+        let _ = Config::from_lookup(|name| {
+            read.borrow_mut().push(name.to_owned());
+            BASE.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        });
+        let mut read = read.into_inner();
+        read.sort();
+        read.dedup();
+        let mut listed: Vec<String> = SETTINGS.iter().map(|s| s.to_string()).collect();
+        listed.sort();
+        assert_eq!(read, listed);
     }
 
     #[test]

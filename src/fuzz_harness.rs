@@ -87,18 +87,23 @@ pub fn callback(data: &[u8]) {
     let stored = task::parse_callback(parts[3]);
     let incoming = task::parse_callback(parts[4]);
     if let (Ok(stored), Ok(incoming)) = (stored, incoming) {
-        let merged = task::merge(&stored, &incoming).unwrap_or_else(|| stored.clone());
-        assert_eq!(task::merge(&merged, &incoming), None, "merging the same report twice changes nothing");
+        let results = crate::api::Results::Audios;
+        let merged = task::merge(&stored, &incoming, results).unwrap_or_else(|| stored.clone());
+        assert_eq!(
+            task::merge(&merged, &incoming, results),
+            None,
+            "merging the same report twice changes nothing"
+        );
         if task::is_final(&stored) {
             assert!(task::is_final(&merged), "a final task never becomes unfinished");
         }
-        if task::has_audios(&stored) && task::is_final(&stored) {
-            assert!(task::has_audios(&merged), "a final result never loses its audios");
+        if task::has_results(&stored, results) && task::is_final(&stored) {
+            assert!(task::has_results(&merged, results), "a final result never loses its audios");
         }
         if task::is_final(&stored) {
             assert_eq!(task::status_of(&merged), task::status_of(&stored), "succeed and failed never switch");
         }
-        if task::is_complete(&stored) {
+        if task::is_complete(&stored, results) {
             assert_eq!(merged, stored, "a complete task never changes");
         }
     }

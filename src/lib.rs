@@ -13,18 +13,26 @@
 //! - **Edge modules** ([`edge`], wasm32 only): the fetch handler, reading `Env`, calling
 //!   Kling, answering. Each handler reads as: authenticate, validate, call, answer.
 
+pub mod api;
 pub mod auth;
 pub mod browser_token;
+pub mod capability;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod flows;
 #[doc(hidden)]
 pub mod fuzz_harness;
 pub mod ids;
 pub mod jwt;
 pub mod kling;
+pub mod ports;
+pub mod record;
 pub mod routes;
+pub mod schedule;
 pub mod task;
+#[cfg(test)]
+pub mod testing;
 pub mod url_safety;
 pub mod validate;
 pub mod webhook;

@@ -30,3 +30,23 @@ pub fn new_request_id() -> String {
         Err(_) => format!("t{}", now_ms()),
     }
 }
+
+/// The Workers runtime as the flows see it: its clock, and the console for log lines.
+pub struct WorkerRuntime;
+
+impl crate::ports::Runtime for WorkerRuntime {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn log(&self, event: serde_json::Value) {
+        worker::console_log!("{event}");
+    }
+}
+
+impl WorkerRuntime {
+    /// A log line about something that went wrong in the background (`event`, `problem`).
+    pub fn log_problem(&self, event: &str, problem: &str) {
+        crate::ports::Runtime::log(self, serde_json::json!({"event": event, "problem": problem}));
+    }
+}

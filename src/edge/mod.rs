@@ -8,16 +8,20 @@
 
 mod callbacks;
 pub mod clock;
-mod forward;
+pub mod coordinator;
 mod http;
 mod limits;
+mod read_model;
 mod settings;
-mod store;
+mod sql_store;
 mod tasks;
 mod tokens;
 mod upstream;
+mod webhooks;
 
-use worker::{console_log, event, Context, Env, Request, Response};
+use std::rc::Rc;
+
+use worker::{console_error, console_log, event, Context, Env, Request, Response};
 
 use crate::auth;
 use crate::config::Config;
@@ -29,8 +33,24 @@ use crate::routes::{self, ClientRoute, Route};
 pub struct Call<'a> {
     pub env: &'a Env,
     pub ctx: &'a Context,
-    pub config: Config,
+    pub config: Rc<Config>,
     pub request_id: &'a str,
+}
+
+/// Once per isolate: a panic (a bug, never input: nothing panics on input) is logged with
+/// where it happened before the runtime reports the request as failed.
+#[event(start)]
+pub fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        console_error!("{}", serde_json::json!({"event": "panic", "at": location, "message": message}));
+    }));
 }
 
 /// What the entry point learns while handling a request, for the answer's CORS headers
@@ -127,8 +147,8 @@ async fn handle(
         ClientRoute::MintToken => tokens::mint(request, &call, &client).await,
         ClientRoute::WebhookSecret => tokens::webhook_secret(&call, &client),
         ClientRoute::CreateTask(family) => tasks::create(request, &call, &client, family).await,
-        ClientRoute::QueryTask(_, id) => tasks::query(&call, &client, &id).await,
-        ClientRoute::ListTasks(_) => tasks::list(&call, &client, url.query()).await,
+        ClientRoute::QueryTask(family, id) => tasks::query(&call, &client, family, &id).await,
+        ClientRoute::ListTasks(family) => tasks::list(&call, &client, family, url.query()).await,
     }
 }
 

@@ -1,25 +1,36 @@
-//! The video-to-audio endpoints: create, query and list, on both path families.
+//! The task endpoints: create, query and list, on every path family.
 //!
-//! A create is validated in full, then announced in KV (the callback ticket) before Kling
-//! is called, so that nothing Kling reports about it can be lost. Queries for finished
-//! tasks and the task list are answered from KV, and every answer has Kling's shape.
+//! A create is validated in full, then sent to Kling with a callback URL whose capability
+//! the worker can check later without storage; the client gets Kling's answer as soon as
+//! Kling gives it. Only then, after the answer (`wait_until`), is the task recorded with its
+//! tenant's coordinator: a callback that beats that record is merged into it, not lost.
+//! A query is answered from the edge copy (Workers KV) once the task is finished, else by
+//! the coordinator; the list always by the coordinator.
 
-use worker::{console_log, Request, Response};
+use std::time::Duration;
 
+use worker::{Delay, Request, Response};
+
+use crate::api::Endpoint;
 use crate::auth::Client;
+use crate::capability::Capability;
 use crate::error::ApiError;
-use crate::ids;
+use crate::flows::coordinator::Registration;
+use crate::flows::protocol;
 use crate::kling;
 use crate::routes::{self, Family};
-use crate::task::{self, CallbackTicket};
+use crate::task;
 use crate::validate::{self, UrlPolicy};
 
-use super::callbacks::{merge_report, record_report, schedule_follow_up};
-use super::store::Store;
+use super::clock::{self, WorkerRuntime};
+use super::read_model::KvReadModel;
 use super::upstream::{Kling, Reply};
-use super::{clock, http, limits, Call};
+use super::{coordinator, http, limits, Call};
 
-/// `POST /v1/{audio,videos}/video-to-audio`.
+/// Tries of recording a create with its coordinator (after the answer), and the waits between.
+const REGISTER_RETRY_MS: [u64; 3] = [0, 200, 1_000];
+
+/// `POST` on an endpoint's path: validate, call Kling, answer, then record.
 pub async fn create(
     request: &mut Request,
     call: &Call<'_>,
@@ -29,8 +40,8 @@ pub async fn create(
     let body = http::read_body(request).await?;
     let policy = UrlPolicy { allow_private: call.config.allow_private_urls };
     let mut create = validate::create_request(family, &body, policy)?;
-    create.upstream.callback_url = client.webhook_for_create(create.upstream.callback_url.take())?;
-    if create.upstream.callback_url.is_some() && call.config.proxy_webhook_key.is_none() {
+    let client_webhook = client.webhook_for_create(create.upstream.callback_url.take())?;
+    if client_webhook.is_some() && call.config.proxy_webhook_key.is_none() {
         return Err(ApiError::bad_param(
             "callback_url",
             "this deployment does not forward webhooks (its operator has not set PROXY_WEBHOOK_SECRET)",
@@ -40,80 +51,96 @@ pub async fn create(
     // costs the client nothing.
     limits::check(call.env, limits::CREATES, &limits::tenant_key(&client.tenant), clock::now_secs()).await?;
 
-    // Kling calls the worker back; the client's own webhook is kept for forwarding.
-    let store = Store::open(call.env)?;
-    let token = ids::callback_token(clock::random_bytes::<16>()?);
-    let ticket = CallbackTicket {
-        tenant: client.tenant.clone(),
-        client_callback_url: create.upstream.callback_url.take(),
-        task_id: None,
-        created_at: clock::now_ms(),
-    };
-    store.put_ticket(&token, &ticket).await?;
+    let endpoint = family.endpoint();
+    let shard = task::tenant_shard(&client.tenant);
+    let capability =
+        Capability::issue(&shard, clock::random_bytes::<16>()?, endpoint.code, clock::now_secs());
     let origin = match &call.config.public_base_url {
         Some(base) => base.clone(),
         None => request_origin(request)?,
     };
-    create.upstream.callback_url = Some(routes::kling_callback_url(&origin, &token));
+    create.upstream.callback_url =
+        Some(routes::kling_callback_url(&origin, &capability.encode(&call.config.capability_key)));
 
-    let reply = Kling::new(&call.config).create(&create.upstream).await?;
+    let reply = Kling::new(&call.config).create(endpoint, &create.upstream).await?;
     if let Some(data) = task::envelope_data(&reply.body).filter(|_| reply.status == 200) {
-        if let Err(error) = remember(&store, &token, ticket, data).await {
-            // The task exists at Kling: answer with it. Its first callback will still find
-            // the ticket and create the record.
-            console_log!(
-                "{}",
-                serde_json::json!({"event": "store_created_task", "request_id": call.request_id, "problem": error.message})
-            );
+        match task::task_id_of(&data).map(str::to_owned) {
+            Some(task_id) => {
+                let registration = protocol::Request::Register {
+                    shard,
+                    registration: Registration {
+                        task_id,
+                        endpoint: endpoint.code,
+                        nonce: capability.nonce,
+                        tenant: client.tenant.clone(),
+                        client_callback_url: client_webhook,
+                        data,
+                    },
+                };
+                let env = call.env.clone();
+                call.ctx.wait_until(async move { register(env, registration).await });
+            }
+            None => WorkerRuntime.log_problem("create", "Kling's create answer has no task_id"),
         }
     }
     Ok(pass_through(reply))
 }
 
-/// Stores a task Kling just created (merging with a callback that may have come first).
-async fn remember(
-    store: &Store,
-    token: &str,
-    ticket: CallbackTicket,
-    data: serde_json::Value,
-) -> Result<(), ApiError> {
-    let Some(task_id) = task::task_id_of(&data).map(str::to_owned) else {
-        return Err(ApiError::internal("Kling's create answer has no task_id"));
-    };
-    let stored = store.task(&task_id).await?;
-    let record =
-        record_report(store, &task_id, stored, || ticket.new_record(token, data.clone()), &data).await?;
-    store.index_task(&task_id, &record, task::external_task_id_of(&record.data)).await?;
-    store.put_ticket(token, &CallbackTicket { task_id: Some(task_id), ..ticket }).await
-}
-
-/// `GET /v1/{audio,videos}/video-to-audio/{id}`: from KV when complete (failed, or succeeded
-/// with its audios), else from Kling.
-pub async fn query(call: &Call<'_>, client: &Client, id: &str) -> Result<Response, ApiError> {
-    let store = Store::open(call.env)?;
-    let Some((task_id, mut record)) = store.find_for_tenant(&client.tenant, id).await? else {
-        return Err(ApiError::not_found(&format!("task {id}")));
-    };
-    if !task::is_complete(&record.data) {
-        match Kling::new(&call.config).current_task(&task_id).await {
-            Ok(data) => {
-                record = merge_report(&store, &task_id, record, &data).await?;
-                schedule_follow_up(call, &task_id, &record);
+/// Records a create with its coordinator, trying again a couple of times: until it lands,
+/// the task is known only from Kling's callbacks (which carry what is needed to record it).
+async fn register(env: worker::Env, registration: protocol::Request) {
+    for (attempt, wait_ms) in REGISTER_RETRY_MS.into_iter().enumerate() {
+        if wait_ms > 0 {
+            Delay::from(Duration::from_millis(wait_ms)).await;
+        }
+        match coordinator::call(&env, &registration).await {
+            Ok(_) => return,
+            Err(error) if attempt + 1 == REGISTER_RETRY_MS.len() => {
+                WorkerRuntime.log_problem("register", &error.message);
             }
-            // The stored state is the latest Kling reported: answer with it.
-            Err(problem) => log_stale(call, &task_id, &problem),
+            Err(_) => {}
         }
     }
-    Ok(http::success(&record.data, call.request_id))
 }
 
-/// `GET /v1/{audio,videos}/video-to-audio?pageNum=&pageSize=`: the caller's tasks from KV.
-pub async fn list(call: &Call<'_>, client: &Client, query: Option<&str>) -> Result<Response, ApiError> {
+/// `GET` one task by task id or external task id: the edge copy if the task is finished and
+/// the caller's, else its coordinator (which asks Kling if the task is running and quiet).
+pub async fn query(call: &Call<'_>, client: &Client, family: Family, id: &str) -> Result<Response, ApiError> {
+    let endpoint = family.endpoint();
+    let shard = task::tenant_shard(&client.tenant);
+    if let Some(published) = KvReadModel::open(call.env)?.published(&shard, id).await {
+        if published.tenant == client.tenant && published.endpoint == endpoint.code {
+            return Ok(http::success(&published.task, call.request_id));
+        }
+    }
+    let request = protocol::Request::Query {
+        shard,
+        tenant: client.tenant.clone(),
+        endpoint: endpoint.code,
+        id: id.to_owned(),
+    };
+    let task = coordinator::call(call.env, &request).await?;
+    Ok(http::success(&task, call.request_id))
+}
+
+/// `GET` the caller's tasks of an endpoint, newest first (`pageNum`, `pageSize`).
+pub async fn list(
+    call: &Call<'_>,
+    client: &Client,
+    family: Family,
+    query: Option<&str>,
+) -> Result<Response, ApiError> {
     let page = validate::page(query)?;
-    let store = Store::open(call.env)?;
-    let tasks: Vec<serde_json::Value> =
-        store.page(&client.tenant, page).await?.into_iter().map(|record| record.data).collect();
-    Ok(http::success(&serde_json::Value::Array(tasks), call.request_id))
+    let endpoint: &Endpoint = family.endpoint();
+    let request = protocol::Request::List {
+        shard: task::tenant_shard(&client.tenant),
+        tenant: client.tenant.clone(),
+        endpoint: endpoint.code,
+        page_num: page.num,
+        page_size: page.size,
+    };
+    let tasks = coordinator::call(call.env, &request).await?;
+    Ok(http::success(&tasks, call.request_id))
 }
 
 fn request_origin(request: &Request) -> Result<String, ApiError> {
@@ -125,11 +152,4 @@ fn request_origin(request: &Request) -> Result<String, ApiError> {
 pub fn pass_through(reply: Reply) -> Response {
     let request_id = kling::envelope_request_id(&reply.body).unwrap_or_else(clock::new_request_id);
     http::json(reply.status, reply.body, &request_id)
-}
-
-fn log_stale(call: &Call<'_>, task_id: &str, problem: &str) {
-    console_log!(
-        "{}",
-        serde_json::json!({"event": "query_from_store", "request_id": call.request_id, "task_id": task_id, "problem": problem})
-    );
 }

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use worker::{Headers, Method, Request, RequestInit};
 
+use crate::api::Endpoint;
 use crate::config::{Config, KlingCredentials};
 use crate::error::ApiError;
 use crate::jwt::KlingTokenCache;
-use crate::kling::{self, CreateVideoToAudio};
+use crate::ports::Upstream;
 use crate::task;
 
 use super::clock;
@@ -28,6 +29,10 @@ thread_local! {
 const CREATE_OUTCOME_UNKNOWN: &str = "so the task may or may not exist; if you gave an external_task_id, \
      query it in a few seconds (the worker learns of the task from Kling's first callback) before \
      creating it again";
+
+/// A query a client waits on gets a shorter deadline than the default: its answer can fall
+/// back on what the coordinator already knows.
+pub const QUERY_REFRESH_TIMEOUT_MS: u32 = 5_000;
 
 /// Kling's answer, whatever its status: passed on to the client unchanged.
 pub struct Reply {
@@ -63,9 +68,9 @@ impl Kling {
     }
 
     /// Creates a task. Never retried.
-    pub async fn create(&self, body: &CreateVideoToAudio) -> Result<Reply, ApiError> {
+    pub async fn create(&self, endpoint: &Endpoint, body: &impl serde::Serialize) -> Result<Reply, ApiError> {
         let json = serde_json::to_string(body).map_err(|_| ApiError::internal("encoding the create body"))?;
-        match self.send(Method::Post, kling::VIDEO_TO_AUDIO_PATH, Some(json)).await {
+        match self.send(Method::Post, endpoint.kling_path, Some(json)).await {
             Ok(reply) => Ok(reply),
             Err(FetchFailure::Unreachable) => Err(ApiError::upstream_unreachable(&format!(
                 "the connection failed during the create, {CREATE_OUTCOME_UNKNOWN}"
@@ -74,19 +79,6 @@ impl Kling {
                 "the create got no answer in time, {CREATE_OUTCOME_UNKNOWN}"
             ))),
         }
-    }
-
-    /// The task's `data` as Kling reports it now, or why Kling did not say. An answer about
-    /// another task (Kling may resolve the id as someone's external id) is refused.
-    pub async fn current_task(&self, task_id: &str) -> Result<serde_json::Value, String> {
-        let reply = self.get(&kling::query_path(task_id)).await.map_err(|error| error.message)?;
-        let data = task::envelope_data(&reply.body)
-            .filter(|_| reply.status == 200)
-            .ok_or_else(|| format!("Kling answered {}", reply.status))?;
-        if task::task_id_of(&data) != Some(task_id) {
-            return Err("Kling answered about another task".into());
-        }
-        Ok(data)
     }
 
     /// A read-only call, retried once on a failed connection or a gateway error.
@@ -123,5 +115,20 @@ impl Kling {
             .map_err(|_| FetchFailure::Unreachable)?;
         let (status, body) = fetch_with_deadline(request, self.timeout).await?;
         Ok(Reply { status, body })
+    }
+}
+
+impl Upstream for Kling {
+    /// The task's `data` as Kling reports it now, or why Kling did not say. An answer about
+    /// another task (Kling may resolve the id as someone's external id) is refused.
+    async fn current_task(&self, endpoint: &Endpoint, task_id: &str) -> Result<serde_json::Value, String> {
+        let reply = self.get(&endpoint.query_path(task_id)).await.map_err(|error| error.message)?;
+        let data = task::envelope_data(&reply.body)
+            .filter(|_| reply.status == 200)
+            .ok_or_else(|| format!("Kling answered {}", reply.status))?;
+        if task::task_id_of(&data) != Some(task_id) {
+            return Err("Kling answered about another task".into());
+        }
+        Ok(data)
     }
 }

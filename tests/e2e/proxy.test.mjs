@@ -9,7 +9,8 @@ import { after, before, describe, it } from 'node:test';
 
 import { startFakeKling } from '../support/fake-kling.mjs';
 import {
-  ACCESS_KEY, baseSettings, KLING_API_KEY, OFFICIAL, OPS_KEY, SECRET_KEY, SECRETS, SIMPLIFIED, VIDEO, WEB_KEY,
+  ACCESS_KEY, baseSettings, CALLBACK_URL, KLING_API_KEY, OFFICIAL, OPS_KEY, QUERY_REFRESH_MS, SECRET_KEY, SECRETS,
+  SIMPLIFIED, VIDEO, WEB_KEY,
 } from '../support/settings.mjs';
 import { call, startWorker, transcript } from '../support/worker.mjs';
 
@@ -37,7 +38,7 @@ function decodeJwt(token) {
 /** The body Kling received, less the callback URL the worker put in (checked for form). */
 function upstreamBody(received) {
   const { callback_url: callbackUrl, ...rest } = received.body;
-  assert.match(callbackUrl, new RegExp(`^${worker.url}/v1/callbacks/kling/[0-9a-f]{32}$`));
+  assert.match(callbackUrl, CALLBACK_URL(worker.url));
   return rest;
 }
 
@@ -125,8 +126,8 @@ describe('create on the official path', () => {
 
   it('reuses one token across requests', async () => {
     const start = fake.requests.length;
-    const created = await call(worker, 'POST', OFFICIAL, { key: WEB_KEY, body: { video_url: VIDEO } });
-    await call(worker, 'GET', `${OFFICIAL}/${created.json.data.task_id}`, { key: WEB_KEY });
+    await call(worker, 'POST', OFFICIAL, { key: WEB_KEY, body: { video_url: VIDEO } });
+    await call(worker, 'POST', OFFICIAL, { key: WEB_KEY, body: { video_id: '842250903629086785' } });
     await call(worker, 'POST', SIMPLIFIED, { key: OPS_KEY, body: { video_url: VIDEO } });
     const tokens = new Set(fake.requests.slice(start).map((r) => r.token));
     assert.equal(fake.requests.length - start, 3);
@@ -225,9 +226,10 @@ describe('validation before anything reaches Kling', () => {
 });
 
 describe('query', () => {
-  it('asks Kling about an unfinished task on both path families, by task id or external id', async () => {
+  it('answers an unfinished task on both path families, by task id or external id, asking Kling (by task id) only when it has been quiet', async () => {
     const created = await call(worker, 'POST', OFFICIAL, { key: WEB_KEY, body: { video_url: VIDEO, external_task_id: 'query-1' } });
     const taskId = created.json.data.task_id;
+    const asked = () => fake.apiRequests('GET').filter((r) => r.path.endsWith(`/${taskId}`) || r.path.endsWith('/query-1'));
     for (const prefix of [OFFICIAL, SIMPLIFIED]) {
       for (const id of [taskId, 'query-1']) {
         const response = await call(worker, 'GET', `${prefix}/${id}`, { key: WEB_KEY });
@@ -236,9 +238,14 @@ describe('query', () => {
         assert.equal(response.json.data.task_id, taskId);
         assert.equal(response.json.data.task_info.external_task_id, 'query-1');
         assert.equal(response.headers.get('x-request-id'), response.json.request_id);
-        assert.equal(fake.apiRequests('GET').at(-1).path, `${OFFICIAL}/${taskId}`);
       }
     }
+    assert.equal(asked().length, 0, 'just created: the coordinator answers from what Kling said');
+    await new Promise((resolve) => setTimeout(resolve, QUERY_REFRESH_MS + 200));
+    await fake.advance(taskId, 'processing', { callback: false });
+    const response = await call(worker, 'GET', `${SIMPLIFIED}/query-1`, { key: WEB_KEY });
+    assert.equal(response.json.data.task_status, 'processing', 'a quiet task is refreshed from Kling');
+    assert.deepEqual(asked().map((r) => r.path), [`${OFFICIAL}/${taskId}`], 'asked once, by task id, on the official path');
   });
 
   it('answers 404 for a task it never created, without asking Kling', async () => {
@@ -267,16 +274,17 @@ describe('Kling failures', () => {
   });
 
   it('retries a query once when Kling drops the connection', async () => {
-    const created = await call(worker, 'POST', OFFICIAL, { key: WEB_KEY, body: { video_url: VIDEO } });
-    const path = `${OFFICIAL}/${created.json.data.task_id}`;
+    const first = await call(worker, 'POST', OFFICIAL, { key: WEB_KEY, body: { video_url: VIDEO } });
+    const second = await call(worker, 'POST', OFFICIAL, { key: WEB_KEY, body: { video_url: VIDEO } });
+    await new Promise((resolve) => setTimeout(resolve, QUERY_REFRESH_MS + 200));
     const gets = fake.apiRequests('GET').length;
     fake.injectFault({ method: 'GET', kind: 'drop' });
-    const response = await call(worker, 'GET', path, { key: WEB_KEY });
+    const response = await call(worker, 'GET', `${OFFICIAL}/${first.json.data.task_id}`, { key: WEB_KEY });
     assert.equal(response.status, 200, response.text);
     assert.equal(fake.apiRequests('GET').length, gets + 2);
 
     fake.injectFault({ method: 'GET', kind: 'drop', count: 2 });
-    const stale = await call(worker, 'GET', path, { key: WEB_KEY });
+    const stale = await call(worker, 'GET', `${OFFICIAL}/${second.json.data.task_id}`, { key: WEB_KEY });
     assert.equal(fake.apiRequests('GET').length, gets + 4, 'retried once, not more');
     assert.equal(stale.status, 200, 'the last state Kling reported is served from the store');
     assert.equal(stale.json.data.task_status, 'submitted');

@@ -1,15 +1,21 @@
-// Webhooks at the edge, end to end: Kling's callbacks reach the worker (never the client),
-// are checked (token, signature), merged monotonically into Workers KV, served from KV,
-// and forwarded, signed, to the client's own webhook.
+// Callbacks, coordinators and webhooks end to end: Kling's callbacks reach the worker (never
+// the client) with a capability it checks without storage, each tenant's coordinator (a
+// Durable Object) merges them atomically, finished tasks are published to Workers KV and
+// served from there, and webhooks are forwarded, signed, on a durable schedule that
+// survives a restart of the runtime.
 
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 
 import { signWebhook, startFakeKling } from '../support/fake-kling.mjs';
 import { Receiver } from '../support/receiver.mjs';
 import {
-  ACCESS_KEY, baseSettings, clientWebhookSecret, OFFICIAL, OPS_KEY, SECRET_KEY, SIMPLIFIED, VIDEO, WEB_KEY, webhookSecret,
+  ACCESS_KEY, baseSettings, CALLBACK_URL, clientWebhookSecret, OFFICIAL, OPS_KEY, QUERY_REFRESH_MS, SECRET_KEY,
+  SIMPLIFIED, VIDEO, WEB_KEY, webhookSecret,
 } from '../support/settings.mjs';
 import { call, eventually, freePort, startWorker } from '../support/worker.mjs';
 
@@ -17,6 +23,8 @@ const LIST_KEY = 'pk_list_test_6e5d4c3b2a1f0e9d';
 const PROXY_WEBHOOK_SECRET = webhookSecret('proxy-webhook-secret-for-tests!!');
 const KLING_WEBHOOK_SECRET = webhookSecret('kling-webhook-secret-for-tests!!');
 const OTHER_SECRET = webhookSecret('some-other-secret-not-klings-one');
+/** Fast retries for the tests: attempts at 0, 1, 3, 7 and 15 s. */
+const FORWARD_RETRY_SECONDS = '1,2,4,8';
 
 let fake;
 let worker;
@@ -28,6 +36,7 @@ before(async () => {
   worker = await startWorker(baseSettings(fake, {
     PROXY_API_KEYS: `web:${WEB_KEY},ops:${OPS_KEY},lister:${LIST_KEY}`,
     PROXY_WEBHOOK_SECRET,
+    FORWARD_RETRY_SECONDS,
     // The test receiver listens on loopback.
     ALLOW_PRIVATE_URLS: 'true',
   }));
@@ -40,33 +49,41 @@ after(async () => {
 });
 
 /** Creates a task through the worker; returns its id and the callback URL Kling was given. */
-async function createTask(w = worker, { key = WEB_KEY, body = {}, path = OFFICIAL } = {}) {
+async function createTask(w = worker, { key = WEB_KEY, body = {}, path = OFFICIAL, kling = fake } = {}) {
   const response = await call(w, 'POST', path, { key, body: { video_url: VIDEO, ...body } });
   assert.equal(response.status, 200, response.text);
   const taskId = response.json.data.task_id;
-  return { taskId, callbackUrl: fake.tasks.get(taskId).callbackUrl, response };
+  return { taskId, callbackUrl: kling.tasks.get(taskId).callbackUrl, response };
 }
 
-const getsFor = (taskId) => fake.apiRequests('GET').filter((r) => r.path === `${OFFICIAL}/${taskId}`).length;
+const getsFor = (taskId, kling = fake) => kling.apiRequests('GET').filter((r) => r.path === `${OFFICIAL}/${taskId}`).length;
+const coordinatorCalls = (w, op) => w.logs().split('\n').filter((line) => line.includes(`"event":"coordinator","op":"${op}"`)).length;
+const kvWrites = (w) => w.logs().split('\n').filter((line) => line.includes('"event":"kv_write"')).length;
 
 /** Makes every call to Kling fail for the duration of `fn`. */
-async function withKlingDown(fn) {
-  fake.injectFault({ kind: 'status', status: 503, count: 1000 });
+async function withKlingDown(fn, kling = fake) {
+  kling.injectFault({ kind: 'status', status: 503, count: 1000 });
   try {
     return await fn();
   } finally {
-    fake.faults.length = 0;
+    kling.faults.length = 0;
   }
 }
 
+/** The task as its client sees it, once `check` holds. */
+function taskOnce(check, taskId, { w = worker, key = WEB_KEY, what = 'the task', timeoutMs } = {}) {
+  return eventually(async () => {
+    const response = await call(w, 'GET', `${OFFICIAL}/${taskId}`, { key });
+    return response.status === 200 && check(response.json.data) && response.json.data;
+  }, { what, timeoutMs });
+}
+
 describe('the callback URL Kling is given', () => {
-  it("is the worker's own, with a fresh token per task, and the client's is kept back", async () => {
+  it("is the worker's own, with a fresh capability per task, and the client's is kept back", async () => {
     const hook = `${receiver.url}/hooks/first`;
     const a = await createTask(worker, { body: { callback_url: hook } });
     const b = await createTask();
-    for (const { callbackUrl } of [a, b]) {
-      assert.match(callbackUrl, new RegExp(`^${worker.url}/v1/callbacks/kling/[0-9a-f]{32}$`));
-    }
+    for (const { callbackUrl } of [a, b]) assert.match(callbackUrl, CALLBACK_URL(worker.url));
     assert.notEqual(a.callbackUrl, b.callbackUrl);
     assert.ok(!JSON.stringify(fake.tasks.get(a.taskId).body).includes(receiver.url), "Kling never sees the client's webhook");
   });
@@ -77,7 +94,7 @@ describe('the callback URL Kling is given', () => {
     const w = await startWorker(baseSettings(fake, { PUBLIC_BASE_URL: publicBase }), { port });
     try {
       const { callbackUrl, taskId } = await createTask(w);
-      assert.ok(callbackUrl.startsWith(`${publicBase}/v1/callbacks/kling/`), callbackUrl);
+      assert.match(callbackUrl, CALLBACK_URL(publicBase));
       const answer = await fake.advance(taskId, 'processing');
       assert.equal(answer.status, 200, answer.body);
     } finally {
@@ -97,22 +114,30 @@ describe('genuine callbacks', () => {
     assert.equal(response.json.data.task_status, 'processing');
   });
 
-  it('make a finished task answer from KV without calling Kling, on both path families', async () => {
+  it('make a finished task answer from KV, asking neither Kling nor the coordinator', async () => {
     const { taskId } = await createTask(worker, { body: { external_task_id: 'kv-path-1' } });
     await fake.advance(taskId, 'processing');
-    const answer = await fake.advance(taskId, 'succeed');
-    assert.equal(answer.status, 200, answer.body);
+    await fake.advance(taskId, 'succeed');
+    await taskOnce((t) => t.task_status === 'succeed', taskId);
+    // The edge copy is written by the coordinator's alarm, just after the task finished.
+    await eventually(async () => {
+      const before = coordinatorCalls(worker, 'query');
+      await call(worker, 'GET', `${OFFICIAL}/${taskId}`, { key: WEB_KEY });
+      return coordinatorCalls(worker, 'query') === before;
+    }, { what: 'the edge copy' });
     const gets = fake.apiRequests('GET').length;
+    const queries = coordinatorCalls(worker, 'query');
     await withKlingDown(async () => {
-      for (const path of [`${OFFICIAL}/${taskId}`, `${SIMPLIFIED}/${taskId}`, `${OFFICIAL}/kv-path-1`]) {
+      for (const path of [`${OFFICIAL}/${taskId}`, `${SIMPLIFIED}/${taskId}`]) {
         const response = await call(worker, 'GET', path, { key: WEB_KEY });
         assert.equal(response.status, 200, response.text);
         assert.deepEqual(Object.keys(response.json).sort(), ['code', 'data', 'message', 'request_id']);
-        assert.equal(response.json.code, 0);
         assert.deepEqual(response.json.data, fake.tasks.get(taskId).data, "exactly Kling's data");
-        assert.equal(response.json.data.task_result.audios.length, 1);
       }
     });
+    assert.equal(coordinatorCalls(worker, 'query'), queries, 'the coordinator was not asked');
+    const byExternal = await call(worker, 'GET', `${OFFICIAL}/kv-path-1`, { key: WEB_KEY });
+    assert.equal(byExternal.json.data.task_id, taskId, 'an external id is resolved by the coordinator');
     assert.equal(fake.apiRequests('GET').length, gets, 'Kling was not asked');
   });
 
@@ -133,29 +158,59 @@ describe('genuine callbacks', () => {
     const stored = await withKlingDown(() => call(worker, 'GET', `${OFFICIAL}/${taskId}`, { key: WEB_KEY }));
     assert.equal(stored.json.data.task_status, 'processing', 'the older create answer did not overwrite it');
   });
+
+  it('30 at once, shuffled, leave the task final with its audios, listed once, forwarded once', async () => {
+    const hook = '/hooks/thirty';
+    const { taskId, callbackUrl } = await createTask(worker, { key: LIST_KEY, body: { callback_url: `${receiver.url}${hook}` } });
+    const base = fake.tasks.get(taskId).data;
+    await fake.advance(taskId, 'succeed', { callback: false, updatedAt: base.updated_at + 20 });
+    const final = structuredClone(fake.tasks.get(taskId).data);
+    const reports = [];
+    for (let i = 0; i < 10; i += 1) {
+      reports.push({ ...base, task_status: 'submitted', updated_at: base.updated_at + i });
+      reports.push({ ...base, task_status: 'processing', updated_at: base.updated_at + 10 + i });
+      reports.push(final);
+    }
+    reports.sort(() => Math.random() - 0.5);
+    const answers = await Promise.all(reports.map((data) => fake.sendCallback(taskId, { url: callbackUrl, data })));
+    assert.deepEqual([...new Set(answers.map((a) => a.status))], [200]);
+    const stored = await taskOnce((t) => t.task_status === 'succeed', taskId, { key: LIST_KEY });
+    assert.equal(stored.task_result.audios.length, 1);
+    const listed = await call(worker, 'GET', `${OFFICIAL}?pageSize=500`, { key: LIST_KEY });
+    assert.equal(listed.json.data.filter((t) => t.task_id === taskId).length, 1);
+    await eventually(() => receiver.at(hook).length >= 1, { what: 'the webhook' });
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+    assert.equal(receiver.at(hook).length, 1, 'forwarded once');
+    assert.equal(receiver.at(hook)[0].headers['webhook-id'], `msg_${taskId}_succeed`);
+  });
 });
 
 describe('forged callbacks', () => {
-  it('with an unknown token, or none, answer 404 and store nothing', async () => {
-    const { taskId } = await createTask();
+  it('with an unknown, altered or missing capability answer 404 and change nothing', async () => {
+    const hook = '/hooks/forged';
+    const { taskId, callbackUrl } = await createTask(worker, { body: { callback_url: `${receiver.url}${hook}` } });
+    const capability = callbackUrl.split('/').pop();
+    const altered = `${capability.slice(0, 40)}${capability[40] === 'A' ? 'B' : 'A'}${capability.slice(41)}`;
     for (const url of [
+      `${worker.url}/v1/callbacks/kling/${altered}`,
+      `${worker.url}/v1/callbacks/kling/${crypto.randomBytes(53).toString('base64url')}`,
       `${worker.url}/v1/callbacks/kling/${crypto.randomBytes(16).toString('hex')}`,
       `${worker.url}/v1/callbacks/kling/`,
       `${worker.url}/v1/callbacks/kling`,
-      `${worker.url}/v1/callbacks/kling/not-a-token`,
+      `${worker.url}/v1/callbacks/kling/not.a.token`,
     ]) {
       const forged = { ...fake.tasks.get(taskId).data, task_status: 'succeed', updated_at: Date.now() + 1000 };
       const answer = await fake.sendCallback(taskId, { url, data: forged });
       assert.equal(answer.status, 404, `${url}: ${answer.body}`);
       assert.ok([1202, 1203].includes(JSON.parse(answer.body).code), answer.body);
     }
-    const gets = getsFor(taskId);
-    const response = await call(worker, 'GET', `${OFFICIAL}/${taskId}`, { key: WEB_KEY });
+    const response = await withKlingDown(() => call(worker, 'GET', `${OFFICIAL}/${taskId}`, { key: WEB_KEY }));
     assert.equal(response.json.data.task_status, 'submitted');
-    assert.equal(getsFor(taskId), gets + 1, 'still unfinished, so Kling was asked');
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    assert.equal(receiver.at(hook).length, 0, 'nothing forwarded');
   });
 
-  it("with another task's token answer 403 and store nothing", async () => {
+  it("with another task's capability answer 403 and change nothing", async () => {
     const victim = await createTask();
     const attacker = await createTask();
     const forged = {
@@ -171,7 +226,7 @@ describe('forged callbacks', () => {
     assert.ok(!response.text.includes('evil.example.com'));
   });
 
-  it('with a malformed body answer 400 and store nothing', async () => {
+  it('with a malformed body answer 400 and change nothing', async () => {
     const { taskId, callbackUrl } = await createTask();
     for (const rawBody of ['not json', '[]', '{}', JSON.stringify({ task_id: taskId, task_status: 'done' }), JSON.stringify({ task_status: 'succeed' })]) {
       const answer = await fake.sendCallback(taskId, { url: callbackUrl, rawBody });
@@ -207,18 +262,18 @@ describe('merging', () => {
     assert.deepEqual(response.json.data, succeeded);
   });
 
-  it('completes a succeed that arrives without audios with one query to Kling', async () => {
-    const { taskId } = await createTask();
+  it('completes a succeed that arrives without audios with one query to Kling, then forwards it once', async () => {
+    const hook = '/hooks/completed';
+    const { taskId } = await createTask(worker, { body: { callback_url: `${receiver.url}${hook}` } });
     const gets = getsFor(taskId);
     const answer = await fake.advance(taskId, 'succeed', { audiosInCallback: false });
     assert.equal(answer.status, 200);
-    await eventually(() => getsFor(taskId) === gets + 1, { what: 'the follow-up query' });
-    const response = await eventually(async () => {
-      const r = await call(worker, 'GET', `${OFFICIAL}/${taskId}`, { key: WEB_KEY });
-      return r.json.data.task_result?.audios?.length ? r : null;
-    }, { what: 'the stored audios' });
-    assert.deepEqual(response.json.data, fake.tasks.get(taskId).data);
-    assert.equal(getsFor(taskId), gets + 1, 'queried once; then served from KV');
+    const task = await taskOnce((t) => t.task_result?.audios?.length, taskId, { what: 'the stored audios' });
+    assert.equal(task.task_status, 'succeed');
+    assert.equal(getsFor(taskId), gets + 1, 'one query to Kling');
+    const [delivery] = await eventually(() => receiver.at(hook).length && receiver.at(hook), { what: 'the delivery' });
+    assert.equal(delivery.headers['webhook-id'], `msg_${taskId}_succeed`, 'the complete result, never a partial one');
+    assert.equal(delivery.json.task_result.audios.length, 1);
   });
 });
 
@@ -326,40 +381,39 @@ describe('tenants', () => {
 });
 
 describe('the task list', () => {
-  it("pages the caller's own tasks from KV, newest first", async () => {
-    const ids = [];
-    for (let i = 0; i < 5; i += 1) {
-      const { taskId } = await createTask(worker, { key: LIST_KEY, path: i % 2 ? SIMPLIFIED : OFFICIAL });
-      ids.push(taskId);
-      await new Promise((resolve) => setTimeout(resolve, 5));
+  it("pages the caller's own tasks from its coordinator, newest first", async () => {
+    const lister = 'pk_lister_only_test_0a1b2c3d4e5f';
+    const w = await startWorker(baseSettings(fake, { PROXY_API_KEYS: `lister:${lister}` }));
+    try {
+      const ids = [];
+      for (let i = 0; i < 5; i += 1) {
+        const { taskId } = await createTask(w, { key: lister, path: i % 2 ? SIMPLIFIED : OFFICIAL });
+        ids.push(taskId);
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      const newestFirst = [...ids].reverse();
+      const gets = fake.apiRequests('GET').length;
+      const all = await call(w, 'GET', OFFICIAL, { key: lister });
+      assert.equal(all.status, 200);
+      assert.deepEqual(all.json.data.map((t) => t.task_id), newestFirst);
+      const pages = [];
+      for (const pageNum of [1, 2, 3]) {
+        const page = await call(w, 'GET', `${SIMPLIFIED}?pageNum=${pageNum}&pageSize=2`, { key: lister });
+        pages.push(page.json.data.map((t) => t.task_id));
+      }
+      assert.deepEqual(pages, [newestFirst.slice(0, 2), newestFirst.slice(2, 4), newestFirst.slice(4)]);
+      const beyond = await call(w, 'GET', `${OFFICIAL}?pageNum=9&pageSize=2`, { key: lister });
+      assert.deepEqual(beyond.json.data, []);
+      assert.equal(fake.apiRequests('GET').length, gets, 'the list never asks Kling');
+      assert.equal(kvWrites(w), 0, 'running tasks cost no KV write');
+    } finally {
+      await w.stop();
     }
-    const newestFirst = [...ids].reverse();
-    const gets = fake.apiRequests('GET').length;
-    const all = await call(worker, 'GET', OFFICIAL, { key: LIST_KEY });
-    assert.equal(all.status, 200);
-    assert.deepEqual(all.json.data.map((t) => t.task_id), newestFirst);
-    const pages = [];
-    for (const pageNum of [1, 2, 3]) {
-      const page = await call(worker, 'GET', `${SIMPLIFIED}?pageNum=${pageNum}&pageSize=2`, { key: LIST_KEY });
-      pages.push(page.json.data.map((t) => t.task_id));
-    }
-    assert.deepEqual(pages, [newestFirst.slice(0, 2), newestFirst.slice(2, 4), newestFirst.slice(4)]);
-    const beyond = await call(worker, 'GET', `${OFFICIAL}?pageNum=9&pageSize=2`, { key: LIST_KEY });
-    assert.deepEqual(beyond.json.data, []);
-    assert.equal(fake.apiRequests('GET').length, gets, 'the list never asks Kling');
   });
 });
 
-/** The task's KV record once its delivery state is `state` (read as an operator would). */
-function recordedDelivery(taskId, state) {
-  return eventually(async () => {
-    const stored = await worker.kvGet(`task:${taskId}`);
-    return stored?.delivery?.state === state && stored;
-  }, { what: `a ${state} delivery recorded on ${taskId}` });
-}
-
 describe('forwarding to the client webhook', () => {
-  it('POSTs the finished task, signed, and records the delivery', async () => {
+  it('POSTs the finished task, signed, and shows the delivery on the task', async () => {
     const hook = '/hooks/signed';
     const { taskId } = await createTask(worker, { body: { callback_url: `${receiver.url}${hook}` } });
     await fake.advance(taskId, 'processing');
@@ -371,26 +425,27 @@ describe('forwarding to the client webhook', () => {
     assert.equal(tenant, 'web', 'the body names the tenant that created the task');
     assert.deepEqual(kling, fake.tasks.get(taskId).data, "the same JSON as Kling's callback");
     assert.equal(receiver.at(hook).length, 1, 'only the final state is forwarded');
-    const record = await recordedDelivery(taskId, 'delivered');
-    assert.equal(record.delivery.attempts, 1);
-    assert.equal(record.delivery.last_http_status, 200);
-    assert.equal(record.client_callback_url, `${receiver.url}${hook}`);
+    const task = await taskOnce((t) => t.delivery?.state === 'delivered', taskId, { what: 'the recorded delivery' });
+    assert.equal(task.delivery.attempts, 1);
+    assert.equal(task.delivery.last_http_status, 200);
+    assert.equal(task.delivery.message_id, `msg_${taskId}_succeed`);
   });
 
-  it('retries with backoff when the receiver fails', async () => {
+  it('reaches a receiver that answers 503 for its first 12 seconds, on FORWARD_RETRY_SECONDS', async () => {
     const hook = '/hooks/flaky';
-    receiver.failNext(hook, 503, 500);
+    receiver.failFor(hook, 12_000, 503);
     const { taskId } = await createTask(worker, { body: { callback_url: `${receiver.url}${hook}` } });
     await fake.advance(taskId, 'failed');
-    await eventually(() => receiver.at(hook).some((d) => d.status === 200), { timeoutMs: 20_000, what: 'the third attempt' });
+    await eventually(() => receiver.at(hook).some((d) => d.status === 200), { timeoutMs: 30_000, what: 'the delivery' });
     const attempts = receiver.at(hook);
-    assert.deepEqual(attempts.map((d) => d.status), [503, 500, 200]);
+    assert.deepEqual(attempts.map((d) => d.status), [503, 503, 503, 503, 200], 'attempts at 0, 1, 3, 7 and 15 s');
+    assert.ok(attempts.every((d) => d.verdict === null), 'every attempt signed afresh');
     assert.equal(new Set(attempts.map((d) => d.headers['webhook-id'])).size, 1, 'one message id for every attempt');
-    // The backoff is 1 s, then 3 s after the first attempt (2 s after the second).
+    assert.equal(new Set(attempts.map((d) => d.headers['webhook-signature'])).size > 1, true, 'fresh signatures');
     const gaps = attempts.slice(1).map((d, i) => d.receivedAt - attempts[i].receivedAt);
-    assert.ok(gaps[0] >= 900 && gaps[1] >= 1900 && gaps[1] > gaps[0], `backoff grows: ${gaps} ms`);
-    const record = await recordedDelivery(taskId, 'delivered');
-    assert.equal(record.delivery.attempts, 3);
+    assert.ok(gaps.every((gap, i) => gap >= [1, 2, 4, 8][i] * 1000 - 100), `the schedule: ${gaps} ms`);
+    const task = await taskOnce((t) => t.delivery?.state === 'delivered', taskId, { what: 'the recorded delivery' });
+    assert.equal(task.delivery.attempts, 5);
   });
 
   it('records a refused delivery as failed without retrying it', async () => {
@@ -398,16 +453,17 @@ describe('forwarding to the client webhook', () => {
     receiver.failNext(hook, 410);
     const { taskId } = await createTask(worker, { body: { callback_url: `${receiver.url}${hook}` } });
     await fake.advance(taskId, 'succeed');
-    const record = await recordedDelivery(taskId, 'failed');
-    assert.equal(record.delivery.attempts, 1);
-    assert.equal(record.delivery.last_http_status, 410);
+    const task = await taskOnce((t) => t.delivery?.state === 'failed', taskId, { what: 'the failed delivery' });
+    assert.equal(task.delivery.attempts, 1);
+    assert.equal(task.delivery.last_http_status, 410);
+    await new Promise((resolve) => setTimeout(resolve, 1500));
     assert.equal(receiver.at(hook).length, 1);
   });
 
   it('forwards a succeed it cannot complete as partial, then the complete result', async () => {
     const hook = '/hooks/partial';
     const { taskId } = await createTask(worker, { body: { callback_url: `${receiver.url}${hook}` } });
-    // Kling calls back without the audios, then cannot be reached for the follow-up query.
+    // Kling calls back without the audios, then cannot be reached for the query that would complete it.
     await withKlingDown(async () => {
       await fake.advance(taskId, 'succeed', { audiosInCallback: false });
       await eventually(() => receiver.at(hook).length === 1, { what: 'the partial delivery' });
@@ -416,8 +472,9 @@ describe('forwarding to the client webhook', () => {
     assert.equal(partial.headers['webhook-id'], `msg_${taskId}_succeed_partial`);
     assert.equal(partial.json.task_result.audios, undefined);
 
-    // A later query finds the task incomplete, asks Kling (reachable again), stores the
-    // audios, and the complete result is forwarded under its own message id.
+    // A query once the task has been quiet for a few seconds asks Kling (reachable again),
+    // stores the audios, and the complete result is forwarded under its own message id.
+    await new Promise((resolve) => setTimeout(resolve, QUERY_REFRESH_MS + 200));
     const response = await call(worker, 'GET', `${OFFICIAL}/${taskId}`, { key: WEB_KEY });
     assert.equal(response.json.data.task_result.audios.length, 1);
     await eventually(() => receiver.at(hook).length === 2, { what: 'the complete delivery' });
@@ -425,26 +482,79 @@ describe('forwarding to the client webhook', () => {
     assert.equal(complete.headers['webhook-id'], `msg_${taskId}_succeed`);
     assert.deepEqual(complete.json, { ...fake.tasks.get(taskId).data, tenant: 'web' });
   });
+});
 
-  it('forwards a succeed only once it is complete', async () => {
-    const hook = '/hooks/complete';
-    const { taskId } = await createTask(worker, { body: { callback_url: `${receiver.url}${hook}` } });
-    await fake.advance(taskId, 'succeed', { audiosInCallback: false });
-    const [delivery] = await eventually(() => receiver.at(hook).length && receiver.at(hook), { what: 'the delivery' });
-    assert.equal(delivery.json.task_result.audios.length, 1);
+describe('a task Kling never calls back about', () => {
+  it('reaches the store and the client webhook by polling (KLING_POLL_SECONDS)', async () => {
+    const silent = await startFakeKling({ accessKey: ACCESS_KEY, secretKey: SECRET_KEY });
+    const w = await startWorker(baseSettings(silent, {
+      PROXY_WEBHOOK_SECRET, ALLOW_PRIVATE_URLS: 'true', KLING_POLL_SECONDS: '1,1,2',
+    }));
+    try {
+      const hook = '/hooks/never-called-back';
+      const { taskId } = await createTask(w, { body: { callback_url: `${receiver.url}${hook}` }, kling: silent });
+      await silent.advance(taskId, 'processing', { callback: false });
+      await silent.advance(taskId, 'succeed', { callback: false });
+      const [delivery] = await eventually(() => receiver.at(hook).length && receiver.at(hook), { timeoutMs: 20_000, what: 'the webhook' });
+      assert.equal(delivery.headers['webhook-id'], `msg_${taskId}_succeed`);
+      assert.equal(delivery.verdict, null);
+      assert.equal(silent.callbacks.length, 0, 'Kling never called back');
+      const polled = getsFor(taskId, silent);
+      assert.ok(polled >= 1, 'the coordinator asked Kling');
+      const task = await taskOnce((t) => t.task_status === 'succeed', taskId, { w, what: 'the stored result' });
+      assert.equal(task.task_result.audios.length, 1);
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+      assert.equal(getsFor(taskId, silent), polled, 'a finished task is polled no more');
+    } finally {
+      await w.stop();
+      await silent.close();
+    }
+  });
+});
+
+describe('a restart of the runtime', () => {
+  it('does not lose a pending delivery: it arrives once the worker is back', async () => {
+    const state = await fs.mkdtemp(path.join(os.tmpdir(), 'kling-edge-restart-'));
+    const downPort = await freePort();
+    const settings = baseSettings(fake, {
+      PROXY_WEBHOOK_SECRET, ALLOW_PRIVATE_URLS: 'true', FORWARD_RETRY_SECONDS: '2,2,2,2,2,2,2,2,2,2',
+    });
+    const port = await freePort();
+    let w = await startWorker(settings, { persistTo: state, port });
+    const hook = '/hooks/after-restart';
+    let late;
+    try {
+      // The receiver is not listening yet: the first attempts fail to connect.
+      const { taskId } = await createTask(w, { body: { callback_url: `http://127.0.0.1:${downPort}${hook}` } });
+      await fake.advance(taskId, 'succeed');
+      await taskOnce((t) => t.delivery?.state === 'pending' && t.delivery.attempts >= 1, taskId, { w, what: 'a failed first attempt' });
+      await w.stop();
+
+      late = await new Receiver(clientWebhookSecret(PROXY_WEBHOOK_SECRET, 'web')).listen(downPort);
+      w = await startWorker(settings, { persistTo: state, port });
+      const [delivery] = await eventually(() => late.at(hook).length && late.at(hook), { timeoutMs: 30_000, what: 'the delivery after the restart' });
+      assert.equal(delivery.verdict, null);
+      assert.equal(delivery.headers['webhook-id'], `msg_${taskId}_succeed`);
+      const task = await taskOnce((t) => t.delivery?.state === 'delivered', taskId, { w, what: 'the recorded delivery' });
+      assert.ok(task.delivery.attempts >= 2);
+    } finally {
+      await w.stop();
+      await late?.close();
+      await fs.rm(state, { recursive: true, force: true });
+    }
   });
 });
 
 describe('secrets', () => {
-  it('callback tokens and webhook secrets never appear in a log line', async () => {
-    const tokens = [...fake.tasks.values()].map((t) => t.callbackUrl?.split('/').at(-1)).filter(Boolean);
-    assert.ok(tokens.length > 10);
+  it('callback capabilities and webhook secrets never appear in a log line', async () => {
+    const capabilities = [...fake.tasks.values()].map((t) => t.callbackUrl?.split('/').at(-1)).filter(Boolean);
+    assert.ok(capabilities.length > 10);
     // wrangler dev's own access log ("[wrangler:info] POST /v1/callbacks/kling/...") prints
     // request URLs, as Workers' invocation logs do in production: the worker cannot change
     // that (see the README on KLING_WEBHOOK_SECRET). Everything the worker logs is checked.
-    const logs = worker.logs().split('\n').filter((line) => !line.startsWith('[wrangler:info] POST /v1/callbacks/kling/')).join('\n');
+    const logs = worker.logs().split('\n').filter((line) => !line.startsWith('[wrangler:info] POST /v1/callbacks/')).join('\n');
     assert.match(logs, /\/v1\/callbacks\/<redacted>/, 'callback paths are logged redacted');
-    for (const needle of [...tokens, PROXY_WEBHOOK_SECRET, KLING_WEBHOOK_SECRET, WEB_KEY, OPS_KEY, LIST_KEY, SECRET_KEY]) {
+    for (const needle of [...capabilities, PROXY_WEBHOOK_SECRET, KLING_WEBHOOK_SECRET, WEB_KEY, OPS_KEY, LIST_KEY, SECRET_KEY]) {
       assert.ok(!logs.includes(needle), `leaked into the logs: ${needle.slice(0, 6)}…`);
     }
   });

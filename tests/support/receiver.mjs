@@ -27,12 +27,14 @@ export class Receiver {
     this.secret = secret;
     this.deliveries = [];
     this.failures = new Map(); // path -> statuses to answer next, in order
+    this.failingUntil = new Map(); // path -> [epoch ms, status]: answer status until then
     this.server = http.createServer(async (req, res) => {
       const chunks = [];
       for await (const chunk of req) chunks.push(chunk);
       const body = Buffer.concat(chunks).toString('utf8');
       const verdict = verifyWebhook(this.secret, req.headers, body);
-      const planned = this.failures.get(req.url)?.shift();
+      const until = this.failingUntil.get(req.url);
+      const planned = this.failures.get(req.url)?.shift() ?? (until && Date.now() < until[0] ? until[1] : undefined);
       const status = verdict ? 401 : (planned ?? 200);
       this.deliveries.push({ path: req.url, headers: req.headers, body, json: JSON.parse(body), verdict, status, receivedAt: Date.now() });
       res.writeHead(status);
@@ -40,8 +42,8 @@ export class Receiver {
     });
   }
 
-  async listen() {
-    await new Promise((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+  async listen(port = 0) {
+    await new Promise((resolve) => this.server.listen(port, '127.0.0.1', resolve));
     this.url = `http://127.0.0.1:${this.server.address().port}`;
     return this;
   }
@@ -49,6 +51,11 @@ export class Receiver {
   /** The next answers to deliveries on `path` (then 200). */
   failNext(path, ...statuses) {
     this.failures.set(path, statuses);
+  }
+
+  /** Answers `status` to every delivery on `path` for the next `ms`. */
+  failFor(path, ms, status = 503) {
+    this.failingUntil.set(path, [Date.now() + ms, status]);
   }
 
   at(path) {

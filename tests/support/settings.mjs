@@ -43,3 +43,9 @@ export function clientWebhookSecret(deploymentSecret, client) {
   const derived = crypto.createHmac('sha256', key).update(`kling-edge client webhook v1\0${client}`).digest('base64');
   return `whsec_${derived}`;
 }
+
+/** A callback URL the worker gives Kling: its origin, then a 71-character capability. */
+export const CALLBACK_URL = (origin) => new RegExp(`^${origin}/v1/callbacks/kling/[A-Za-z0-9_-]{71}$`);
+
+/** A query answered by a task's coordinator asks Kling once nothing was heard for this long. */
+export const QUERY_REFRESH_MS = 5_000;

@@ -1,0 +1,82 @@
+//! The endpoint table: each Kling family the worker speaks, described once, as data.
+//!
+//! An endpoint names Kling's path (where creates, queries and lists go upstream), a code
+//! (carried in callback capabilities, so a callback knows which path to poll), and which
+//! result files a finished task yields (what "complete" means for it). Everything that
+//! handles tasks (routing, the coordinator, publishing) reads this table, so adding an
+//! endpoint is one entry here and its tests.
+
+/// Which result files a finished task of an endpoint yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Results {
+    /// `task_result.audios[]`: `url_mp3`, `url_wav` (video to audio, text to audio).
+    Audios,
+    /// `task_result.videos[]`: `url` (text or image to video, with or without sound).
+    Videos,
+}
+
+impl Results {
+    /// The array under `task_result` that holds the files.
+    pub fn field(self) -> &'static str {
+        match self {
+            Results::Audios => "audios",
+            Results::Videos => "videos",
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Stable across versions: it is carried in callback URLs and stored with each task.
+    pub code: u8,
+    /// A name for logs and storage (`video-to-audio`).
+    pub name: &'static str,
+    /// Kling's path of the create; queries add `/{id}`, lists `?pageNum=&pageSize=`.
+    pub kling_path: &'static str,
+    pub results: Results,
+}
+
+pub static VIDEO_TO_AUDIO: Endpoint = Endpoint {
+    code: 1,
+    name: "video-to-audio",
+    kling_path: "/v1/audio/video-to-audio",
+    results: Results::Audios,
+};
+
+/// Every endpoint, in code order.
+pub static ENDPOINTS: &[&Endpoint] = &[&VIDEO_TO_AUDIO];
+
+pub fn by_code(code: u8) -> Option<&'static Endpoint> {
+    ENDPOINTS.iter().copied().find(|endpoint| endpoint.code == code)
+}
+
+pub fn by_name(name: &str) -> Option<&'static Endpoint> {
+    ENDPOINTS.iter().copied().find(|endpoint| endpoint.name == name)
+}
+
+impl Endpoint {
+    /// `GET` path of one task by its task id, which must already be valid (no escaping).
+    pub fn query_path(&self, task_id: &str) -> String {
+        format!("{}/{task_id}", self.kling_path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_names_are_unique_and_found() {
+        for (i, a) in ENDPOINTS.iter().enumerate() {
+            assert_eq!(by_code(a.code), Some(*a));
+            assert_eq!(by_name(a.name), Some(*a));
+            for b in &ENDPOINTS[i + 1..] {
+                assert_ne!(a.code, b.code);
+                assert_ne!(a.name, b.name);
+                assert_ne!(a.kling_path, b.kling_path);
+            }
+        }
+        assert_eq!(by_code(0), None);
+        assert_eq!(VIDEO_TO_AUDIO.query_path("t1"), "/v1/audio/video-to-audio/t1");
+    }
+}

@@ -1,0 +1,174 @@
+//! The task coordinator: a SQLite-backed Durable Object per tenant, and the edge's way to
+//! call it.
+//!
+//! **Why one per tenant.** A tenant (a client, or one browser user of a client) is the unit
+//! everything about a task is scoped to: who may see it, whose list it is in, whose webhook
+//! secret signs it, whose rate limits and caps apply. One object per tenant keeps each of
+//! those in one place with no cross-object coordination, spreads load as tenants multiply
+//! (a busy app's browser users each get their own), and keeps every list a plain SQL query.
+//! One object for the deployment would serialise every callback through one thread; one per
+//! task would make the list a scatter-gather. The object is named by the tenant's shard
+//! (`crate::task::tenant_shard`), which the callback capability carries, so Kling's
+//! callbacks reach the right object with no lookup.
+//!
+//! The object runs the flows of `crate::flows::coordinator` with real ports: its SQLite
+//! database, Kling over `fetch`, clients' receivers, Workers KV. Its alarm drives every
+//! schedule (polls, webhook retries, edge copies), so they survive eviction and restarts.
+
+use std::cell::Cell;
+
+use serde_json::json;
+use worker::{durable_object, Env, Method, Request, RequestInit, Response, ScheduledTime, State};
+
+use crate::error::{code, ApiError};
+use crate::flows::coordinator::{Coordinator, Settings};
+use crate::flows::protocol;
+
+use super::clock::{self, WorkerRuntime};
+use super::read_model::KvReadModel;
+use super::settings;
+use super::sql_store::SqlStore;
+use super::upstream::{Kling, QUERY_REFRESH_TIMEOUT_MS};
+use super::webhooks::FetchWebhooks;
+
+/// The Durable Object binding in `wrangler.toml`.
+pub const BINDING: &str = "COORDINATOR";
+/// An alarm never reschedules itself sooner than this, so a task that stays due (a store
+/// that cannot save) cannot spin.
+const ALARM_FLOOR_MS: u64 = 500;
+
+#[durable_object]
+pub struct TaskCoordinator {
+    state: State,
+    env: Env,
+    /// The alarm this object last set, if known (`None`: ask storage).
+    alarm_at: Cell<Option<Option<u64>>>,
+}
+
+impl worker::DurableObject for TaskCoordinator {
+    fn new(state: State, env: Env) -> Self {
+        TaskCoordinator { state, env, alarm_at: Cell::new(None) }
+    }
+
+    async fn fetch(&self, mut request: Request) -> worker::Result<Response> {
+        let answer = match request.json::<protocol::Request>().await {
+            Ok(call) => self.handle(call).await,
+            Err(_) => Err(ApiError::internal("the coordinator got a request it cannot read")),
+        };
+        Response::from_json(&protocol::Response::from(answer))
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        self.alarm_at.set(Some(None));
+        let outcome = self.run_due().await;
+        if let Err(error) = &outcome {
+            WorkerRuntime.log_problem("alarm", &error.message);
+        }
+        self.reschedule(true).await;
+        Response::ok("done")
+    }
+}
+
+impl TaskCoordinator {
+    async fn handle(&self, call: protocol::Request) -> Result<serde_json::Value, ApiError> {
+        let config = settings::config(&self.env)?;
+        let store = SqlStore::open(self.state.storage().sql())?;
+        let kling = Kling::new(&config).with_timeout_ms(QUERY_REFRESH_TIMEOUT_MS);
+        let read_model = KvReadModel::open(&self.env)?;
+        let flow_settings = flow_settings(&config);
+        let coordinator = Coordinator {
+            store: &store,
+            kling: &kling,
+            webhooks: &FetchWebhooks,
+            read_model: &read_model,
+            runtime: &WorkerRuntime,
+            settings: &flow_settings,
+        };
+        coordinator.learn(call.shard(), call.tenant())?;
+        worker::console_log!("{}", json!({"event": "coordinator", "op": call.op()}));
+        let answer = match call {
+            protocol::Request::Register { registration, .. } => coordinator.register(registration),
+            protocol::Request::Report { nonce, endpoint, report, .. } => {
+                coordinator.report(&nonce, endpoint, &report).map(|()| serde_json::Value::Null)
+            }
+            protocol::Request::Query { tenant, endpoint, id, .. } => coordinator
+                .query(&tenant, endpoint, &id)
+                .await?
+                .ok_or_else(|| ApiError::not_found(&format!("task {id}"))),
+            protocol::Request::List { tenant, endpoint, page_num, page_size, .. } => {
+                coordinator.list(&tenant, endpoint, page_num, page_size).map(serde_json::Value::Array)
+            }
+        };
+        self.reschedule(false).await;
+        answer
+    }
+
+    async fn run_due(&self) -> Result<(), ApiError> {
+        let config = settings::config(&self.env)?;
+        let store = SqlStore::open(self.state.storage().sql())?;
+        let kling = Kling::new(&config);
+        let read_model = KvReadModel::open(&self.env)?;
+        let flow_settings = flow_settings(&config);
+        let coordinator = Coordinator {
+            store: &store,
+            kling: &kling,
+            webhooks: &FetchWebhooks,
+            read_model: &read_model,
+            runtime: &WorkerRuntime,
+            settings: &flow_settings,
+        };
+        coordinator.run_due().await
+    }
+
+    /// Sets the alarm for the next thing due, unless an earlier alarm is already set.
+    async fn reschedule(&self, from_alarm: bool) {
+        let Ok(store) = SqlStore::open(self.state.storage().sql()) else { return };
+        let Ok(Some(due)) = crate::ports::TaskStore::next_due(&store) else { return };
+        let now = clock::now_ms();
+        let at = if from_alarm { due.max(now + ALARM_FLOOR_MS) } else { due.max(now) };
+        let storage = self.state.storage();
+        let current = match self.alarm_at.get() {
+            Some(known) => known,
+            None => storage.get_alarm().await.ok().flatten().map(|ms| ms.max(0) as u64),
+        };
+        if current.is_some_and(|current| current <= at) {
+            self.alarm_at.set(Some(current));
+            return;
+        }
+        let date = worker::js_sys::Date::new(&worker::wasm_bindgen::JsValue::from_f64(at as f64));
+        match storage.set_alarm(ScheduledTime::new(date)).await {
+            Ok(()) => self.alarm_at.set(Some(Some(at))),
+            Err(error) => {
+                self.alarm_at.set(None);
+                WorkerRuntime.log_problem("set_alarm", &error.to_string());
+            }
+        }
+    }
+}
+
+fn flow_settings(config: &crate::config::Config) -> Settings {
+    Settings {
+        poll: config.kling_poll.clone(),
+        forward: config.forward_retry.clone(),
+        webhook_key: config.proxy_webhook_key.clone(),
+    }
+}
+
+/// Calls the coordinator of `shard` from the edge.
+pub async fn call(env: &Env, request: &protocol::Request) -> Result<serde_json::Value, ApiError> {
+    let unavailable =
+        || ApiError::new(503, code::UNAVAILABLE, "the task coordinator is unavailable; retry shortly");
+    let namespace = env
+        .durable_object(BINDING)
+        .map_err(|_| ApiError::config(BINDING, "is not bound: add the Durable Object to wrangler.toml"))?;
+    let stub =
+        namespace.id_from_name(request.shard()).and_then(|id| id.get_stub()).map_err(|_| unavailable())?;
+    let body =
+        serde_json::to_string(request).map_err(|_| ApiError::internal("encoding a coordinator call"))?;
+    let mut init = RequestInit::new();
+    init.with_method(Method::Post).with_body(Some(body.into()));
+    let outgoing = Request::new_with_init("https://coordinator/", &init).map_err(|_| unavailable())?;
+    let mut response = stub.fetch_with_request(outgoing).await.map_err(|_| unavailable())?;
+    let answer: protocol::Response = response.json().await.map_err(|_| unavailable())?;
+    answer.into()
+}

@@ -1,0 +1,51 @@
+//! The edge copy of finished tasks in Workers KV: written by the coordinator
+//! (`crate::ports::ReadModel`), read by the edge to answer queries of finished tasks without
+//! the coordinator or Kling.
+//!
+//! KV is eventually consistent between locations and caches reads (misses too) for up to a
+//! minute, which suits what it holds: a finished task changes only if its webhook's outcome
+//! does. A miss, or a copy that is not the caller's, falls back to the coordinator.
+
+use worker::{console_log, Env, KvStore};
+
+use crate::error::ApiError;
+use crate::ports::ReadModel;
+use crate::record::{published_key, PublishedTask, RETENTION_MS};
+
+/// The KV binding in `wrangler.toml`.
+pub const BINDING: &str = "TASKS";
+
+pub struct KvReadModel {
+    kv: KvStore,
+}
+
+impl KvReadModel {
+    pub fn open(env: &Env) -> Result<KvReadModel, ApiError> {
+        env.kv(BINDING)
+            .map(|kv| KvReadModel { kv })
+            .map_err(|_| ApiError::config(BINDING, "is not bound: add the KV namespace to wrangler.toml"))
+    }
+
+    /// The edge copy of a task of this shard, if there is one. A copy that cannot be read
+    /// counts as none: the coordinator answers instead.
+    pub async fn published(&self, shard: &str, task_id: &str) -> Option<PublishedTask> {
+        let text = self.kv.get(&published_key(shard, task_id)).text().await.ok()??;
+        serde_json::from_str(&text).ok()
+    }
+}
+
+impl ReadModel for KvReadModel {
+    async fn put(&self, key: &str, value: &str) -> Result<(), String> {
+        let put = self.kv.put(key, value).map_err(|error| error.to_string())?;
+        put.expiration_ttl(RETENTION_MS / 1000).execute().await.map_err(|error| error.to_string())?;
+        // One line per KV write: `make bench` counts them.
+        console_log!("{}", serde_json::json!({"event": "kv_write", "op": "put"}));
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), String> {
+        self.kv.delete(key).await.map_err(|error| error.to_string())?;
+        console_log!("{}", serde_json::json!({"event": "kv_write", "op": "delete"}));
+        Ok(())
+    }
+}

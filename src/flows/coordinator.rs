@@ -1,0 +1,305 @@
+//! The coordinator's flows: what happens to one tenant's tasks when a create is recorded,
+//! when Kling calls back, when a client asks, and when something falls due (the alarm).
+//!
+//! Written once against the ports of `crate::ports`: the Durable Object runs them with
+//! SQLite, `fetch` and Workers KV; `cargo test` runs them in memory, with faults, races and
+//! crashes between any two steps. The rules themselves are in `crate::record`.
+//!
+//! Every change is a read-modify-write with no `await` inside it, so it is atomic in the
+//! object. Across an `await` (a call to Kling, a webhook, a KV write) the world may change:
+//! each flow re-reads the record afterwards and applies only what the outcome says, so
+//! concurrent callbacks, queries and alarms all converge. Work that falls due is done by
+//! the alarm, which the runtime runs at least once: every step is safe to repeat.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::api;
+use crate::error::{code, ApiError};
+use crate::ports::{ReadModel, Runtime, TaskStore, Upstream, Webhooks};
+use crate::record::{published_key, Publication, TaskRecord, PUBLISH_RETRY_MS};
+use crate::schedule::Schedule;
+use crate::task;
+use crate::webhook::WebhookKey;
+
+/// How many due tasks one alarm handles before scheduling itself again.
+pub const DUE_BATCH: u32 = 25;
+
+/// The settings the flows follow.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `KLING_POLL_SECONDS`.
+    pub poll: Schedule,
+    /// `FORWARD_RETRY_SECONDS`.
+    pub forward: Schedule,
+    /// `PROXY_WEBHOOK_SECRET`'s key, from which each client's signing key is derived.
+    pub webhook_key: Option<WebhookKey>,
+}
+
+/// A create Kling accepted, as the edge reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    pub task_id: String,
+    pub endpoint: u8,
+    pub nonce: String,
+    pub tenant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_callback_url: Option<String>,
+    /// Kling's answer to the create (`data`).
+    pub data: Value,
+}
+
+pub struct Coordinator<'a, S, K, W, R, T> {
+    pub store: &'a S,
+    pub kling: &'a K,
+    pub webhooks: &'a W,
+    pub read_model: &'a R,
+    pub runtime: &'a T,
+    pub settings: &'a Settings,
+}
+
+fn wrong_task() -> ApiError {
+    ApiError::new(403, code::NO_PERMISSION, "callback: this URL belongs to another task")
+}
+
+impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, T: Runtime> Coordinator<'_, S, K, W, R, T> {
+    /// Remembers which tenant and shard this coordinator serves (every call says).
+    pub fn learn(&self, shard: &str, tenant: Option<&str>) -> Result<(), ApiError> {
+        if self.store.meta("shard")?.as_deref() != Some(shard) {
+            self.store.set_meta("shard", shard)?;
+        }
+        if let Some(tenant) = tenant {
+            if self.store.meta("tenant")?.as_deref() != Some(tenant) {
+                self.store.set_meta("tenant", tenant)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a create Kling accepted. A callback may have come first: its report is kept
+    /// and this one merged in. A record with this task id from another create (an upstream
+    /// that repeated an id) is replaced, never merged, and its edge copy removed.
+    pub fn register(&self, registration: Registration) -> Result<Value, ApiError> {
+        let now = self.runtime.now_ms();
+        let Registration { task_id, endpoint, nonce, tenant, client_callback_url, data } = registration;
+        if let Some(bound) = self.store.find_nonce(&nonce)?.filter(|bound| *bound != task_id) {
+            // Only a forged callback (with a leaked URL) could have bound this fresh nonce
+            // to another task before the create's answer: the create's answer wins.
+            self.runtime.log(json!({"event": "nonce_rebound", "task_id": task_id, "dropped": bound}));
+            self.store.delete(&bound)?;
+        }
+        let mut record = match self.store.load(&task_id)? {
+            Some(existing) if existing.nonce == nonce => existing,
+            Some(existing) => {
+                self.runtime.log(json!({"event": "task_id_reused", "task_id": task_id,
+                    "previous_created_at": existing.created_at}));
+                let mut fresh = TaskRecord::new(&task_id, endpoint, &nonce, data.clone(), now);
+                fresh.published = existing.published;
+                fresh
+            }
+            None => TaskRecord::new(&task_id, endpoint, &nonce, data.clone(), now),
+        };
+        record.registered = true;
+        record.endpoint = endpoint;
+        record.tenant = Some(tenant);
+        record.client_callback_url = client_callback_url;
+        record.apply_report(&data, now, &self.settings.poll);
+        if record.next_poll_at.is_none() {
+            record.schedule_poll(now, &self.settings.poll);
+        }
+        record.queue_delivery(now);
+        self.store.save(&record)?;
+        Ok(record.answer())
+    }
+
+    /// Records a callback from Kling, whose capability named this coordinator, `nonce` and
+    /// `endpoint`. The nonce binds to the first task it reports about; a report about
+    /// another task with it is refused, and so is one for a task created with another nonce.
+    pub fn report(&self, nonce: &str, endpoint: u8, report: &Value) -> Result<(), ApiError> {
+        let now = self.runtime.now_ms();
+        let task_id = task::task_id_of(report)
+            .ok_or_else(|| ApiError::bad_param("task_id", "is required (a string)"))?
+            .to_owned();
+        if self.store.find_nonce(nonce)?.is_some_and(|bound| bound != task_id) {
+            return Err(wrong_task());
+        }
+        let mut record = match self.store.load(&task_id)? {
+            Some(record) if record.nonce != nonce || record.endpoint != endpoint => return Err(wrong_task()),
+            Some(record) => record,
+            None => {
+                let mut record = TaskRecord::new(&task_id, endpoint, nonce, report.clone(), now);
+                record.tenant = self.store.meta("tenant")?;
+                record.schedule_poll(now, &self.settings.poll);
+                record.queue_delivery(now);
+                self.store.save(&record)?;
+                return Ok(());
+            }
+        };
+        if record.apply_report(report, now, &self.settings.poll) {
+            self.store.save(&record)?;
+        }
+        Ok(())
+    }
+
+    /// One of the tenant's tasks of `endpoint`, by task id or external task id, as the client
+    /// sees it. A running task that sent no news for a few seconds is refreshed from Kling
+    /// first (by task id only), so a client polling the worker never waits on the schedule.
+    pub async fn query(&self, tenant: &str, endpoint: u8, id: &str) -> Result<Option<Value>, ApiError> {
+        let Some(record) = self.find(tenant, endpoint, id)? else { return Ok(None) };
+        let now = self.runtime.now_ms();
+        if !record.wants_refresh(now) {
+            return Ok(Some(record.answer()));
+        }
+        let task_id = record.task_id.clone();
+        self.poll(&task_id).await?;
+        Ok(self.store.load(&task_id)?.map(|record| record.answer()))
+    }
+
+    fn find(&self, tenant: &str, endpoint: u8, id: &str) -> Result<Option<TaskRecord>, ApiError> {
+        let mine =
+            |record: &TaskRecord| record.tenant.as_deref() == Some(tenant) && record.endpoint == endpoint;
+        if let Some(record) = self.store.load(id)?.filter(mine) {
+            return Ok(Some(record));
+        }
+        let Some(task_id) = self.store.find_external(id)? else { return Ok(None) };
+        Ok(self.store.load(&task_id)?.filter(mine))
+    }
+
+    /// One page of the tenant's tasks of `endpoint`, newest first, from the store alone.
+    pub fn list(
+        &self,
+        tenant: &str,
+        endpoint: u8,
+        page_num: u32,
+        page_size: u32,
+    ) -> Result<Vec<Value>, ApiError> {
+        let offset = page_num.saturating_sub(1).saturating_mul(page_size);
+        Ok(self
+            .store
+            .page(endpoint, offset, page_size)?
+            .into_iter()
+            .filter(|record| record.tenant.as_deref() == Some(tenant))
+            .map(|record| record.answer())
+            .collect())
+    }
+
+    /// The alarm: for each task with something due, in this order, ask Kling about it, try
+    /// its webhook, write its edge copy; then forget what retention allows.
+    pub async fn run_due(&self) -> Result<(), ApiError> {
+        let now = self.runtime.now_ms();
+        for task_id in self.store.due(now, DUE_BATCH)? {
+            if self
+                .store
+                .load(&task_id)?
+                .is_some_and(|record| record.next_poll_at.is_some_and(|at| at <= now))
+            {
+                self.poll(&task_id).await?;
+            }
+            self.deliver(&task_id).await?;
+            self.publish(&task_id).await?;
+        }
+        for task_id in self.store.expired(now, DUE_BATCH)? {
+            self.store.delete(&task_id)?;
+        }
+        Ok(())
+    }
+
+    /// When the alarm should run next.
+    pub fn next_due(&self) -> Result<Option<u64>, ApiError> {
+        self.store.next_due()
+    }
+
+    /// Asks Kling about a task and merges what it says.
+    async fn poll(&self, task_id: &str) -> Result<(), ApiError> {
+        let Some(record) = self.store.load(task_id)? else { return Ok(()) };
+        let Some(endpoint) = api::by_code(record.endpoint) else { return Ok(()) };
+        let answer = self.kling.current_task(endpoint, task_id).await;
+        let now = self.runtime.now_ms();
+        let Some(mut record) = self.store.load(task_id)? else { return Ok(()) };
+        let news = match answer {
+            Ok(data) if task::task_id_of(&data) == Some(task_id) => {
+                record.apply_report(&data, now, &self.settings.poll)
+            }
+            Ok(_) => {
+                self.runtime.log(json!({"event": "poll", "task_id": task_id, "problem": "Kling answered about another task"}));
+                false
+            }
+            Err(problem) => {
+                self.runtime.log(json!({"event": "poll", "task_id": task_id, "problem": problem}));
+                false
+            }
+        };
+        if news {
+            record.last_polled_at = Some(now);
+        } else {
+            record.polled_without_news(now, &self.settings.poll);
+        }
+        self.store.save(&record)
+    }
+
+    /// Makes the webhook attempt that is due, if one is, and records how it went.
+    async fn deliver(&self, task_id: &str) -> Result<(), ApiError> {
+        let now = self.runtime.now_ms();
+        let Some(record) = self.store.load(task_id)?.filter(|record| record.delivery_due(now)) else {
+            return Ok(());
+        };
+        let (Some(url), Some(message_id), Some(app)) =
+            (record.client_callback_url.clone(), record.delivery.message_id.clone(), record.app())
+        else {
+            return Ok(());
+        };
+        let attempt = match &self.settings.webhook_key {
+            Some(key) => {
+                let body = record.webhook_body();
+                let timestamp = i64::try_from(now / 1000).unwrap_or(i64::MAX);
+                let signature = key.for_client(app).sign(&message_id, timestamp, &body);
+                let headers = [
+                    ("Content-Type", "application/json".to_owned()),
+                    ("User-Agent", "kling-edge".to_owned()),
+                    ("webhook-id", message_id.clone()),
+                    ("webhook-timestamp", timestamp.to_string()),
+                    ("webhook-signature", signature),
+                ];
+                self.webhooks.post(&url, &headers, &body).await
+            }
+            None => crate::record::Attempt::Retry {
+                status: None,
+                error: "the deployment has no PROXY_WEBHOOK_SECRET to sign with".into(),
+            },
+        };
+        let now = self.runtime.now_ms();
+        let Some(mut record) = self.store.load(task_id)? else { return Ok(()) };
+        record.record_attempt(&message_id, attempt, now, &self.settings.forward);
+        let delivery = &record.delivery;
+        self.runtime.log(json!({"event": "forward", "task_id": task_id, "message_id": message_id,
+            "state": delivery.state, "attempts": delivery.attempts, "http_status": delivery.last_http_status}));
+        self.store.save(&record)
+    }
+
+    /// Writes (or removes) the task's edge copy, if that is due.
+    async fn publish(&self, task_id: &str) -> Result<(), ApiError> {
+        let now = self.runtime.now_ms();
+        let Some(record) = self.store.load(task_id)? else { return Ok(()) };
+        let Some(publication) = record.publication(now) else { return Ok(()) };
+        let Some(shard) = self.store.meta("shard")? else { return Ok(()) };
+        let key = published_key(&shard, task_id);
+        let (outcome, written) = match &publication {
+            Publication::Put { value, digest } => {
+                (self.read_model.put(&key, value).await, Some(digest.clone()))
+            }
+            Publication::Delete => (self.read_model.delete(&key).await, None),
+        };
+        let Some(mut record) = self.store.load(task_id)? else { return Ok(()) };
+        match outcome {
+            Ok(()) => {
+                record.published = written;
+                record.publish_retry_at = None;
+            }
+            Err(problem) => {
+                self.runtime.log(json!({"event": "publish", "task_id": task_id, "problem": problem}));
+                record.publish_retry_at = Some(self.runtime.now_ms().saturating_add(PUBLISH_RETRY_MS));
+            }
+        }
+        self.store.save(&record)
+    }
+}

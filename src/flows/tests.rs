@@ -1,0 +1,597 @@
+//! The coordinator's flows against in-memory ports: the whole life of a task, with Kling
+//! failing, receivers down, callbacks duplicated, reordered and racing an alarm, and the
+//! alarm cut off at every `await` and run again.
+
+use serde_json::{json, Value};
+
+use super::coordinator::{Coordinator, Registration, Settings};
+use crate::api::VIDEO_TO_AUDIO;
+use crate::record::{published_key, DeliveryState, PublishedTask};
+use crate::schedule::Schedule;
+use crate::testing::{
+    block_on, poll_once, run_until_crash, MemoryKv, MemoryStore, Receiver, ScriptedKling, TestRuntime,
+};
+use crate::webhook::{SignatureHeaders, WebhookKey};
+
+const START: u64 = 1_800_000_000_000;
+const SHARD: &str = "0123456789abcdef0123456789abcdef";
+const TENANT: &str = "web/alice";
+const HOOK: &str = "https://app.example.com/hooks/kling";
+const V2A: u8 = VIDEO_TO_AUDIO.code;
+
+fn deployment_key() -> WebhookKey {
+    WebhookKey::from_secret("whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI=").unwrap()
+}
+
+struct World {
+    store: MemoryStore,
+    kling: ScriptedKling,
+    receiver: Receiver,
+    kv: MemoryKv,
+    runtime: TestRuntime,
+    settings: Settings,
+}
+
+impl World {
+    fn new() -> World {
+        let world = World {
+            store: MemoryStore::default(),
+            kling: ScriptedKling::default(),
+            receiver: Receiver::default(),
+            kv: MemoryKv::default(),
+            runtime: TestRuntime::default(),
+            settings: Settings {
+                poll: Schedule::default_kling_poll(),
+                forward: Schedule::parse("5,300,1800,7200").unwrap(),
+                webhook_key: Some(deployment_key()),
+            },
+        };
+        world.runtime.now.set(START);
+        world
+    }
+
+    fn coordinator(&self) -> Coordinator<'_, MemoryStore, ScriptedKling, Receiver, MemoryKv, TestRuntime> {
+        Coordinator {
+            store: &self.store,
+            kling: &self.kling,
+            webhooks: &self.receiver,
+            read_model: &self.kv,
+            runtime: &self.runtime,
+            settings: &self.settings,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.runtime.now.get()
+    }
+
+    fn advance(&self, ms: u64) {
+        self.runtime.advance(ms);
+        self.receiver.clock.set(self.now());
+    }
+
+    /// Kling's data for the task at a status, as a callback or a query carries it.
+    fn data(&self, task_id: &str, status: &str, updated_at: u64, audios: bool) -> Value {
+        let mut data = json!({"task_id": task_id, "task_status": status, "updated_at": updated_at,
+                              "task_info": {"external_task_id": format!("ext-{task_id}")}});
+        if audios {
+            data["task_result"] = json!({"videos": [{"id": "v", "url": "https://kling.example/v.mp4"}],
+                                         "audios": [{"id": "a", "url_mp3": "https://kling.example/a.mp3"}]});
+        }
+        data
+    }
+
+    fn register(&self, task_id: &str, nonce: &str, webhook: bool) -> Value {
+        let coordinator = self.coordinator();
+        coordinator.learn(SHARD, Some(TENANT)).unwrap();
+        let data = self.data(task_id, "submitted", START, false);
+        self.kling.set(data.clone());
+        coordinator
+            .register(Registration {
+                task_id: task_id.into(),
+                endpoint: V2A,
+                nonce: nonce.into(),
+                tenant: TENANT.into(),
+                client_callback_url: webhook.then(|| HOOK.to_owned()),
+                data,
+            })
+            .unwrap()
+    }
+
+    fn callback(&self, nonce: &str, data: &Value) -> Result<(), crate::error::ApiError> {
+        let coordinator = self.coordinator();
+        coordinator.learn(SHARD, None)?;
+        coordinator.report(nonce, V2A, data)
+    }
+
+    /// Kling moves the task on (what a query now answers), and calls back unless `silent`.
+    fn kling_moves(
+        &self,
+        task_id: &str,
+        nonce: &str,
+        status: &str,
+        updated_at: u64,
+        audios: bool,
+        silent: bool,
+    ) {
+        let data = self.data(task_id, status, updated_at, audios);
+        self.kling.set(data.clone());
+        if !silent {
+            self.callback(nonce, &data).unwrap();
+        }
+    }
+
+    /// Runs every alarm due within the next `ms`, moving the clock from one to the next.
+    fn run_alarms_for(&self, ms: u64) {
+        let end = self.now() + ms;
+        for _ in 0..10_000 {
+            match self.coordinator().next_due().unwrap() {
+                Some(due) if due <= end => {
+                    if due > self.now() {
+                        self.advance(due - self.now());
+                    }
+                    block_on(self.coordinator().run_due()).unwrap();
+                }
+                _ => break,
+            }
+        }
+        if end > self.now() {
+            self.advance(end - self.now());
+        }
+    }
+
+    fn record(&self, task_id: &str) -> crate::record::TaskRecord {
+        use crate::ports::TaskStore;
+        self.store.load(task_id).unwrap().expect("the task is recorded")
+    }
+
+    fn published(&self, task_id: &str) -> Option<PublishedTask> {
+        self.kv.entries.borrow().get(&published_key(SHARD, task_id)).map(|v| serde_json::from_str(v).unwrap())
+    }
+
+    fn message_ids(&self) -> Vec<String> {
+        self.receiver.deliveries.borrow().iter().map(|d| d.headers["webhook-id"].clone()).collect()
+    }
+}
+
+#[test]
+fn a_task_lives_its_whole_life_with_one_kv_write_and_one_webhook() {
+    let world = World::new();
+    let answer = world.register("t1", "n1", true);
+    assert_eq!(answer["task_status"], "submitted");
+    assert_eq!(answer["delivery"]["state"], "none");
+    world.kling_moves("t1", "n1", "submitted", START + 1, false, false);
+    world.advance(1_000);
+    world.kling_moves("t1", "n1", "processing", START + 2, false, false);
+    for _ in 0..10 {
+        let seen = block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap().unwrap();
+        assert_eq!(seen["task_status"], "processing");
+    }
+    assert_eq!(world.kling.calls.get(), 0, "fresh news: queries answered from the store");
+    world.advance(1_000);
+    world.kling_moves("t1", "n1", "succeed", START + 3, true, false);
+    world.run_alarms_for(1_000);
+
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
+    let delivery = &world.receiver.deliveries.borrow()[0];
+    assert_eq!(delivery.url, HOOK);
+    let body: Value = serde_json::from_slice(&delivery.body).unwrap();
+    assert_eq!((body["tenant"].as_str(), body["task_status"].as_str()), (Some(TENANT), Some("succeed")));
+    let headers = SignatureHeaders {
+        id: Some(&delivery.headers["webhook-id"]),
+        timestamp: Some(&delivery.headers["webhook-timestamp"]),
+        signature: Some(&delivery.headers["webhook-signature"]),
+    };
+    let web = deployment_key().for_client("web");
+    assert_eq!(
+        web.verify(&headers, &delivery.body, (world.now() / 1000) as i64),
+        Ok(()),
+        "signed with web's key"
+    );
+    assert!(deployment_key()
+        .for_client("other")
+        .verify(&headers, &delivery.body, (world.now() / 1000) as i64)
+        .is_err());
+
+    let published = world.published("t1").expect("published to the edge");
+    assert_eq!(published.tenant, TENANT);
+    assert_eq!(published.task["delivery"]["state"], "delivered");
+    assert_eq!(world.kv.writes.get(), 1, "one KV write for the whole life");
+    world.run_alarms_for(3 * 24 * 3600 * 1000);
+    assert_eq!(
+        (world.kv.writes.get(), world.receiver.deliveries.borrow().len()),
+        (1, 1),
+        "and nothing after"
+    );
+    assert_eq!(world.kling.calls.get(), 0, "callbacks came: Kling was never polled");
+}
+
+#[test]
+fn a_callback_before_the_creates_answer_is_merged_not_lost() {
+    let world = World::new();
+    world.coordinator().learn(SHARD, Some(TENANT)).unwrap();
+    world.kling.set(world.data("t1", "processing", START + 5, false));
+    world.callback("n1", &world.data("t1", "processing", START + 5, false)).unwrap();
+    let answer = world.register("t1", "n1", true);
+    assert_eq!(answer["task_status"], "processing", "the older create answer does not regress it");
+    let record = world.record("t1");
+    assert!(record.registered);
+    assert_eq!(record.client_callback_url.as_deref(), Some(HOOK));
+    world.kling_moves("t1", "n1", "failed", START + 9, false, false);
+    world.run_alarms_for(1_000);
+    assert_eq!(world.message_ids(), ["msg_t1_failed"]);
+}
+
+#[test]
+fn a_callback_to_a_coordinator_that_never_met_its_tenant_waits_for_it() {
+    let world = World::new();
+    world.callback("n1", &world.data("t1", "succeed", START + 5, true)).unwrap();
+    world.run_alarms_for(1_000);
+    assert_eq!(world.kv.writes.get(), 0, "no tenant yet: nothing published");
+    world.register("t1", "n1", true);
+    world.run_alarms_for(1_000);
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
+    assert_eq!(world.published("t1").unwrap().tenant, TENANT);
+}
+
+#[test]
+fn duplicated_and_reordered_callbacks_always_end_the_same() {
+    let reports = |world: &World| {
+        vec![
+            world.data("t1", "submitted", START + 1, false),
+            world.data("t1", "processing", START + 2, false),
+            world.data("t1", "succeed", START + 3, true),
+            world.data("t1", "processing", START + 2, false),
+            world.data("t1", "succeed", START + 3, true),
+        ]
+    };
+    // Every order of five reports (120), two of them duplicates.
+    let mut orders = vec![];
+    permutations(&mut (0..5).collect::<Vec<_>>(), 0, &mut orders);
+    assert_eq!(orders.len(), 120);
+    for order in orders {
+        let world = World::new();
+        world.register("t1", "n1", true);
+        for &i in &order {
+            world.callback("n1", &reports(&world)[i]).unwrap();
+            world.advance(10);
+        }
+        world.run_alarms_for(60_000);
+        let record = world.record("t1");
+        assert_eq!(record.data["task_status"], "succeed", "{order:?}");
+        assert_eq!(world.message_ids(), ["msg_t1_succeed"], "{order:?}");
+        assert_eq!(world.kv.writes.get(), 1, "{order:?}");
+        let listed = world.coordinator().list(TENANT, V2A, 1, 30).unwrap();
+        assert_eq!(listed.len(), 1, "listed once: {order:?}");
+    }
+}
+
+fn permutations(items: &mut Vec<usize>, k: usize, out: &mut Vec<Vec<usize>>) {
+    if k == items.len() {
+        out.push(items.clone());
+        return;
+    }
+    for i in k..items.len() {
+        items.swap(k, i);
+        permutations(items, k + 1, out);
+        items.swap(k, i);
+    }
+}
+
+#[test]
+fn a_callback_racing_an_alarms_poll_is_never_undone() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    // The alarm's poll is on its way to Kling, which still says processing...
+    world.kling.set(world.data("t1", "processing", START + 2, false));
+    world.advance(30_000);
+    let coordinator = world.coordinator();
+    let mut alarm = std::pin::pin!(coordinator.run_due());
+    assert!(poll_once(alarm.as_mut()).is_none(), "the alarm waits on Kling");
+    // ...when the final callback arrives.
+    world.callback("n1", &world.data("t1", "succeed", START + 3, true)).unwrap();
+    block_on(alarm).unwrap();
+    assert_eq!(world.record("t1").data["task_status"], "succeed", "the older poll answer did not regress it");
+    world.run_alarms_for(1_000);
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
+    assert!(world.published("t1").unwrap().task["task_result"]["audios"].is_array());
+}
+
+#[test]
+fn a_task_kling_never_calls_back_about_is_found_by_polling() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    world.kling_moves("t1", "n1", "processing", START + 2, false, true);
+    world.run_alarms_for(29_000);
+    assert_eq!(world.kling.calls.get(), 0, "the first poll waits 30 s");
+    world.run_alarms_for(2_000);
+    assert_eq!(world.kling.calls.get(), 1);
+    assert_eq!(world.record("t1").data["task_status"], "processing");
+    world.kling_moves("t1", "n1", "succeed", START + 3, true, true);
+    world.run_alarms_for(10 * 60_000);
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"], "forwarded as if the callback had come");
+    assert_eq!(world.published("t1").unwrap().task["task_status"], "succeed");
+    let polls = world.kling.calls.get();
+    world.run_alarms_for(24 * 3600 * 1000);
+    assert_eq!(world.kling.calls.get(), polls, "a complete task is never polled again");
+}
+
+#[test]
+fn polls_slow_down_and_stop_after_a_day() {
+    let world = World::new();
+    world.register("t1", "n1", false);
+    world.run_alarms_for(10 * 60_000);
+    // 30 s, then 1, 2, 5 min after each: polls at 0:30, 1:30, 3:30, 8:30.
+    assert_eq!(world.kling.calls.get(), 4);
+    world.run_alarms_for(25 * 3600 * 1000);
+    let total = world.kling.calls.get();
+    assert!((140..=150).contains(&total), "every 10 min for the rest of the day: {total}");
+    world.run_alarms_for(24 * 3600 * 1000);
+    assert_eq!(world.kling.calls.get(), total, "none after the horizon");
+}
+
+#[test]
+fn kling_failing_during_polls_only_delays_the_result() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    world.kling_moves("t1", "n1", "succeed", START + 3, true, true);
+    world.kling.faults.borrow_mut().extend(["Kling answered 503".to_owned(), "no answer in time".to_owned()]);
+    world.run_alarms_for(2 * 60_000);
+    assert_eq!(world.record("t1").data["task_status"], "submitted", "two failed polls");
+    world.run_alarms_for(3 * 60_000);
+    assert_eq!(world.record("t1").data["task_status"], "succeed");
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
+    let logged = world.runtime.logs.borrow().iter().filter(|l| l["event"] == "poll").count();
+    assert_eq!(logged, 2);
+}
+
+#[test]
+fn a_receiver_down_for_a_while_still_gets_the_webhook_under_one_id() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    world.receiver.down.set(true);
+    world.kling_moves("t1", "n1", "failed", START + 3, false, false);
+    world.run_alarms_for(6_000);
+    let record = world.record("t1");
+    assert_eq!((record.delivery.state, record.delivery.attempts), (DeliveryState::Pending, 2));
+    assert_eq!(record.delivery.last_error.as_deref(), Some("the receiver was unreachable"));
+    assert_eq!(
+        world.published("t1").unwrap().task["delivery"]["state"],
+        "pending",
+        "published after the first attempt"
+    );
+    world.receiver.down.set(false);
+    world.receiver.answers.borrow_mut().extend([503, 500]);
+    world.run_alarms_for(4 * 3600 * 1000);
+    assert_eq!(world.message_ids(), ["msg_t1_failed"; 3], "two refusals, then delivered: one id throughout");
+    let record = world.record("t1");
+    assert_eq!((record.delivery.state, record.delivery.attempts), (DeliveryState::Delivered, 5));
+    assert_eq!(world.published("t1").unwrap().task["delivery"]["state"], "delivered");
+    assert_eq!(world.kv.writes.get(), 2, "a failed first attempt costs one more write");
+    let gaps: Vec<u64> =
+        world.receiver.deliveries.borrow().windows(2).map(|pair| pair[1].at - pair[0].at).collect();
+    assert_eq!(gaps, [1_800_000, 7_200_000], "FORWARD_RETRY_SECONDS apart");
+}
+
+#[test]
+fn a_receiver_that_never_recovers_is_given_up_on_after_the_schedule() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    world.receiver.down.set(true);
+    world.kling_moves("t1", "n1", "failed", START + 3, false, false);
+    world.run_alarms_for(24 * 3600 * 1000);
+    let record = world.record("t1");
+    assert_eq!((record.delivery.state, record.delivery.attempts), (DeliveryState::Failed, 5));
+    assert_eq!(world.published("t1").unwrap().task["delivery"]["state"], "failed");
+    assert_eq!(world.coordinator().next_due().unwrap(), None, "nothing left to do");
+}
+
+#[test]
+fn a_refusing_receiver_is_not_retried() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    world.receiver.answers.borrow_mut().push_back(410);
+    world.kling_moves("t1", "n1", "failed", START + 3, false, false);
+    world.run_alarms_for(24 * 3600 * 1000);
+    assert_eq!(world.message_ids().len(), 1);
+    assert_eq!(world.record("t1").delivery.last_http_status, Some(410));
+}
+
+#[test]
+fn the_alarm_cut_off_at_any_await_is_made_whole_by_the_next_one() {
+    for cut_after in 1..12 {
+        let world = World::new();
+        world.register("t1", "n1", true);
+        world.kling_moves("t1", "n1", "succeed", START + 3, false, false);
+        world.kling.set(world.data("t1", "succeed", START + 3, true));
+        world.advance(1);
+        // The alarm: poll (completes the result), deliver, publish; cut at each await.
+        let finished = run_until_crash(world.coordinator().run_due(), cut_after);
+        world.run_alarms_for(3600 * 1000);
+        let record = world.record("t1");
+        assert_eq!(record.data["task_status"], "succeed", "cut after {cut_after}");
+        assert_eq!(record.delivery.state, DeliveryState::Delivered, "cut after {cut_after}");
+        let ids = world.message_ids();
+        assert!(!ids.is_empty(), "cut after {cut_after}: at least once");
+        assert!(
+            ids.iter().all(|id| id == "msg_t1_succeed"),
+            "cut after {cut_after}: one id, no partial: {ids:?}"
+        );
+        assert!(ids.len() <= 2, "a duplicate only when cut between the POST and its record");
+        let published = world.published("t1").expect("published in the end");
+        assert_eq!(published.task["delivery"]["state"], "delivered", "cut after {cut_after}");
+        if finished.is_some() {
+            assert_eq!(ids.len(), 1);
+        }
+    }
+}
+
+#[test]
+fn a_succeed_without_audios_is_completed_before_it_is_forwarded() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    world.kling.set(world.data("t1", "succeed", START + 3, true));
+    world.callback("n1", &world.data("t1", "succeed", START + 3, false)).unwrap();
+    world.run_alarms_for(1_000);
+    assert_eq!(world.kling.calls.get(), 1, "one poll, at once");
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"], "never a partial when Kling has the audios");
+}
+
+#[test]
+fn a_succeed_kling_cannot_complete_goes_out_partial_then_complete() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    world.kling_moves("t1", "n1", "succeed", START + 3, false, false);
+    world.run_alarms_for(1_000);
+    assert_eq!(world.message_ids(), ["msg_t1_succeed_partial"]);
+    assert!(world.published("t1").is_none(), "an incomplete result is not published");
+    world.kling.set(world.data("t1", "succeed", START + 4, true));
+    world.run_alarms_for(2 * 60_000);
+    assert_eq!(world.message_ids(), ["msg_t1_succeed_partial", "msg_t1_succeed"]);
+    assert!(world.published("t1").is_some());
+}
+
+#[test]
+fn forged_and_misdirected_callbacks_are_refused_and_change_nothing() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    world.register("t2", "n2", false);
+    let before = world.store.all();
+    let refused = world.callback("n2", &world.data("t1", "succeed", START + 9, true)).unwrap_err();
+    assert_eq!((refused.status, refused.code), (403, 1103), "another task's nonce");
+    let refused = world.callback("n1", &world.data("t9", "succeed", START + 9, true)).unwrap_err();
+    assert_eq!(refused.status, 403, "a nonce bound to t1 cannot speak for t9");
+    assert_eq!(
+        world
+            .coordinator()
+            .report("n1", 99, &world.data("t1", "failed", START + 9, false))
+            .unwrap_err()
+            .status,
+        403
+    );
+    assert_eq!(world.store.all(), before);
+}
+
+#[test]
+fn a_task_id_kling_hands_out_again_replaces_the_old_task() {
+    let world = World::new();
+    world.register("t1", "old", false);
+    world.kling_moves("t1", "old", "succeed", START + 3, true, false);
+    world.run_alarms_for(1_000);
+    assert!(world.published("t1").is_some());
+    world.advance(60_000);
+    let answer = world.register("t1", "new", false);
+    assert_eq!(answer["task_status"], "submitted", "not merged into the old, finished task");
+    assert!(world.runtime.logs.borrow().iter().any(|l| l["event"] == "task_id_reused"));
+    world.run_alarms_for(1_000);
+    assert!(world.published("t1").is_none(), "the old task's edge copy is removed");
+    assert_eq!(world.callback("old", &world.data("t1", "failed", START + 9, false)).unwrap_err().status, 403);
+    world.kling_moves("t1", "new", "succeed", START + 70_000, true, false);
+    world.run_alarms_for(1_000);
+    assert_eq!(world.published("t1").unwrap().task["updated_at"], START + 70_000);
+    assert_eq!(world.coordinator().list(TENANT, V2A, 1, 30).unwrap().len(), 1);
+}
+
+#[test]
+fn a_poll_answered_about_another_task_is_never_merged() {
+    let world = World::new();
+    world.register("t1", "n1", false);
+    world.kling.set(world.data("other", "succeed", START + 3, true));
+    *world.kling.answer_with.borrow_mut() = Some("other".into());
+    world.run_alarms_for(31_000);
+    assert_eq!(world.record("t1").data["task_status"], "submitted");
+    assert!(world.runtime.logs.borrow().iter().any(|l| l["problem"] == "Kling answered about another task"));
+}
+
+#[test]
+fn queries_find_by_task_or_external_id_refresh_only_when_stale_and_stay_in_their_tenant() {
+    let world = World::new();
+    world.register("t1", "n1", false);
+    let by_external = block_on(world.coordinator().query(TENANT, V2A, "ext-t1")).unwrap().unwrap();
+    assert_eq!(by_external["task_id"], "t1");
+    assert_eq!(world.kling.calls.get(), 0, "fresh: no call to Kling");
+    world.kling.set(world.data("t1", "processing", START + 2, false));
+    world.advance(6_000);
+    let refreshed = block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap().unwrap();
+    assert_eq!((refreshed["task_status"].as_str(), world.kling.calls.get()), (Some("processing"), 1));
+    for _ in 0..5 {
+        block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap();
+    }
+    assert_eq!(world.kling.calls.get(), 1, "at most one refresh every few seconds");
+    assert_eq!(block_on(world.coordinator().query("web/bob", V2A, "t1")).unwrap(), None);
+    assert_eq!(
+        block_on(world.coordinator().query(TENANT, V2A + 1, "t1")).unwrap(),
+        None,
+        "another endpoint's path"
+    );
+    assert_eq!(block_on(world.coordinator().query(TENANT, V2A, "nope")).unwrap(), None);
+}
+
+#[test]
+fn the_list_pages_newest_first() {
+    let world = World::new();
+    for i in 0..5 {
+        world.register(&format!("t{i}"), &format!("n{i}"), false);
+        world.advance(1_000);
+    }
+    let ids = |page: u32, size: u32| -> Vec<String> {
+        world
+            .coordinator()
+            .list(TENANT, V2A, page, size)
+            .unwrap()
+            .iter()
+            .map(|t| t["task_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(1, 30), ["t4", "t3", "t2", "t1", "t0"]);
+    assert_eq!(ids(2, 2), ["t2", "t1"]);
+    assert_eq!(ids(3, 2), ["t0"]);
+    assert!(ids(4, 2).is_empty());
+    assert!(world.coordinator().list("web/bob", V2A, 1, 30).unwrap().is_empty());
+}
+
+#[test]
+fn a_kv_outage_delays_the_edge_copy_only() {
+    let world = World::new();
+    world.register("t1", "n1", false);
+    world.kv.broken.set(true);
+    world.kling_moves("t1", "n1", "failed", START + 3, false, false);
+    world.run_alarms_for(10_000);
+    assert!(world.published("t1").is_none());
+    assert_eq!(
+        block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap().unwrap()["task_status"],
+        "failed"
+    );
+    world.kv.broken.set(false);
+    world.run_alarms_for(30_000);
+    assert!(world.published("t1").is_some(), "written on the next try");
+}
+
+#[test]
+fn a_storage_outage_is_an_error_not_a_loss() {
+    let world = World::new();
+    world.register("t1", "n1", false);
+    world.store.broken.set(true);
+    let error = world.callback("n1", &world.data("t1", "failed", START + 3, false)).unwrap_err();
+    assert_eq!(error.status, 503, "the callback is refused, so Kling (or the poller) reports it again");
+    world.store.broken.set(false);
+    assert_eq!(world.record("t1").data["task_status"], "submitted");
+}
+
+#[test]
+fn finished_tasks_are_forgotten_after_retention() {
+    let world = World::new();
+    world.register("t1", "n1", false);
+    world.kling_moves("t1", "n1", "failed", START + 3, false, false);
+    world.run_alarms_for(1_000);
+    world.register("t2", "n2", false);
+    world.advance(31 * 24 * 3600 * 1000);
+    world.kling_moves("t2", "n2", "failed", START + 3, false, false);
+    world.run_alarms_for(1_000);
+    use crate::ports::TaskStore;
+    assert!(world.store.load("t1").unwrap().is_none());
+    assert!(
+        world.store.load("t2").unwrap().is_some(),
+        "t2 finished just now: retention counts from its last news"
+    );
+}

@@ -1,0 +1,555 @@
+//! What the coordinator keeps about each task, and the rules of a task's life: when Kling
+//! is asked about it again, when and how often its webhook is attempted, and when the
+//! answer clients read at the edge (the Workers KV copy) must be written or removed.
+//!
+//! Every rule here is a plain function of the record and the time, so the flows that drive
+//! them (`crate::flows::coordinator`) stay short and the rules are tested one by one.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::api::{self, Results};
+use crate::schedule::{Schedule, POLL_HORIZON_MS};
+use crate::task;
+
+/// Copies at the edge expire with Kling's files, 30 days after they were written; so does a
+/// finished task's record in the coordinator.
+pub const RETENTION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+/// A query of a running task asks Kling itself when nothing was heard for this long.
+pub const QUERY_REFRESH_MS: u64 = 5_000;
+/// A write of the edge copy that failed is tried again after this long.
+pub const PUBLISH_RETRY_MS: u64 = 30_000;
+
+/// One task, as its coordinator keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    /// The endpoint's code (`crate::api`): which Kling path knows the task.
+    pub endpoint: u8,
+    /// The client that created it; unknown only while a callback has arrived before the
+    /// create's answer was recorded, in a coordinator that never heard from its tenant.
+    pub tenant: Option<String>,
+    /// The nonce of the create's callback capability: only callbacks carrying it may report
+    /// about this task.
+    pub nonce: String,
+    /// The client's own webhook, if it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_callback_url: Option<String>,
+    /// Kling's latest `data` for the task, as Kling reported it.
+    pub data: Value,
+    /// When the worker first learned of the task (epoch ms): orders the task list.
+    pub created_at: u64,
+    /// Whether the create's own answer has been recorded (a callback may come first).
+    pub registered: bool,
+    /// The last time a report changed what is known (epoch ms).
+    pub last_news_at: u64,
+    /// Polls since that news that learned nothing: how far along the poll schedule it is.
+    pub polls_since_news: u32,
+    pub next_poll_at: Option<u64>,
+    pub last_polled_at: Option<u64>,
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// A digest of what the edge copy holds for this task id, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish_retry_at: Option<u64>,
+}
+
+/// The forwarding of a finished task to the client's webhook.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub state: DeliveryState,
+    /// The `webhook-id` of the message being (or last) forwarded: the same on every attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    /// Attempts made for that message.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_http_status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the last attempt was made (epoch ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Nothing to forward (yet, or ever: no client webhook).
+    #[default]
+    None,
+    /// A message waits for its next attempt.
+    Pending,
+    Delivered,
+    /// The receiver refused the message, or every attempt of the schedule failed.
+    Failed,
+}
+
+/// How one webhook attempt went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// Any 2xx.
+    Delivered(u16),
+    /// Worth another attempt: 5xx, 408, 429, or no answer at all.
+    Retry { status: Option<u16>, error: String },
+    /// The receiver refused the message (another 4xx, a redirect): retrying cannot help.
+    GiveUp { status: u16 },
+}
+
+impl Attempt {
+    /// The outcome of an attempt the receiver answered with `status`.
+    pub fn from_status(status: u16) -> Attempt {
+        match status {
+            200..=299 => Attempt::Delivered(status),
+            408 | 429 | 500..=599 => {
+                Attempt::Retry { status: Some(status), error: format!("the receiver answered {status}") }
+            }
+            _ => Attempt::GiveUp { status },
+        }
+    }
+}
+
+/// What the edge copy of a task needs now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Publication {
+    /// Write this answer (JSON of [`PublishedTask`]) under the task's key.
+    Put { value: String, digest: String },
+    /// Remove what the key holds (it belonged to an earlier task with the same id).
+    Delete,
+}
+
+/// The edge copy of a finished task (Workers KV): what a query at the edge answers with,
+/// without asking the coordinator or Kling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PublishedTask {
+    pub tenant: String,
+    pub endpoint: u8,
+    /// The task's answer: Kling's data, plus `delivery` when the client gave a webhook.
+    pub task: Value,
+}
+
+/// The key of a task's edge copy: `task:v2:{shard}:{task_id}` (at most 109 bytes).
+pub fn published_key(shard: &str, task_id: &str) -> String {
+    format!("task:v2:{shard}:{task_id}")
+}
+
+impl TaskRecord {
+    /// A task first heard of at `now`, from a create answer or a callback. It is listed by
+    /// Kling's own `created_at` when the report has one.
+    pub fn new(task_id: &str, endpoint: u8, nonce: &str, data: Value, now: u64) -> TaskRecord {
+        let created_at = data.get("created_at").and_then(Value::as_u64).filter(|at| *at > 0).unwrap_or(now);
+        TaskRecord {
+            task_id: task_id.to_owned(),
+            endpoint,
+            tenant: None,
+            nonce: nonce.to_owned(),
+            client_callback_url: None,
+            data,
+            created_at,
+            registered: false,
+            last_news_at: now,
+            polls_since_news: 0,
+            next_poll_at: None,
+            last_polled_at: None,
+            delivery: Delivery::default(),
+            published: None,
+            publish_retry_at: None,
+        }
+    }
+
+    pub fn results(&self) -> Results {
+        api::by_code(self.endpoint).map_or(Results::Audios, |endpoint| endpoint.results)
+    }
+
+    pub fn is_complete(&self) -> bool {
+        task::is_complete(&self.data, self.results())
+    }
+
+    /// The `PROXY_API_KEYS` name behind the tenant (`web` for `web` and for `web/alice`):
+    /// whose webhook secret signs this task's webhooks.
+    pub fn app(&self) -> Option<&str> {
+        self.tenant.as_deref().map(|tenant| tenant.split('/').next().unwrap_or(tenant))
+    }
+
+    /// Merges a report from Kling (callback, poll or create answer). Returns whether it
+    /// changed what is known; if so, it counts as news: the poll schedule starts over and a
+    /// newly final state is queued for the client's webhook.
+    pub fn apply_report(&mut self, report: &Value, now: u64, poll: &Schedule) -> bool {
+        let Some(merged) = task::merge(&self.data, report, self.results()) else {
+            return false;
+        };
+        self.data = merged;
+        self.last_news_at = now;
+        self.polls_since_news = 0;
+        self.schedule_poll(now, poll);
+        self.queue_delivery(now);
+        true
+    }
+
+    /// After a poll that learned nothing new (or failed): the next one is further away.
+    pub fn polled_without_news(&mut self, now: u64, poll: &Schedule) {
+        self.last_polled_at = Some(now);
+        self.polls_since_news = self.polls_since_news.saturating_add(1);
+        self.schedule_poll(now, poll);
+    }
+
+    /// When Kling is asked next: never once complete or a day after creation; at once for a
+    /// `succeed` that lacks its files (the first time); else after the schedule's next delay.
+    pub fn schedule_poll(&mut self, now: u64, poll: &Schedule) {
+        self.next_poll_at = if self.is_complete() {
+            None
+        } else if task::is_incomplete_success(&self.data, self.results()) && self.polls_since_news == 0 {
+            Some(now)
+        } else {
+            let at = now.saturating_add(poll.repeating_delay_ms(self.polls_since_news));
+            (at <= self.created_at.saturating_add(POLL_HORIZON_MS)).then_some(at)
+        };
+    }
+
+    /// Whether a query should ask Kling now rather than answer from what is known.
+    pub fn wants_refresh(&self, now: u64) -> bool {
+        let heard = self.last_news_at.max(self.last_polled_at.unwrap_or(0));
+        !self.is_complete() && now.saturating_sub(heard) >= QUERY_REFRESH_MS
+    }
+
+    /// Queues the task's current final state for the client's webhook, unless that very
+    /// message is already queued or done. A `succeed` still without its files is a message
+    /// of its own (`..._partial`); the complete one follows under its own id.
+    pub fn queue_delivery(&mut self, now: u64) {
+        if self.client_callback_url.is_none() || !task::is_final(&self.data) {
+            return;
+        }
+        let message_id = task::forward_message_id(&self.data, self.results());
+        if self.delivery.message_id.as_deref() == Some(message_id.as_str()) {
+            return;
+        }
+        self.delivery = Delivery {
+            state: DeliveryState::Pending,
+            message_id: Some(message_id),
+            attempts: 0,
+            next_attempt_at: Some(now),
+            ..Delivery::default()
+        };
+    }
+
+    /// Records how an attempt to send `message_id` went. An attempt of a message since
+    /// replaced (the complete result after a partial one) changes nothing.
+    pub fn record_attempt(&mut self, message_id: &str, attempt: Attempt, now: u64, forward: &Schedule) {
+        let delivery = &mut self.delivery;
+        if delivery.message_id.as_deref() != Some(message_id) || delivery.state != DeliveryState::Pending {
+            return;
+        }
+        delivery.attempts = delivery.attempts.saturating_add(1);
+        delivery.updated_at = Some(now);
+        match attempt {
+            Attempt::Delivered(status) => {
+                delivery.state = DeliveryState::Delivered;
+                delivery.last_http_status = Some(status);
+                delivery.last_error = None;
+                delivery.next_attempt_at = None;
+            }
+            Attempt::GiveUp { status } => {
+                delivery.state = DeliveryState::Failed;
+                delivery.last_http_status = Some(status);
+                delivery.last_error = Some(format!("the receiver answered {status}"));
+                delivery.next_attempt_at = None;
+            }
+            Attempt::Retry { status, error } => {
+                delivery.last_http_status = status;
+                delivery.last_error = Some(error);
+                match forward.retry_delay_ms(delivery.attempts) {
+                    Some(delay) => delivery.next_attempt_at = Some(now.saturating_add(delay)),
+                    None => {
+                        delivery.state = DeliveryState::Failed;
+                        delivery.next_attempt_at = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the delivery's next attempt is due at `now` (and can be made: the tenant,
+    /// whose secret signs it, is known).
+    pub fn delivery_due(&self, now: u64) -> bool {
+        self.delivery.state == DeliveryState::Pending
+            && self.tenant.is_some()
+            && self.delivery.next_attempt_at.is_some_and(|at| at <= now)
+    }
+
+    /// The answer a client gets for this task: Kling's data, plus a `delivery` object when
+    /// it has a webhook.
+    pub fn answer(&self) -> Value {
+        let mut answer = self.data.clone();
+        if self.client_callback_url.is_some() {
+            if let (Some(object), Ok(delivery)) =
+                (answer.as_object_mut(), serde_json::to_value(&self.delivery))
+            {
+                object.insert("delivery".into(), delivery);
+            }
+        }
+        answer
+    }
+
+    /// The body of the webhook: Kling's data, plus `tenant`, the client that created the
+    /// task (for a browser user, `{app}/{sub}`).
+    pub fn webhook_body(&self) -> Vec<u8> {
+        let mut body = self.data.as_object().cloned().unwrap_or_default();
+        body.insert("tenant".into(), Value::String(self.tenant.clone().unwrap_or_default()));
+        Value::Object(body).to_string().into_bytes()
+    }
+
+    /// What the edge copy needs now, if anything: the answer once the task is complete (and
+    /// its first webhook attempt made, so the copy says how it went), or removal of a copy
+    /// an earlier task with this id left.
+    pub fn publication(&self, now: u64) -> Option<Publication> {
+        if self.publish_retry_at.is_some_and(|at| at > now) {
+            return None;
+        }
+        let Some(tenant) = &self.tenant else { return None };
+        if !self.is_complete() {
+            return self.published.is_some().then_some(Publication::Delete);
+        }
+        if self.delivery.state == DeliveryState::Pending && self.delivery.attempts == 0 {
+            return None;
+        }
+        // The copy is written again when the data or the delivery's outcome changes, not on
+        // every attempt of a delivery still being retried (a write per attempt would cost
+        // more than it tells).
+        let stable = json!([self.data, self.delivery.state, self.delivery.message_id]);
+        let digest = digest(&stable.to_string());
+        if self.published.as_deref() == Some(digest.as_str()) {
+            return None;
+        }
+        let published =
+            PublishedTask { tenant: tenant.clone(), endpoint: self.endpoint, task: self.answer() };
+        let value = serde_json::to_string(&published).ok()?;
+        Some(Publication::Put { value, digest })
+    }
+
+    /// The next time something is due for this task (epoch ms; 0 for "at once"): a poll, a
+    /// webhook attempt, or a write of its edge copy.
+    pub fn due_at(&self) -> Option<u64> {
+        let delivery = (self.delivery.state == DeliveryState::Pending && self.tenant.is_some())
+            .then_some(self.delivery.next_attempt_at)
+            .flatten();
+        let publish = self.publication(u64::MAX).map(|_| self.publish_retry_at.unwrap_or(0));
+        [self.next_poll_at, delivery, publish].into_iter().flatten().min()
+    }
+
+    /// Whether the record may be forgotten at `now`: nothing left to do, and no news for
+    /// longer than retention.
+    pub fn expired(&self, now: u64) -> bool {
+        self.due_at().is_none() && now.saturating_sub(self.last_news_at.max(self.created_at)) > RETENTION_MS
+    }
+}
+
+fn digest(value: &str) -> String {
+    use sha2::{Digest, Sha256};
+    crate::ids::hex(&Sha256::digest(value.as_bytes())[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn poll() -> Schedule {
+        Schedule::default_kling_poll()
+    }
+
+    fn forward() -> Schedule {
+        Schedule::parse("1,2").unwrap()
+    }
+
+    fn report(status: &str, updated_at: u64) -> Value {
+        json!({"task_id": "t1", "task_status": status, "updated_at": updated_at})
+    }
+
+    fn with_audios(mut data: Value) -> Value {
+        data["task_result"] = json!({"audios": [{"id": "a1", "url_mp3": "https://x/a.mp3"}]});
+        data
+    }
+
+    fn record(webhook: bool) -> TaskRecord {
+        let mut record = TaskRecord::new("t1", api::VIDEO_TO_AUDIO.code, "n1", report("submitted", 1), NOW);
+        record.tenant = Some("web/alice".into());
+        record.registered = true;
+        if webhook {
+            record.client_callback_url = Some("https://app.example.com/hook".into());
+        }
+        record.schedule_poll(NOW, &poll());
+        record
+    }
+
+    #[test]
+    fn a_running_task_is_polled_on_the_schedule_and_news_starts_it_over() {
+        let mut task = record(false);
+        assert_eq!(task.next_poll_at, Some(NOW + 30_000));
+        task.polled_without_news(NOW + 30_000, &poll());
+        assert_eq!(task.next_poll_at, Some(NOW + 90_000));
+        task.polled_without_news(NOW + 90_000, &poll());
+        assert_eq!(task.next_poll_at, Some(NOW + 210_000));
+        assert!(task.apply_report(&report("processing", 2), NOW + 100_000, &poll()));
+        assert_eq!(task.next_poll_at, Some(NOW + 130_000), "news: back to the first delay");
+        assert!(
+            !task.apply_report(&report("processing", 2), NOW + 101_000, &poll()),
+            "a duplicate is no news"
+        );
+        assert_eq!(task.next_poll_at, Some(NOW + 130_000));
+    }
+
+    #[test]
+    fn polling_stops_when_complete_or_after_a_day() {
+        let mut task = record(false);
+        assert!(task.apply_report(&with_audios(report("succeed", 3)), NOW + 1, &poll()));
+        assert_eq!(task.next_poll_at, None);
+        let mut old = record(false);
+        old.polled_without_news(NOW + POLL_HORIZON_MS - 1_000, &poll());
+        assert_eq!(old.next_poll_at, None, "the next poll would be past the horizon");
+    }
+
+    #[test]
+    fn a_succeed_without_its_files_is_polled_at_once_then_on_the_schedule() {
+        let mut task = record(false);
+        assert!(task.apply_report(&report("succeed", 3), NOW + 5, &poll()));
+        assert_eq!(task.next_poll_at, Some(NOW + 5));
+        task.polled_without_news(NOW + 6, &poll());
+        assert_eq!(task.next_poll_at, Some(NOW + 6 + 60_000));
+    }
+
+    #[test]
+    fn a_final_state_is_queued_once_per_message() {
+        let mut task = record(true);
+        assert!(task.apply_report(&report("processing", 2), NOW, &poll()));
+        assert_eq!(task.delivery.state, DeliveryState::None);
+        assert!(task.apply_report(&report("succeed", 3), NOW + 1, &poll()));
+        assert_eq!(task.delivery.message_id.as_deref(), Some("msg_t1_succeed_partial"));
+        assert_eq!(task.delivery.next_attempt_at, Some(NOW + 1));
+        task.record_attempt("msg_t1_succeed_partial", Attempt::Delivered(200), NOW + 2, &forward());
+        assert_eq!(task.delivery.state, DeliveryState::Delivered);
+        task.queue_delivery(NOW + 3);
+        assert_eq!(task.delivery.state, DeliveryState::Delivered, "the same message is not queued again");
+        assert!(task.apply_report(&with_audios(report("succeed", 3)), NOW + 4, &poll()));
+        assert_eq!(task.delivery.message_id.as_deref(), Some("msg_t1_succeed"));
+        assert_eq!((task.delivery.state, task.delivery.attempts), (DeliveryState::Pending, 0));
+        let mut silent = record(false);
+        silent.apply_report(&report("failed", 9), NOW, &poll());
+        assert_eq!(silent.delivery.state, DeliveryState::None, "no webhook, nothing to forward");
+    }
+
+    #[test]
+    fn attempts_follow_the_retry_schedule_then_fail() {
+        let mut task = record(true);
+        task.apply_report(&report("failed", 9), NOW, &poll());
+        let id = "msg_t1_failed";
+        let retry = || Attempt::Retry { status: Some(503), error: "the receiver answered 503".into() };
+        task.record_attempt(id, retry(), NOW, &forward());
+        assert_eq!(
+            (task.delivery.state, task.delivery.next_attempt_at),
+            (DeliveryState::Pending, Some(NOW + 1_000))
+        );
+        task.record_attempt(id, retry(), NOW + 1_000, &forward());
+        assert_eq!(task.delivery.next_attempt_at, Some(NOW + 3_000));
+        task.record_attempt(id, retry(), NOW + 3_000, &forward());
+        assert_eq!((task.delivery.state, task.delivery.attempts), (DeliveryState::Failed, 3));
+        assert_eq!(task.delivery.last_http_status, Some(503));
+        task.record_attempt(id, Attempt::Delivered(200), NOW + 4_000, &forward());
+        assert_eq!(task.delivery.state, DeliveryState::Failed, "a finished delivery is not reopened");
+    }
+
+    #[test]
+    fn a_refusal_is_final_and_a_stale_attempt_changes_nothing() {
+        let mut task = record(true);
+        task.apply_report(&report("failed", 9), NOW, &poll());
+        task.record_attempt("msg_t1_other", Attempt::Delivered(200), NOW, &forward());
+        assert_eq!((task.delivery.state, task.delivery.attempts), (DeliveryState::Pending, 0));
+        task.record_attempt("msg_t1_failed", Attempt::from_status(410), NOW, &forward());
+        assert_eq!((task.delivery.state, task.delivery.last_http_status), (DeliveryState::Failed, Some(410)));
+    }
+
+    #[test]
+    fn statuses_classify_attempts() {
+        assert_eq!(Attempt::from_status(204), Attempt::Delivered(204));
+        for retry in [408, 429, 500, 503, 599] {
+            assert!(matches!(Attempt::from_status(retry), Attempt::Retry { .. }), "{retry}");
+        }
+        for give_up in [301, 400, 401, 404, 410] {
+            assert_eq!(Attempt::from_status(give_up), Attempt::GiveUp { status: give_up });
+        }
+    }
+
+    #[test]
+    fn the_edge_copy_is_written_once_complete_and_after_the_first_attempt() {
+        let mut task = record(true);
+        assert_eq!(task.publication(NOW), None, "running tasks are served by the coordinator");
+        task.apply_report(&with_audios(report("succeed", 3)), NOW, &poll());
+        assert_eq!(task.publication(NOW), None, "waits for the first webhook attempt");
+        task.record_attempt("msg_t1_succeed", Attempt::Delivered(200), NOW, &forward());
+        let Some(Publication::Put { value, digest }) = task.publication(NOW) else { panic!("a put") };
+        let published: PublishedTask = serde_json::from_str(&value).unwrap();
+        assert_eq!(published.tenant, "web/alice");
+        assert_eq!(published.task["delivery"]["state"], "delivered");
+        assert_eq!(published.task["task_result"]["audios"][0]["id"], "a1");
+        task.published = Some(digest);
+        assert_eq!(task.publication(NOW), None, "written once");
+        assert_eq!(task.due_at(), None, "nothing left to do");
+    }
+
+    #[test]
+    fn a_stale_copy_of_an_earlier_task_is_removed() {
+        let mut task = record(false);
+        task.published = Some("old".into());
+        assert_eq!(task.publication(NOW), Some(Publication::Delete));
+        assert_eq!(task.due_at(), Some(0), "at once");
+        task.publish_retry_at = Some(NOW + PUBLISH_RETRY_MS);
+        assert_eq!(task.publication(NOW), None, "a failed write waits before the next try");
+        assert_eq!(task.due_at(), Some(NOW + 30_000));
+    }
+
+    #[test]
+    fn nothing_is_forwarded_or_published_for_an_unknown_tenant() {
+        let mut task = TaskRecord::new("t1", 1, "n1", report("submitted", 1), NOW);
+        task.client_callback_url = Some("https://app.example.com/hook".into());
+        task.apply_report(&with_audios(report("succeed", 2)), NOW, &poll());
+        assert!(!task.delivery_due(NOW));
+        assert_eq!(task.publication(NOW), None);
+        assert_eq!(task.due_at(), None);
+        task.tenant = Some("web".into());
+        assert!(task.delivery_due(NOW));
+        assert_eq!(task.due_at(), Some(NOW));
+    }
+
+    #[test]
+    fn answers_and_webhooks_carry_what_the_client_needs() {
+        let mut task = record(true);
+        task.apply_report(&report("failed", 2), NOW, &poll());
+        let answer = task.answer();
+        assert_eq!(answer["task_status"], "failed");
+        assert_eq!(answer["delivery"]["state"], "pending");
+        assert_eq!(record(false).answer().get("delivery"), None);
+        let body: Value = serde_json::from_slice(&task.webhook_body()).unwrap();
+        assert_eq!(body["tenant"], "web/alice");
+        assert_eq!(body.get("delivery"), None);
+        assert_eq!(task.app(), Some("web"));
+    }
+
+    #[test]
+    fn finished_records_expire_after_retention() {
+        let mut task = record(false);
+        task.apply_report(&report("failed", 2), NOW, &poll());
+        task.published = match task.publication(NOW) {
+            Some(Publication::Put { digest, .. }) => Some(digest),
+            other => panic!("{other:?}"),
+        };
+        assert!(!task.expired(NOW + RETENTION_MS));
+        assert!(task.expired(NOW + RETENTION_MS + 1));
+        assert!(!record(false).expired(NOW + RETENTION_MS + 1), "a running task is never forgotten");
+        assert!(published_key("00ff", "t1").starts_with("task:v2:00ff:"));
+    }
+}
