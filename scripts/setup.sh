@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$PROJECT_ROOT"
 
 for_tests=false
+for_bench=false
 [ "${1:-}" = "--tests" ] && for_tests=true
+[ "${1:-}" = "--bench" ] && for_bench=true
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -95,5 +97,10 @@ ensure_cargo_tool wasm-bindgen-cli wasm-bindgen "$(locked_version wasm-bindgen)"
 ensure_npm_packages
 if $for_tests; then
   . scripts/setup-tests.sh
+fi
+if $for_bench; then
+  # The benchmark's upstream (nginx) and load generator (wrk).
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx-light
+  command -v wrk >/dev/null 2>&1 || apt_install wrk
 fi
 say "setup complete ($(wasm_toolchain_mode) wasm32 toolchain)"

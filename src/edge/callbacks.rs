@@ -19,7 +19,7 @@ use crate::flows::protocol;
 use crate::task;
 use crate::webhook::SignatureHeaders;
 
-use super::{clock, coordinator, http, Call};
+use super::{clock, http, Call};
 
 pub async fn receive(request: &mut Request, call: &Call<'_>, token: &str) -> Result<Response, ApiError> {
     let body = http::read_body(request).await?;
@@ -45,7 +45,7 @@ pub async fn receive(request: &mut Request, call: &Call<'_>, token: &str) -> Res
         endpoint: capability.endpoint,
         report,
     };
-    coordinator::call(call.env, &request).await?;
+    call.coordinator(&request).await?;
     Ok(http::json(
         200,
         format!(r#"{{"code":0,"message":"SUCCEED","request_id":"{}"}}"#, call.request_id),

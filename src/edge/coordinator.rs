@@ -15,10 +15,11 @@
 //! database, Kling over `fetch`, clients' receivers, Workers KV. Its alarm drives every
 //! schedule (polls, webhook retries, edge copies), so they survive eviction and restarts.
 
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell, RefCell};
 
-use serde_json::json;
-use worker::{durable_object, Env, Method, Request, RequestInit, Response, ScheduledTime, State};
+use worker::wasm_bindgen::{prelude::wasm_bindgen, JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{durable_object, js_sys, web_sys, Env, Request, Response, ScheduledTime, State};
 
 use crate::error::{code, ApiError};
 use crate::flows::coordinator::{Coordinator, Settings};
@@ -41,17 +42,28 @@ const ALARM_FLOOR_MS: u64 = 500;
 pub struct TaskCoordinator {
     state: State,
     env: Env,
+    /// Opened (its tables created) once per instance.
+    store: OnceCell<SqlStore>,
     /// The alarm this object last set, if known (`None`: ask storage).
     alarm_at: Cell<Option<Option<u64>>>,
+    /// The shard and tenant this object has recorded, so it records them only once.
+    learned: RefCell<(Option<String>, Option<String>)>,
 }
 
 impl worker::DurableObject for TaskCoordinator {
     fn new(state: State, env: Env) -> Self {
-        TaskCoordinator { state, env, alarm_at: Cell::new(None) }
+        TaskCoordinator {
+            state,
+            env,
+            store: OnceCell::new(),
+            alarm_at: Cell::new(None),
+            learned: RefCell::new((None, None)),
+        }
     }
 
     async fn fetch(&self, mut request: Request) -> worker::Result<Response> {
-        let answer = match request.json::<protocol::Request>().await {
+        let body = request.text().await.unwrap_or_default();
+        let answer = match serde_json::from_str::<protocol::Request>(&body) {
             Ok(call) => self.handle(call).await,
             Err(_) => Err(ApiError::internal("the coordinator got a request it cannot read")),
         };
@@ -70,22 +82,46 @@ impl worker::DurableObject for TaskCoordinator {
 }
 
 impl TaskCoordinator {
+    fn store(&self) -> Result<&SqlStore, ApiError> {
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let store = SqlStore::open(self.state.storage().sql())?;
+        Ok(self.store.get_or_init(|| store))
+    }
+
+    /// Records the shard and tenant a call names, unless this instance already did.
+    fn learn(
+        &self,
+        coordinator: &Coordinator<'_, SqlStore, Kling, FetchWebhooks, KvReadModel, WorkerRuntime>,
+        call: &protocol::Request,
+    ) -> Result<(), ApiError> {
+        let known = self.learned.borrow().clone();
+        let shard = Some(call.shard().to_owned());
+        let tenant = call.tenant().map(str::to_owned);
+        if known.0 == shard && (tenant.is_none() || known.1 == tenant) {
+            return Ok(());
+        }
+        coordinator.learn(call.shard(), call.tenant())?;
+        *self.learned.borrow_mut() = (shard, tenant.or(known.1));
+        Ok(())
+    }
+
     async fn handle(&self, call: protocol::Request) -> Result<serde_json::Value, ApiError> {
         let config = settings::config(&self.env)?;
-        let store = SqlStore::open(self.state.storage().sql())?;
+        let store = self.store()?;
         let kling = Kling::new(&config).with_timeout_ms(QUERY_REFRESH_TIMEOUT_MS);
         let read_model = KvReadModel::open(&self.env)?;
         let flow_settings = flow_settings(&config);
         let coordinator = Coordinator {
-            store: &store,
+            store,
             kling: &kling,
             webhooks: &FetchWebhooks,
             read_model: &read_model,
             runtime: &WorkerRuntime,
             settings: &flow_settings,
         };
-        coordinator.learn(call.shard(), call.tenant())?;
-        worker::console_log!("{}", json!({"event": "coordinator", "op": call.op()}));
+        self.learn(&coordinator, &call)?;
         let answer = match call {
             protocol::Request::Register { registration, .. } => coordinator.register(registration),
             protocol::Request::Report { nonce, endpoint, report, .. } => {
@@ -105,12 +141,12 @@ impl TaskCoordinator {
 
     async fn run_due(&self) -> Result<(), ApiError> {
         let config = settings::config(&self.env)?;
-        let store = SqlStore::open(self.state.storage().sql())?;
+        let store = self.store()?;
         let kling = Kling::new(&config);
         let read_model = KvReadModel::open(&self.env)?;
         let flow_settings = flow_settings(&config);
         let coordinator = Coordinator {
-            store: &store,
+            store,
             kling: &kling,
             webhooks: &FetchWebhooks,
             read_model: &read_model,
@@ -122,8 +158,8 @@ impl TaskCoordinator {
 
     /// Sets the alarm for the next thing due, unless an earlier alarm is already set.
     async fn reschedule(&self, from_alarm: bool) {
-        let Ok(store) = SqlStore::open(self.state.storage().sql()) else { return };
-        let Ok(Some(due)) = crate::ports::TaskStore::next_due(&store) else { return };
+        let Ok(store) = self.store() else { return };
+        let Ok(Some(due)) = crate::ports::TaskStore::next_due(store) else { return };
         let now = clock::now_ms();
         let at = if from_alarm { due.max(now + ALARM_FLOOR_MS) } else { due.max(now) };
         let storage = self.state.storage();
@@ -154,21 +190,39 @@ fn flow_settings(config: &crate::config::Config) -> Settings {
     }
 }
 
-/// Calls the coordinator of `shard` from the edge.
+#[wasm_bindgen]
+extern "C" {
+    /// A Durable Object stub as the runtime gives it: `fetch(request)` resolves to a
+    /// `Response` (used directly, so its body is read in one native call).
+    type RawStub;
+
+    #[wasm_bindgen(method, catch)]
+    fn fetch(this: &RawStub, request: &web_sys::Request) -> Result<js_sys::Promise, JsValue>;
+}
+
+/// Calls the coordinator of `request`'s shard from the edge.
 pub async fn call(env: &Env, request: &protocol::Request) -> Result<serde_json::Value, ApiError> {
     let unavailable =
         || ApiError::new(503, code::UNAVAILABLE, "the task coordinator is unavailable; retry shortly");
     let namespace = env
         .durable_object(BINDING)
         .map_err(|_| ApiError::config(BINDING, "is not bound: add the Durable Object to wrangler.toml"))?;
-    let stub =
-        namespace.id_from_name(request.shard()).and_then(|id| id.get_stub()).map_err(|_| unavailable())?;
+    let stub: RawStub = namespace
+        .id_from_name(request.shard())
+        .and_then(|id| id.get_stub())
+        .map_err(|_| unavailable())?
+        .into_rpc();
     let body =
         serde_json::to_string(request).map_err(|_| ApiError::internal("encoding a coordinator call"))?;
-    let mut init = RequestInit::new();
-    init.with_method(Method::Post).with_body(Some(body.into()));
-    let outgoing = Request::new_with_init("https://coordinator/", &init).map_err(|_| unavailable())?;
-    let mut response = stub.fetch_with_request(outgoing).await.map_err(|_| unavailable())?;
-    let answer: protocol::Response = response.json().await.map_err(|_| unavailable())?;
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    init.set_body(&JsValue::from_str(&body));
+    let outgoing =
+        web_sys::Request::new_with_str_and_init("https://coordinator/", &init).map_err(|_| unavailable())?;
+    let promise = stub.fetch(&outgoing).map_err(|_| unavailable())?;
+    let response: web_sys::Response =
+        JsFuture::from(promise).await.and_then(|value| value.dyn_into()).map_err(|_| unavailable())?;
+    let bytes = super::http::body_bytes(&response).await.map_err(|_| unavailable())?;
+    let answer: protocol::Response = serde_json::from_slice(&bytes).map_err(|_| unavailable())?;
     answer.into()
 }

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use futures_util::future::{select, Either};
 use futures_util::StreamExt;
-use worker::{AbortController, Delay, Fetch, Headers, Request, Response};
+use worker::wasm_bindgen::JsCast;
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{js_sys, web_sys, AbortController, Delay, Headers, Request, Response};
 
 use crate::error::ApiError;
 
@@ -42,13 +44,15 @@ pub fn error(error: &ApiError, request_id: &str) -> Response {
 }
 
 /// Reads the body, refusing (413) one larger than [`MAX_BODY_BYTES`] without reading the
-/// rest: by its `Content-Length` when it declares one, else as soon as the stream passes it.
+/// rest: by its `Content-Length` when it declares one (the runtime holds the sender to it,
+/// so a declared body is read in one call), else as soon as the stream passes it.
 pub async fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
     let declared = request.headers().get("Content-Length").ok().flatten();
     if let Some(length) = declared.and_then(|value| value.trim().parse::<u64>().ok()) {
         if length > MAX_BODY_BYTES as u64 {
             return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
         }
+        return request.bytes().await.map_err(|_| ApiError::bad_request("body: could not be read"));
     }
     let Ok(mut stream) = request.stream() else {
         return Ok(Vec::new());
@@ -82,10 +86,16 @@ pub async fn fetch_with_deadline(
     let controller = AbortController::default();
     let signal = controller.signal();
     let exchange = async {
-        let mut response =
-            Fetch::Request(request).send_with_signal(&signal).await.map_err(|_| FetchFailure::Unreachable)?;
-        let body = response.bytes().await.map_err(|_| FetchFailure::Unreachable)?;
-        Ok((response.status_code(), body))
+        let init = web_sys::RequestInit::new();
+        init.set_signal(Some(&signal));
+        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        let promise = global.fetch_with_request_and_init(request.inner(), &init);
+        let response: web_sys::Response = JsFuture::from(promise)
+            .await
+            .and_then(|value| value.dyn_into())
+            .map_err(|_| FetchFailure::Unreachable)?;
+        let body = body_bytes(&response).await.map_err(|_| FetchFailure::Unreachable)?;
+        Ok((response.status(), body))
     };
     futures_util::pin_mut!(exchange);
     match select(exchange, Delay::from(timeout)).await {
@@ -95,4 +105,10 @@ pub async fn fetch_with_deadline(
             Err(FetchFailure::TimedOut)
         }
     }
+}
+
+/// A response's whole body, in one native read (rather than a stream read chunk by chunk).
+pub async fn body_bytes(response: &web_sys::Response) -> Result<Vec<u8>, worker::wasm_bindgen::JsValue> {
+    let buffer = JsFuture::from(response.array_buffer()?).await?;
+    Ok(js_sys::Uint8Array::new(&buffer).to_vec())
 }

@@ -19,6 +19,7 @@ mod tokens;
 mod upstream;
 mod webhooks;
 
+use std::cell::Cell;
 use std::rc::Rc;
 
 use worker::{console_error, console_log, event, Context, Env, Request, Response};
@@ -35,6 +36,19 @@ pub struct Call<'a> {
     pub ctx: &'a Context,
     pub config: Rc<Config>,
     pub request_id: &'a str,
+    /// Calls to a coordinator made while serving (for the log line; `make bench` counts them).
+    pub coordinator_calls: &'a Cell<u32>,
+}
+
+impl Call<'_> {
+    /// Asks the coordinator of `request`'s shard, counting the call.
+    pub async fn coordinator(
+        &self,
+        request: &crate::flows::protocol::Request,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.coordinator_calls.set(self.coordinator_calls.get() + 1);
+        coordinator::call(self.env, request).await
+    }
 }
 
 /// Once per isolate: a panic (a bug, never input: nothing panics on input) is logged with
@@ -59,6 +73,7 @@ pub fn start() {
 struct Seen {
     tenant: Option<String>,
     allowed_origins: Option<AllowedOrigins>,
+    coordinator_calls: Cell<u32>,
 }
 
 #[event(fetch)]
@@ -90,6 +105,7 @@ pub async fn fetch(mut request: Request, env: Env, ctx: Context) -> worker::Resu
             "path": routes::loggable_path(&path),
             "status": response.status_code(),
             "tenant": seen.tenant,
+            "coordinator": seen.coordinator_calls.get(),
             "ms": clock::now_ms().saturating_sub(started_ms),
         })
     );
@@ -109,7 +125,13 @@ async fn handle(
     if route == Ok(Route::Health) {
         return Ok(health(request_id));
     }
-    let call = Call { env, ctx, config: settings::config(env)?, request_id };
+    let call = Call {
+        env,
+        ctx,
+        config: settings::config(env)?,
+        request_id,
+        coordinator_calls: &seen.coordinator_calls,
+    };
     // From here on, even a refusal carries the CORS grant, so a page can read why.
     seen.allowed_origins = Some(call.config.allowed_origins.clone());
     let route = route?;

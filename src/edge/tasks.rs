@@ -119,7 +119,7 @@ pub async fn query(call: &Call<'_>, client: &Client, family: Family, id: &str) -
         endpoint: endpoint.code,
         id: id.to_owned(),
     };
-    let task = coordinator::call(call.env, &request).await?;
+    let task = call.coordinator(&request).await?;
     Ok(http::success(&task, call.request_id))
 }
 
@@ -139,7 +139,7 @@ pub async fn list(
         page_num: page.num,
         page_size: page.size,
     };
-    let tasks = coordinator::call(call.env, &request).await?;
+    let tasks = call.coordinator(&request).await?;
     Ok(http::success(&tasks, call.request_id))
 }
 
