@@ -1,12 +1,9 @@
-//! Kling's wire format for video to audio: the upstream paths and the create body.
+//! Kling's wire format: the video-to-audio create body, and the request id of an envelope.
 //!
 //! Only what the worker builds itself is typed here. Kling's answers are passed on (or
 //! stored) as JSON values, so a field Kling adds tomorrow reaches clients unchanged.
 
 use serde::Serialize;
-
-/// The upstream path of every video-to-audio call, whichever path family the client used.
-pub const VIDEO_TO_AUDIO_PATH: &str = "/v1/audio/video-to-audio";
 
 /// Kling's create body for `POST /v1/audio/video-to-audio`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -25,17 +22,6 @@ pub struct CreateVideoToAudio {
     pub callback_url: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub external_task_id: Option<String>,
-}
-
-/// `GET` path of one task (by task id or external task id). The id must already be valid
-/// (see [`crate::validate::task_id`]), so it needs no escaping.
-pub fn query_path(task_id: &str) -> String {
-    format!("{VIDEO_TO_AUDIO_PATH}/{task_id}")
-}
-
-/// `GET` path of one page of the task list.
-pub fn list_path(page_num: u32, page_size: u32) -> String {
-    format!("{VIDEO_TO_AUDIO_PATH}?pageNum={page_num}&pageSize={page_size}")
 }
 
 /// The `request_id` of a Kling envelope, if the body is one.
@@ -65,12 +51,6 @@ mod tests {
             serde_json::to_string(&body).unwrap(),
             r#"{"video_url":"https://cdn.example.com/a.mp4","asmr_mode":true}"#
         );
-    }
-
-    #[test]
-    fn paths() {
-        assert_eq!(query_path("abc"), "/v1/audio/video-to-audio/abc");
-        assert_eq!(list_path(2, 30), "/v1/audio/video-to-audio?pageNum=2&pageSize=30");
     }
 
     #[test]

@@ -34,6 +34,31 @@ impl KvReadModel {
     }
 }
 
+/// A task record as the previous version kept it in KV (`task:{task_id}`).
+#[derive(serde::Deserialize)]
+struct LegacyRecord {
+    tenant: String,
+    data: serde_json::Value,
+}
+
+impl KvReadModel {
+    /// A task recorded by the previous version (KV records `task:{id}` and
+    /// `external:{tenant}:{id}`), if it is the tenant's: such tasks stay readable, as they
+    /// were last stored, until their entries expire (30 days after they were written).
+    pub async fn legacy_task(&self, tenant: &str, id: &str) -> Option<serde_json::Value> {
+        let record = |task_id: String| async move {
+            let text = self.kv.get(&format!("task:{task_id}")).text().await.ok()??;
+            serde_json::from_str::<LegacyRecord>(&text).ok().filter(|record| record.tenant == tenant)
+        };
+        if let Some(found) = record(id.to_owned()).await {
+            return Some(found.data);
+        }
+        let text = self.kv.get(&format!("external:{tenant}:{id}")).text().await.ok()??;
+        let task_id: String = serde_json::from_str(&text).ok()?;
+        record(task_id).await.map(|found| found.data)
+    }
+}
+
 impl ReadModel for KvReadModel {
     async fn put(&self, key: &str, value: &str) -> Result<(), String> {
         let put = self.kv.put(key, value).map_err(|error| error.to_string())?;

@@ -108,7 +108,8 @@ async fn register(env: worker::Env, registration: protocol::Request) {
 pub async fn query(call: &Call<'_>, client: &Client, family: Family, id: &str) -> Result<Response, ApiError> {
     let endpoint = family.endpoint();
     let shard = task::tenant_shard(&client.tenant);
-    if let Some(published) = KvReadModel::open(call.env)?.published(&shard, id).await {
+    let read_model = KvReadModel::open(call.env)?;
+    if let Some(published) = read_model.published(&shard, id).await {
         if published.tenant == client.tenant && published.endpoint == endpoint.code {
             return Ok(http::success(&published.task, call.request_id));
         }
@@ -119,8 +120,14 @@ pub async fn query(call: &Call<'_>, client: &Client, family: Family, id: &str) -
         endpoint: endpoint.code,
         id: id.to_owned(),
     };
-    let task = call.coordinator(&request).await?;
-    Ok(http::success(&task, call.request_id))
+    match call.coordinator(&request).await {
+        Ok(task) => Ok(http::success(&task, call.request_id)),
+        Err(not_found) if not_found.status == 404 => match read_model.legacy_task(&client.tenant, id).await {
+            Some(task) => Ok(http::success(&task, call.request_id)),
+            None => Err(not_found),
+        },
+        Err(error) => Err(error),
+    }
 }
 
 /// `GET` the caller's tasks of an endpoint, newest first (`pageNum`, `pageSize`).

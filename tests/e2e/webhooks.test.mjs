@@ -545,6 +545,22 @@ describe('a restart of the runtime', () => {
   });
 });
 
+describe('records of the previous version (KV task:{id} entries)', () => {
+  it('stay readable by task id and external id, for their tenant only', async () => {
+    const data = { task_id: '850000000000000001', task_status: 'succeed', task_info: { external_task_id: 'legacy-ext' },
+      task_result: { audios: [{ id: 'a', url_mp3: 'https://kling.example/a.mp3' }] }, created_at: 1, updated_at: 2 };
+    await worker.kvPut(`task:${data.task_id}`, JSON.stringify({ tenant: 'web', callback_token: '0'.repeat(32), data, created_at: 1, delivery: { state: 'none', attempts: 0 } }));
+    await worker.kvPut('external:web:legacy-ext', JSON.stringify(data.task_id));
+    for (const id of [data.task_id, 'legacy-ext']) {
+      const response = await call(worker, 'GET', `${OFFICIAL}/${id}`, { key: WEB_KEY });
+      assert.equal(response.status, 200, response.text);
+      assert.deepEqual(response.json.data, data);
+      const other = await call(worker, 'GET', `${OFFICIAL}/${id}`, { key: OPS_KEY });
+      assert.equal(other.status, 404, 'never another tenant\'s');
+    }
+  });
+});
+
 describe('secrets', () => {
   it('callback capabilities and webhook secrets never appear in a log line', async () => {
     const capabilities = [...fake.tasks.values()].map((t) => t.callbackUrl?.split('/').at(-1)).filter(Boolean);

@@ -78,6 +78,15 @@ export class WorkerProcess {
     return JSON.parse(out);
   }
 
+  /** Writes a key of the worker's local KV (through wrangler, as an operator would). */
+  async kvPut(key, value) {
+    const child = spawn(path.join(BIN, 'wrangler'), [
+      'kv', 'key', 'put', key, value, '--binding', 'TASKS', '--local', '--persist-to', this.persistTo,
+    ], { cwd: ROOT, env: { ...process.env, PATH: `${BIN}:${process.env.PATH}`, WRANGLER_SEND_METRICS: 'false' } });
+    const code = await new Promise((resolve) => child.on('exit', resolve));
+    if (code !== 0) throw new Error(`wrangler kv key put ${key} failed`);
+  }
+
   async stop() {
     if (!this.child || this.child.exitCode !== null) return;
     const exited = new Promise((resolve) => this.child.once('exit', resolve));
