@@ -545,6 +545,30 @@ describe('a restart of the runtime', () => {
   });
 });
 
+describe('an upstream that hands out a task id again (a restarted stand-in)', () => {
+  it('gets the new task recorded in place of the old one, never merged into it', async () => {
+    fake.reuseIdsFrom = '870000000000000000';
+    fake.nextId = 1;
+    try {
+      const first = await createTask();
+      await fake.advance(first.taskId, 'succeed');
+      await taskOnce((t) => t.task_status === 'succeed', first.taskId, { what: 'the first task finished' });
+      fake.nextId = 1;
+      const second = await createTask(worker, { body: { external_task_id: 'second-of-its-id' } });
+      assert.equal(second.taskId, first.taskId, 'the upstream repeated the id');
+      const fresh = await taskOnce((t) => t.task_status === 'submitted', second.taskId, { what: 'the new task, not the old result' });
+      assert.equal(fresh.task_info.external_task_id, 'second-of-its-id');
+      assert.equal(fresh.task_result, undefined);
+      const callback = await fake.advance(second.taskId, 'processing');
+      assert.equal(callback.status, 200, `the new task's callbacks are accepted: ${callback.body}`);
+      const stale = await fake.sendCallback(first.taskId, { url: first.callbackUrl, data: { ...fake.tasks.get(first.taskId).data, task_status: 'failed' } });
+      assert.equal(stale.status, 403, "the old task's callback URL no longer speaks for this id");
+    } finally {
+      delete fake.reuseIdsFrom;
+    }
+  });
+});
+
 describe('records of the previous version (KV task:{id} entries)', () => {
   it('stay readable by task id and external id, for their tenant only', async () => {
     const data = { task_id: '850000000000000001', task_status: 'succeed', task_info: { external_task_id: 'legacy-ext' },
