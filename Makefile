@@ -1,6 +1,6 @@
 # The two commands of the README's quick start are `make dev` and `make test`;
 # each installs whatever is missing first (scripts/setup.sh).
-.PHONY: dev test setup build bench fuzz deploy reset clean
+.PHONY: dev test setup build bench fuzz deploy reset clean openapi
 
 ## Run the worker locally (workerd, local KV, the local Kling stand-in unless .dev.vars has Kling credentials).
 dev:
@@ -32,6 +32,10 @@ fuzz:
 ## Deploy with wrangler (after `wrangler login` and the secrets: see README).
 deploy: setup
 	@PATH="$(CURDIR)/node_modules/.bin:$$PATH" wrangler deploy
+
+## Regenerate public/openapi.json from the endpoint tables (src/api); a test checks it is current.
+openapi:
+	UPDATE_OPENAPI=1 cargo test --quiet --lib api::openapi
 
 ## Forget every local task (local KV, Durable Objects and R2 under .wrangler/state); keeps the keys in target/dev.
 reset:

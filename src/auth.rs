@@ -1,13 +1,15 @@
 //! Who is calling: the client behind an `Authorization: Bearer <credential>` header.
 //!
-//! A credential is either a key from `PROXY_API_KEYS` (an app's server) or a browser token
-//! minted by one (see `crate::browser_token`). Every route but `/health` and Kling's
+//! A credential is a key from `PROXY_API_KEYS` (an app's server), a Kling-style JWT signed
+//! with such a key (Kling's own SDKs, see `crate::client_jwt`), or a browser token minted by
+//! a key (see `crate::browser_token`). Every route but `/health` and Kling's
 //! callbacks needs a client. The client's tenant owns its tasks and is its rate-limit key:
 //! the key's name for a server key, `{name}/{sub}` for a browser token.
 
 use subtle::ConstantTimeEq;
 
 use crate::browser_token;
+use crate::client_jwt;
 use crate::config::Config;
 use crate::error::{code, ApiError};
 
@@ -90,6 +92,15 @@ pub fn authenticate(config: &Config, header: Option<&str>, now_secs: i64) -> Res
     }
     if !browser_token::looks_like_jwt(credential) {
         return Err(ApiError::auth_invalid("unknown API key"));
+    }
+    if client_jwt::claimed_issuer(credential).is_some_and(|issuer| issuer != browser_token::ISSUER) {
+        let name = client_jwt::verify(&config.clients, credential, now_secs)?;
+        return Ok(Client {
+            tenant: name.clone(),
+            app: name,
+            kind: ClientKind::ServerKey,
+            token_callback_url: None,
+        });
     }
     let Some(secret) = &config.token_secret else {
         return Err(ApiError::auth_invalid(
@@ -213,5 +224,19 @@ mod tests {
         assert_eq!(browser.webhook_for_create(None), Ok(Some(hook.clone())), "the app's webhook applies");
         assert_eq!(browser.webhook_for_create(Some(hook.clone())), Ok(Some(hook)));
         assert!(browser.webhook_for_create(Some("https://victim.example.com/hook".into())).is_err());
+    }
+
+    #[test]
+    fn kling_style_tokens_authenticate_as_their_client() {
+        let token = crate::jwt::sign_kling_token("ops", "k_2", NOW);
+        let client = authenticate(&config(true), Some(&format!("Bearer {token}")), NOW).unwrap();
+        assert_eq!((client.tenant.as_str(), client.kind), ("ops", ClientKind::ServerKey));
+        let forged = crate::jwt::sign_kling_token("ops", "k_1", NOW);
+        assert_eq!(
+            authenticate(&config(false), Some(&format!("Bearer {forged}")), NOW).unwrap_err().code,
+            1002
+        );
+        let expired = authenticate(&config(false), Some(&format!("Bearer {token}")), NOW + 1800).unwrap_err();
+        assert_eq!(expired.code, 1004);
     }
 }

@@ -47,17 +47,20 @@ pub enum KlingCredentials {
     AccessKey { access_key: Secret, secret_key: Secret },
 }
 
-/// One client of the proxy, from `PROXY_API_KEYS`: a tenant name and its key's SHA-256.
+/// One client of the proxy, from `PROXY_API_KEYS`: a tenant name, its key, and the key's
+/// SHA-256 (what a bearer key is compared against).
 #[derive(Clone, PartialEq, Eq)]
 struct ClientKey {
     name: String,
+    key: Secret,
     key_digest: [u8; 32],
 }
 
 /// The client keys from `PROXY_API_KEYS` (`name:key,name:key`).
 ///
-/// Keys are kept only as SHA-256 digests and compared in constant time, all of them every
-/// time, so neither timing nor a stray `Debug` reveals a key.
+/// A bearer key is compared with every key's SHA-256 digest in constant time, so timing
+/// reveals nothing; the keys themselves verify Kling-style JWTs a client signs with its key
+/// (`crate::client_jwt`), and no `Debug` prints them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientKeys(Vec<ClientKey>);
 
@@ -86,7 +89,7 @@ impl ClientKeys {
             if clients.iter().any(|client| client.key_digest == key_digest) {
                 return Err("is malformed: a key appears twice");
             }
-            clients.push(ClientKey { name: name.to_owned(), key_digest });
+            clients.push(ClientKey { name: name.to_owned(), key: Secret::new(key), key_digest });
         }
         if clients.is_empty() {
             return Err("is empty: give at least one name:key pair");
@@ -113,6 +116,11 @@ impl ClientKeys {
     /// The SHA-256 of the key named `name`, if there is one.
     pub fn key_digest(&self, name: &str) -> Option<&[u8; 32]> {
         self.0.iter().find(|client| client.name == name).map(|client| &client.key_digest)
+    }
+
+    /// The key named `name`, if there is one (it signs that client's Kling-style JWTs).
+    pub fn key(&self, name: &str) -> Option<&Secret> {
+        self.0.iter().find(|client| client.name == name).map(|client| &client.key)
     }
 }
 
@@ -156,6 +164,9 @@ pub struct Config {
     pub kling_poll: Schedule,
     /// Signs the callback capabilities, derived from the Kling credential.
     pub capability_key: CapabilityKey,
+    /// `KLING_ACCOUNT_EMAIL`: the Kling account's email, which useapi.net-style calls may
+    /// name (`email`); without it, they may not.
+    pub kling_account_email: Option<String>,
 }
 
 /// Every setting [`Config::from_lookup`] reads (a test keeps this list whole).
@@ -174,6 +185,7 @@ pub const SETTINGS: &[&str] = &[
     "PROXY_TOKEN_SECRET",
     "FORWARD_RETRY_SECONDS",
     "KLING_POLL_SECONDS",
+    "KLING_ACCOUNT_EMAIL",
 ];
 
 /// Browser tokens are HS256: a shorter secret could be guessed offline from one token.
@@ -262,6 +274,7 @@ impl Config {
             forward_retry: schedule("FORWARD_RETRY_SECONDS", Schedule::default_forward_retry)?,
             kling_poll: schedule("KLING_POLL_SECONDS", Schedule::default_kling_poll)?,
             capability_key,
+            kling_account_email: get("KLING_ACCOUNT_EMAIL").map(|email| email.trim().to_ascii_lowercase()),
             kling,
             kling_api_base,
             clients,

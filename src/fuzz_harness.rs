@@ -6,8 +6,9 @@
 
 use serde_json::Value;
 
+use crate::api::surfaces::SURFACES;
 use crate::browser_token;
-use crate::routes::{self, Family};
+use crate::routes;
 use crate::task;
 use crate::validate::{self, UrlPolicy};
 use crate::webhook::{SignatureHeaders, WebhookKey};
@@ -22,28 +23,40 @@ fn fields(data: &[u8], count: usize) -> Vec<&[u8]> {
     parts
 }
 
-/// Request validation: create bodies of both families, pagination, routing and URLs.
+/// Request validation: every surface's create body, pagination, routing and URLs.
 pub fn validate_request(data: &[u8]) {
-    for family in [Family::Official, Family::Simplified] {
+    for surface in SURFACES {
         for allow_private in [false, true] {
-            match validate::create_request(family, data, UrlPolicy { allow_private }) {
-                Ok(request) => {
-                    // Whatever passes is something Kling accepts the shape of.
-                    let body = &request.upstream;
-                    assert!(body.video_id.is_some() != body.video_url.is_some());
-                    for prompt in [&body.sound_effect_prompt, &body.bgm_prompt].into_iter().flatten() {
-                        assert!(prompt.chars().count() <= validate::MAX_PROMPT_CHARS);
+            let policy = UrlPolicy { allow_private };
+            match surface.validate(data, policy) {
+                Ok(validated) => {
+                    // Whatever passes is what Kling accepts the shape of.
+                    assert_eq!(
+                        surface.validate(data, policy).as_ref(),
+                        Ok(&validated),
+                        "validation is deterministic"
+                    );
+                    for (name, value) in &validated.upstream {
+                        if name.ends_with("_url") {
+                            let url = value.as_str().expect("URLs are strings");
+                            let again = validate::http_url(name, url, policy);
+                            assert!(again.is_ok(), "a forwarded URL must pass its own rules again");
+                        }
+                        if name.ends_with("prompt") {
+                            assert!(value.as_str().is_some_and(|p| p.chars().count() <= 2500));
+                        }
                     }
-                    if let Some(url) = &body.video_url {
-                        let again = validate::http_url("video_url", url, UrlPolicy { allow_private });
-                        assert!(again.is_ok(), "a forwarded URL must pass its own rules again");
+                    if surface.endpoint == &crate::api::VIDEO_TO_AUDIO {
+                        let sources = ["video_id", "video_url"]
+                            .iter()
+                            .filter(|f| validated.upstream.contains_key(**f))
+                            .count();
+                        assert_eq!(sources, 1, "exactly one video source");
                     }
-                    if let Some(seconds) = request.video_duration_seconds {
-                        assert!(
-                            (validate::MIN_VIDEO_SECONDS..=validate::MAX_VIDEO_SECONDS).contains(&seconds)
-                        );
+                    if let Some(seconds) = validated.edge.get("video_duration").and_then(Value::as_f64) {
+                        assert!((3.0..=20.0).contains(&seconds));
                     }
-                    assert!(serde_json::to_string(body).is_ok());
+                    assert!(serde_json::to_string(&validated.upstream).is_ok());
                 }
                 Err(error) => {
                     assert_eq!(error.status, 400);

@@ -1,28 +1,7 @@
-//! Kling's wire format: the video-to-audio create body, and the request id of an envelope.
+//! Kling's wire format, where the worker reads it: the request id of an envelope.
 //!
-//! Only what the worker builds itself is typed here. Kling's answers are passed on (or
-//! stored) as JSON values, so a field Kling adds tomorrow reaches clients unchanged.
-
-use serde::Serialize;
-
-/// Kling's create body for `POST /v1/audio/video-to-audio`.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
-pub struct CreateVideoToAudio {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub video_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub video_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub sound_effect_prompt: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bgm_prompt: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub asmr_mode: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub callback_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub external_task_id: Option<String>,
-}
+//! Kling's answers are passed on (or stored) as JSON values, so a field Kling adds tomorrow
+//! reaches clients unchanged; the create bodies are built from `crate::api`'s tables.
 
 /// The `request_id` of a Kling envelope, if the body is one.
 pub fn envelope_request_id(body: &[u8]) -> Option<String> {
@@ -39,19 +18,6 @@ pub fn envelope_request_id(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn create_body_omits_absent_fields() {
-        let body = CreateVideoToAudio {
-            video_url: Some("https://cdn.example.com/a.mp4".into()),
-            asmr_mode: Some(true),
-            ..Default::default()
-        };
-        assert_eq!(
-            serde_json::to_string(&body).unwrap(),
-            r#"{"video_url":"https://cdn.example.com/a.mp4","asmr_mode":true}"#
-        );
-    }
 
     #[test]
     fn request_id_is_read_from_envelopes_only() {

@@ -17,6 +17,7 @@ pub mod api;
 pub mod auth;
 pub mod browser_token;
 pub mod capability;
+pub mod client_jwt;
 pub mod config;
 pub mod cors;
 pub mod error;

@@ -27,6 +27,8 @@ pub trait TaskStore {
     fn find_nonce(&self, nonce: &str) -> Result<Option<String>, ApiError>;
     /// One page of an endpoint's tasks, newest first.
     fn page(&self, endpoint: u8, offset: u32, limit: u32) -> Result<Vec<TaskRecord>, ApiError>;
+    /// How many tasks Kling is still working on (not `succeed` or `failed`).
+    fn running(&self) -> Result<u32, ApiError>;
     /// Up to `limit` tasks with something due at or before `now`, most overdue first.
     fn due(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError>;
     /// The earliest time anything is due, if anything is.

@@ -12,6 +12,9 @@ use crate::api::{self, Results};
 use crate::schedule::{Schedule, POLL_HORIZON_MS};
 use crate::task;
 
+/// [`TaskRecord::style`] of a task created in useapi.net's shape.
+pub const USEAPI_STYLE: &str = "useapi";
+
 /// Copies at the edge expire with Kling's files, 30 days after they were written; so does a
 /// finished task's record in the coordinator.
 pub const RETENTION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
@@ -35,6 +38,12 @@ pub struct TaskRecord {
     /// The client's own webhook, if it gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_callback_url: Option<String>,
+    /// `useapi` for a task created in useapi.net's shape (its webhook takes that shape too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style: Option<String>,
+    /// useapi.net's `replyRef`, passed back as-is in the webhook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_ref: Option<String>,
     /// Kling's latest `data` for the task, as Kling reported it.
     pub data: Value,
     /// When the worker first learned of the task (epoch ms): orders the task list.
@@ -149,6 +158,8 @@ impl TaskRecord {
             tenant: None,
             nonce: nonce.to_owned(),
             client_callback_url: None,
+            style: None,
+            reply_ref: None,
             data,
             created_at,
             registered: false,
@@ -295,12 +306,23 @@ impl TaskRecord {
         answer
     }
 
-    /// The body of the webhook: Kling's data, plus `tenant`, the client that created the
-    /// task (for a browser user, `{app}/{sub}`).
+    /// The body of the webhook: Kling's data (or, for a useapi.net-style task, useapi's
+    /// answer with its `replyRef`), plus `tenant`, the client that created the task (for a
+    /// browser user, `{app}/{sub}`).
     pub fn webhook_body(&self) -> Vec<u8> {
-        let mut body = self.data.as_object().cloned().unwrap_or_default();
-        body.insert("tenant".into(), Value::String(self.tenant.clone().unwrap_or_default()));
-        Value::Object(body).to_string().into_bytes()
+        let mut body = match self.style.as_deref() {
+            Some(USEAPI_STYLE) => api::useapi::reply_body(&self.data, self.reply_ref.as_deref()),
+            _ => self.data.clone(),
+        };
+        if let Some(object) = body.as_object_mut() {
+            object.insert("tenant".into(), Value::String(self.tenant.clone().unwrap_or_default()));
+        }
+        body.to_string().into_bytes()
+    }
+
+    /// Whether Kling is still working on the task.
+    pub fn is_running(&self) -> bool {
+        !task::is_final(&self.data)
     }
 
     /// What the edge copy needs now, if anything: the answer once the task is complete (and
@@ -537,6 +559,20 @@ mod tests {
         assert_eq!(body["tenant"], "web/alice");
         assert_eq!(body.get("delivery"), None);
         assert_eq!(task.app(), Some("web"));
+    }
+
+    #[test]
+    fn a_useapi_task_answers_its_webhook_in_useapis_shape_with_its_reference() {
+        let mut task = record(true);
+        task.style = Some(USEAPI_STYLE.into());
+        task.reply_ref = Some("my-id-1234".into());
+        task.apply_report(&with_audios(report("succeed", 2)), NOW, &poll());
+        let body: Value = serde_json::from_slice(&task.webhook_body()).unwrap();
+        assert_eq!(body["replyRef"], "my-id-1234");
+        assert_eq!(body["task"]["id"], "t1");
+        assert_eq!(body["status_final"], true);
+        assert_eq!(body["tenant"], "web/alice");
+        assert_eq!(body["kling"]["task_result"]["audios"][0]["id"], "a1");
     }
 
     #[test]

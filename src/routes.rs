@@ -6,7 +6,7 @@
 
 use percent_encoding::percent_decode_str;
 
-use crate::api::{self, Endpoint};
+use crate::api::surfaces::{Surface, SURFACES};
 use crate::capability;
 use crate::error::ApiError;
 use crate::validate;
@@ -32,33 +32,7 @@ pub fn loggable_path(path: &str) -> String {
     }
 }
 
-/// The two path families that reach Kling's video-to-audio endpoints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// `/v1/audio/video-to-audio`: Kling's own path and body.
-    Official,
-    /// `/v1/videos/video-to-audio`: the simpler body (`video_url`, `prompt`, `audio_type`)
-    /// some third-party write-ups describe; mapped onto the official call.
-    Simplified,
-}
-
-impl Family {
-    /// The Kling endpoint the family's calls go to.
-    pub fn endpoint(self) -> &'static Endpoint {
-        match self {
-            Family::Official | Family::Simplified => &api::VIDEO_TO_AUDIO,
-        }
-    }
-
-    pub fn path(self) -> &'static str {
-        match self {
-            Family::Official => "/v1/audio/video-to-audio",
-            Family::Simplified => "/v1/videos/video-to-audio",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Route {
     Health,
     /// A CORS preflight (`OPTIONS`, any path).
@@ -69,16 +43,26 @@ pub enum Route {
     Client(ClientRoute),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ClientRoute {
     /// `POST /v1/tokens`: a server key mints a browser token.
     MintToken,
     /// `GET /v1/webhook-secret`: a server key reads the secret its webhooks are signed with.
     WebhookSecret,
-    CreateTask(Family),
+    CreateTask(&'static Surface),
     /// One task by task id or external task id (already validated and percent-decoded).
-    QueryTask(Family, String),
-    ListTasks(Family),
+    QueryTask(&'static Surface, String),
+    ListTasks(&'static Surface),
+    /// `GET /v1/kling/tasks/{id}`: one add-sound task, useapi.net's way.
+    UseApiTask(String),
+}
+
+/// `GET` path of one task in useapi.net's shape.
+pub const USEAPI_TASKS_PATH: &str = "/v1/kling/tasks";
+
+/// Whether a path is one of useapi.net's (answered in its shapes, errors included).
+pub fn is_useapi_path(path: &str) -> bool {
+    path.starts_with("/v1/kling/")
 }
 
 /// Finds the route for `method` and `path` (the URL path, still percent-encoded).
@@ -107,32 +91,43 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         }
         return only(method, "POST", Route::KlingCallback(token.to_owned()));
     }
-    for family in [Family::Official, Family::Simplified] {
-        let Some(rest) = path.strip_prefix(family.path()) else {
+    if let Some(raw_id) = path.strip_prefix(USEAPI_TASKS_PATH).and_then(|rest| rest.strip_prefix('/')) {
+        if !raw_id.contains('/') {
+            return only(method, GET, Route::Client(ClientRoute::UseApiTask(decoded_id(raw_id)?)));
+        }
+    }
+    for surface in SURFACES {
+        let Some(rest) = path.strip_prefix(surface.path) else {
             continue;
         };
         if rest.is_empty() {
-            return match method {
-                "POST" => Ok(Route::Client(ClientRoute::CreateTask(family))),
-                "GET" => Ok(Route::Client(ClientRoute::ListTasks(family))),
-                _ => Err(ApiError::method_not_allowed(method, GET_POST)),
+            return match (method, surface.queries) {
+                ("POST", _) => Ok(Route::Client(ClientRoute::CreateTask(surface))),
+                ("GET", true) => Ok(Route::Client(ClientRoute::ListTasks(surface))),
+                (_, true) => Err(ApiError::method_not_allowed(method, GET_POST)),
+                (_, false) => Err(ApiError::method_not_allowed(method, "POST")),
             };
         }
-        if let Some(raw_id) = rest.strip_prefix('/') {
+        if let Some(raw_id) = rest.strip_prefix('/').filter(|_| surface.queries) {
             if raw_id.contains('/') {
                 break;
             }
             if method != GET {
                 return Err(ApiError::method_not_allowed(method, GET));
             }
-            let id = percent_decode_str(raw_id)
-                .decode_utf8()
-                .map_err(|_| ApiError::bad_param("task_id", validate::IDENTIFIER_RULE))?;
-            validate::task_id("task_id", &id)?;
-            return Ok(Route::Client(ClientRoute::QueryTask(family, id.into_owned())));
+            return Ok(Route::Client(ClientRoute::QueryTask(surface, decoded_id(raw_id)?)));
         }
     }
     Err(ApiError::no_route(&loggable_path(path)))
+}
+
+/// A task id from a path: percent-decoded, then checked.
+fn decoded_id(raw_id: &str) -> Result<String, ApiError> {
+    let id = percent_decode_str(raw_id)
+        .decode_utf8()
+        .map_err(|_| ApiError::bad_param("task_id", validate::IDENTIFIER_RULE))?;
+    validate::task_id("task_id", &id)?;
+    Ok(id.into_owned())
 }
 
 fn only(method: &str, allowed: &'static str, route: Route) -> Result<Route, ApiError> {
@@ -148,23 +143,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_families_route_alike() {
-        for family in [Family::Official, Family::Simplified] {
-            let base = family.path();
-            assert_eq!(route("POST", base), Ok(Route::Client(ClientRoute::CreateTask(family))));
-            assert_eq!(route("GET", base), Ok(Route::Client(ClientRoute::ListTasks(family))));
-            assert_eq!(
-                route("GET", &format!("{base}/task-1")),
-                Ok(Route::Client(ClientRoute::QueryTask(family, "task-1".into())))
-            );
+    fn every_surface_routes_alike() {
+        for surface in SURFACES {
+            let base = surface.path;
+            assert_eq!(route("POST", base), Ok(Route::Client(ClientRoute::CreateTask(surface))));
+            if surface.queries {
+                assert_eq!(route("GET", base), Ok(Route::Client(ClientRoute::ListTasks(surface))));
+                assert_eq!(
+                    route("GET", &format!("{base}/task-1")),
+                    Ok(Route::Client(ClientRoute::QueryTask(surface, "task-1".into())))
+                );
+            } else {
+                assert_eq!(route("GET", base).unwrap_err().status, 405);
+                assert_eq!(route("GET", &format!("{base}/task-1")).unwrap_err().status, 404);
+            }
         }
+        assert_eq!(
+            route("GET", "/v1/kling/tasks/860000000000000001"),
+            Ok(Route::Client(ClientRoute::UseApiTask("860000000000000001".into())))
+        );
+        assert_eq!(route("POST", "/v1/kling/tasks/1").unwrap_err().status, 405);
     }
 
     #[test]
     fn task_ids_are_percent_decoded_then_validated() {
         assert_eq!(
             route("GET", "/v1/audio/video-to-audio/order%3A42"),
-            Ok(Route::Client(ClientRoute::QueryTask(Family::Official, "order:42".into())))
+            Ok(Route::Client(ClientRoute::QueryTask(&crate::api::surfaces::V2A, "order:42".into())))
         );
         let error = route("GET", "/v1/audio/video-to-audio/a%20b").unwrap_err();
         assert_eq!((error.status, error.code), (400, 1201));

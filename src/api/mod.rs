@@ -1,10 +1,17 @@
-//! The endpoint table: each Kling family the worker speaks, described once, as data.
+//! The endpoint tables: each Kling family the worker speaks, described once, as data.
 //!
-//! An endpoint names Kling's path (where creates, queries and lists go upstream), a code
+//! An [`Endpoint`] is Kling's side: its path (where creates and queries go upstream), a code
 //! (carried in callback capabilities, so a callback knows which path to poll), and which
-//! result files a finished task yields (what "complete" means for it). Everything that
-//! handles tasks (routing, the coordinator, publishing) reads this table, so adding an
-//! endpoint is one entry here and its tests.
+//! result files a finished task yields (what "complete" means for it). A surface
+//! ([`surfaces`]) is the client's side: a path, the endpoint it reaches, its body's fields and
+//! rules ([`fields`]), and its answers' shape. Routing, validation, the coordinator,
+//! publishing and the API document ([`openapi`]) all read these tables, so adding an endpoint
+//! is one entry in each and its tests.
+
+pub mod fields;
+pub mod openapi;
+pub mod surfaces;
+pub mod useapi;
 
 /// Which result files a finished task of an endpoint yields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +50,19 @@ pub static VIDEO_TO_AUDIO: Endpoint = Endpoint {
     results: Results::Audios,
 };
 
+pub static TEXT2VIDEO: Endpoint =
+    Endpoint { code: 2, name: "text2video", kling_path: "/v1/videos/text2video", results: Results::Videos };
+pub static IMAGE2VIDEO: Endpoint =
+    Endpoint { code: 3, name: "image2video", kling_path: "/v1/videos/image2video", results: Results::Videos };
+pub static TEXT_TO_AUDIO: Endpoint = Endpoint {
+    code: 4,
+    name: "text-to-audio",
+    kling_path: "/v1/audio/text-to-audio",
+    results: Results::Audios,
+};
+
 /// Every endpoint, in code order.
-pub static ENDPOINTS: &[&Endpoint] = &[&VIDEO_TO_AUDIO];
+pub static ENDPOINTS: &[&Endpoint] = &[&VIDEO_TO_AUDIO, &TEXT2VIDEO, &IMAGE2VIDEO, &TEXT_TO_AUDIO];
 
 pub fn by_code(code: u8) -> Option<&'static Endpoint> {
     ENDPOINTS.iter().copied().find(|endpoint| endpoint.code == code)

@@ -22,7 +22,7 @@ use crate::webhook::SignatureHeaders;
 use super::{clock, http, Call};
 
 pub async fn receive(request: &mut Request, call: &Call<'_>, token: &str) -> Result<Response, ApiError> {
-    let body = http::read_body(request).await?;
+    let body = http::read_body(request, http::MAX_BODY_BYTES).await?;
     if let Some(key) = &call.config.kling_webhook_key {
         let header = |name: &str| request.headers().get(name).ok().flatten();
         let (id, timestamp, signature) =

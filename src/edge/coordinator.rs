@@ -134,6 +134,9 @@ impl TaskCoordinator {
             protocol::Request::List { tenant, endpoint, page_num, page_size, .. } => {
                 coordinator.list(&tenant, endpoint, page_num, page_size).map(serde_json::Value::Array)
             }
+            protocol::Request::Running { tenant, .. } => {
+                coordinator.running(&tenant).map(serde_json::Value::from)
+            }
         };
         self.reschedule(false).await;
         answer

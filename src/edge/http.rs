@@ -8,9 +8,12 @@ use worker::wasm_bindgen::JsCast;
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::{js_sys, web_sys, AbortController, Delay, Headers, Request, Response};
 
+use crate::api::surfaces::Style;
+use crate::api::useapi;
 use crate::error::ApiError;
 
-/// Request bodies above this are refused with 413 before they are read in full.
+/// Request bodies above this are refused with 413 before they are read in full (a create
+/// body may allow more: see `crate::api::fields::Body::max_bytes`).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A JSON response with the headers every answer carries.
@@ -34,23 +37,28 @@ pub fn success(data: &serde_json::Value, request_id: &str) -> Response {
     json(200, body.to_string(), request_id)
 }
 
-/// An error in Kling's envelope, with its extra header if it has one.
-pub fn error(error: &ApiError, request_id: &str) -> Response {
-    let response = json(error.status, error.envelope(request_id), request_id);
+/// An error in Kling's envelope (or useapi.net's, on its paths), with its extra header if
+/// it has one.
+pub fn error(error: &ApiError, request_id: &str, style: Style) -> Response {
+    let body = match style {
+        Style::Kling => error.envelope(request_id),
+        Style::UseApi => useapi::error_body(error),
+    };
+    let response = json(error.status, body, request_id);
     if let Some((name, value)) = &error.header {
         let _ = response.headers().set(name, value);
     }
     response
 }
 
-/// Reads the body, refusing (413) one larger than [`MAX_BODY_BYTES`] without reading the
-/// rest: by its `Content-Length` when it declares one (the runtime holds the sender to it,
-/// so a declared body is read in one call), else as soon as the stream passes it.
-pub async fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
+/// Reads the body, refusing (413) one larger than `limit` bytes without reading the rest: by
+/// its `Content-Length` when it declares one (the runtime holds the sender to it, so a
+/// declared body is read in one call), else as soon as the stream passes it.
+pub async fn read_body(request: &mut Request, limit: usize) -> Result<Vec<u8>, ApiError> {
     let declared = request.headers().get("Content-Length").ok().flatten();
     if let Some(length) = declared.and_then(|value| value.trim().parse::<u64>().ok()) {
-        if length > MAX_BODY_BYTES as u64 {
-            return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
+        if length > limit as u64 {
+            return Err(ApiError::payload_too_large(limit));
         }
         return request.bytes().await.map_err(|_| ApiError::bad_request("body: could not be read"));
     }
@@ -60,8 +68,8 @@ pub async fn read_body(request: &mut Request) -> Result<Vec<u8>, ApiError> {
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| ApiError::bad_request("body: could not be read"))?;
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::payload_too_large(limit));
         }
         body.extend_from_slice(&chunk);
     }

@@ -24,6 +24,7 @@ use std::rc::Rc;
 
 use worker::{console_error, console_log, event, Context, Env, Request, Response};
 
+use crate::api::surfaces::Style;
 use crate::auth;
 use crate::config::Config;
 use crate::cors::{self, AllowedOrigins};
@@ -74,6 +75,8 @@ struct Seen {
     tenant: Option<String>,
     allowed_origins: Option<AllowedOrigins>,
     coordinator_calls: Cell<u32>,
+    /// The shape errors take: useapi.net's on its paths, else Kling's envelope.
+    style: Style,
 }
 
 #[event(fetch)]
@@ -88,7 +91,7 @@ pub async fn fetch(mut request: Request, env: Env, ctx: Context) -> worker::Resu
     let mut seen = Seen::default();
     let response = match handle(&mut request, &env, &ctx, &request_id, &mut seen).await {
         Ok(response) => response,
-        Err(error) => http::error(&error, &request_id),
+        Err(error) => http::error(&error, &request_id, seen.style),
     };
     if method != "OPTIONS" {
         let granted = seen.allowed_origins.as_ref().and_then(|allowed| allowed.grant(origin.as_deref()));
@@ -122,6 +125,8 @@ async fn handle(
     let url = request.url().map_err(|_| ApiError::bad_request("the request URL is unreadable"))?;
     let method = request.inner().method();
     let route = routes::route(&method, url.path());
+    // useapi.net's paths answer its way, whatever goes wrong (even a malformed id).
+    seen.style = if routes::is_useapi_path(url.path()) { Style::UseApi } else { Style::Kling };
     if route == Ok(Route::Health) {
         return Ok(health(request_id));
     }
@@ -168,9 +173,10 @@ async fn handle(
     match client_route {
         ClientRoute::MintToken => tokens::mint(request, &call, &client).await,
         ClientRoute::WebhookSecret => tokens::webhook_secret(&call, &client),
-        ClientRoute::CreateTask(family) => tasks::create(request, &call, &client, family).await,
-        ClientRoute::QueryTask(family, id) => tasks::query(&call, &client, family, &id).await,
-        ClientRoute::ListTasks(family) => tasks::list(&call, &client, family, url.query()).await,
+        ClientRoute::CreateTask(surface) => tasks::create(request, &call, &client, surface).await,
+        ClientRoute::QueryTask(surface, id) => tasks::query(&call, &client, surface, &id).await,
+        ClientRoute::ListTasks(surface) => tasks::list(&call, &client, surface, url.query()).await,
+        ClientRoute::UseApiTask(id) => tasks::useapi_task(&call, &client, &id).await,
     }
 }
 

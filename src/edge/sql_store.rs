@@ -22,6 +22,7 @@ const SCHEMA: &[&str] = &[
         external_id TEXT,
         created_at INTEGER NOT NULL,
         due_at INTEGER,
+        running INTEGER NOT NULL DEFAULT 1,
         record TEXT NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS tasks_newest ON tasks (endpoint, created_at DESC, task_id DESC)",
@@ -61,6 +62,11 @@ struct DueRow {
 }
 
 #[derive(Deserialize)]
+struct CountRow {
+    count: f64,
+}
+
+#[derive(Deserialize)]
 struct ValueRow {
     value: String,
 }
@@ -96,11 +102,11 @@ impl TaskStore for SqlStore {
         let external = crate::task::external_task_id_of(&record.data).map(str::to_owned);
         self.sql
             .exec(
-                "INSERT INTO tasks (task_id, endpoint, nonce, external_id, created_at, due_at, record)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO tasks (task_id, endpoint, nonce, external_id, created_at, due_at, running, record)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (task_id) DO UPDATE SET endpoint = excluded.endpoint, nonce = excluded.nonce,
                    external_id = excluded.external_id, created_at = excluded.created_at,
-                   due_at = excluded.due_at, record = excluded.record",
+                   due_at = excluded.due_at, running = excluded.running, record = excluded.record",
                 vec![
                     record.task_id.as_str().into(),
                     SqlStorageValue::Integer(i64::from(record.endpoint)),
@@ -108,6 +114,7 @@ impl TaskStore for SqlStore {
                     external.into(),
                     int(record.created_at),
                     record.due_at().map(int).unwrap_or(SqlStorageValue::Null),
+                    SqlStorageValue::Integer(i64::from(record.is_running())),
                     json.into(),
                 ],
             )
@@ -142,6 +149,15 @@ impl TaskStore for SqlStore {
                 SqlStorageValue::Integer(i64::from(offset)),
             ],
         )
+    }
+
+    fn running(&self) -> Result<u32, ApiError> {
+        let rows: Vec<CountRow> = self
+            .sql
+            .exec("SELECT COUNT(*) AS count FROM tasks WHERE running = 1", None)
+            .and_then(|c| c.to_array())
+            .map_err(failed)?;
+        Ok(rows.first().map_or(0, |row| row.count.max(0.0) as u32))
     }
 
     fn due(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {

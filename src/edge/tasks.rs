@@ -1,4 +1,5 @@
-//! The task endpoints: create, query and list, on every path family.
+//! The task endpoints of every surface (`crate::api::surfaces`): create, query and list, and
+//! useapi.net's add-sound and task status.
 //!
 //! A create is validated in full, then sent to Kling with a callback URL whose capability
 //! the worker can check later without storage; the client gets Kling's answer as soon as
@@ -9,16 +10,19 @@
 
 use std::time::Duration;
 
+use serde_json::Value;
 use worker::{Delay, Request, Response};
 
-use crate::api::Endpoint;
+use crate::api::surfaces::{Style, Surface};
+use crate::api::{fields::Target, useapi, VIDEO_TO_AUDIO};
 use crate::auth::Client;
 use crate::capability::Capability;
-use crate::error::ApiError;
+use crate::error::{code, ApiError};
 use crate::flows::coordinator::Registration;
 use crate::flows::protocol;
 use crate::kling;
-use crate::routes::{self, Family};
+use crate::record::USEAPI_STYLE;
+use crate::routes;
 use crate::task;
 use crate::validate::{self, UrlPolicy};
 
@@ -30,41 +34,64 @@ use super::{coordinator, http, limits, Call};
 /// Tries of recording a create with its coordinator (after the answer), and the waits between.
 const REGISTER_RETRY_MS: [u64; 3] = [0, 200, 1_000];
 
-/// `POST` on an endpoint's path: validate, call Kling, answer, then record.
+/// `POST` on a surface's path: validate, call Kling, answer, then record.
 pub async fn create(
     request: &mut Request,
     call: &Call<'_>,
     client: &Client,
-    family: Family,
+    surface: &'static Surface,
 ) -> Result<Response, ApiError> {
-    let body = http::read_body(request).await?;
+    let body = http::read_body(request, surface.body.max_bytes).await?;
     let policy = UrlPolicy { allow_private: call.config.allow_private_urls };
-    let mut create = validate::create_request(family, &body, policy)?;
-    let client_webhook = client.webhook_for_create(create.upstream.callback_url.take())?;
+    let mut validated = surface.validate(&body, policy)?;
+    let client_webhook = client.webhook_for_create(validated.webhook.take())?;
     if client_webhook.is_some() && call.config.proxy_webhook_key.is_none() {
+        let field = surface
+            .body
+            .fields
+            .iter()
+            .find(|f| f.target == Target::Webhook)
+            .map_or("callback_url", |f| f.name);
         return Err(ApiError::bad_param(
-            "callback_url",
+            field,
             "this deployment does not forward webhooks (its operator has not set PROXY_WEBHOOK_SECRET)",
         ));
+    }
+    if let Some(email) = validated.edge.get("email").and_then(Value::as_str) {
+        account_email_rule(call, email)?;
     }
     // Only a create that passed every rule counts against the create limit: a refused one
     // costs the client nothing.
     limits::check(call.env, limits::CREATES, &limits::tenant_key(&client.tenant), clock::now_secs()).await?;
-
-    let endpoint = family.endpoint();
     let shard = task::tenant_shard(&client.tenant);
+    if let Some(max_jobs) = validated.edge.get("maxJobs").and_then(Value::as_u64) {
+        let request = protocol::Request::Running { shard: shard.clone(), tenant: client.tenant.clone() };
+        let running = call.coordinator(&request).await?.as_u64().unwrap_or(0);
+        if running >= max_jobs {
+            return Err(ApiError::new(
+                429,
+                code::RATE_LIMITED,
+                format!("maxJobs: {running} of your tasks are running, the most you allowed ({max_jobs}); retry when one finishes"),
+            ));
+        }
+    }
+
+    let endpoint = surface.endpoint;
     let capability =
         Capability::issue(&shard, clock::random_bytes::<16>()?, endpoint.code, clock::now_secs());
     let origin = match &call.config.public_base_url {
         Some(base) => base.clone(),
         None => request_origin(request)?,
     };
-    create.upstream.callback_url =
-        Some(routes::kling_callback_url(&origin, &capability.encode(&call.config.capability_key)));
-
-    let reply = Kling::new(&call.config).create(endpoint, &create.upstream).await?;
-    if let Some(data) = task::envelope_data(&reply.body).filter(|_| reply.status == 200) {
-        match task::task_id_of(&data).map(str::to_owned) {
+    let mut upstream = validated.upstream;
+    upstream.insert(
+        "callback_url".into(),
+        Value::String(routes::kling_callback_url(&origin, &capability.encode(&call.config.capability_key))),
+    );
+    let reply = Kling::new(&call.config).create(endpoint, &upstream).await?;
+    let data = task::envelope_data(&reply.body).filter(|_| reply.status == 200);
+    if let Some(data) = &data {
+        match task::task_id_of(data).map(str::to_owned) {
             Some(task_id) => {
                 let registration = protocol::Request::Register {
                     shard,
@@ -74,7 +101,9 @@ pub async fn create(
                         nonce: capability.nonce,
                         tenant: client.tenant.clone(),
                         client_callback_url: client_webhook,
-                        data,
+                        style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
+                        reply_ref: validated.edge.get("replyRef").and_then(Value::as_str).map(str::to_owned),
+                        data: data.clone(),
                     },
                 };
                 let env = call.env.clone();
@@ -83,7 +112,35 @@ pub async fn create(
             None => WorkerRuntime.log_problem("create", "Kling's create answer has no task_id"),
         }
     }
-    Ok(pass_through(reply))
+    match (surface.style, data) {
+        (Style::Kling, _) => Ok(pass_through(reply)),
+        (Style::UseApi, Some(data)) => {
+            Ok(http::json(200, useapi::task_answer(&data).to_string(), call.request_id))
+        }
+        (Style::UseApi, None) => Err(kling_refusal(&reply)),
+    }
+}
+
+/// `email` of a useapi.net-style call: the deployment serves one Kling account, the one
+/// `KLING_ACCOUNT_EMAIL` names.
+fn account_email_rule(call: &Call<'_>, email: &str) -> Result<(), ApiError> {
+    match &call.config.kling_account_email {
+        Some(account) if account.eq_ignore_ascii_case(email.trim()) => Ok(()),
+        Some(_) => Err(ApiError::bad_param("email", "is not this deployment's Kling account (it has one: KLING_ACCOUNT_EMAIL)")),
+        None => Err(ApiError::bad_param(
+            "email",
+            "this deployment has one Kling account and its operator has not named it (KLING_ACCOUNT_EMAIL): leave email out",
+        )),
+    }
+}
+
+/// Kling's own refusal of a create, as an error a useapi.net-style client reads.
+fn kling_refusal(reply: &Reply) -> ApiError {
+    let envelope: Value = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+    let message = envelope.get("message").and_then(Value::as_str).unwrap_or("Kling refused the task");
+    let code = envelope.get("code").and_then(Value::as_u64).unwrap_or(0);
+    let status = if reply.status == 200 { 502 } else { reply.status };
+    ApiError::new(status, code as u32, format!("Kling: {message} (code {code})"))
 }
 
 /// Records a create with its coordinator, trying again a couple of times: until it lands,
@@ -103,46 +160,60 @@ async fn register(env: worker::Env, registration: protocol::Request) {
     }
 }
 
-/// `GET` one task by task id or external task id: the edge copy if the task is finished and
-/// the caller's, else its coordinator (which asks Kling if the task is running and quiet).
-pub async fn query(call: &Call<'_>, client: &Client, family: Family, id: &str) -> Result<Response, ApiError> {
-    let endpoint = family.endpoint();
+/// One of the caller's tasks of `endpoint_code`, by task id or external task id: the edge
+/// copy if the task is finished, else its coordinator (which asks Kling if the task is
+/// running and quiet), else a record of the previous version.
+async fn find(call: &Call<'_>, client: &Client, endpoint_code: u8, id: &str) -> Result<Value, ApiError> {
     let shard = task::tenant_shard(&client.tenant);
     let read_model = KvReadModel::open(call.env)?;
     if let Some(published) = read_model.published(&shard, id).await {
-        if published.tenant == client.tenant && published.endpoint == endpoint.code {
-            return Ok(http::success(&published.task, call.request_id));
+        if published.tenant == client.tenant && published.endpoint == endpoint_code {
+            return Ok(published.task);
         }
     }
     let request = protocol::Request::Query {
         shard,
         tenant: client.tenant.clone(),
-        endpoint: endpoint.code,
+        endpoint: endpoint_code,
         id: id.to_owned(),
     };
     match call.coordinator(&request).await {
-        Ok(task) => Ok(http::success(&task, call.request_id)),
-        Err(not_found) if not_found.status == 404 => match read_model.legacy_task(&client.tenant, id).await {
-            Some(task) => Ok(http::success(&task, call.request_id)),
-            None => Err(not_found),
-        },
-        Err(error) => Err(error),
+        Err(not_found) if not_found.status == 404 && endpoint_code == VIDEO_TO_AUDIO.code => {
+            read_model.legacy_task(&client.tenant, id).await.ok_or(not_found)
+        }
+        outcome => outcome,
     }
 }
 
-/// `GET` the caller's tasks of an endpoint, newest first (`pageNum`, `pageSize`).
+/// `GET {path}/{id}` of a surface.
+pub async fn query(
+    call: &Call<'_>,
+    client: &Client,
+    surface: &Surface,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let task = find(call, client, surface.endpoint.code, id).await?;
+    Ok(http::success(&task, call.request_id))
+}
+
+/// `GET /v1/kling/tasks/{id}`: an add-sound task, useapi.net's way.
+pub async fn useapi_task(call: &Call<'_>, client: &Client, id: &str) -> Result<Response, ApiError> {
+    let task = find(call, client, VIDEO_TO_AUDIO.code, id).await?;
+    Ok(http::json(200, useapi::task_answer(&task).to_string(), call.request_id))
+}
+
+/// `GET {path}` of a surface: the caller's tasks of its endpoint, newest first.
 pub async fn list(
     call: &Call<'_>,
     client: &Client,
-    family: Family,
+    surface: &Surface,
     query: Option<&str>,
 ) -> Result<Response, ApiError> {
     let page = validate::page(query)?;
-    let endpoint: &Endpoint = family.endpoint();
     let request = protocol::Request::List {
         shard: task::tenant_shard(&client.tenant),
         tenant: client.tenant.clone(),
-        endpoint: endpoint.code,
+        endpoint: surface.endpoint.code,
         page_num: page.num,
         page_size: page.size,
     };

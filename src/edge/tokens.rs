@@ -19,7 +19,7 @@ pub async fn mint(request: &mut Request, call: &Call<'_>, client: &Client) -> Re
             "browser tokens are not enabled on this deployment (PROXY_TOKEN_SECRET is not set)",
         ));
     };
-    let body = http::read_body(request).await?;
+    let body = http::read_body(request, http::MAX_BODY_BYTES).await?;
     let policy = UrlPolicy { allow_private: call.config.allow_private_urls };
     let mint_request = browser_token::mint_request(&body, policy)?;
     let key_digest = call

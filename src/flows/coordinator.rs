@@ -45,6 +45,11 @@ pub struct Registration {
     pub tenant: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_callback_url: Option<String>,
+    /// `useapi` when created in useapi.net's shape (see `TaskRecord::style`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_ref: Option<String>,
     /// Kling's answer to the create (`data`).
     pub data: Value,
 }
@@ -81,7 +86,8 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, T: Runtime> Coordinat
     /// that repeated an id) is replaced, never merged, and its edge copy removed.
     pub fn register(&self, registration: Registration) -> Result<Value, ApiError> {
         let now = self.runtime.now_ms();
-        let Registration { task_id, endpoint, nonce, tenant, client_callback_url, data } = registration;
+        let Registration { task_id, endpoint, nonce, tenant, client_callback_url, style, reply_ref, data } =
+            registration;
         if let Some(bound) = self.store.find_nonce(&nonce)?.filter(|bound| *bound != task_id) {
             // Only a forged callback (with a leaked URL) could have bound this fresh nonce
             // to another task before the create's answer: the create's answer wins.
@@ -103,6 +109,8 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, T: Runtime> Coordinat
         record.endpoint = endpoint;
         record.tenant = Some(tenant);
         record.client_callback_url = client_callback_url;
+        record.style = style;
+        record.reply_ref = reply_ref;
         record.apply_report(&data, now, &self.settings.poll);
         if record.next_poll_at.is_none() {
             record.schedule_poll(now, &self.settings.poll);
@@ -181,6 +189,12 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, T: Runtime> Coordinat
             .filter(|record| record.tenant.as_deref() == Some(tenant))
             .map(|record| record.answer())
             .collect())
+    }
+
+    /// How many of the tenant's tasks Kling is still working on (useapi.net's `maxJobs`).
+    pub fn running(&self, tenant: &str) -> Result<u32, ApiError> {
+        let _ = tenant; // a coordinator holds one tenant's tasks
+        self.store.running()
     }
 
     /// The alarm: for each task with something due, in this order, ask Kling about it, try

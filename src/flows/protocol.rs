@@ -23,6 +23,8 @@ pub enum Request {
     Query { shard: String, tenant: String, endpoint: u8, id: String },
     /// A page of the tenant's tasks of one endpoint.
     List { shard: String, tenant: String, endpoint: u8, page_num: u32, page_size: u32 },
+    /// How many of the tenant's tasks Kling is still working on.
+    Running { shard: String, tenant: String },
 }
 
 impl Request {
@@ -31,7 +33,8 @@ impl Request {
             Request::Register { shard, .. }
             | Request::Report { shard, .. }
             | Request::Query { shard, .. }
-            | Request::List { shard, .. } => shard,
+            | Request::List { shard, .. }
+            | Request::Running { shard, .. } => shard,
         }
     }
 
@@ -39,7 +42,9 @@ impl Request {
     pub fn tenant(&self) -> Option<&str> {
         match self {
             Request::Register { registration, .. } => Some(&registration.tenant),
-            Request::Query { tenant, .. } | Request::List { tenant, .. } => Some(tenant),
+            Request::Query { tenant, .. }
+            | Request::List { tenant, .. }
+            | Request::Running { tenant, .. } => Some(tenant),
             Request::Report { .. } => None,
         }
     }
@@ -50,6 +55,7 @@ impl Request {
             Request::Report { .. } => "report",
             Request::Query { .. } => "query",
             Request::List { .. } => "list",
+            Request::Running { .. } => "running",
         }
     }
 }

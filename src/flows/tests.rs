@@ -93,6 +93,8 @@ impl World {
                 nonce: nonce.into(),
                 tenant: TENANT.into(),
                 client_callback_url: webhook.then(|| HOOK.to_owned()),
+                style: None,
+                reply_ref: None,
                 data,
             })
             .unwrap()
@@ -576,6 +578,16 @@ fn a_storage_outage_is_an_error_not_a_loss() {
     assert_eq!(error.status, 503, "the callback is refused, so Kling (or the poller) reports it again");
     world.store.broken.set(false);
     assert_eq!(world.record("t1").data["task_status"], "submitted");
+}
+
+#[test]
+fn running_tasks_are_counted_for_max_jobs() {
+    let world = World::new();
+    world.register("t1", "n1", false);
+    world.register("t2", "n2", false);
+    assert_eq!(world.coordinator().running(TENANT).unwrap(), 2);
+    world.kling_moves("t1", "n1", "failed", START + 3, false, false);
+    assert_eq!(world.coordinator().running(TENANT).unwrap(), 1);
 }
 
 #[test]

@@ -139,6 +139,11 @@ impl TaskStore for MemoryStore {
         Ok(records.into_iter().skip(offset as usize).take(limit as usize).collect())
     }
 
+    fn running(&self) -> Result<u32, ApiError> {
+        self.check()?;
+        Ok(self.tasks.borrow().values().filter(|record| record.is_running()).count() as u32)
+    }
+
     fn due(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {
         self.check()?;
         let mut due: Vec<(u64, String)> = self

@@ -11,7 +11,7 @@ import { startFakeKling } from '../support/fake-kling.mjs';
 import {
   ACCESS_KEY, baseSettings, OFFICIAL, OPS_KEY, SECRET_KEY, VIDEO, WEB_KEY,
 } from '../support/settings.mjs';
-import { call, startWorker } from '../support/worker.mjs';
+import { call, freshRateLimitWindow, startWorker } from '../support/worker.mjs';
 
 const APP_ORIGIN = 'https://app.example.com';
 const TOKEN_SECRET = 'browser-token-secret-for-the-e2e-tests-5f4e3d2c';
@@ -277,11 +277,7 @@ describe('rate limits (the defaults of wrangler.toml)', () => {
     await limitedFake?.close();
   });
 
-  /** Waits for a fresh one-minute window if the current one is about to roll over. */
-  async function freshWindow(needSeconds = 20) {
-    const intoWindow = (Date.now() / 1000) % 60;
-    if (60 - intoWindow < needSeconds) await new Promise((resolve) => setTimeout(resolve, (60 - intoWindow + 0.5) * 1000));
-  }
+  const freshWindow = freshRateLimitWindow;
 
   it("stop a tenant's burst at 120 requests a minute, and only that tenant's", async () => {
     await freshWindow();

@@ -58,20 +58,28 @@ describe('GET /openapi.json', () => {
     const doc = await response.json();
     assert.equal(doc.openapi, '3.1.0');
     assert.deepEqual(Object.keys(doc.paths).sort(), [
-      '/health', '/v1/audio/video-to-audio', '/v1/audio/video-to-audio/{task_id}', '/v1/callbacks/kling/{token}',
-      '/v1/tokens', '/v1/videos/video-to-audio', '/v1/videos/video-to-audio/{task_id}', '/v1/webhook-secret',
+      '/health', '/v1/audio/text-to-audio', '/v1/audio/text-to-audio/{task_id}', '/v1/audio/video-to-audio',
+      '/v1/audio/video-to-audio/{task_id}', '/v1/callbacks/kling/{token}', '/v1/kling/tasks/{task_id}',
+      '/v1/kling/videos/add-sound', '/v1/tokens', '/v1/videos/image2video', '/v1/videos/image2video/{task_id}',
+      '/v1/videos/text2video', '/v1/videos/text2video/{task_id}', '/v1/videos/video-to-audio',
+      '/v1/videos/video-to-audio/{task_id}', '/v1/webhook-secret',
     ]);
-    const create = doc.components.schemas.OfficialCreate;
+    const create = doc.components.schemas.VideoToAudioCreate;
     assert.equal(create.additionalProperties, false);
     assert.equal(create.properties.sound_effect_prompt.maxLength, 200);
     assert.equal(create.properties.video_duration.minimum, 3);
     assert.equal(create.properties.video_duration.maximum, 20);
     assert.match(doc.components.schemas.ErrorEnvelope.description, /1201/);
+    assert.deepEqual(doc.components.schemas.Text2videoCreate.properties.sound.enum, ['on', 'off']);
+    assert.equal(doc.components.schemas.TextToAudioCreate.properties.duration.maximum, 10);
+    assert.deepEqual(doc.components.schemas.AddSoundCreate.required, ['video']);
   });
 
   it('describes the running worker: no 5xx, every answer as documented', async () => {
-    // Give schemathesis a task to find, and Kling a few to list.
+    // Give schemathesis tasks to find, and Kling a few to list.
     await call(worker, 'POST', '/v1/audio/video-to-audio', { key: WEB_KEY, body: { video_url: 'https://cdn.example.com/a.mp4', external_task_id: 'openapi-1' } });
+    await call(worker, 'POST', '/v1/videos/text2video', { key: WEB_KEY, body: { prompt: 'waves', external_task_id: 'openapi-2' } });
+    await call(worker, 'POST', '/v1/audio/text-to-audio', { key: WEB_KEY, body: { prompt: 'rain', duration: 5, external_task_id: 'openapi-3' } });
     const { code, output } = await run(SCHEMATHESIS, [
       'run', `${worker.url}/openapi.json`,
       '--url', worker.url,

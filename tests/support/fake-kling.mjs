@@ -10,21 +10,66 @@
 // - tests can make the next calls fail, drop the connection, or hang;
 // - it POSTs callbacks to a task's callback_url, optionally signed the Standard Webhooks
 //   way, and with `autoProgress` moves each task submitted -> processing -> succeed by
-//   itself (the local development stand-in; a video URL containing "fail" ends `failed`, one
-//   containing "hold" stays `processing`),
+//   itself (the local development stand-in; an input containing "fail" ends `failed`, one
+//   containing "hold" stays `processing`), on every endpoint the worker speaks (video to
+//   audio, text and image to video, text to audio),
 //   serving a playable sample video and audio from samples/.
 
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const SAMPLES_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../samples');
-const CREATE_FIELDS = new Set([
-  'video_id', 'video_url', 'sound_effect_prompt', 'bgm_prompt', 'asmr_mode', 'callback_url',
-  'external_task_id',
-]);
+const VIDEO_FIELDS = [
+  'model_name', 'prompt', 'negative_prompt', 'cfg_scale', 'mode', 'duration', 'camera_control', 'sound',
+  'multi_shot', 'shot_type', 'multi_prompt', 'watermark_info', 'callback_url', 'external_task_id',
+];
+const SOUND_MODELS = ['kling-v2-6', 'kling-v3'];
+
+/**
+ * Kling's endpoints as this stand-in plays them: the fields each create accepts (anything
+ * else is refused, as Kling refuses it), a check of the body, and the files a finished task
+ * yields.
+ */
+const ENDPOINTS = {
+  '/v1/audio/video-to-audio': {
+    fields: ['video_id', 'video_url', 'sound_effect_prompt', 'bgm_prompt', 'asmr_mode', 'callback_url', 'external_task_id'],
+    check: (body) => {
+      if (!body.video_id === !body.video_url) return 'video_id or video_url';
+      for (const field of ['sound_effect_prompt', 'bgm_prompt']) {
+        if (body[field] !== undefined && [...body[field]].length > 200) return `${field} too long`;
+      }
+      return null;
+    },
+    results: ['videos', 'audios'],
+  },
+  '/v1/videos/text2video': {
+    fields: [...VIDEO_FIELDS, 'aspect_ratio'],
+    check: (body) => {
+      if (body.sound === 'on' && !SOUND_MODELS.includes(body.model_name ?? 'kling-v1')) return 'sound is not supported by this model';
+      if (body.prompt !== undefined && [...body.prompt].length > 2500) return 'prompt too long';
+      return null;
+    },
+    results: ['videos'],
+  },
+  '/v1/videos/image2video': {
+    fields: [...VIDEO_FIELDS, 'image', 'image_tail', 'static_mask', 'dynamic_masks', 'voice_list', 'element_list'],
+    check: (body) => (!body.image && !body.image_tail ? 'image or image_tail' : null),
+    results: ['videos'],
+  },
+  '/v1/audio/text-to-audio': {
+    fields: ['prompt', 'duration', 'callback_url', 'external_task_id'],
+    check: (body) => {
+      if (typeof body.prompt !== 'string' || [...body.prompt].length > 200) return 'prompt';
+      if (typeof body.duration !== 'number' || body.duration < 3 || body.duration > 10) return 'duration';
+      return null;
+    },
+    results: ['audios'],
+  },
+};
 const BASE_PATH = '/v1/audio/video-to-audio';
 
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
@@ -120,7 +165,7 @@ export class FakeKling {
     await new Promise((resolve) => this.server.close(resolve));
   }
 
-  /** The calls that reached the API (not sample downloads). */
+  /** The calls that reached the API (not sample downloads), by default video to audio's. */
   apiRequests(method, pathPrefix = BASE_PATH) {
     return this.requests.filter(
       (r) => (!method || r.method === method) && r.path.startsWith(pathPrefix),
@@ -173,18 +218,37 @@ export class FakeKling {
       sent['webhook-timestamp'] = String(at);
       sent['webhook-signature'] = [...extraSignatures, signWebhook(secret, id, at, body)].join(' ');
     }
-    const response = await fetch(target, { method: 'POST', headers: sent, body });
-    const record = { taskId, url: target, status: response.status, body: await response.text() };
+    const response = await this.#post(target, sent, body);
+    const record = { taskId, url: target, status: response.status, body: response.text };
     this.callbacks.push(record);
     return record;
   }
 
+  /** POSTs a callback; over https, trusting `this.callbackCa` (a test's own certificate). */
+  async #post(target, headers, body) {
+    if (!target.startsWith('https:') || !this.callbackCa) {
+      const response = await fetch(target, { method: 'POST', headers, body });
+      return { status: response.status, text: await response.text() };
+    }
+    return new Promise((resolve, reject) => {
+      const request = https.request(target, { method: 'POST', headers, ca: this.callbackCa }, (response) => {
+        let text = '';
+        response.on('data', (chunk) => { text += chunk; });
+        response.on('end', () => resolve({ status: response.statusCode, text }));
+      });
+      request.on('error', reject);
+      request.end(body);
+    });
+  }
+
   #result(task, withAudios) {
     const base = this.url;
-    const result = {
-      videos: [{ id: `${task.data.task_id}-v`, url: `${base}/samples/sample-video.mp4`, duration: '5.0' }],
-    };
-    if (withAudios) {
+    const yields = ENDPOINTS[task.path].results;
+    const result = {};
+    if (yields.includes('videos')) {
+      result.videos = [{ id: `${task.data.task_id}-v`, url: `${base}/samples/sample-video.mp4`, duration: '5.0' }];
+    }
+    if (withAudios && yields.includes('audios')) {
       result.audios = [{
         id: `${task.data.task_id}-a`,
         url_mp3: `${base}/samples/sample-audio.mp3`,
@@ -234,21 +298,23 @@ export class FakeKling {
       return send(fault.status, fault.body ?? envelope(5000, 'internal error'));
     }
 
-    if (url.pathname === BASE_PATH && req.method === 'POST') return this.#create(raw, record, send);
-    if (url.pathname === BASE_PATH && req.method === 'GET') return this.#list(url, send);
-    if (url.pathname.startsWith(`${BASE_PATH}/`) && req.method === 'GET') {
-      const id = decodeURIComponent(url.pathname.slice(BASE_PATH.length + 1));
-      const byExternal = () => [...this.tasks.values()].find((t) => t.data.task_info.external_task_id === id);
-      const task = this.resolveExternalFirst
-        ? byExternal() ?? this.tasks.get(id)
-        : this.tasks.get(id) ?? byExternal();
+    const endpoint = Object.keys(ENDPOINTS).find((p) => url.pathname === p || url.pathname.startsWith(`${p}/`));
+    if (!endpoint) return send(404, envelope(1202, 'invalid method'));
+    if (url.pathname === endpoint && req.method === 'POST') return this.#create(endpoint, raw, record, send);
+    if (url.pathname === endpoint && req.method === 'GET') return this.#list(endpoint, url, send);
+    if (url.pathname.startsWith(`${endpoint}/`) && req.method === 'GET') {
+      const id = decodeURIComponent(url.pathname.slice(endpoint.length + 1));
+      const mine = [...this.tasks.values()].filter((t) => t.path === endpoint);
+      const byExternal = () => mine.find((t) => t.data.task_info.external_task_id === id);
+      const byId = () => mine.find((t) => t.data.task_id === id);
+      const task = this.resolveExternalFirst ? byExternal() ?? byId() : byId() ?? byExternal();
       if (!task) return send(404, envelope(1203, 'task not found'));
       return send(200, envelope(0, 'SUCCEED', task.data));
     }
     return send(404, envelope(1202, 'invalid method'));
   }
 
-  async #create(raw, record, send) {
+  async #create(endpoint, raw, record, send) {
     let body;
     try {
       body = JSON.parse(raw);
@@ -256,14 +322,11 @@ export class FakeKling {
       return send(400, envelope(1200, 'invalid request body'));
     }
     record.body = body;
-    const unknown = Object.keys(body).filter((k) => !CREATE_FIELDS.has(k));
+    const { fields, check } = ENDPOINTS[endpoint];
+    const unknown = Object.keys(body).filter((k) => !fields.includes(k));
     if (unknown.length) return send(400, envelope(1201, `unknown parameter ${unknown[0]}`));
-    if (!body.video_id === !body.video_url) return send(400, envelope(1201, 'video_id or video_url'));
-    for (const field of ['sound_effect_prompt', 'bgm_prompt']) {
-      if (body[field] !== undefined && [...body[field]].length > 200) {
-        return send(400, envelope(1201, `${field} too long`));
-      }
-    }
+    const problem = check(body);
+    if (problem) return send(400, envelope(1201, problem));
     const externalId = body.external_task_id;
     if (externalId && [...this.tasks.values()].some((t) => t.data.task_info.external_task_id === externalId)) {
       return send(400, envelope(1201, 'external_task_id already exists'));
@@ -274,14 +337,14 @@ export class FakeKling {
       task_id: taskId,
       task_status: 'submitted',
       task_status_msg: '',
-      task_info: {
-        external_task_id: externalId ?? '',
-        parent_video: body.video_url ? { id: '', url: body.video_url, duration: '5.0' } : { id: body.video_id, url: '', duration: '5.0' },
-      },
+      task_info: { external_task_id: externalId ?? '' },
       created_at: now,
       updated_at: now,
     };
-    const task = { data, callbackUrl: body.callback_url, body };
+    if (endpoint === BASE_PATH) {
+      data.task_info.parent_video = body.video_url ? { id: '', url: body.video_url, duration: '5.0' } : { id: body.video_id, url: '', duration: '5.0' };
+    }
+    const task = { data, callbackUrl: body.callback_url, body, path: endpoint };
     this.tasks.set(taskId, task);
     if (this.callbackBeforeAnswering && task.callbackUrl) {
       // Kling may call back before its create answer arrives: play that race, once.
@@ -320,20 +383,22 @@ export class FakeKling {
       }, ms);
       this.timers.add(timer);
     };
-    // A video URL with "fail" in it plays a task Kling could not process; one with "hold"
-    // stays processing until a test advances it.
-    const videoUrl = this.tasks.get(taskId).body.video_url ?? '';
+    // An input (a video URL, a prompt) with "fail" in it plays a task Kling could not
+    // process; one with "hold" stays processing until a test advances it.
+    const { callback_url: _ours, ...inputs } = this.tasks.get(taskId).body;
+    const said = JSON.stringify(inputs);
     later(this.stepMs, () => this.advance(taskId, 'processing'));
-    if (/hold/i.test(videoUrl)) return;
-    later(this.stepMs * 3, () => this.advance(taskId, /fail/i.test(videoUrl) ? 'failed' : 'succeed'));
+    if (/hold/i.test(said)) return;
+    later(this.stepMs * 3, () => this.advance(taskId, /fail/i.test(said) ? 'failed' : 'succeed'));
   }
 
-  #list(url, send) {
+  #list(endpoint, url, send) {
     const pageNum = Number(url.searchParams.get('pageNum') ?? 1);
     const pageSize = Number(url.searchParams.get('pageSize') ?? 30);
     if (!Number.isInteger(pageNum) || pageNum < 1 || pageNum > 1000) return send(400, envelope(1201, 'pageNum'));
     if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 500) return send(400, envelope(1201, 'pageSize'));
-    const all = [...this.tasks.values()].map((t) => t.data).sort((a, b) => b.created_at - a.created_at);
+    const all = [...this.tasks.values()].filter((t) => t.path === endpoint).map((t) => t.data)
+      .sort((a, b) => b.created_at - a.created_at);
     send(200, envelope(0, 'SUCCEED', all.slice((pageNum - 1) * pageSize, pageNum * pageSize)));
   }
 

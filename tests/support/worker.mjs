@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process';
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
+import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -115,7 +116,15 @@ export async function startWorker(settings, options = {}) {
   }
 }
 
-async function startWorkerOnce(settings, { port: wantedPort, persistTo, productionLimits = false, logLevel } = {}) {
+/** GET `url` and resolve with the status (trusting `ca`, for a worker served over https). */
+function statusOf(url, ca) {
+  if (!url.startsWith('https:')) return fetch(url).then((response) => response.status);
+  return new Promise((resolve, reject) => {
+    https.get(url, { ca }, (response) => { response.resume(); resolve(response.statusCode); }).on('error', reject);
+  });
+}
+
+async function startWorkerOnce(settings, { port: wantedPort, persistTo, productionLimits = false, logLevel, https: tls } = {}) {
   const worker = new WorkerProcess();
   worker.dir = await fs.mkdtemp(path.join(os.tmpdir(), 'kling-edge-test-'));
   const envFile = path.join(worker.dir, 'settings.env');
@@ -123,7 +132,7 @@ async function startWorkerOnce(settings, { port: wantedPort, persistTo, producti
   const port = wantedPort ?? await freePort();
   worker.persistTo = persistTo ?? path.join(worker.dir, 'state');
   const inspectorPort = await freePort();
-  worker.url = `http://127.0.0.1:${port}`;
+  worker.url = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   worker.child = spawn(path.join(BIN, 'wrangler'), [
     'dev',
     '--ip', '127.0.0.1',
@@ -135,6 +144,8 @@ async function startWorkerOnce(settings, { port: wantedPort, persistTo, producti
     // Rate limits high enough for a test suite, unless a test is about them.
     ...(productionLimits ? [] : ['--config', testConfig()]),
     ...(logLevel ? ['--log-level', logLevel] : []),
+    // https with the test's own certificate, so a client can verify it (not skip verifying).
+    ...(tls ? ['--local-protocol', 'https', '--https-key-path', tls.keyPath, '--https-cert-path', tls.certPath] : []),
   ], {
     cwd: ROOT,
     detached: true,
@@ -160,8 +171,7 @@ async function startWorkerOnce(settings, { port: wantedPort, persistTo, producti
       throw new Error(`wrangler dev exited (${worker.child.exitCode}):\n${worker.output}`);
     }
     try {
-      const response = await fetch(`${worker.url}/health`);
-      if (response.status === 200) return worker;
+      if (await statusOf(`${worker.url}/health`, tls?.ca) === 200) return worker;
     } catch { /* not listening yet */ }
     await new Promise((resolve) => setTimeout(resolve, 250));
   }
@@ -202,4 +212,10 @@ export async function eventually(check, { timeoutMs = 15_000, intervalMs = 100, 
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, intervalMs));
   }
+}
+
+/** Waits for a fresh one-minute rate-limit window if the current one is about to roll over. */
+export async function freshRateLimitWindow(needSeconds = 20) {
+  const intoWindow = (Date.now() / 1000) % 60;
+  if (60 - intoWindow < needSeconds) await new Promise((resolve) => setTimeout(resolve, (60 - intoWindow + 0.5) * 1000));
 }
