@@ -1,10 +1,16 @@
-// The kling-edge demo page: sign in with a browser token, create a video-to-audio task,
-// follow it live, play the result, and list earlier tasks. It talks to the worker on its
-// own origin with Kling's paths, exactly as any web app would, and holds no key.
+// The kling-edge demo page: sign in with a browser token, make a task of one of three
+// families (add sound to a video, a video with sound from text, a sound from text), follow
+// it live, play the result, and list earlier tasks. It talks to the worker on its own origin
+// with Kling's paths, exactly as any web app would, and holds no key.
 
-const API = '/v1/audio/video-to-audio';
+/** The families the page offers: Kling's path, the prompt's limit, and what the result holds. */
+const FAMILIES = {
+  v2a: { path: '/v1/audio/video-to-audio', label: 'Add sound to a video', maxPrompt: 200, plays: ['video', 'audio'] },
+  t2v: { path: '/v1/videos/text2video', label: 'Video with sound from text', maxPrompt: 2500, plays: ['video'] },
+  t2a: { path: '/v1/audio/text-to-audio', label: 'Sound from text', maxPrompt: 200, plays: ['audio'] },
+};
 const TOKEN_KEY = 'kling-edge-token';
-const MAX_PROMPT = 200;
+const FAMILY_KEY = 'kling-edge-family';
 /** Polling starts fast and slows down: real Kling tasks take minutes. */
 const POLL_FIRST_MS = 1000;
 const POLL_MAX_MS = 10_000;
@@ -16,11 +22,13 @@ const STATUS_LABELS = { submitted: 'Submitted', processing: 'Processing', succee
 /** The page's name for each request field the worker may name in an error. */
 const FIELD_LABELS = {
   video_url: 'Video URL', sound_effect_prompt: 'Prompt', bgm_prompt: 'Prompt', prompt: 'Prompt',
-  video_duration: 'Video length', asmr_mode: 'Sound', Authorization: 'Sign-in',
+  video_duration: 'Video length', asmr_mode: 'Sound', Authorization: 'Sign-in', duration: 'Length',
 };
 
 const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem(TOKEN_KEY) ?? '';
+let family = FAMILIES[sessionStorage.getItem(FAMILY_KEY)] ? sessionStorage.getItem(FAMILY_KEY) : 'v2a';
+const familyPath = () => FAMILIES[family].path;
 let following = null; // { taskId, timer, ticker, startedAt }
 
 const isFinal = (status) => status === 'succeed' || status === 'failed';
@@ -57,7 +65,7 @@ async function tryToken(value) {
     return;
   }
   try {
-    await api('GET', `${API}?pageNum=1&pageSize=1`, undefined, candidate);
+    await api('GET', `${familyPath()}?pageNum=1&pageSize=1`, undefined, candidate);
   } catch (error) {
     note.textContent = `The worker refused that token: ${error.message}`
       + (token ? ' You are still signed in with your previous token.' : '');
@@ -183,9 +191,17 @@ async function videoDuration(url) {
 }
 
 async function createBody() {
-  const body = { video_url: $('video-url').value.trim() };
+  const form = new FormData($('task-form'));
   const prompt = $('prompt').value.trim();
-  const kind = new FormData($('task-form')).get('kind');
+  if (family === 't2v') {
+    // kling-v2-6 makes sound in pro mode; the worker refuses sound anywhere else.
+    return { model_name: 'kling-v2-6', mode: 'pro', sound: 'on', prompt, duration: form.get('video_duration'), aspect_ratio: form.get('aspect_ratio') };
+  }
+  if (family === 't2a') {
+    return { prompt, duration: Number($('audio-duration').value) };
+  }
+  const body = { video_url: $('video-url').value.trim() };
+  const kind = form.get('kind');
   if (kind === 'music') {
     if (prompt) body.bgm_prompt = prompt;
   } else {
@@ -198,6 +214,22 @@ async function createBody() {
   return body;
 }
 
+function chooseFamily(name) {
+  family = name;
+  sessionStorage.setItem(FAMILY_KEY, name);
+  for (const tab of document.querySelectorAll('.tabs [data-family]')) {
+    tab.setAttribute('aria-selected', String(tab.dataset.family === name));
+  }
+  for (const block of document.querySelectorAll('[data-for]')) block.hidden = block.dataset.for !== name;
+  $('history-family').textContent = `(${FAMILIES[name].label.toLowerCase()})`;
+  stopFollowing();
+  $('current').hidden = true;
+  clearPlayers();
+  showError(null);
+  updatePromptCount();
+  refreshList();
+}
+
 async function submit(event) {
   event.preventDefault();
   showError(null);
@@ -208,7 +240,7 @@ async function submit(event) {
   $('submit').disabled = true;
   try {
     const body = await createBody();
-    const created = await api('POST', API, body);
+    const created = await api('POST', familyPath(), body);
     showTask({ ...created, task_status: created.task_status ?? 'submitted' }, body.video_url);
     follow(created.task_id, body.video_url);
     refreshList();
@@ -221,8 +253,9 @@ async function submit(event) {
 
 function updatePromptCount() {
   const count = [...$('prompt').value].length;
-  const over = count > MAX_PROMPT;
-  $('prompt-count').textContent = over ? `${count}/${MAX_PROMPT}: too long for Kling` : `${count}/${MAX_PROMPT}`;
+  const max = FAMILIES[family].maxPrompt;
+  const over = count > max;
+  $('prompt-count').textContent = over ? `${count}/${max}: too long for Kling` : `${count}/${max}`;
   $('prompt-count').classList.toggle('bad', over);
   $('submit').disabled = over;
 }
@@ -257,15 +290,22 @@ function showTask(task, videoUrl) {
     if (failed) step.className = index === 2 ? 'failed' : 'done';
     else step.className = index < reached || task.task_status === 'succeed' ? 'done' : index === reached ? 'active' : '';
   }
+  const plays = FAMILIES[family].plays;
   const audio = task.task_result?.audios?.[0];
-  if (task.task_status !== 'succeed' || !audio) {
+  const made = task.task_result?.videos?.[0]?.url;
+  const ready = task.task_status === 'succeed' && (plays.includes('audio') ? audio : made);
+  if (!ready) {
     clearPlayers();
     return;
   }
-  const video = videoUrl ?? task.task_info?.parent_video?.url ?? task.task_result?.videos?.[0]?.url;
-  if ($('video-player').getAttribute('src') !== video) $('video-player').src = video;
-  if ($('audio-player').getAttribute('src') !== audio.url_mp3) $('audio-player').src = audio.url_mp3;
-  $('audio-wav').href = audio.url_wav ?? audio.url_mp3;
+  const video = family === 't2v' ? made : videoUrl ?? task.task_info?.parent_video?.url ?? made;
+  $('video-figure').hidden = !plays.includes('video');
+  $('audio-figure').hidden = !plays.includes('audio');
+  $('play-together').hidden = plays.length < 2;
+  $('video-caption').textContent = family === 't2v' ? 'Your video, with its sound' : 'Your video';
+  if (plays.includes('video') && $('video-player').getAttribute('src') !== video) $('video-player').src = video;
+  if (audio && $('audio-player').getAttribute('src') !== audio.url_mp3) $('audio-player').src = audio.url_mp3;
+  if (audio) $('audio-wav').href = audio.url_wav ?? audio.url_mp3;
   $('players').hidden = false;
 }
 
@@ -293,7 +333,7 @@ function follow(taskId, videoUrl, createdAt = Date.now()) {
     if (following !== state) return;
     let task;
     try {
-      task = await api('GET', `${API}/${encodeURIComponent(taskId)}`);
+      task = await api('GET', `${familyPath()}/${encodeURIComponent(taskId)}`);
     } catch (error) {
       if (following !== state) return;
       stopFollowing();
@@ -334,7 +374,7 @@ async function refreshList() {
   const body = $('task-list');
   if (!token) return;
   try {
-    const tasks = await api('GET', `${API}?pageNum=1&pageSize=20`);
+    const tasks = await api('GET', `${familyPath()}?pageNum=1&pageSize=20`);
     body.replaceChildren(...(tasks.length ? tasks.map(row) : [emptyRow('No tasks yet.')]));
   } catch (error) {
     body.replaceChildren(emptyRow(error.message));
@@ -398,8 +438,11 @@ $('video-url').addEventListener('change', probeDuration);
 $('prompt').addEventListener('input', updatePromptCount);
 $('play-together').addEventListener('click', playTogether);
 $('refresh').addEventListener('click', refreshList);
+for (const tab of document.querySelectorAll('.tabs [data-family]')) {
+  tab.addEventListener('click', () => chooseFamily(tab.dataset.family));
+}
 
 readFragment();
 showWhoami();
 probeDuration();
-refreshList();
+chooseFamily(family);

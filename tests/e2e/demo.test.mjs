@@ -192,6 +192,37 @@ describe('the demo page in Chromium', () => {
     assert.equal(await page.getByTestId('submit').isDisabled(), false);
   });
 
+  it('makes a sound from text, another family, and plays it', async () => {
+    await page.getByTestId('family-t2a').click();
+    await page.getByTestId('prompt').fill('rain on a tin roof, distant thunder');
+    await page.getByTestId('audio-duration').fill('6.5');
+    const answered = page.waitForResponse((r) => r.request().method() === 'POST' && r.url().endsWith('/v1/audio/text-to-audio'));
+    await page.getByTestId('submit').click();
+    assert.deepEqual(JSON.parse((await answered).request().postData()), { prompt: 'rain on a tin roof, distant thunder', duration: 6.5 });
+    await page.getByTestId('status').filter({ hasText: 'Done' }).waitFor({ timeout: 20_000 });
+    await page.getByTestId('players').waitFor({ state: 'visible' });
+    assert.equal(await page.locator('#video-figure').isVisible(), false, 'a sound has no video');
+    assert.ok(await ready('#audio-player') >= 2, 'the generated audio decodes');
+    const created = fake.apiRequests('POST', '/v1/audio/text-to-audio').at(-1).body;
+    assert.equal(created.duration, 6.5);
+    await page.getByTestId('task-list').filter({ hasText: 'Done' }).waitFor();
+  });
+
+  it('makes a video with sound from text, and plays the video with its sound', async () => {
+    await page.getByTestId('family-t2v').click();
+    await page.getByTestId('prompt').fill('waves crashing on a rocky shore at dusk');
+    await page.getByTestId('submit').click();
+    await page.getByTestId('status').filter({ hasText: 'Done' }).waitFor({ timeout: 20_000 });
+    const sent = fake.apiRequests('POST', '/v1/videos/text2video').at(-1).body;
+    assert.equal(sent.model_name, 'kling-v2-6');
+    assert.equal(sent.sound, 'on');
+    assert.equal(sent.mode, 'pro');
+    assert.ok(await ready('#video-player') >= 2);
+    assert.equal(await page.locator('#audio-figure').isVisible(), false);
+    assert.match(await page.getByTestId('video-player').getAttribute('src'), /sample-video-sound\.mp4$/);
+    await page.getByTestId('family-v2a').click();
+  });
+
   it('logged no page errors', () => {
     assert.deepEqual(consoleErrors, []);
   });

@@ -246,7 +246,9 @@ export class FakeKling {
     const yields = ENDPOINTS[task.path].results;
     const result = {};
     if (yields.includes('videos')) {
-      result.videos = [{ id: `${task.data.task_id}-v`, url: `${base}/samples/sample-video.mp4`, duration: '5.0' }];
+      // A video made with sound has it in the file, as Kling's do.
+      const file = task.body.sound === 'on' ? 'sample-video-sound.mp4' : 'sample-video.mp4';
+      result.videos = [{ id: `${task.data.task_id}-v`, url: `${base}/samples/${file}`, duration: '5.0' }];
     }
     if (withAudios && yields.includes('audios')) {
       result.audios = [{
