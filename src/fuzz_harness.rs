@@ -142,3 +142,29 @@ pub fn browser_token(data: &[u8]) {
         assert_eq!(expired.unwrap_err().code, crate::error::code::AUTH_EXPIRED);
     }
 }
+
+/// The video probe: whatever bytes a server sends, in whatever pieces, it never panics,
+/// never reads past its cap, and a measured length is a real number of seconds.
+pub fn probe(data: &[u8]) {
+    use crate::probe::{probe_bytes, Probe, Step, MAX_BYTES};
+    for ranges in [true, false] {
+        let (step, read) = probe_bytes(data, ranges);
+        assert!(read <= MAX_BYTES, "read {read} bytes");
+        if let Step::Done(facts) = step {
+            assert!(facts.duration_secs.is_finite() && facts.duration_secs >= 0.0);
+        }
+        if let Step::Need { .. } = step {
+            panic!("probe_bytes always ends");
+        }
+    }
+    // The same bytes arriving in two pieces, the second at an offset the first byte chooses.
+    if let Some((&split, rest)) = data.split_first() {
+        let at = (split as usize).min(rest.len());
+        let mut pieces = Probe::new(None);
+        pieces.feed(0, rest[..at].to_vec(), false);
+        pieces.feed(at as u64, rest[at..].to_vec(), true);
+        if let Step::Need { offset, length } = pieces.step() {
+            assert!(length >= 1 && offset.checked_add(length).is_some());
+        }
+    }
+}

@@ -28,6 +28,7 @@ pub mod ids;
 pub mod jwt;
 pub mod kling;
 pub mod ports;
+pub mod probe;
 pub mod record;
 pub mod routes;
 pub mod schedule;

@@ -35,3 +35,8 @@ fn callback_seeds() {
 fn browser_token_seeds() {
     replay("browser_token", kling_edge::fuzz_harness::browser_token);
 }
+
+#[test]
+fn probe_seeds() {
+    replay("probe", kling_edge::fuzz_harness::probe);
+}
