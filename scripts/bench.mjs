@@ -118,6 +118,9 @@ http {
   server {
     listen 127.0.0.1:${nginxPort};
     default_type application/json;
+    # The videos creates point at (the worker measures each before its create): real files,
+    # Range honoured, whatever the mode.
+    location /media/ { alias ${ROOT}/tests/media/; default_type video/mp4; }
     location / {
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -131,6 +134,7 @@ http {
 const nginx = spawn('nginx', ['-c', nginxConf, '-p', WORK], { stdio: ['ignore', 'inherit', 'inherit'] });
 children.push(nginx);
 const upstream = `http://127.0.0.1:${nginxPort}`;
+const VIDEO = `${upstream}/media/twelve-seconds-fast-start.mp4`;
 for (let i = 0; i < 100; i += 1) {
   try { await fetch(`${upstream}/health`); break; } catch { await sleep(50); }
 }
@@ -139,9 +143,21 @@ for (let i = 0; i < 100; i += 1) {
 
 const createScript = path.join(WORK, 'create.lua');
 fs.writeFileSync(createScript, `wrk.method = "POST"
-wrk.body = '{"video_url":"https://cdn.example.com/clip.mp4","sound_effect_prompt":"waves"}'
+wrk.body = '{"video_url":"${VIDEO}","sound_effect_prompt":"waves"}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer ${WEB_KEY}"
+`);
+// Each create names a video the worker has not seen, so each is measured (a ranged read).
+const newVideoScript = path.join(WORK, 'new-video.lua');
+fs.writeFileSync(newVideoScript, `wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer ${WEB_KEY}"
+counter = 0
+request = function()
+  counter = counter + 1
+  local url = "${VIDEO}?n=" .. math.random(1, 1000000000) .. "-" .. counter
+  return wrk.format(nil, nil, nil, '{"video_url":"' .. url .. '","sound_effect_prompt":"waves"}')
+end
 `);
 const getScript = path.join(WORK, 'get.lua');
 fs.writeFileSync(getScript, `wrk.headers["Authorization"] = "Bearer ${WEB_KEY}"\n`);
@@ -241,7 +257,7 @@ async function measure({ limiters, persisted, countLife }) {
   if (countLife) {
     // One task's life: a create with a webhook, three callbacks, ten queries along the way.
     const [kvBefore, coordinatorBefore, klingBefore] = [kvWrites(), coordinatorCalls(), fake.apiRequests().length];
-    const taskId = (await post({ video_url: 'https://cdn.example.com/life.mp4', callback_url: `${receiver.url}/life` })).data.task_id;
+    const taskId = (await post({ video_url: `${VIDEO}?life`, callback_url: `${receiver.url}/life` })).data.task_id;
     await sleep(100);
     await fake.advance(taskId, 'submitted');
     for (let i = 0; i < 3; i += 1) await get(taskId);
@@ -260,14 +276,15 @@ async function measure({ limiters, persisted, countLife }) {
       webhooks: receiver.at('/life').length,
     };
   }
-  const running = (await post({ video_url: 'https://cdn.example.com/running.mp4' })).data.task_id;
-  const finished = (await post({ video_url: 'https://cdn.example.com/finished.mp4' })).data.task_id;
+  const running = (await post({ video_url: `${VIDEO}?running` })).data.task_id;
+  const finished = (await post({ video_url: `${VIDEO}?finished` })).data.task_id;
   await sleep(100);
   await fake.advance(finished, 'succeed');
   await servedAtTheEdge(finished);
 
   const cases = [
     ['create', API, createScript, API],
+    ['create, unseen video', API, newVideoScript, API],
     ['query, running task', `${API}/${running}`, getScript, `${API}/${running}`],
     ['query, finished task', `${API}/${finished}`, getScript, `${API}/${finished}`],
   ];

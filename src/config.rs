@@ -13,6 +13,7 @@ use crate::capability::CapabilityKey;
 use crate::cors::AllowedOrigins;
 use crate::error::ApiError;
 use crate::schedule::Schedule;
+use crate::video_check::{self, Policy};
 use crate::webhook::WebhookKey;
 
 pub const DEFAULT_KLING_API_BASE: &str = "https://api-singapore.klingai.com";
@@ -167,6 +168,10 @@ pub struct Config {
     /// `KLING_ACCOUNT_EMAIL`: the Kling account's email, which useapi.net-style calls may
     /// name (`email`); without it, they may not.
     pub kling_account_email: Option<String>,
+    /// `VIDEO_PROBE`: strict (default), lenient or off.
+    pub video_probe: Policy,
+    /// `VIDEO_PROBE_TIMEOUT_MS`: how long measuring one video may take, all its reads together.
+    pub video_probe_timeout_ms: u32,
 }
 
 /// Every setting [`Config::from_lookup`] reads (a test keeps this list whole).
@@ -186,6 +191,8 @@ pub const SETTINGS: &[&str] = &[
     "FORWARD_RETRY_SECONDS",
     "KLING_POLL_SECONDS",
     "KLING_ACCOUNT_EMAIL",
+    "VIDEO_PROBE",
+    "VIDEO_PROBE_TIMEOUT_MS",
 ];
 
 /// Browser tokens are HS256: a shorter secret could be guessed offline from one token.
@@ -275,6 +282,22 @@ impl Config {
             kling_poll: schedule("KLING_POLL_SECONDS", Schedule::default_kling_poll)?,
             capability_key,
             kling_account_email: get("KLING_ACCOUNT_EMAIL").map(|email| email.trim().to_ascii_lowercase()),
+            video_probe: match get("VIDEO_PROBE") {
+                None => Policy::default(),
+                Some(raw) => Policy::parse(&raw)
+                    .ok_or_else(|| ApiError::config("VIDEO_PROBE", "must be strict, lenient or off"))?,
+            },
+            video_probe_timeout_ms: match get("VIDEO_PROBE_TIMEOUT_MS") {
+                None => video_check::DEFAULT_TIMEOUT_MS,
+                Some(raw) => raw
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|ms| (200..=30_000).contains(ms))
+                    .ok_or_else(|| {
+                        ApiError::config("VIDEO_PROBE_TIMEOUT_MS", "must be a whole number from 200 to 30000")
+                    })?,
+            },
             kling,
             kling_api_base,
             clients,
@@ -411,6 +434,8 @@ mod tests {
             ("PROXY_TOKEN_SECRET", "secret-value"),
             ("FORWARD_RETRY_SECONDS", "5,secret-value"),
             ("KLING_POLL_SECONDS", "secret-value"),
+            ("VIDEO_PROBE", "secret-value"),
+            ("VIDEO_PROBE_TIMEOUT_MS", "secret-value"),
         ] {
             let error = config(&with(&[(name, value)])).unwrap_err();
             assert_eq!(error.status, 500);

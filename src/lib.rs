@@ -37,6 +37,7 @@ pub mod task;
 pub mod testing;
 pub mod url_safety;
 pub mod validate;
+pub mod video_check;
 pub mod webhook;
 
 #[cfg(target_arch = "wasm32")]

@@ -128,6 +128,26 @@ pub struct Body {
     pub max_bytes: usize,
 }
 
+impl Body {
+    /// The client's name for the (first) field with this target.
+    pub fn client_name(&self, target: Target) -> Option<&'static str> {
+        self.fields.iter().find(|field| field.target == target).map(|field| field.name)
+    }
+
+    /// The client's name for what Kling receives as `upstream` (useapi.net's `video` for
+    /// Kling's `video_url`).
+    pub fn client_name_of_upstream(&self, upstream: &str) -> Option<&'static str> {
+        self.fields
+            .iter()
+            .find(|field| match field.target {
+                Target::Upstream => field.name == upstream,
+                Target::UpstreamAs(name) => name == upstream,
+                _ => false,
+            })
+            .map(|field| field.name)
+    }
+}
+
 /// A body that passed every rule.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Validated {

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod coordinator;
 mod http;
 mod limits;
+mod probe;
 mod read_model;
 mod settings;
 mod sql_store;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use worker::{Delay, Request, Response};
 
+use crate::api::fields::Validated;
 use crate::api::surfaces::{Style, Surface};
 use crate::api::{fields::Target, useapi, VIDEO_TO_AUDIO};
 use crate::auth::Client;
@@ -25,11 +26,12 @@ use crate::record::USEAPI_STYLE;
 use crate::routes;
 use crate::task;
 use crate::validate::{self, UrlPolicy};
+use crate::video_check::{self, Policy};
 
 use super::clock::{self, WorkerRuntime};
 use super::read_model::KvReadModel;
 use super::upstream::{Kling, Reply};
-use super::{coordinator, http, limits, Call};
+use super::{coordinator, http, limits, probe, Call};
 
 /// Tries of recording a create with its coordinator (after the answer), and the waits between.
 const REGISTER_RETRY_MS: [u64; 3] = [0, 200, 1_000];
@@ -46,12 +48,7 @@ pub async fn create(
     let mut validated = surface.validate(&body, policy)?;
     let client_webhook = client.webhook_for_create(validated.webhook.take())?;
     if client_webhook.is_some() && call.config.proxy_webhook_key.is_none() {
-        let field = surface
-            .body
-            .fields
-            .iter()
-            .find(|f| f.target == Target::Webhook)
-            .map_or("callback_url", |f| f.name);
+        let field = surface.body.client_name(Target::Webhook).unwrap_or("callback_url");
         return Err(ApiError::bad_param(
             field,
             "this deployment does not forward webhooks (its operator has not set PROXY_WEBHOOK_SECRET)",
@@ -59,6 +56,9 @@ pub async fn create(
     }
     if let Some(email) = validated.edge.get("email").and_then(Value::as_str) {
         account_email_rule(call, email)?;
+    }
+    if std::ptr::eq(surface.endpoint, &VIDEO_TO_AUDIO) {
+        video_rules(call, surface, &validated).await?;
     }
     // Only a create that passed every rule counts against the create limit: a refused one
     // costs the client nothing.
@@ -119,6 +119,33 @@ pub async fn create(
         }
         (Style::UseApi, None) => Err(kling_refusal(&reply)),
     }
+}
+
+/// A video to add sound to must be one Kling accepts: measured at its URL (`VIDEO_PROBE`),
+/// else judged by the client's `video_duration` hint. A Kling video (`video_id`) is not probed.
+async fn video_rules(call: &Call<'_>, surface: &Surface, validated: &Validated) -> Result<(), ApiError> {
+    let hint = validated.edge.get("video_duration").and_then(Value::as_f64);
+    let url = validated.upstream.get("video_url").and_then(Value::as_str);
+    let (Some(url), false) = (url, call.config.video_probe == Policy::Off) else {
+        return video_check::hint_rule(hint);
+    };
+    let started_ms = clock::now_ms();
+    let outcome = probe::measure(&call.config, url).await;
+    let field = surface.body.client_name_of_upstream("video_url").unwrap_or("video_url");
+    let judged = video_check::judge(&outcome, call.config.video_probe, hint, field);
+    // The URL is not logged: it may carry a signature.
+    worker::console_log!(
+        "{}",
+        serde_json::json!({
+            "event": "video_probe",
+            "request_id": call.request_id,
+            "outcome": outcome,
+            "accepted": judged.is_ok(),
+            "note": judged.as_ref().ok().and_then(|judgement| judgement.note.clone()),
+            "ms": clock::now_ms().saturating_sub(started_ms),
+        })
+    );
+    judged.map(drop)
 }
 
 /// `email` of a useapi.net-style call: the deployment serves one Kling account, the one

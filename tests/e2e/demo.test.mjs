@@ -27,8 +27,9 @@ before(async () => {
   fake = await startFakeKling({ accessKey: ACCESS_KEY, secretKey: SECRET_KEY, autoProgress: true, stepMs: 400 });
   worker = await startWorker(baseSettings(fake, {
     PROXY_TOKEN_SECRET: 'demo-token-secret-for-the-chromium-test-0123',
-    // The stand-in's sample video is on loopback, as in `make dev`.
+    // The stand-in's sample video is on loopback, and measured before each create, as in `make dev`.
     ALLOW_PRIVATE_URLS: 'true',
+    VIDEO_PROBE: 'strict',
   }));
   browser = await chromium.launch({
     executablePath: CHROMIUM,

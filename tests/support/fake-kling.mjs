@@ -16,11 +16,12 @@
 //   serving a playable sample video and audio from samples/.
 
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+import { sendFile } from './media-server.mjs';
 
 const SAMPLES_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../samples');
 const VIDEO_FIELDS = [
@@ -277,7 +278,7 @@ export class FakeKling {
     const raw = Buffer.concat(chunks).toString('utf8');
     const url = new URL(req.url, 'http://fake-kling');
     const record = { method: req.method, path: url.pathname + url.search, headers: req.headers, raw };
-    if (url.pathname.startsWith('/samples/')) return this.#sample(url, res);
+    if (url.pathname.startsWith('/samples/')) return this.#sample(req, url, res);
     this.requests.push(record);
 
     const send = (status, body) => {
@@ -404,22 +405,11 @@ export class FakeKling {
     send(200, envelope(0, 'SUCCEED', all.slice((pageNum - 1) * pageSize, pageNum * pageSize)));
   }
 
-  /** A sample file; `?delay=MS` answers that much later (a slow server). */
-  async #sample(url, res) {
+  /** A sample file (Range requests honoured); `?delay=MS` answers that much later (a slow server). */
+  async #sample(req, url, res) {
     const delay = Number(url.searchParams.get('delay') ?? 0);
     if (delay > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(delay, 10_000)));
-    const file = path.join(SAMPLES_DIR, path.basename(url.pathname));
-    const types = { '.mp4': 'video/mp4', '.mp3': 'audio/mpeg', '.wav': 'audio/wav' };
-    if (!fs.existsSync(file)) {
-      res.writeHead(404);
-      return res.end();
-    }
-    res.writeHead(200, {
-      'content-type': types[path.extname(file)] ?? 'application/octet-stream',
-      'access-control-allow-origin': '*',
-      'content-length': fs.statSync(file).size,
-    });
-    fs.createReadStream(file).pipe(res);
+    sendFile(req, res, path.join(SAMPLES_DIR, path.basename(url.pathname)), { 'access-control-allow-origin': '*' });
   }
 }
 

@@ -22,6 +22,9 @@ export function baseSettings(fake, extra = {}) {
     KLING_API_BASE: fake.url,
     PROXY_API_KEYS: `web:${WEB_KEY},ops:${OPS_KEY}`,
     KLING_TIMEOUT_MS: '2000',
+    // VIDEO above does not exist, so nothing could measure it: the probe has its own tests
+    // (probe.test.mjs), with real files on a local server.
+    VIDEO_PROBE: 'off',
     ...extra,
   };
 }

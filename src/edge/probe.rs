@@ -1,0 +1,302 @@
+//! Measuring a video from the edge: the reads the pure probe (`crate::probe`) asks for, over
+//! `fetch`, with redirects checked hop by hop, one deadline for the whole probe, and a
+//! cache per URL, so a retried create does not probe again.
+//!
+//! A read asks for a range. A server that honours it answers 206 with the file's size in
+//! `Content-Range`; one that ignores it answers 200 with `Content-Length`, and is read only up
+//! to the probe's cap (512 KiB), then cut off. Each hop of a redirect (at most three) must be
+//! an http(s) URL to a public address, like the URL the client gave. The whole probe costs a
+//! handful of subrequests: the redirects, a read of the head, and, for a file whose movie
+//! header is at its end, a read there.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use url::Url;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{js_sys, web_sys, AbortController, Cache, Delay, Response};
+
+use crate::config::Config;
+use crate::probe::{Probe, Problem, Step, HEAD_BYTES, MAX_BYTES};
+use crate::url_safety;
+use crate::video_check::{self, Outcome};
+
+use super::clock;
+
+/// Redirects followed, at most.
+const MAX_REDIRECTS: usize = 3;
+/// How long a settled outcome (a measurement, a refusal) is reused.
+const CACHE_SECS: u64 = 600;
+/// Outcomes kept in an isolate's memory (the Cache API has no effect on workers.dev).
+const MEMORY_ENTRIES: usize = 256;
+
+thread_local! {
+    static RECENT: RefCell<HashMap<String, (u64, Outcome)>> = RefCell::new(HashMap::new());
+}
+
+/// What probing `url` comes to: reused from the cache for a while, else measured.
+pub async fn measure(config: &Config, url: &str) -> Outcome {
+    if let Some(outcome) = remembered(url).await {
+        return outcome;
+    }
+    let outcome = run(config, url).await;
+    if outcome.is_settled() {
+        remember(url, &outcome).await;
+    }
+    outcome
+}
+
+async fn remembered(url: &str) -> Option<Outcome> {
+    let now = clock::now_ms();
+    let recent = RECENT
+        .with(|recent| recent.borrow().get(url).filter(|(until, _)| *until > now).map(|(_, o)| o.clone()));
+    if recent.is_some() {
+        return recent;
+    }
+    let mut cached = Cache::default().get(cache_key(url), false).await.ok()??;
+    cached.json::<Outcome>().await.ok()
+}
+
+async fn remember(url: &str, outcome: &Outcome) {
+    let until = clock::now_ms() + CACHE_SECS * 1000;
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if recent.len() >= MEMORY_ENTRIES {
+            let now = clock::now_ms();
+            recent.retain(|_, (until, _)| *until > now);
+            if recent.len() >= MEMORY_ENTRIES {
+                recent.clear();
+            }
+        }
+        recent.insert(url.to_owned(), (until, outcome.clone()));
+    });
+    if let Ok(response) = Response::from_json(outcome) {
+        let _ = response.headers().set("Cache-Control", &format!("public, max-age={CACHE_SECS}"));
+        let _ = Cache::default().put(cache_key(url), response).await;
+    }
+}
+
+/// The cache's key for a video URL: a URL of its own, never fetched.
+fn cache_key(url: &str) -> String {
+    let encoded: String = url::form_urlencoded::byte_serialize(url.as_bytes()).collect();
+    format!("https://kling-edge.invalid/video-probe?url={encoded}")
+}
+
+/// One read's answer.
+struct Read {
+    status: u16,
+    headers: web_sys::Headers,
+    bytes: Vec<u8>,
+    /// Whether the body ended before the read stopped taking it.
+    ended: bool,
+}
+
+enum ReadFailure {
+    Unreachable,
+    TimedOut,
+}
+
+async fn run(config: &Config, url: &str) -> Outcome {
+    let started = clock::now_ms();
+    let deadline = started + u64::from(config.video_probe_timeout_ms);
+    let Ok(mut current) = Url::parse(url) else {
+        return Outcome::Refused { why: "must be an absolute http or https URL".into() };
+    };
+    let mut probe = Probe::new(None);
+    let mut content_type = None;
+    let mut ranges_honoured = true;
+    for _ in 0..8 {
+        let (offset, length) = match probe.step() {
+            Step::Done(facts) => return Outcome::measured(facts, probe.size),
+            Step::Refuse(Problem::NotMp4) => return Outcome::NotVideo { content_type },
+            Step::Refuse(Problem::NoMovieHeader(_))
+                if !ranges_honoured && probe.bytes_read() >= MAX_BYTES =>
+            {
+                return ignored_ranges()
+            }
+            Step::Refuse(Problem::NoMovieHeader(why)) => return Outcome::Unmeasured { why },
+            Step::Need { .. } if !ranges_honoured => return ignored_ranges(),
+            Step::Need { offset, length } => (offset, length),
+        };
+        let first = probe.bytes_read() == 0;
+        let read = match read_following_redirects(config, &mut current, offset, length, first, deadline).await
+        {
+            Ok(read) => read,
+            Err(Ok(refusal)) => return refusal,
+            Err(Err(ReadFailure::TimedOut)) => {
+                return Outcome::Unmeasured {
+                    why: format!("no answer within {} ms", config.video_probe_timeout_ms),
+                }
+            }
+            Err(Err(ReadFailure::Unreachable)) => {
+                return Outcome::Unmeasured { why: "its server could not be reached".into() }
+            }
+        };
+        if first {
+            content_type =
+                read.headers.get("Content-Type").ok().flatten().map(|kind| kind.chars().take(80).collect());
+        }
+        match read.status {
+            206 => {
+                if let Some(total) = total_size(&read.headers) {
+                    probe.size = Some(total);
+                    if total > video_check::MAX_BYTES {
+                        return Outcome::TooLarge { bytes: total };
+                    }
+                }
+                probe.feed(offset, read.bytes, false);
+            }
+            200 if offset == 0 => {
+                let size = read
+                    .headers
+                    .get("Content-Length")
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if let Some(total) = size.filter(|total| *total > video_check::MAX_BYTES) {
+                    return Outcome::TooLarge { bytes: total };
+                }
+                probe.size = size.or(read.ended.then_some(read.bytes.len() as u64));
+                ranges_honoured = false;
+                probe.feed(0, read.bytes, read.ended);
+            }
+            200 => {
+                return Outcome::Unmeasured { why: "its server stopped honouring Range requests".into() };
+            }
+            status => return Outcome::Status { status },
+        }
+    }
+    Outcome::Unmeasured { why: "it took too many reads".into() }
+}
+
+/// What a file comes to when its server sent it whole and its movie header was not in the
+/// part read.
+fn ignored_ranges() -> Outcome {
+    Outcome::Unmeasured {
+        why: format!(
+            "its server ignores Range requests and its movie header is beyond the first {} KiB",
+            MAX_BYTES / 1024
+        ),
+    }
+}
+
+/// `Content-Range: bytes a-b/total` → total.
+fn total_size(headers: &web_sys::Headers) -> Option<u64> {
+    let range = headers.get("Content-Range").ok().flatten()?;
+    range.rsplit_once('/')?.1.trim().parse().ok()
+}
+
+/// Reads `length` bytes at `offset` of `current`, following redirects (only on the first
+/// read: later reads go to where the first one landed). `Err(Ok(..))` is a refusal of the
+/// URL itself, `Err(Err(..))` a failure to read.
+async fn read_following_redirects(
+    config: &Config,
+    current: &mut Url,
+    offset: u64,
+    length: u64,
+    first: bool,
+    deadline: u64,
+) -> Result<Read, Result<Outcome, ReadFailure>> {
+    let mut hops = 0;
+    loop {
+        let cap = if first && offset == 0 { MAX_BYTES.max(HEAD_BYTES) } else { length };
+        let read = read(current.as_str(), offset, length, cap, deadline).await.map_err(Err)?;
+        if !matches!(read.status, 301 | 302 | 303 | 307 | 308) {
+            return Ok(read);
+        }
+        if !first {
+            return Err(Ok(Outcome::Refused { why: "redirected a later read elsewhere".into() }));
+        }
+        hops += 1;
+        if hops > MAX_REDIRECTS {
+            return Err(Ok(Outcome::Refused { why: format!("redirects more than {MAX_REDIRECTS} times") }));
+        }
+        let location = read.headers.get("Location").ok().flatten().unwrap_or_default();
+        let next = current.join(&location).ok().filter(|next| {
+            matches!(next.scheme(), "http" | "https") && next.host_str().is_some_and(|h| !h.is_empty())
+        });
+        let Some(next) = next else {
+            return Err(Ok(Outcome::Refused {
+                why: "redirects to something that is not an http(s) URL".into(),
+            }));
+        };
+        if !config.allow_private_urls {
+            if let Err(reason) = url_safety::check_public(&next) {
+                return Err(Ok(Outcome::Refused {
+                    why: format!("redirects to a private or local address ({reason})"),
+                }));
+            }
+        }
+        *current = next;
+    }
+}
+
+/// One GET of `length` bytes at `offset` (a `Range` request), reading at most `cap` bytes of
+/// the answer, whatever the server sends, before `deadline` (epoch ms).
+async fn read(url: &str, offset: u64, length: u64, cap: u64, deadline: u64) -> Result<Read, ReadFailure> {
+    let remaining = deadline.saturating_sub(clock::now_ms());
+    if remaining == 0 {
+        return Err(ReadFailure::TimedOut);
+    }
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let exchange = async {
+        let headers = web_sys::Headers::new().map_err(|_| ReadFailure::Unreachable)?;
+        let _ = headers.set("Range", &format!("bytes={offset}-{}", offset + length.max(1) - 1));
+        let _ = headers.set("User-Agent", "kling-edge video probe");
+        let init = web_sys::RequestInit::new();
+        init.set_method("GET");
+        init.set_headers(&headers);
+        init.set_redirect(web_sys::RequestRedirect::Manual);
+        init.set_signal(Some(&signal));
+        let request =
+            web_sys::Request::new_with_str_and_init(url, &init).map_err(|_| ReadFailure::Unreachable)?;
+        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        let response: web_sys::Response = JsFuture::from(global.fetch_with_request(&request))
+            .await
+            .and_then(|value| value.dyn_into())
+            .map_err(|_| ReadFailure::Unreachable)?;
+        let status = response.status();
+        let (bytes, ended) = if (200..300).contains(&status) {
+            read_at_most(&response, cap).await.map_err(|_| ReadFailure::Unreachable)?
+        } else {
+            (Vec::new(), true)
+        };
+        Ok(Read { status, headers: response.headers(), bytes, ended })
+    };
+    futures_util::pin_mut!(exchange);
+    let outcome = match select(exchange, Delay::from(Duration::from_millis(remaining))).await {
+        Either::Left((outcome, _)) => outcome,
+        Either::Right(((), _)) => Err(ReadFailure::TimedOut),
+    };
+    // Whatever is left of the body (a server that ignored the range) is not downloaded.
+    controller.abort();
+    outcome
+}
+
+/// Reads a body chunk by chunk, stopping after `cap` bytes. Returns the bytes (at most `cap`)
+/// and whether the body ended.
+async fn read_at_most(response: &web_sys::Response, cap: u64) -> Result<(Vec<u8>, bool), JsValue> {
+    let Some(body) = response.body() else { return Ok((Vec::new(), true)) };
+    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+    let mut bytes = Vec::new();
+    loop {
+        let chunk = JsFuture::from(reader.read()).await?;
+        let done = js_sys::Reflect::get(&chunk, &JsValue::from_str("done"))?.as_bool().unwrap_or(true);
+        if done {
+            return Ok((bytes, true));
+        }
+        let value: js_sys::Uint8Array =
+            js_sys::Reflect::get(&chunk, &JsValue::from_str("value"))?.unchecked_into();
+        let take = (cap - bytes.len()).min(value.length() as usize);
+        bytes.extend_from_slice(&value.subarray(0, take as u32).to_vec());
+        if bytes.len() >= cap {
+            let _ = reader.cancel();
+            return Ok((bytes, false));
+        }
+    }
+}
