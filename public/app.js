@@ -15,6 +15,8 @@ const FAMILY_KEY = 'kling-edge-family';
 const POLL_FIRST_MS = 1000;
 const POLL_MAX_MS = 10_000;
 const POLL_GROWTH = 1.5;
+/** After a task succeeds, how long the page waits for the worker's copies of its files. */
+const COPY_WAIT_MS = 8_000;
 /** How long a create waits for the browser to read the video's length. */
 const DURATION_WAIT_MS = 3000;
 
@@ -273,6 +275,44 @@ function clearPlayers() {
     }
   }
   $('audio-wav').removeAttribute('href');
+  const canvas = $('waveform');
+  canvas.hidden = true;
+  delete canvas.dataset.src;
+  delete canvas.dataset.seconds;
+}
+
+/** Whether the worker is still making its first copies of the task's files. */
+function copying(task) {
+  return (task.copies?.files ?? []).some((file) => file.state === 'pending' && file.note === 'being copied');
+}
+
+/** Draws the sound's waveform from the worker's copy (same origin, so the page may read it). */
+async function drawWaveform(src) {
+  const canvas = $('waveform');
+  if (canvas.dataset.src === src) return;
+  canvas.dataset.src = src;
+  delete canvas.dataset.seconds;
+  try {
+    const bytes = await (await fetch(src)).arrayBuffer();
+    const decoded = await new OfflineAudioContext(1, 1, 44_100).decodeAudioData(bytes);
+    if (canvas.dataset.src !== src) return;
+    const samples = decoded.getChannelData(0);
+    const context = canvas.getContext('2d');
+    const { width, height } = canvas;
+    context.clearRect(0, 0, width, height);
+    context.fillStyle = getComputedStyle(canvas).color;
+    const step = Math.max(1, Math.floor(samples.length / width));
+    for (let x = 0; x < width; x += 1) {
+      let peak = 0;
+      for (let i = x * step; i < Math.min(samples.length, (x + 1) * step); i += 1) peak = Math.max(peak, Math.abs(samples[i]));
+      const bar = Math.max(1, peak * height);
+      context.fillRect(x, (height - bar) / 2, 1, bar);
+    }
+    canvas.dataset.seconds = decoded.duration.toFixed(2);
+    canvas.hidden = false;
+  } catch {
+    canvas.hidden = true;
+  }
 }
 
 function showTask(task, videoUrl) {
@@ -291,8 +331,11 @@ function showTask(task, videoUrl) {
     else step.className = index < reached || task.task_status === 'succeed' ? 'done' : index === reached ? 'active' : '';
   }
   const plays = FAMILIES[family].plays;
+  // The worker's copies when it has made them (they play from its origin for a while), else Kling's links.
   const audio = task.task_result?.audios?.[0];
-  const made = task.task_result?.videos?.[0]?.url;
+  const madeVideo = task.task_result?.videos?.[0];
+  const made = madeVideo?.copy_url ?? madeVideo?.url;
+  const sound = audio?.copy_url_mp3 ?? audio?.url_mp3;
   const ready = task.task_status === 'succeed' && (plays.includes('audio') ? audio : made);
   if (!ready) {
     clearPlayers();
@@ -304,8 +347,10 @@ function showTask(task, videoUrl) {
   $('play-together').hidden = plays.length < 2;
   $('video-caption').textContent = family === 't2v' ? 'Your video, with its sound' : 'Your video';
   if (plays.includes('video') && $('video-player').getAttribute('src') !== video) $('video-player').src = video;
-  if (audio && $('audio-player').getAttribute('src') !== audio.url_mp3) $('audio-player').src = audio.url_mp3;
-  if (audio) $('audio-wav').href = audio.url_wav ?? audio.url_mp3;
+  if (audio && $('audio-player').getAttribute('src') !== sound) $('audio-player').src = sound;
+  if (audio) $('audio-wav').href = audio.copy_url_wav ?? audio.url_wav ?? sound;
+  $('audio-source').textContent = audio?.copy_url_mp3 ? 'from this deployment\'s copy' : 'from Kling\'s link';
+  if (audio?.copy_url_mp3) drawWaveform(audio.copy_url_mp3);
   $('players').hidden = false;
 }
 
@@ -348,6 +393,14 @@ function follow(taskId, videoUrl, createdAt = Date.now()) {
       refreshList();
     }
     if (isFinal(task.task_status)) {
+      // A success is followed a little longer, until the worker has copied its files.
+      state.finalAt ??= Date.now();
+      const waitForCopies = task.task_status === 'succeed' && (copying(task) || !task.copies)
+        && Date.now() - state.finalAt < COPY_WAIT_MS;
+      if (waitForCopies) {
+        state.timer = setTimeout(tick, 500);
+        return;
+      }
       showElapsed();
       stopFollowing();
       return;

@@ -210,6 +210,7 @@ async function measure({ limiters, persisted, countLife }) {
           PUBLIC_BASE_URL: `http://127.0.0.1:${edgePort}`,
         },
         kvNamespaces: ['TASKS'],
+        r2Buckets: ['RESULTS'],
         durableObjects: { COORDINATOR: { className: 'TaskCoordinator', useSQLite: true } },
         ...(limiters ? { ratelimits: { REQUEST_LIMITER: limiter('7101'), CREATE_LIMITER: limiter('7102') } } : {}),
         unsafeDirectSockets: [{ host: '127.0.0.1', port: edgePort }],
@@ -274,6 +275,7 @@ async function measure({ limiters, persisted, countLife }) {
       coordinatorCalls: 1 + coordinatorCalls() - coordinatorBefore,
       klingCalls: fake.apiRequests().length - klingBefore,
       webhooks: receiver.at('/life').length,
+      copies: logs.filter((line) => line.includes('"event":"copy"') && line.includes('Copied')).length,
     };
   }
   const running = (await post({ video_url: `${VIDEO}?running` })).data.task_id;
@@ -329,11 +331,12 @@ for (const [title, { results, cases }] of [
   }
 }
 const { life } = configured;
-console.log('\nOne task\'s life (a create with a webhook, 3 callbacks, 9 queries, the webhook delivered):');
+console.log('\nOne task\'s life (a create with a webhook, 3 callbacks, 9 queries, the webhook delivered, its files copied):');
 console.log(`  KV writes: ${life.kvWrites}`);
 console.log(`  coordinator calls: ${life.coordinatorCalls} (the create's record, the 3 callbacks, and the queries asked before the edge copy existed)`);
 console.log(`  calls to Kling: ${life.klingCalls} (the create; the callbacks came, so nothing was polled)`);
 console.log(`  webhooks delivered: ${life.webhooks}`);
+console.log(`  result files copied into R2: ${life.copies} (the video, the MP3 and the WAV, before the webhook and the KV write)`);
 
 await fake.close();
 await new Promise((resolve) => slow.close(resolve));

@@ -10,8 +10,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::capability::CapabilityKey;
+use crate::copies::{self, CopySettings};
 use crate::cors::AllowedOrigins;
 use crate::error::ApiError;
+use crate::result_links::{self, LinkKey};
 use crate::schedule::Schedule;
 use crate::video_check::{self, Policy};
 use crate::webhook::WebhookKey;
@@ -172,6 +174,12 @@ pub struct Config {
     pub video_probe: Policy,
     /// `VIDEO_PROBE_TIMEOUT_MS`: how long measuring one video may take, all its reads together.
     pub video_probe_timeout_ms: u32,
+    /// `RESULT_COPY_MAX_BYTES` and `RESULT_RETENTION_DAYS`: the copies of result files.
+    pub copies: CopySettings,
+    /// `RESULT_LINK_TTL_SECONDS`: how long a link to a copy lasts.
+    pub result_link_ttl_secs: u32,
+    /// Signs the links to the copies, derived from the Kling credential.
+    pub link_key: LinkKey,
 }
 
 /// Every setting [`Config::from_lookup`] reads (a test keeps this list whole).
@@ -193,6 +201,9 @@ pub const SETTINGS: &[&str] = &[
     "KLING_ACCOUNT_EMAIL",
     "VIDEO_PROBE",
     "VIDEO_PROBE_TIMEOUT_MS",
+    "RESULT_COPY_MAX_BYTES",
+    "RESULT_RETENTION_DAYS",
+    "RESULT_LINK_TTL_SECONDS",
 ];
 
 /// Browser tokens are HS256: a shorter secret could be guessed offline from one token.
@@ -243,14 +254,18 @@ impl Config {
                 .ok_or_else(|| ApiError::config("ALLOW_PRIVATE_URLS", "must be true or false"))?,
         };
 
-        let kling_timeout_ms = match get("KLING_TIMEOUT_MS") {
-            None => DEFAULT_KLING_TIMEOUT_MS,
-            Some(raw) => {
-                raw.trim().parse::<u32>().ok().filter(|ms| (100..=120_000).contains(ms)).ok_or_else(|| {
-                    ApiError::config("KLING_TIMEOUT_MS", "must be a whole number from 100 to 120000")
-                })?
+        let whole = |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ApiError> {
+            match get(name) {
+                None => Ok(default),
+                Some(raw) => {
+                    raw.trim().parse::<u64>().ok().filter(|n| (min..=max).contains(n)).ok_or_else(|| {
+                        ApiError::config(name, &format!("must be a whole number from {min} to {max}"))
+                    })
+                }
             }
         };
+        let kling_timeout_ms =
+            whole("KLING_TIMEOUT_MS", DEFAULT_KLING_TIMEOUT_MS.into(), 100, 120_000)? as u32;
 
         let public_base_url = match get("PUBLIC_BASE_URL") {
             None => None,
@@ -272,10 +287,26 @@ impl Config {
                 .map(|raw| Schedule::parse(&raw).map_err(|problem| ApiError::config(name, problem)))
                 .unwrap_or_else(|| Ok(default()))
         };
-        let capability_key = CapabilityKey::derive(match &kling {
+        let kling_secret = match &kling {
             KlingCredentials::ApiKey(key) => key.expose(),
             KlingCredentials::AccessKey { secret_key, .. } => secret_key.expose(),
-        });
+        };
+        let capability_key = CapabilityKey::derive(kling_secret);
+        let link_key = LinkKey::derive(kling_secret);
+        let copies = CopySettings {
+            max_bytes: whole(
+                "RESULT_COPY_MAX_BYTES",
+                copies::DEFAULT_MAX_BYTES,
+                1024,
+                5 * 1024 * 1024 * 1024,
+            )?,
+            retention_ms: copies::days_ms(whole(
+                "RESULT_RETENTION_DAYS",
+                copies::DEFAULT_RETENTION_DAYS.into(),
+                1,
+                3650,
+            )? as u32),
+        };
 
         Ok(Config {
             forward_retry: schedule("FORWARD_RETRY_SECONDS", Schedule::default_forward_retry)?,
@@ -287,17 +318,20 @@ impl Config {
                 Some(raw) => Policy::parse(&raw)
                     .ok_or_else(|| ApiError::config("VIDEO_PROBE", "must be strict, lenient or off"))?,
             },
-            video_probe_timeout_ms: match get("VIDEO_PROBE_TIMEOUT_MS") {
-                None => video_check::DEFAULT_TIMEOUT_MS,
-                Some(raw) => raw
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|ms| (200..=30_000).contains(ms))
-                    .ok_or_else(|| {
-                        ApiError::config("VIDEO_PROBE_TIMEOUT_MS", "must be a whole number from 200 to 30000")
-                    })?,
-            },
+            video_probe_timeout_ms: whole(
+                "VIDEO_PROBE_TIMEOUT_MS",
+                video_check::DEFAULT_TIMEOUT_MS.into(),
+                200,
+                30_000,
+            )? as u32,
+            copies,
+            result_link_ttl_secs: whole(
+                "RESULT_LINK_TTL_SECONDS",
+                result_links::DEFAULT_TTL_SECS.into(),
+                10,
+                7 * 24 * 3600,
+            )? as u32,
+            link_key,
             kling,
             kling_api_base,
             clients,
@@ -436,6 +470,9 @@ mod tests {
             ("KLING_POLL_SECONDS", "secret-value"),
             ("VIDEO_PROBE", "secret-value"),
             ("VIDEO_PROBE_TIMEOUT_MS", "secret-value"),
+            ("RESULT_COPY_MAX_BYTES", "secret-value"),
+            ("RESULT_RETENTION_DAYS", "secret-value"),
+            ("RESULT_LINK_TTL_SECONDS", "secret-value"),
         ] {
             let error = config(&with(&[(name, value)])).unwrap_err();
             assert_eq!(error.status, 500);
@@ -503,6 +540,27 @@ mod tests {
         assert_eq!(access, CapabilityKey::derive("sk-example"));
         let api = config(&with(&[("KLING_API_KEY", "api-example")])).unwrap().capability_key;
         assert_eq!(api, CapabilityKey::derive("api-example"));
+        assert_eq!(config(BASE).unwrap().link_key, LinkKey::derive("sk-example"));
+    }
+
+    #[test]
+    fn result_copies_have_defaults_and_bounds() {
+        let defaults = config(BASE).unwrap();
+        assert_eq!(defaults.copies, CopySettings::default());
+        assert_eq!(defaults.result_link_ttl_secs, 3600);
+        let set = config(&with(&[
+            ("RESULT_COPY_MAX_BYTES", "40000"),
+            ("RESULT_RETENTION_DAYS", "7"),
+            ("RESULT_LINK_TTL_SECONDS", "60"),
+        ]))
+        .unwrap();
+        assert_eq!((set.copies.max_bytes, set.copies.retention_ms), (40_000, copies::days_ms(7)));
+        assert_eq!(set.result_link_ttl_secs, 60);
+        let error = config(&with(&[("RESULT_RETENTION_DAYS", "0")])).unwrap_err();
+        assert_eq!(
+            error.message,
+            "configuration: RESULT_RETENTION_DAYS must be a whole number from 1 to 3650"
+        );
     }
 
     #[test]

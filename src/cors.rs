@@ -8,10 +8,12 @@
 
 use url::Url;
 
-pub const ALLOWED_METHODS: &str = "GET, POST, OPTIONS";
-pub const ALLOWED_HEADERS: &str = "Authorization, Content-Type";
-/// Headers a page may read from an answer.
-pub const EXPOSED_HEADERS: &str = "X-Request-Id, Retry-After";
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, OPTIONS";
+/// `Range` and `If-None-Match` for the result copies (seeking, revalidating).
+pub const ALLOWED_HEADERS: &str = "Authorization, Content-Type, Range, If-None-Match";
+/// Headers a page may read from an answer (the last four from a result copy's).
+pub const EXPOSED_HEADERS: &str =
+    "X-Request-Id, Retry-After, Content-Range, Content-Length, Accept-Ranges, ETag";
 /// How long a browser may cache a preflight (Chromium caps this at 2 hours).
 pub const MAX_AGE_SECS: u32 = 7200;
 
@@ -127,7 +129,8 @@ mod tests {
         let granted = preflight_headers(Some("https://app.example.com"));
         let value = |name: &str| granted.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
         assert_eq!(value("Access-Control-Allow-Origin").as_deref(), Some("https://app.example.com"));
-        assert_eq!(value("Access-Control-Allow-Headers").as_deref(), Some("Authorization, Content-Type"));
+        assert_eq!(value("Access-Control-Allow-Headers").as_deref(), Some(ALLOWED_HEADERS));
+        assert!(ALLOWED_HEADERS.contains("Range"), "a page may seek in a result copy");
         assert_eq!(value("Vary").as_deref(), Some("Origin"));
         assert!(value("Access-Control-Max-Age").is_some());
         let refused = preflight_headers(None);

@@ -12,6 +12,7 @@
 use serde_json::Value;
 
 use crate::api::Endpoint;
+use crate::copies::CopyOutcome;
 use crate::error::ApiError;
 use crate::record::{Attempt, TaskRecord};
 
@@ -33,8 +34,9 @@ pub trait TaskStore {
     fn due(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError>;
     /// The earliest time anything is due, if anything is.
     fn next_due(&self) -> Result<Option<u64>, ApiError>;
-    /// Tasks that may be forgotten (see `TaskRecord::expired`), at most `limit` of them.
-    fn expired(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError>;
+    /// Tasks that may be forgotten (see `TaskRecord::expired`, with `keep_ms`), at most
+    /// `limit` of them.
+    fn expired(&self, now: u64, keep_ms: u64, limit: u32) -> Result<Vec<String>, ApiError>;
     /// A fact the coordinator keeps about itself (`tenant`, `shard`), learned from the
     /// calls it gets.
     fn meta(&self, name: &str) -> Result<Option<String>, ApiError>;
@@ -56,6 +58,15 @@ pub trait Webhooks {
 pub trait ReadModel {
     async fn put(&self, key: &str, value: &str) -> Result<(), String>;
     async fn delete(&self, key: &str) -> Result<(), String>;
+}
+
+/// The deployment's bucket of result copies (R2).
+pub trait ResultBucket {
+    /// Streams the file at `source` into the bucket under `key`, unless it is larger than
+    /// `max_bytes` (known from its `Content-Length`, or found while streaming).
+    async fn copy(&self, source: &str, key: &str, content_type: &str, max_bytes: u64) -> CopyOutcome;
+    /// Removes copies (those of a task being forgotten).
+    async fn delete(&self, keys: &[String]) -> Result<(), String>;
 }
 
 /// The time, and where a flow's events go.

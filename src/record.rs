@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::api::{self, Results};
+use crate::copies::{self, Copy};
 use crate::schedule::{Schedule, POLL_HORIZON_MS};
 use crate::task;
 
@@ -16,7 +17,8 @@ use crate::task;
 pub const USEAPI_STYLE: &str = "useapi";
 
 /// Copies at the edge expire with Kling's files, 30 days after they were written; so does a
-/// finished task's record in the coordinator.
+/// finished task's record in the coordinator, unless its result copies are kept longer
+/// (see [`TaskRecord::expired`]).
 pub const RETENTION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// A query of a running task asks Kling itself when nothing was heard for this long.
 pub const QUERY_REFRESH_MS: u64 = 5_000;
@@ -44,6 +46,9 @@ pub struct TaskRecord {
     /// useapi.net's `replyRef`, passed back as-is in the webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_ref: Option<String>,
+    /// The worker's origin the create came to: the links in its webhooks are on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// Kling's latest `data` for the task, as Kling reported it.
     pub data: Value,
     /// When the worker first learned of the task (epoch ms): orders the task list.
@@ -63,6 +68,9 @@ pub struct TaskRecord {
     pub published: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish_retry_at: Option<u64>,
+    /// The deployment's copies of the result files (`crate::copies`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<Copy>,
 }
 
 /// The forwarding of a finished task to the client's webhook.
@@ -160,6 +168,7 @@ impl TaskRecord {
             client_callback_url: None,
             style: None,
             reply_ref: None,
+            origin: None,
             data,
             created_at,
             registered: false,
@@ -170,6 +179,7 @@ impl TaskRecord {
             delivery: Delivery::default(),
             published: None,
             publish_retry_at: None,
+            copies: Vec::new(),
         }
     }
 
@@ -179,6 +189,14 @@ impl TaskRecord {
 
     pub fn is_complete(&self) -> bool {
         task::is_complete(&self.data, self.results())
+    }
+
+    /// Queues a copy of each result file of a task that succeeded with them (a no-op once queued).
+    pub fn queue_copies(&mut self, now: u64) {
+        if self.is_complete() && task::status_of(&self.data) == Some("succeed") {
+            let files = copies::result_files(&self.data);
+            copies::queue(&mut self.copies, files, now);
+        }
     }
 
     /// The `PROXY_API_KEYS` name behind the tenant (`web` for `web` and for `web/alice`):
@@ -292,10 +310,19 @@ impl TaskRecord {
             && self.delivery.next_attempt_at.is_some_and(|at| at <= now)
     }
 
-    /// The answer a client gets for this task: Kling's data, plus a `delivery` object when
-    /// it has a webhook.
+    /// Kling's data, plus a `copies` object when the result files are (being) copied.
+    pub fn data_with_copies(&self) -> Value {
+        let mut data = self.data.clone();
+        if let (false, Some(object)) = (self.copies.is_empty(), data.as_object_mut()) {
+            object.insert("copies".into(), copies::describe(&self.copies));
+        }
+        data
+    }
+
+    /// The answer a client gets for this task: Kling's data, plus a `copies` object when the
+    /// result files are (being) copied and a `delivery` object when it has a webhook.
     pub fn answer(&self) -> Value {
-        let mut answer = self.data.clone();
+        let mut answer = self.data_with_copies();
         if self.client_callback_url.is_some() {
             if let (Some(object), Ok(delivery)) =
                 (answer.as_object_mut(), serde_json::to_value(&self.delivery))
@@ -306,13 +333,16 @@ impl TaskRecord {
         answer
     }
 
-    /// The body of the webhook: Kling's data (or, for a useapi.net-style task, useapi's
-    /// answer with its `replyRef`), plus `tenant`, the client that created the task (for a
-    /// browser user, `{app}/{sub}`).
-    pub fn webhook_body(&self) -> Vec<u8> {
+    /// The body of the webhook: Kling's data with its copies, given to `link_copies` to put
+    /// their links in (or, for a useapi.net-style task, useapi's answer around it, with its
+    /// `replyRef`), plus `tenant`, the client that created the task (for a browser user,
+    /// `{app}/{sub}`).
+    pub fn webhook_body(&self, link_copies: impl FnOnce(&mut Value)) -> Vec<u8> {
+        let mut data = self.data_with_copies();
+        link_copies(&mut data);
         let mut body = match self.style.as_deref() {
-            Some(USEAPI_STYLE) => api::useapi::reply_body(&self.data, self.reply_ref.as_deref()),
-            _ => self.data.clone(),
+            Some(USEAPI_STYLE) => api::useapi::reply_body(&data, self.reply_ref.as_deref()),
+            _ => data,
         };
         if let Some(object) = body.as_object_mut() {
             object.insert("tenant".into(), Value::String(self.tenant.clone().unwrap_or_default()));
@@ -336,13 +366,16 @@ impl TaskRecord {
         if !self.is_complete() {
             return self.published.is_some().then_some(Publication::Delete);
         }
-        if self.delivery.state == DeliveryState::Pending && self.delivery.attempts == 0 {
+        if self.delivery.state == DeliveryState::Pending && self.delivery.attempts == 0
+            || copies::first_attempt_pending(&self.copies)
+        {
             return None;
         }
-        // The copy is written again when the data or the delivery's outcome changes, not on
-        // every attempt of a delivery still being retried (a write per attempt would cost
-        // more than it tells).
-        let stable = json!([self.data, self.delivery.state, self.delivery.message_id]);
+        // The copy is written again when the data, the delivery's outcome or a result copy's
+        // state changes, not on every attempt of a delivery or a result copy still being
+        // retried (a write per attempt would cost more than it tells).
+        let copy_states: Vec<_> = self.copies.iter().map(|copy| (&copy.name, copy.state)).collect();
+        let stable = json!([self.data, self.delivery.state, self.delivery.message_id, copy_states]);
         let digest = digest(&stable.to_string());
         if self.published.as_deref() == Some(digest.as_str()) {
             return None;
@@ -354,19 +387,22 @@ impl TaskRecord {
     }
 
     /// The next time something is due for this task (epoch ms; 0 for "at once"): a poll, a
-    /// webhook attempt, or a write of its edge copy.
+    /// webhook attempt, a result copy's attempt, or a write of its edge copy.
     pub fn due_at(&self) -> Option<u64> {
         let delivery = (self.delivery.state == DeliveryState::Pending && self.tenant.is_some())
             .then_some(self.delivery.next_attempt_at)
             .flatten();
         let publish = self.publication(u64::MAX).map(|_| self.publish_retry_at.unwrap_or(0));
-        [self.next_poll_at, delivery, publish].into_iter().flatten().min()
+        [self.next_poll_at, delivery, copies::next_due(&self.copies), publish].into_iter().flatten().min()
     }
 
-    /// Whether the record may be forgotten at `now`: nothing left to do, and no news for
-    /// longer than retention.
-    pub fn expired(&self, now: u64) -> bool {
-        self.due_at().is_none() && now.saturating_sub(self.last_news_at.max(self.created_at)) > RETENTION_MS
+    /// Whether the record may be forgotten at `now`: nothing left to do, no news for longer
+    /// than `keep_ms` (retention, or the result copies' retention when that is longer), and
+    /// its result copies gone.
+    pub fn expired(&self, now: u64, keep_ms: u64) -> bool {
+        self.due_at().is_none()
+            && now.saturating_sub(self.last_news_at.max(self.created_at)) > keep_ms.max(RETENTION_MS)
+            && copies::last_expiry(&self.copies).is_none_or(|at| at <= now)
     }
 }
 
@@ -555,7 +591,7 @@ mod tests {
         assert_eq!(answer["task_status"], "failed");
         assert_eq!(answer["delivery"]["state"], "pending");
         assert_eq!(record(false).answer().get("delivery"), None);
-        let body: Value = serde_json::from_slice(&task.webhook_body()).unwrap();
+        let body: Value = serde_json::from_slice(&task.webhook_body(|_| ())).unwrap();
         assert_eq!(body["tenant"], "web/alice");
         assert_eq!(body.get("delivery"), None);
         assert_eq!(task.app(), Some("web"));
@@ -567,7 +603,7 @@ mod tests {
         task.style = Some(USEAPI_STYLE.into());
         task.reply_ref = Some("my-id-1234".into());
         task.apply_report(&with_audios(report("succeed", 2)), NOW, &poll());
-        let body: Value = serde_json::from_slice(&task.webhook_body()).unwrap();
+        let body: Value = serde_json::from_slice(&task.webhook_body(|_| ())).unwrap();
         assert_eq!(body["replyRef"], "my-id-1234");
         assert_eq!(body["task"]["id"], "t1");
         assert_eq!(body["status_final"], true);
@@ -583,9 +619,12 @@ mod tests {
             Some(Publication::Put { digest, .. }) => Some(digest),
             other => panic!("{other:?}"),
         };
-        assert!(!task.expired(NOW + RETENTION_MS));
-        assert!(task.expired(NOW + RETENTION_MS + 1));
-        assert!(!record(false).expired(NOW + RETENTION_MS + 1), "a running task is never forgotten");
+        assert!(!task.expired(NOW + RETENTION_MS, RETENTION_MS));
+        assert!(task.expired(NOW + RETENTION_MS + 1, RETENTION_MS));
+        assert!(
+            !record(false).expired(NOW + RETENTION_MS + 1, RETENTION_MS),
+            "a running task is never forgotten"
+        );
         assert!(published_key("00ff", "t1").starts_with("task:v2:00ff:"));
     }
 }

@@ -8,11 +8,15 @@ use percent_encoding::percent_decode_str;
 
 use crate::api::surfaces::{Surface, SURFACES};
 use crate::capability;
+use crate::copies;
 use crate::error::ApiError;
 use crate::validate;
 
 /// Where Kling's callbacks arrive: `{KLING_CALLBACK_PATH}/{token}`.
 pub const KLING_CALLBACK_PATH: &str = "/v1/callbacks/kling";
+
+/// Where the copies of result files are served: `{RESULTS_PATH}/{shard}/{task_id}/{name}`.
+pub const RESULTS_PATH: &str = "/v1/results";
 
 /// The callback URL given to Kling for one task.
 pub fn kling_callback_url(origin: &str, token: &str) -> String {
@@ -39,6 +43,8 @@ pub enum Route {
     Preflight,
     /// A callback from Kling, with the capability of its URL (already checked for form).
     KlingCallback(String),
+    /// `GET`/`HEAD` of a result copy, by signed link (no Authorization).
+    ResultCopy(ResultCopy),
     /// A route for an authenticated client.
     Client(ClientRoute),
 }
@@ -55,6 +61,14 @@ pub enum ClientRoute {
     ListTasks(&'static Surface),
     /// `GET /v1/kling/tasks/{id}`: one add-sound task, useapi.net's way.
     UseApiTask(String),
+}
+
+/// The copy a result link names (each part already checked for form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultCopy {
+    pub shard: String,
+    pub task_id: String,
+    pub name: String,
 }
 
 /// `GET` path of one task in useapi.net's shape.
@@ -90,6 +104,24 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             return Err(ApiError::not_found("callback"));
         }
         return only(method, "POST", Route::KlingCallback(token.to_owned()));
+    }
+    if let Some(rest) = path.strip_prefix(RESULTS_PATH).and_then(|rest| rest.strip_prefix('/')) {
+        let mut parts = rest.split('/');
+        let (Some(shard), Some(task_id), Some(name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(ApiError::not_found("result"));
+        };
+        let hex =
+            shard.len() == 32 && shard.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !hex || validate::task_id("task_id", task_id).is_err() || !copies::is_copy_name(name) {
+            return Err(ApiError::not_found("result"));
+        }
+        let copy = ResultCopy { shard: shard.to_owned(), task_id: task_id.to_owned(), name: name.to_owned() };
+        return match method {
+            "GET" | "HEAD" => Ok(Route::ResultCopy(copy)),
+            _ => Err(ApiError::method_not_allowed(method, "GET, HEAD")),
+        };
     }
     if let Some(raw_id) = path.strip_prefix(USEAPI_TASKS_PATH).and_then(|rest| rest.strip_prefix('/')) {
         if !raw_id.contains('/') {
@@ -199,6 +231,32 @@ mod tests {
         );
         assert_eq!(loggable_path(&path), "/v1/callbacks/<redacted>");
         assert_eq!(loggable_path("/v1/audio/video-to-audio/t1"), "/v1/audio/video-to-audio/t1");
+    }
+
+    #[test]
+    fn result_copies() {
+        let shard = "0123456789abcdef0123456789abcdef";
+        let path = format!("/v1/results/{shard}/860000000000000001/audio-0.mp3");
+        let copy = ResultCopy {
+            shard: shard.into(),
+            task_id: "860000000000000001".into(),
+            name: "audio-0.mp3".into(),
+        };
+        assert_eq!(route("GET", &path), Ok(Route::ResultCopy(copy.clone())));
+        assert_eq!(route("HEAD", &path), Ok(Route::ResultCopy(copy)));
+        assert_eq!(route("POST", &path).unwrap_err().header, Some(("Allow", "GET, HEAD".into())));
+        for bad in [
+            format!("/v1/results/{shard}/t1/audio-0.exe"),
+            format!("/v1/results/{shard}/t1/../audio-0.mp3"),
+            format!("/v1/results/{shard}/t%201/audio-0.mp3"),
+            format!("/v1/results/{shard}/t1/audio-0.mp3/x"),
+            format!("/v1/results/{}/t1/audio-0.mp3", shard.to_uppercase()),
+            "/v1/results/abc/t1/audio-0.mp3".to_owned(),
+            "/v1/results".to_owned(),
+            "/v1/results/".to_owned(),
+        ] {
+            assert_eq!(route("GET", &bad).unwrap_err().status, 404, "{bad}");
+        }
     }
 
     #[test]

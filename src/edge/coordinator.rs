@@ -22,9 +22,10 @@ use worker::wasm_bindgen_futures::JsFuture;
 use worker::{durable_object, js_sys, web_sys, Env, Request, Response, ScheduledTime, State};
 
 use crate::error::{code, ApiError};
-use crate::flows::coordinator::{Coordinator, Settings};
+use crate::flows::coordinator::{Coordinator, LinkSettings, Settings};
 use crate::flows::protocol;
 
+use super::bucket::R2Results;
 use super::clock::{self, WorkerRuntime};
 use super::read_model::KvReadModel;
 use super::settings;
@@ -93,7 +94,7 @@ impl TaskCoordinator {
     /// Records the shard and tenant a call names, unless this instance already did.
     fn learn(
         &self,
-        coordinator: &Coordinator<'_, SqlStore, Kling, FetchWebhooks, KvReadModel, WorkerRuntime>,
+        coordinator: &Coordinator<'_, SqlStore, Kling, FetchWebhooks, KvReadModel, R2Results, WorkerRuntime>,
         call: &protocol::Request,
     ) -> Result<(), ApiError> {
         let known = self.learned.borrow().clone();
@@ -112,12 +113,14 @@ impl TaskCoordinator {
         let store = self.store()?;
         let kling = Kling::new(&config).with_timeout_ms(QUERY_REFRESH_TIMEOUT_MS);
         let read_model = KvReadModel::open(&self.env)?;
-        let flow_settings = flow_settings(&config);
+        let bucket = R2Results::open(&self.env, config.allow_private_urls);
+        let flow_settings = flow_settings(&config, &bucket);
         let coordinator = Coordinator {
             store,
             kling: &kling,
             webhooks: &FetchWebhooks,
             read_model: &read_model,
+            bucket: &bucket,
             runtime: &WorkerRuntime,
             settings: &flow_settings,
         };
@@ -147,12 +150,14 @@ impl TaskCoordinator {
         let store = self.store()?;
         let kling = Kling::new(&config);
         let read_model = KvReadModel::open(&self.env)?;
-        let flow_settings = flow_settings(&config);
+        let bucket = R2Results::open(&self.env, config.allow_private_urls);
+        let flow_settings = flow_settings(&config, &bucket);
         let coordinator = Coordinator {
             store,
             kling: &kling,
             webhooks: &FetchWebhooks,
             read_model: &read_model,
+            bucket: &bucket,
             runtime: &WorkerRuntime,
             settings: &flow_settings,
         };
@@ -185,11 +190,17 @@ impl TaskCoordinator {
     }
 }
 
-fn flow_settings(config: &crate::config::Config) -> Settings {
+fn flow_settings(config: &crate::config::Config, bucket: &R2Results) -> Settings {
     Settings {
         poll: config.kling_poll.clone(),
         forward: config.forward_retry.clone(),
         webhook_key: config.proxy_webhook_key.clone(),
+        copies: bucket.bucket().map(|_| config.copies.clone()),
+        links: LinkSettings {
+            key: config.link_key.clone(),
+            ttl_secs: config.result_link_ttl_secs,
+            public_base_url: config.public_base_url.clone(),
+        },
     }
 }
 

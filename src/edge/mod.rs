@@ -6,6 +6,7 @@
 //! ([`fetch`]), and every response leaves with an `X-Request-Id` and one log line that
 //! carries no credential.
 
+mod bucket;
 mod callbacks;
 pub mod clock;
 pub mod coordinator;
@@ -13,6 +14,7 @@ mod http;
 mod limits;
 mod probe;
 mod read_model;
+mod results;
 mod settings;
 mod sql_store;
 mod tasks;
@@ -38,6 +40,9 @@ pub struct Call<'a> {
     pub ctx: &'a Context,
     pub config: Rc<Config>,
     pub request_id: &'a str,
+    /// The worker's origin for the URLs it gives out (callbacks, result links):
+    /// `PUBLIC_BASE_URL`, or the request's.
+    pub origin: String,
     /// Calls to a coordinator made while serving (for the log line; `make bench` counts them).
     pub coordinator_calls: &'a Cell<u32>,
 }
@@ -131,13 +136,9 @@ async fn handle(
     if route == Ok(Route::Health) {
         return Ok(health(request_id));
     }
-    let call = Call {
-        env,
-        ctx,
-        config: settings::config(env)?,
-        request_id,
-        coordinator_calls: &seen.coordinator_calls,
-    };
+    let config = settings::config(env)?;
+    let origin = config.public_base_url.clone().unwrap_or_else(|| url.origin().ascii_serialization());
+    let call = Call { env, ctx, config, request_id, origin, coordinator_calls: &seen.coordinator_calls };
     // From here on, even a refusal carries the CORS grant, so a page can read why.
     seen.allowed_origins = Some(call.config.allowed_origins.clone());
     let route = route?;
@@ -150,6 +151,15 @@ async fn handle(
         Route::KlingCallback(token) => {
             let outcome = callbacks::receive(request, &call, &token).await;
             if outcome.as_ref().is_err_and(|refusal| matches!(refusal.status, 401 | 403 | 404)) {
+                limits::check(env, limits::REQUESTS, &limits::ip_key(request), clock::now_secs()).await?;
+            }
+            return outcome;
+        }
+        // A signed link is its own credential (an `<audio>` element sends no Authorization);
+        // refused links count against the sender's address.
+        Route::ResultCopy(copy) => {
+            let outcome = results::serve(request, &call, &copy, method == "HEAD").await;
+            if outcome.as_ref().is_err_and(|refusal| refusal.status == 403) {
                 limits::check(env, limits::REQUESTS, &limits::ip_key(request), clock::now_secs()).await?;
             }
             return outcome;

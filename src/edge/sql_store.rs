@@ -176,16 +176,16 @@ impl TaskStore for SqlStore {
         Ok(rows.first().and_then(|row| row.due_at).map(|at| at.max(0.0) as u64))
     }
 
-    fn expired(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {
+    fn expired(&self, now: u64, keep_ms: u64, limit: u32) -> Result<Vec<String>, ApiError> {
         // Candidates by age first (cheap), then the record's own rule.
-        let cutoff = now.saturating_sub(crate::record::RETENTION_MS);
+        let cutoff = now.saturating_sub(keep_ms.max(crate::record::RETENTION_MS));
         Ok(self
             .records(
                 "SELECT record FROM tasks WHERE due_at IS NULL AND created_at < ? ORDER BY created_at LIMIT ?",
                 vec![int(cutoff), SqlStorageValue::Integer(i64::from(limit))],
             )?
             .into_iter()
-            .filter(|record| record.expired(now))
+            .filter(|record| record.expired(now, keep_ms))
             .map(|record| record.task_id)
             .collect())
     }

@@ -23,6 +23,7 @@ use crate::flows::coordinator::Registration;
 use crate::flows::protocol;
 use crate::kling;
 use crate::record::USEAPI_STYLE;
+use crate::result_links::{self, Minter};
 use crate::routes;
 use crate::task;
 use crate::validate::{self, UrlPolicy};
@@ -79,14 +80,13 @@ pub async fn create(
     let endpoint = surface.endpoint;
     let capability =
         Capability::issue(&shard, clock::random_bytes::<16>()?, endpoint.code, clock::now_secs());
-    let origin = match &call.config.public_base_url {
-        Some(base) => base.clone(),
-        None => request_origin(request)?,
-    };
     let mut upstream = validated.upstream;
     upstream.insert(
         "callback_url".into(),
-        Value::String(routes::kling_callback_url(&origin, &capability.encode(&call.config.capability_key))),
+        Value::String(routes::kling_callback_url(
+            &call.origin,
+            &capability.encode(&call.config.capability_key),
+        )),
     );
     let reply = Kling::new(&call.config).create(endpoint, &upstream).await?;
     let data = task::envelope_data(&reply.body).filter(|_| reply.status == 200);
@@ -103,6 +103,7 @@ pub async fn create(
                         client_callback_url: client_webhook,
                         style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
                         reply_ref: validated.edge.get("replyRef").and_then(Value::as_str).map(str::to_owned),
+                        origin: Some(call.origin.clone()),
                         data: data.clone(),
                     },
                 };
@@ -191,6 +192,30 @@ async fn register(env: worker::Env, registration: protocol::Request) {
 /// copy if the task is finished, else its coordinator (which asks Kling if the task is
 /// running and quiet), else a record of the previous version.
 async fn find(call: &Call<'_>, client: &Client, endpoint_code: u8, id: &str) -> Result<Value, ApiError> {
+    let mut task = find_unlinked(call, client, endpoint_code, id).await?;
+    link_copies(call, client, &mut task);
+    Ok(task)
+}
+
+/// Puts fresh signed links to the result copies of a task of `client` into its answer.
+fn link_copies(call: &Call<'_>, client: &Client, task: &mut Value) {
+    let shard = task::tenant_shard(&client.tenant);
+    let minter = Minter {
+        key: &call.config.link_key,
+        origin: &call.origin,
+        shard: &shard,
+        now_ms: clock::now_ms(),
+        ttl_secs: call.config.result_link_ttl_secs,
+    };
+    result_links::link_copies(task, &minter);
+}
+
+async fn find_unlinked(
+    call: &Call<'_>,
+    client: &Client,
+    endpoint_code: u8,
+    id: &str,
+) -> Result<Value, ApiError> {
     let shard = task::tenant_shard(&client.tenant);
     let read_model = KvReadModel::open(call.env)?;
     if let Some(published) = read_model.published(&shard, id).await {
@@ -244,13 +269,11 @@ pub async fn list(
         page_num: page.num,
         page_size: page.size,
     };
-    let tasks = call.coordinator(&request).await?;
+    let mut tasks = call.coordinator(&request).await?;
+    for task in tasks.as_array_mut().into_iter().flatten() {
+        link_copies(call, client, task);
+    }
     Ok(http::success(&tasks, call.request_id))
-}
-
-fn request_origin(request: &Request) -> Result<String, ApiError> {
-    let url = request.url().map_err(|_| ApiError::bad_request("the request URL is unreadable"))?;
-    Ok(url.origin().ascii_serialization())
 }
 
 /// Kling's answer, status and body unchanged; its `request_id` becomes `X-Request-Id`.

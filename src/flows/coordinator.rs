@@ -15,9 +15,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::api;
+use crate::copies::{self, CopySettings};
 use crate::error::{code, ApiError};
-use crate::ports::{ReadModel, Runtime, TaskStore, Upstream, Webhooks};
-use crate::record::{published_key, Publication, TaskRecord, PUBLISH_RETRY_MS};
+use crate::ports::{ReadModel, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::record::{published_key, Publication, TaskRecord, PUBLISH_RETRY_MS, RETENTION_MS};
+use crate::result_links::{self, LinkKey, Minter};
 use crate::schedule::Schedule;
 use crate::task;
 use crate::webhook::WebhookKey;
@@ -34,6 +36,26 @@ pub struct Settings {
     pub forward: Schedule,
     /// `PROXY_WEBHOOK_SECRET`'s key, from which each client's signing key is derived.
     pub webhook_key: Option<WebhookKey>,
+    /// Copying result files into the bucket; `None` when the deployment has no bucket.
+    pub copies: Option<CopySettings>,
+    /// Signing the links to the copies in webhooks.
+    pub links: LinkSettings,
+}
+
+/// What the links in webhooks need: the key, how long they last, and the origin to use for
+/// a task whose create's origin is unknown (`PUBLIC_BASE_URL`).
+#[derive(Debug, Clone)]
+pub struct LinkSettings {
+    pub key: LinkKey,
+    pub ttl_secs: u32,
+    pub public_base_url: Option<String>,
+}
+
+impl Settings {
+    /// How long a finished task's record is kept: Kling's 30 days, or longer if copies are.
+    pub fn keep_ms(&self) -> u64 {
+        self.copies.as_ref().map_or(RETENTION_MS, |copies| copies.retention_ms.max(RETENTION_MS))
+    }
 }
 
 /// A create Kling accepted, as the edge reports it.
@@ -50,15 +72,19 @@ pub struct Registration {
     pub style: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_ref: Option<String>,
+    /// The worker's origin the create came to (for the links in its webhooks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
     /// Kling's answer to the create (`data`).
     pub data: Value,
 }
 
-pub struct Coordinator<'a, S, K, W, R, T> {
+pub struct Coordinator<'a, S, K, W, R, B, T> {
     pub store: &'a S,
     pub kling: &'a K,
     pub webhooks: &'a W,
     pub read_model: &'a R,
+    pub bucket: &'a B,
     pub runtime: &'a T,
     pub settings: &'a Settings,
 }
@@ -67,7 +93,9 @@ fn wrong_task() -> ApiError {
     ApiError::new(403, code::NO_PERMISSION, "callback: this URL belongs to another task")
 }
 
-impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, T: Runtime> Coordinator<'_, S, K, W, R, T> {
+impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: Runtime>
+    Coordinator<'_, S, K, W, R, B, T>
+{
     /// Remembers which tenant and shard this coordinator serves (every call says).
     pub fn learn(&self, shard: &str, tenant: Option<&str>) -> Result<(), ApiError> {
         if self.store.meta("shard")?.as_deref() != Some(shard) {
@@ -86,8 +114,17 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, T: Runtime> Coordinat
     /// that repeated an id) is replaced, never merged, and its edge copy removed.
     pub fn register(&self, registration: Registration) -> Result<Value, ApiError> {
         let now = self.runtime.now_ms();
-        let Registration { task_id, endpoint, nonce, tenant, client_callback_url, style, reply_ref, data } =
-            registration;
+        let Registration {
+            task_id,
+            endpoint,
+            nonce,
+            tenant,
+            client_callback_url,
+            style,
+            reply_ref,
+            origin,
+            data,
+        } = registration;
         if let Some(bound) = self.store.find_nonce(&nonce)?.filter(|bound| *bound != task_id) {
             // Only a forged callback (with a leaked URL) could have bound this fresh nonce
             // to another task before the create's answer: the create's answer wins.
@@ -111,6 +148,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, T: Runtime> Coordinat
         record.client_callback_url = client_callback_url;
         record.style = style;
         record.reply_ref = reply_ref;
+        record.origin = origin;
         record.apply_report(&data, now, &self.settings.poll);
         if record.next_poll_at.is_none() {
             record.schedule_poll(now, &self.settings.poll);
@@ -197,8 +235,10 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, T: Runtime> Coordinat
         self.store.running()
     }
 
-    /// The alarm: for each task with something due, in this order, ask Kling about it, try
-    /// its webhook, write its edge copy; then forget what retention allows.
+    /// The alarm: for each task with something due, in this order, ask Kling about it, copy
+    /// its result files, try its webhook, write its edge copy (so the webhook and the edge
+    /// copy link the result copies from the start); then forget what retention allows, with
+    /// its result copies.
     pub async fn run_due(&self) -> Result<(), ApiError> {
         let now = self.runtime.now_ms();
         for task_id in self.store.due(now, DUE_BATCH)? {
@@ -209,11 +249,57 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, T: Runtime> Coordinat
             {
                 self.poll(&task_id).await?;
             }
+            self.copy_results(&task_id).await?;
             self.deliver(&task_id).await?;
             self.publish(&task_id).await?;
         }
-        for task_id in self.store.expired(now, DUE_BATCH)? {
-            self.store.delete(&task_id)?;
+        for task_id in self.store.expired(now, self.settings.keep_ms(), DUE_BATCH)? {
+            self.forget(&task_id).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a task's record, and its result copies from the bucket (the bucket's lifecycle
+    /// rule removes them too; this is for a deployment without one).
+    async fn forget(&self, task_id: &str) -> Result<(), ApiError> {
+        let Some(record) = self.store.load(task_id)? else { return Ok(()) };
+        let shard = self.store.meta("shard")?.unwrap_or_default();
+        let keys = copies::stored_keys(&record.copies, &shard, task_id);
+        if !keys.is_empty() {
+            if let Err(problem) = self.bucket.delete(&keys).await {
+                self.runtime.log(json!({"event": "forget", "task_id": task_id, "problem": problem}));
+            }
+        }
+        self.store.delete(task_id)
+    }
+
+    /// Copies the task's result files into the bucket: queues them once the task has them,
+    /// then makes each attempt that is due and records how it went.
+    async fn copy_results(&self, task_id: &str) -> Result<(), ApiError> {
+        let Some(settings) = &self.settings.copies else { return Ok(()) };
+        let Some(mut record) = self.store.load(task_id)? else { return Ok(()) };
+        let now = self.runtime.now_ms();
+        let queued = record.copies.len();
+        record.queue_copies(now);
+        if record.copies.len() != queued {
+            self.store.save(&record)?;
+        }
+        let Some(shard) = self.store.meta("shard")? else { return Ok(()) };
+        for name in copies::due(&record.copies, now) {
+            let Some(source) =
+                record.copies.iter().find(|copy| copy.name == name).map(|copy| copy.source.clone())
+            else {
+                continue;
+            };
+            let key = copies::object_key(&shard, task_id, &name);
+            let outcome =
+                self.bucket.copy(&source, &key, copies::content_type(&name), settings.max_bytes).await;
+            let now = self.runtime.now_ms();
+            let Some(mut fresh) = self.store.load(task_id)? else { return Ok(()) };
+            self.runtime.log(json!({"event": "copy", "task_id": task_id, "file": name,
+                "outcome": format!("{outcome:?}")}));
+            copies::record(&mut fresh.copies, &name, outcome, now, &self.settings.forward, settings);
+            self.store.save(&fresh)?;
         }
         Ok(())
     }
@@ -264,7 +350,21 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, T: Runtime> Coordinat
         };
         let attempt = match &self.settings.webhook_key {
             Some(key) => {
-                let body = record.webhook_body();
+                let shard = self.store.meta("shard")?.unwrap_or_default();
+                let links = &self.settings.links;
+                let origin = record.origin.as_deref().or(links.public_base_url.as_deref());
+                let body = record.webhook_body(|data| {
+                    if let Some(origin) = origin {
+                        let minter = Minter {
+                            key: &links.key,
+                            origin,
+                            shard: &shard,
+                            now_ms: now,
+                            ttl_secs: links.ttl_secs,
+                        };
+                        result_links::link_copies(data, &minter);
+                    }
+                });
                 let timestamp = i64::try_from(now / 1000).unwrap_or(i64::MAX);
                 let signature = key.for_client(app).sign(&message_id, timestamp, &body);
                 let headers = [

@@ -4,12 +4,14 @@
 
 use serde_json::{json, Value};
 
-use super::coordinator::{Coordinator, Registration, Settings};
+use super::coordinator::{Coordinator, LinkSettings, Registration, Settings};
 use crate::api::VIDEO_TO_AUDIO;
 use crate::record::{published_key, DeliveryState, PublishedTask};
+use crate::result_links::LinkKey;
 use crate::schedule::Schedule;
 use crate::testing::{
-    block_on, poll_once, run_until_crash, MemoryKv, MemoryStore, Receiver, ScriptedKling, TestRuntime,
+    block_on, poll_once, run_until_crash, MemoryBucket, MemoryKv, MemoryStore, Receiver, ScriptedKling,
+    TestRuntime,
 };
 use crate::webhook::{SignatureHeaders, WebhookKey};
 
@@ -28,6 +30,7 @@ struct World {
     kling: ScriptedKling,
     receiver: Receiver,
     kv: MemoryKv,
+    bucket: MemoryBucket,
     runtime: TestRuntime,
     settings: Settings,
 }
@@ -39,23 +42,33 @@ impl World {
             kling: ScriptedKling::default(),
             receiver: Receiver::default(),
             kv: MemoryKv::default(),
+            bucket: MemoryBucket::default(),
             runtime: TestRuntime::default(),
             settings: Settings {
                 poll: Schedule::default_kling_poll(),
                 forward: Schedule::parse("5,300,1800,7200").unwrap(),
                 webhook_key: Some(deployment_key()),
+                copies: None,
+                links: LinkSettings {
+                    key: LinkKey::derive("sk-example"),
+                    ttl_secs: 3600,
+                    public_base_url: None,
+                },
             },
         };
         world.runtime.now.set(START);
         world
     }
 
-    fn coordinator(&self) -> Coordinator<'_, MemoryStore, ScriptedKling, Receiver, MemoryKv, TestRuntime> {
+    fn coordinator(
+        &self,
+    ) -> Coordinator<'_, MemoryStore, ScriptedKling, Receiver, MemoryKv, MemoryBucket, TestRuntime> {
         Coordinator {
             store: &self.store,
             kling: &self.kling,
             webhooks: &self.receiver,
             read_model: &self.kv,
+            bucket: &self.bucket,
             runtime: &self.runtime,
             settings: &self.settings,
         }
@@ -95,6 +108,7 @@ impl World {
                 client_callback_url: webhook.then(|| HOOK.to_owned()),
                 style: None,
                 reply_ref: None,
+                origin: Some("https://edge.example.com".into()),
                 data,
             })
             .unwrap()
@@ -606,4 +620,152 @@ fn finished_tasks_are_forgotten_after_retention() {
         world.store.load("t2").unwrap().is_some(),
         "t2 finished just now: retention counts from its last news"
     );
+}
+
+// --- result copies ---------------------------------------------------------------------
+
+const MP3: &str = "https://kling.example/a.mp3";
+const MP4: &str = "https://kling.example/v.mp4";
+
+/// A world whose deployment has a bucket, with Kling's files served (unless `kling_down`).
+fn world_with_bucket(kling_down: bool) -> World {
+    let mut world = World::new();
+    world.settings.copies = Some(crate::copies::CopySettings::default());
+    if !kling_down {
+        world.bucket.sources.borrow_mut().insert(MP3.into(), b"ID3 an mp3".to_vec());
+        world.bucket.sources.borrow_mut().insert(MP4.into(), b"an mp4 with its new sound".to_vec());
+    }
+    world
+}
+
+fn finish(world: &World) {
+    world.register("t1", "n1", true);
+    world.kling_moves("t1", "n1", "succeed", START + 3, true, false);
+}
+
+/// The `copies` entry of a file in an answer.
+fn copy_entry<'a>(answer: &'a Value, name: &str) -> &'a Value {
+    answer["copies"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == name)
+        .expect("the file's entry")
+}
+
+#[test]
+fn finished_results_are_copied_before_the_webhook_and_the_edge_copy_which_link_them() {
+    let world = world_with_bucket(false);
+    finish(&world);
+    world.run_alarms_for(1_000);
+    let objects = world.bucket.objects.borrow().clone();
+    assert_eq!(
+        objects[&format!("results/{SHARD}/t1/audio-0.mp3")],
+        ("audio/mpeg".to_owned(), b"ID3 an mp3".to_vec())
+    );
+    assert_eq!(objects[&format!("results/{SHARD}/t1/video-0.mp4")].0, "video/mp4");
+
+    let delivery = &world.receiver.deliveries.borrow()[0];
+    let body: Value = serde_json::from_slice(&delivery.body).unwrap();
+    let link = body["task_result"]["audios"][0]["copy_url_mp3"].as_str().expect("the webhook links the copy");
+    assert!(
+        link.starts_with(&format!("https://edge.example.com/v1/results/{SHARD}/t1/audio-0.mp3?expires=")),
+        "{link}"
+    );
+    assert!(body["task_result"]["videos"][0]["copy_url"].as_str().is_some());
+    assert_eq!(body["task_result"]["audios"][0]["url_mp3"], MP3, "Kling's link is kept");
+    assert_eq!(copy_entry(&body, "audio-0.mp3")["state"], "copied");
+
+    let published = world.published("t1").unwrap();
+    assert_eq!(copy_entry(&published.task, "audio-0.mp3")["state"], "copied");
+    assert!(
+        published.task["task_result"]["audios"][0].get("copy_url_mp3").is_none(),
+        "links are minted per answer"
+    );
+    assert_eq!(world.kv.writes.get(), 1, "still one KV write for the whole life");
+    world.run_alarms_for(3 * 24 * 3600 * 1000);
+    assert_eq!((world.bucket.copies.get(), world.kv.writes.get()), (2, 1), "and nothing after");
+}
+
+#[test]
+fn a_copy_that_fails_is_retried_and_the_edge_copy_follows_it() {
+    let world = world_with_bucket(true);
+    finish(&world);
+    world.run_alarms_for(1_000);
+    let body: Value = serde_json::from_slice(&world.receiver.deliveries.borrow()[0].body).unwrap();
+    assert!(body["task_result"]["audios"][0].get("copy_url_mp3").is_none());
+    let note = copy_entry(&body, "audio-0.mp3")["note"].as_str().unwrap().to_owned();
+    assert!(note.contains("not copied yet (Kling's server answered 503)"), "{note}");
+    assert_eq!(copy_entry(&world.published("t1").unwrap().task, "audio-0.mp3")["state"], "pending");
+
+    world.bucket.sources.borrow_mut().insert(MP3.into(), b"ID3 an mp3".to_vec());
+    world.bucket.sources.borrow_mut().insert(MP4.into(), b"an mp4".to_vec());
+    world.run_alarms_for(10_000);
+    assert_eq!(world.bucket.copies.get(), 4, "each tried again after the schedule's first delay (5 s)");
+    assert_eq!(copy_entry(&world.published("t1").unwrap().task, "audio-0.mp3")["state"], "copied");
+    assert_eq!(world.kv.writes.get(), 2, "the edge copy is written again when the copies land");
+    assert_eq!(world.receiver.deliveries.borrow().len(), 1, "the webhook is not sent again");
+}
+
+#[test]
+fn a_copy_cut_off_at_any_await_is_made_whole_by_the_next_alarm() {
+    for cut_after in 1..14 {
+        let world = world_with_bucket(false);
+        finish(&world);
+        world.advance(1);
+        let _ = run_until_crash(world.coordinator().run_due(), cut_after);
+        world.run_alarms_for(3600 * 1000);
+        let record = world.record("t1");
+        assert!(
+            record.copies.iter().all(|copy| copy.state == crate::copies::CopyState::Copied),
+            "cut after {cut_after}"
+        );
+        assert_eq!(world.bucket.objects.borrow().len(), 2, "cut after {cut_after}");
+        assert!(world.bucket.copies.get() <= 3, "cut after {cut_after}: at most one repeat");
+        assert_eq!(copy_entry(&world.published("t1").unwrap().task, "video-0.mp4")["state"], "copied");
+    }
+}
+
+#[test]
+fn a_file_over_the_cap_is_left_as_klings_link() {
+    let mut world = world_with_bucket(false);
+    world.settings.copies = Some(crate::copies::CopySettings { max_bytes: 12, ..Default::default() });
+    finish(&world);
+    world.run_alarms_for(1_000);
+    assert_eq!(world.bucket.objects.borrow().len(), 1, "the MP3 only");
+    let published = world.published("t1").unwrap();
+    let file = copy_entry(&published.task, "video-0.mp4");
+    assert_eq!(file["state"], "too_large");
+    assert!(file["note"].as_str().unwrap().contains("over this deployment's cap"));
+}
+
+#[test]
+fn without_a_bucket_nothing_is_copied_and_answers_are_as_before() {
+    let world = World::new();
+    finish(&world);
+    world.run_alarms_for(1_000);
+    assert_eq!(world.bucket.copies.get(), 0);
+    assert!(world.published("t1").unwrap().task.get("copies").is_none());
+}
+
+#[test]
+fn copies_are_kept_for_their_retention_and_forgotten_with_the_task() {
+    let mut world = world_with_bucket(false);
+    world.settings.copies =
+        Some(crate::copies::CopySettings { retention_ms: crate::copies::days_ms(60), ..Default::default() });
+    finish(&world);
+    world.run_alarms_for(1_000);
+    world.register("t2", "n2", false);
+    world.advance(45 * 24 * 3600 * 1000);
+    world.kling_moves("t2", "n2", "failed", START + 3, false, false);
+    world.run_alarms_for(1_000);
+    assert!(world.record("t1").copies[0].expires_at.is_some(), "past Kling's 30 days, the copy is kept");
+    world.advance(16 * 24 * 3600 * 1000);
+    // The sweep runs with the coordinator's next alarm.
+    world.register("t3", "n3", false);
+    world.kling_moves("t3", "n3", "failed", START + 3, false, false);
+    world.run_alarms_for(1_000);
+    use crate::ports::TaskStore;
+    assert!(world.store.load("t1").unwrap().is_none(), "forgotten after 60 days");
+    assert!(world.bucket.objects.borrow().is_empty(), "with its copies");
 }

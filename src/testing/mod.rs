@@ -12,8 +12,9 @@ use std::task::{Context, Poll, Waker};
 use serde_json::Value;
 
 use crate::api::Endpoint;
+use crate::copies::CopyOutcome;
 use crate::error::ApiError;
-use crate::ports::{ReadModel, Runtime, TaskStore, Upstream, Webhooks};
+use crate::ports::{ReadModel, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
 use crate::record::{Attempt, TaskRecord};
 
 /// Polls `future` to completion (the flows only ever wait on the fakes here, which wake at once).
@@ -163,13 +164,13 @@ impl TaskStore for MemoryStore {
         Ok(self.tasks.borrow().values().filter_map(TaskRecord::due_at).min())
     }
 
-    fn expired(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {
+    fn expired(&self, now: u64, keep_ms: u64, limit: u32) -> Result<Vec<String>, ApiError> {
         self.check()?;
         Ok(self
             .tasks
             .borrow()
             .values()
-            .filter(|record| record.expired(now))
+            .filter(|record| record.expired(now, keep_ms))
             .take(limit as usize)
             .map(|record| record.task_id.clone())
             .collect())
@@ -280,6 +281,41 @@ impl ReadModel for MemoryKv {
         }
         self.writes.set(self.writes.get() + 1);
         self.entries.borrow_mut().remove(key);
+        Ok(())
+    }
+}
+
+/// An R2 bucket in memory, with Kling's files as a map from URL to bytes (a URL missing
+/// from it fails, as Kling's server down would).
+#[derive(Default)]
+pub struct MemoryBucket {
+    pub sources: RefCell<HashMap<String, Vec<u8>>>,
+    pub objects: RefCell<BTreeMap<String, (String, Vec<u8>)>>,
+    pub copies: Cell<u32>,
+}
+
+impl ResultBucket for MemoryBucket {
+    async fn copy(&self, source: &str, key: &str, content_type: &str, max_bytes: u64) -> CopyOutcome {
+        self.copies.set(self.copies.get() + 1);
+        yield_once().await;
+        let Some(bytes) = self.sources.borrow().get(source).cloned() else {
+            return CopyOutcome::Retry("Kling's server answered 503".into());
+        };
+        if bytes.len() as u64 > max_bytes {
+            return CopyOutcome::TooLarge { bytes: bytes.len() as u64 };
+        }
+        yield_once().await;
+        let length = bytes.len() as u64;
+        self.objects.borrow_mut().insert(key.to_owned(), (content_type.to_owned(), bytes));
+        CopyOutcome::Copied { bytes: length }
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), String> {
+        yield_once().await;
+        let mut objects = self.objects.borrow_mut();
+        for key in keys {
+            objects.remove(key);
+        }
         Ok(())
     }
 }

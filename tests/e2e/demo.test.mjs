@@ -118,11 +118,18 @@ describe('the demo page in Chromium', () => {
     assert.equal(created.video_url, sample());
 
     await page.getByTestId('players').waitFor({ state: 'visible' });
+    // The audio plays from the worker's own copy (a signed link on its origin), not Kling's.
+    await page.getByTestId('audio-source').filter({ hasText: 'from this deployment\'s copy' }).waitFor({ timeout: 10_000 });
+    const audioSrc = await page.getByTestId('audio-player').getAttribute('src');
+    assert.match(audioSrc, new RegExp(`^${worker.url}/v1/results/[0-9a-f]{32}/\\d+/audio-0\\.mp3\\?expires=\\d+&signature=`));
     assert.ok(await ready('#video-player') >= 2);
-    assert.ok(await ready('#audio-player') >= 2);
+    assert.ok(await ready('#audio-player') >= 2, 'the copy decodes in the audio element');
     const durations = await page.evaluate(() => [document.querySelector('#video-player').duration, document.querySelector('#audio-player').duration]);
     assert.ok(durations.every((d) => d > 4 && d < 6), `${durations}`);
-    assert.match(await page.getByTestId('audio-player').getAttribute('src'), /sample-audio\.mp3$/);
+    // And the page decoded it itself (Web Audio) to draw its waveform.
+    await page.getByTestId('waveform').waitFor({ state: 'visible' });
+    const decoded = Number(await page.getByTestId('waveform').getAttribute('data-seconds'));
+    assert.ok(decoded > 4 && decoded < 6, `decoded ${decoded} s from the copy`);
 
     await page.getByTestId('task-list').filter({ hasText: 'Done' }).waitFor();
     // For the screenshot: the whole (small) video buffered, so its controls show no spinner.
@@ -220,7 +227,10 @@ describe('the demo page in Chromium', () => {
     assert.equal(sent.mode, 'pro');
     assert.ok(await ready('#video-player') >= 2);
     assert.equal(await page.locator('#audio-figure').isVisible(), false);
-    assert.match(await page.getByTestId('video-player').getAttribute('src'), /sample-video-sound\.mp4$/);
+    const videoSrc = await page.getByTestId('video-player').getAttribute('src');
+    assert.match(videoSrc, new RegExp(`^${worker.url}/v1/results/[0-9a-f]{32}/\\d+/video-0\\.mp4\\?`), 'the worker\'s copy');
+    const copy = Buffer.from(await (await fetch(videoSrc)).arrayBuffer());
+    assert.ok(copy.equals(await fs.readFile(path.join(ROOT, 'samples/sample-video-sound.mp4'))), 'of the video with its sound');
     await page.getByTestId('family-v2a').click();
   });
 

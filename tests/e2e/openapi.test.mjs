@@ -60,7 +60,7 @@ describe('GET /openapi.json', () => {
     assert.deepEqual(Object.keys(doc.paths).sort(), [
       '/health', '/v1/audio/text-to-audio', '/v1/audio/text-to-audio/{task_id}', '/v1/audio/video-to-audio',
       '/v1/audio/video-to-audio/{task_id}', '/v1/callbacks/kling/{token}', '/v1/kling/tasks/{task_id}',
-      '/v1/kling/videos/add-sound', '/v1/tokens', '/v1/videos/image2video', '/v1/videos/image2video/{task_id}',
+      '/v1/kling/videos/add-sound', '/v1/results/{shard}/{task_id}/{name}', '/v1/tokens', '/v1/videos/image2video', '/v1/videos/image2video/{task_id}',
       '/v1/videos/text2video', '/v1/videos/text2video/{task_id}', '/v1/videos/video-to-audio',
       '/v1/videos/video-to-audio/{task_id}', '/v1/webhook-secret',
     ]);

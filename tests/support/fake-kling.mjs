@@ -19,11 +19,9 @@ import crypto from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 
-import { sendFile } from './media-server.mjs';
+import { SAMPLES_DIR, sendFile } from './media-server.mjs';
 
-const SAMPLES_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../samples');
 const VIDEO_FIELDS = [
   'model_name', 'prompt', 'negative_prompt', 'cfg_scale', 'mode', 'duration', 'camera_control', 'sound',
   'multi_shot', 'shot_type', 'multi_prompt', 'watermark_info', 'callback_url', 'external_task_id',
@@ -125,7 +123,10 @@ function envelope(code, message, data) {
 }
 
 export class FakeKling {
-  constructor({ accessKey, secretKey, apiKey, autoProgress = false, webhookSecret, stepMs = 1500, resolveExternalFirst = false } = {}) {
+  constructor({ accessKey, secretKey, apiKey, autoProgress = false, webhookSecret, stepMs = 1500, resolveExternalFirst = false, resultBase } = {}) {
+    // Where the result links point: the stand-in's own /samples, or another file server
+    // (`resultBase` + `/sample-audio.mp3`...), as Kling's CDN is another host.
+    this.resultBase = resultBase;
     // Kling documents that a task id or an external task id may stand in a query's path, not
     // which wins when one task's external id is another's task id: this mode plays the
     // worst case, external ids first.
@@ -243,19 +244,19 @@ export class FakeKling {
   }
 
   #result(task, withAudios) {
-    const base = this.url;
+    const base = this.resultBase ?? `${this.url}/samples`;
     const yields = ENDPOINTS[task.path].results;
     const result = {};
     if (yields.includes('videos')) {
       // A video made with sound has it in the file, as Kling's do.
       const file = task.body.sound === 'on' ? 'sample-video-sound.mp4' : 'sample-video.mp4';
-      result.videos = [{ id: `${task.data.task_id}-v`, url: `${base}/samples/${file}`, duration: '5.0' }];
+      result.videos = [{ id: `${task.data.task_id}-v`, url: `${base}/${file}`, duration: '5.0' }];
     }
     if (withAudios && yields.includes('audios')) {
       result.audios = [{
         id: `${task.data.task_id}-a`,
-        url_mp3: `${base}/samples/sample-audio.mp3`,
-        url_wav: `${base}/samples/sample-audio.wav`,
+        url_mp3: `${base}/sample-audio.mp3`,
+        url_wav: `${base}/sample-audio.wav`,
         duration_mp3: '5.0',
         duration_wav: '5.0',
       }];

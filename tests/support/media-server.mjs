@@ -3,15 +3,18 @@
 // whole file, as some servers do), plus the shapes of trouble a video URL can have.
 //
 // `sendFile` is shared with the Kling stand-in's samples. `startMediaServer` serves the
-// committed videos of tests/media/ under `/media/NAME`, shaped by query parameters:
+// committed videos of tests/media/ under `/media/NAME` (or another directory under another
+// prefix: the stand-in's samples, as Kling's CDN), shaped by query parameters:
 //   ?range=ignore       answer every request 200 with the whole file
 //   ?redirects=N        answer with N redirects (302) before the file
 //   ?claim=BYTES        answer a range with the file's bytes but claim a total of BYTES
 //   ?pad=BYTES          the file with its `mdat` box padded by BYTES (still a valid MP4)
 //   ?as=html            an HTML page instead, whatever the name says
 //   ?delay=MS           answer that much later (a slow server)
-// and any other name answers 404. It counts the requests and the body bytes it sent per
-// path and query, so tests can see what the probe read.
+// and any other name answers 404. With `omitLength` set, files go out without
+// `Content-Length` (chunked). It counts the requests and the body bytes it sent per path and
+// query, so tests can see what the worker read; `stop()` and `start()` take it down and up
+// on the same port.
 
 import fs from 'node:fs';
 import http from 'node:http';
@@ -19,6 +22,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const MEDIA_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../media');
+/** The stand-in's sample results (samples/). */
+export const SAMPLES_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../samples');
 const TYPES = { '.mp4': 'video/mp4', '.mov': 'video/quicktime', '.mp3': 'audio/mpeg', '.wav': 'audio/wav' };
 
 /** `bytes=a-b`, `bytes=a-` or `bytes=-n` of a file of `size` bytes → [start, end] inclusive. */
@@ -94,9 +99,12 @@ export function padMdat(bytes, extra) {
 }
 
 export class MediaServer {
-  constructor() {
+  constructor({ dir = MEDIA_DIR, prefix = '/media/' } = {}) {
+    this.dir = dir;
+    this.prefix = prefix;
     /** Per path and query: { requests, bytes, ranges: [Range header...] }. */
     this.served = new Map();
+    this.omitLength = false;
   }
 
   /** What was served for `pathAndQuery` (`/media/NAME?...`). */
@@ -104,9 +112,9 @@ export class MediaServer {
     return this.served.get(pathAndQuery) ?? { requests: 0, bytes: 0, ranges: [] };
   }
 
-  async listen() {
+  async listen(port = 0) {
     this.server = http.createServer((req, res) => this.#serve(req, res));
-    await new Promise((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    await new Promise((resolve) => this.server.listen(port, '127.0.0.1', resolve));
     this.url = `http://127.0.0.1:${this.server.address().port}`;
     return this;
   }
@@ -114,6 +122,15 @@ export class MediaServer {
   async close() {
     this.server.closeAllConnections();
     await new Promise((resolve) => this.server.close(resolve));
+  }
+
+  /** Takes the server down (connections refused) until `start()`. */
+  stop() {
+    return this.close();
+  }
+
+  start() {
+    return this.listen(Number(new URL(this.url).port));
   }
 
   async #serve(req, res) {
@@ -138,8 +155,8 @@ export class MediaServer {
       const page = Buffer.from(`<!doctype html><title>Not found</title><p>${'Nothing here. '.repeat(40)}</p>`);
       return count(sendBytes(req, res, page, { type: 'text/html; charset=utf-8' }));
     }
-    const file = path.join(MEDIA_DIR, path.basename(url.pathname));
-    if (!url.pathname.startsWith('/media/') || !fs.existsSync(file)) {
+    const file = path.join(this.dir, path.basename(url.pathname));
+    if (!url.pathname.startsWith(this.prefix) || !fs.existsSync(file)) {
       res.writeHead(404, { 'content-type': 'text/plain' });
       return res.end('not found');
     }
@@ -148,7 +165,7 @@ export class MediaServer {
     if (pad > 0) bytes = padMdat(bytes, pad);
     const claim = url.searchParams.get('claim');
     const type = TYPES[path.extname(file)];
-    if (url.searchParams.get('range') === 'ignore') {
+    if (url.searchParams.get('range') === 'ignore' || this.omitLength) {
       return this.#stream(req, res, bytes, type, count);
     }
     count(sendBytes(req, res, bytes, { type, claimedSize: claim ? Number(claim) : undefined }));
@@ -156,7 +173,7 @@ export class MediaServer {
 
   /** The whole file, 64 KiB at a time as the client takes it, whatever Range asked for. */
   #stream(req, res, bytes, type, count) {
-    res.writeHead(200, { 'content-type': type, 'content-length': bytes.length });
+    res.writeHead(200, this.omitLength ? { 'content-type': type } : { 'content-type': type, 'content-length': bytes.length });
     let offset = 0;
     const more = () => {
       while (offset < bytes.length) {
@@ -172,6 +189,6 @@ export class MediaServer {
   }
 }
 
-export async function startMediaServer() {
-  return new MediaServer().listen();
+export async function startMediaServer(options) {
+  return new MediaServer(options).listen();
 }

@@ -1,0 +1,229 @@
+//! The `RESULTS` bucket (R2) as the coordinator's `crate::ports::ResultBucket`: a result file
+//! is streamed from Kling's server into the bucket, without passing through the isolate's
+//! memory when its size is known.
+//!
+//! With a `Content-Length`, the body is piped into R2 through a `FixedLengthStream` (the
+//! bytes never enter WebAssembly). Without one, it is read in parts of 8 MiB and stored as a
+//! multipart upload, so at most one part is held at a time. Either way a file above the cap
+//! is not stored: known from its length before any byte is read, or found while reading.
+
+use std::time::Duration;
+
+use futures_util::future::{select, Either};
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{js_sys, web_sys, worker_sys, Bucket, Data, Delay, Env, HttpMetadata};
+
+use crate::copies::CopyOutcome;
+use crate::ports::ResultBucket;
+use crate::url_safety;
+
+/// The R2 binding in `wrangler.toml`.
+pub const BINDING: &str = "RESULTS";
+/// How long Kling's server may take to start answering.
+const HEADERS_TIMEOUT_MS: u64 = 30_000;
+/// The part size of a multipart copy (R2 takes parts of 5 MiB or more, but the last).
+const PART_BYTES: usize = 8 * 1024 * 1024;
+
+pub struct R2Results {
+    /// `None` when the deployment binds no bucket: results are then not copied.
+    bucket: Option<Bucket>,
+    allow_private: bool,
+}
+
+impl R2Results {
+    pub fn open(env: &Env, allow_private: bool) -> R2Results {
+        R2Results { bucket: env.bucket(BINDING).ok(), allow_private }
+    }
+
+    pub fn bucket(&self) -> Option<&Bucket> {
+        self.bucket.as_ref()
+    }
+
+    fn bound(&self) -> Result<&Bucket, String> {
+        self.bucket.as_ref().ok_or_else(|| format!("the deployment has no {BINDING} bucket"))
+    }
+
+    /// Kling's answer for `source`, or why there is none.
+    async fn fetch(&self, source: &str) -> Result<web_sys::Response, String> {
+        let url = worker::Url::parse(source).map_err(|_| "Kling's link is not a URL".to_owned())?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("Kling's link is not an http(s) URL".into());
+        }
+        if !self.allow_private && url_safety::check_public(&url).is_err() {
+            return Err("Kling's link points at a private address".into());
+        }
+        let headers = web_sys::Headers::new().map_err(|_| "no headers".to_owned())?;
+        // The stored bytes must be the file's, not a compressed form of unknown length.
+        let _ = headers.set("Accept-Encoding", "identity");
+        let init = web_sys::RequestInit::new();
+        init.set_method("GET");
+        init.set_headers(&headers);
+        let request = web_sys::Request::new_with_str_and_init(url.as_str(), &init)
+            .map_err(|_| "Kling's link cannot be requested".to_owned())?;
+        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+        let answer = JsFuture::from(global.fetch_with_request(&request));
+        futures_util::pin_mut!(answer);
+        match select(answer, Delay::from(Duration::from_millis(HEADERS_TIMEOUT_MS))).await {
+            Either::Left((Ok(response), _)) => {
+                response.dyn_into().map_err(|_| "Kling's server gave no response".to_owned())
+            }
+            Either::Left((Err(_), _)) => Err("Kling's server could not be reached".into()),
+            Either::Right(_) => {
+                Err(format!("Kling's server did not answer within {} s", HEADERS_TIMEOUT_MS / 1000))
+            }
+        }
+    }
+
+    fn metadata(content_type: &str, key: &str) -> HttpMetadata {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        HttpMetadata {
+            content_type: Some(content_type.to_owned()),
+            content_disposition: Some(format!("inline; filename=\"{name}\"")),
+            ..HttpMetadata::default()
+        }
+    }
+
+    /// Pipes a body of known length into the bucket.
+    async fn put_known_length(
+        &self,
+        body: web_sys::ReadableStream,
+        length: u64,
+        key: &str,
+        content_type: &str,
+    ) -> Result<(), String> {
+        let fixed = worker_sys::FixedLengthStream::new_big_int(js_sys::BigInt::from(length))
+            .map_err(|_| "no FixedLengthStream".to_owned())?;
+        let transform: &web_sys::TransformStream = fixed.unchecked_ref();
+        let piped = JsFuture::from(body.pipe_to(&transform.writable()));
+        let stored = self
+            .bound()?
+            .put(key, Data::ReadableStream(transform.readable()))
+            .http_metadata(Self::metadata(content_type, key))
+            .execute();
+        let (piped, stored) = futures_util::join!(piped, stored);
+        stored.map_err(|error| format!("the bucket refused the copy ({error})"))?;
+        piped.map_err(|_| "Kling's server broke off the file".to_owned())?;
+        Ok(())
+    }
+
+    /// Reads a body of unknown length part by part into a multipart upload.
+    async fn put_in_parts(
+        &self,
+        body: web_sys::ReadableStream,
+        key: &str,
+        content_type: &str,
+        max_bytes: u64,
+    ) -> Result<CopyOutcome, String> {
+        let upload = self
+            .bound()?
+            .create_multipart_upload(key)
+            .http_metadata(Self::metadata(content_type, key))
+            .execute()
+            .await
+            .map_err(|error| format!("the bucket refused the copy ({error})"))?;
+        let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+        let mut parts = Vec::new();
+        let mut part = Vec::with_capacity(PART_BYTES);
+        let mut total: u64 = 0;
+        let outcome = loop {
+            let chunk = match JsFuture::from(reader.read()).await {
+                Ok(chunk) => chunk,
+                Err(_) => break Err("Kling's server broke off the file".to_owned()),
+            };
+            let done =
+                js_sys::Reflect::get(&chunk, &JsValue::from_str("done")).ok().and_then(|v| v.as_bool());
+            if done != Some(false) {
+                break Ok(None);
+            }
+            let Ok(value) = js_sys::Reflect::get(&chunk, &JsValue::from_str("value")) else {
+                break Err("Kling's server sent something unreadable".to_owned());
+            };
+            let bytes: js_sys::Uint8Array = value.unchecked_into();
+            total += u64::from(bytes.length());
+            if total > max_bytes {
+                let _ = reader.cancel();
+                break Ok(Some(CopyOutcome::TooLarge { bytes: total }));
+            }
+            part.extend_from_slice(&bytes.to_vec());
+            if part.len() >= PART_BYTES {
+                let number = parts.len() as u16 + 1;
+                match upload.upload_part(number, std::mem::take(&mut part)).await {
+                    Ok(uploaded) => parts.push(uploaded),
+                    Err(error) => break Err(format!("the bucket refused a part ({error})")),
+                }
+            }
+        };
+        match outcome {
+            Ok(None) => {
+                if !part.is_empty() || parts.is_empty() {
+                    let number = parts.len() as u16 + 1;
+                    match upload.upload_part(number, part).await {
+                        Ok(uploaded) => parts.push(uploaded),
+                        Err(error) => {
+                            let _ = upload.abort().await;
+                            return Err(format!("the bucket refused a part ({error})"));
+                        }
+                    }
+                }
+                upload
+                    .complete(parts)
+                    .await
+                    .map_err(|error| format!("the bucket refused the copy ({error})"))?;
+                Ok(CopyOutcome::Copied { bytes: total })
+            }
+            Ok(Some(too_large)) => {
+                let _ = upload.abort().await;
+                Ok(too_large)
+            }
+            Err(problem) => {
+                let _ = upload.abort().await;
+                Err(problem)
+            }
+        }
+    }
+}
+
+impl ResultBucket for R2Results {
+    async fn copy(&self, source: &str, key: &str, content_type: &str, max_bytes: u64) -> CopyOutcome {
+        let response = match self.fetch(source).await {
+            Ok(response) => response,
+            Err(problem) => return CopyOutcome::Retry(problem),
+        };
+        let status = response.status();
+        let Some(body) = response.body().filter(|_| status == 200) else {
+            if let Some(body) = response.body() {
+                let _ = JsFuture::from(body.cancel()).await;
+            }
+            return CopyOutcome::Retry(format!("Kling's server answered {status}"));
+        };
+        let headers = response.headers();
+        let encoded = headers
+            .get("Content-Encoding")
+            .ok()
+            .flatten()
+            .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+        let length = headers
+            .get("Content-Length")
+            .ok()
+            .flatten()
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .filter(|_| !encoded);
+        let outcome = match length {
+            Some(length) if length > max_bytes => {
+                let _ = JsFuture::from(body.cancel()).await;
+                return CopyOutcome::TooLarge { bytes: length };
+            }
+            Some(length) => self
+                .put_known_length(body, length, key, content_type)
+                .await
+                .map(|()| CopyOutcome::Copied { bytes: length }),
+            None => self.put_in_parts(body, key, content_type, max_bytes).await,
+        };
+        outcome.unwrap_or_else(CopyOutcome::Retry)
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), String> {
+        self.bound()?.delete_multiple(keys.to_vec()).await.map_err(|error| error.to_string())
+    }
+}

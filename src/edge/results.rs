@@ -1,0 +1,139 @@
+//! `GET`/`HEAD /v1/results/{shard}/{task_id}/{name}?expires=..&signature=..`: a copy of a
+//! result file, served from the bucket to whoever holds a valid link, with no Authorization
+//! header (an `<audio>` element sends none).
+//!
+//! Answers as a media server does: `Range` gives 206 with `Content-Range` (seeking), an
+//! `If-None-Match` with the copy's `ETag` gives 304, and `Cache-Control` lets a CDN or the
+//! browser keep the bytes until the link expires, no longer. CORS is granted to the allowed
+//! origins (so a page can draw a waveform), like every other answer. A link that is not
+//! the worker's, or has expired, answers 403 in the envelope.
+
+use worker::{Conditional, Headers, Range, Request, Response};
+
+use crate::byte_range::{self, ByteRange};
+use crate::copies;
+use crate::error::{code, ApiError};
+use crate::result_links;
+use crate::routes::ResultCopy;
+
+use super::bucket::R2Results;
+use super::{clock, Call};
+
+pub async fn serve(
+    request: &Request,
+    call: &Call<'_>,
+    copy: &ResultCopy,
+    head_only: bool,
+) -> Result<Response, ApiError> {
+    let url = request.url().map_err(|_| ApiError::bad_request("the request URL is unreadable"))?;
+    let now_secs = clock::now_secs().max(0) as u64;
+    result_links::verify(
+        &call.config.link_key,
+        &copy.shard,
+        &copy.task_id,
+        &copy.name,
+        url.query(),
+        now_secs,
+    )?;
+    let expires = link_expiry(url.query());
+    let gone = || {
+        ApiError::new(
+            404,
+            code::NOT_FOUND,
+            "result: this copy is no longer kept (RESULT_RETENTION_DAYS); Kling's link may still work",
+        )
+    };
+    let results = R2Results::open(call.env, false);
+    let bucket = results.bucket().ok_or_else(gone)?;
+    let key = copies::object_key(&copy.shard, &copy.task_id, &copy.name);
+    let unavailable =
+        |_| ApiError::new(503, code::UNAVAILABLE, "result: the bucket is unavailable; retry shortly");
+
+    let range = ByteRange::parse(request.headers().get("Range").ok().flatten().as_deref());
+    let if_none_match = request.headers().get("If-None-Match").ok().flatten();
+    let object = if head_only {
+        bucket.head(&key).await.map_err(unavailable)?
+    } else {
+        let mut get = bucket.get(&key);
+        if let Some(etag) = &if_none_match {
+            get = get.only_if(Conditional {
+                etag_does_not_match: Some(etag.trim().trim_start_matches("W/").trim_matches('"').to_owned()),
+                ..Conditional::default()
+            });
+        }
+        if let Some(range) = range {
+            get = get.range(match range {
+                ByteRange::FromTo { first, last } => {
+                    Range::OffsetWithLength { offset: first, length: last - first + 1 }
+                }
+                ByteRange::From { first } => Range::OffsetToEnd { offset: first },
+                ByteRange::Suffix { length } => Range::Suffix { suffix: length },
+            });
+        }
+        match get.execute().await {
+            Ok(object) => object,
+            // R2 refuses a range beyond the object: say so with its size.
+            Err(_) if range.is_some() => {
+                let object = bucket.head(&key).await.map_err(unavailable)?.ok_or_else(gone)?;
+                return Ok(unsatisfiable(object.size(), call.request_id));
+            }
+            Err(error) => return Err(unavailable(error)),
+        }
+    };
+    let object = object.ok_or_else(gone)?;
+
+    let size = object.size();
+    let headers = Headers::new();
+    let content_type =
+        object.http_metadata().content_type.unwrap_or_else(|| copies::content_type(&copy.name).to_owned());
+    let _ = headers.set("Content-Type", &content_type);
+    let _ = headers.set("ETag", &object.http_etag());
+    let _ = headers.set("Accept-Ranges", "bytes");
+    let _ = headers.set("Content-Disposition", &format!("inline; filename=\"{}\"", copy.name));
+    // Shared caches may keep it until the link expires (a new link is a new URL).
+    let max_age = expires.saturating_sub(now_secs);
+    let _ = headers.set("Cache-Control", &format!("public, max-age={max_age}, immutable"));
+    let _ = headers.set("X-Content-Type-Options", "nosniff");
+    let _ = headers.set("X-Request-Id", call.request_id);
+
+    if head_only {
+        let _ = headers.set("Content-Length", &size.to_string());
+        return Ok(Response::builder().with_status(200).with_headers(headers).empty());
+    }
+    let Some(body) = object.body() else {
+        // The condition failed: the client has these bytes.
+        return Ok(Response::builder().with_status(304).with_headers(headers).empty());
+    };
+    let served = range.and_then(|range| range.resolve(size));
+    let status = match served {
+        Some((offset, length)) => {
+            let _ = headers.set("Content-Range", &byte_range::content_range(offset, length, size));
+            let _ = headers.set("Content-Length", &length.to_string());
+            206
+        }
+        None => {
+            let _ = headers.set("Content-Length", &size.to_string());
+            200
+        }
+    };
+    let body = body.response_body().map_err(|_| ApiError::internal("reading a result copy"))?;
+    Ok(Response::builder().with_status(status).with_headers(headers).body(body))
+}
+
+/// `expires` of a verified link's query.
+fn link_expiry(query: Option<&str>) -> u64 {
+    query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("expires="))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 416 for a range that starts past the end.
+fn unsatisfiable(size: u64, request_id: &str) -> Response {
+    let error = ApiError::new(416, code::INVALID_REQUEST, format!("Range: the copy has {size} bytes"));
+    let response = super::http::json(416, error.envelope(request_id), request_id);
+    let _ = response.headers().set("Content-Range", &format!("bytes */{size}"));
+    response
+}
