@@ -281,6 +281,11 @@ function clearPlayers() {
   delete canvas.dataset.seconds;
 }
 
+/** A link without its query: each answer signs the worker's links afresh, for the same file. */
+function samePlace(a, b) {
+  return Boolean(a && b) && a.split('?')[0] === b.split('?')[0];
+}
+
 /** Whether the worker is still making its first copies of the task's files. */
 function copying(task) {
   return (task.copies?.files ?? []).some((file) => file.state === 'pending' && file.note === 'being copied');
@@ -289,7 +294,7 @@ function copying(task) {
 /** Draws the sound's waveform from the worker's copy (same origin, so the page may read it). */
 async function drawWaveform(src) {
   const canvas = $('waveform');
-  if (canvas.dataset.src === src) return;
+  if (samePlace(canvas.dataset.src, src)) return;
   canvas.dataset.src = src;
   delete canvas.dataset.seconds;
   try {
@@ -346,8 +351,8 @@ function showTask(task, videoUrl) {
   $('audio-figure').hidden = !plays.includes('audio');
   $('play-together').hidden = plays.length < 2;
   $('video-caption').textContent = family === 't2v' ? 'Your video, with its sound' : 'Your video';
-  if (plays.includes('video') && $('video-player').getAttribute('src') !== video) $('video-player').src = video;
-  if (audio && $('audio-player').getAttribute('src') !== sound) $('audio-player').src = sound;
+  if (plays.includes('video') && !samePlace($('video-player').getAttribute('src'), video)) $('video-player').src = video;
+  if (audio && !samePlace($('audio-player').getAttribute('src'), sound)) $('audio-player').src = sound;
   if (audio) $('audio-wav').href = audio.copy_url_wav ?? audio.url_wav ?? sound;
   $('audio-source').textContent = audio?.copy_url_mp3 ? 'from this deployment\'s copy' : 'from Kling\'s link';
   if (audio?.copy_url_mp3) drawWaveform(audio.copy_url_mp3);

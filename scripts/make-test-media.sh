@@ -13,4 +13,5 @@ make 10 ten-seconds-tail-indexed.mp4
 make 12 twelve-seconds-fast-start.mp4 -movflags +faststart
 make 25 twenty-five-seconds.mp4 -movflags +faststart
 make 8 eight-seconds.mov -f mov
+make 5 five-seconds-fragmented.mp4 -movflags frag_keyframe+empty_moov
 ls -l

@@ -5,8 +5,9 @@
 //! Only single ranges are served as such; a header that asks for several, or that this does
 //! not understand, is ignored (the whole object, 200), as the RFC allows.
 
-/// The largest offset taken (JavaScript numbers are exact up to 2^53).
-const MAX_OFFSET: u64 = (1 << 53) - 1;
+/// The largest offset taken: offsets and lengths go to the storage as JavaScript numbers,
+/// exact up to 2^53 - 1, and a length is at most one more than an offset.
+const MAX_OFFSET: u64 = (1 << 53) - 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ByteRange {
@@ -82,6 +83,10 @@ mod tests {
         assert_eq!(parse("bytes=100-").unwrap().resolve(1000), Some((100, 900)));
         assert_eq!(parse("bytes=-500").unwrap().resolve(300), Some((0, 300)));
         assert_eq!(content_range(900, 100, 1000), "bytes 900-999/1000");
+        // The widest range stays a length JavaScript holds exactly.
+        let widest = parse("bytes=0-9007199254740990").unwrap();
+        assert_eq!(widest, ByteRange::FromTo { first: 0, last: (1 << 53) - 2 });
+        assert_eq!(parse("bytes=0-9007199254740991"), None);
     }
 
     #[test]

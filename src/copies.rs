@@ -172,12 +172,15 @@ pub fn days_ms(days: u32) -> u64 {
     u64::from(days) * 24 * 60 * 60 * 1000
 }
 
-/// Queues a copy of each result file the copies do not have yet, due at `now`.
-pub fn queue(copies: &mut Vec<Copy>, files: Vec<ResultFile>, now: u64) {
+/// Queues a copy of each result file the copies do not have yet, due at `now`. Returns
+/// whether anything was queued.
+pub fn queue(copies: &mut Vec<Copy>, files: Vec<ResultFile>, now: u64) -> bool {
+    let mut queued = false;
     for file in files {
         if copies.iter().any(|copy| copy.pointer == file.pointer && copy.source == file.url) {
             continue;
         }
+        queued = true;
         copies.retain(|copy| copy.pointer != file.pointer);
         copies.push(Copy {
             pointer: file.pointer,
@@ -193,6 +196,7 @@ pub fn queue(copies: &mut Vec<Copy>, files: Vec<ResultFile>, now: u64) {
             last_error: None,
         });
     }
+    queued
 }
 
 /// The copies due at `now`, by name.
@@ -219,9 +223,36 @@ pub fn first_attempt_pending(copies: &[Copy]) -> bool {
     copies.iter().any(|copy| copy.state == CopyState::Pending && copy.attempts == 0)
 }
 
-/// Records how an attempt at the copy `name` went. Failed attempts are retried after the
-/// schedule's delays (the last repeating) until Kling's files are gone, 30 days after the
-/// copy was queued.
+/// The time of the attempt after `attempts` failed ones, if it comes before Kling's files
+/// are gone, 30 days after the copy was queued.
+fn retry_at(copy: &Copy, now: u64, schedule: &Schedule) -> Option<u64> {
+    let next = now.saturating_add(schedule.repeating_delay_ms(copy.attempts.saturating_sub(1)));
+    (next <= copy.queued_at.saturating_add(KLING_RETENTION_MS)).then_some(next)
+}
+
+/// Starts an attempt at the copy `name`, if one is due: counts it and books the next one
+/// first, so an attempt cut off (an alarm evicted in the middle of a copy) is made again
+/// later and counts toward the end. An attempt due after Kling's files are gone is not
+/// started: the copy has failed.
+pub fn start_attempt(copies: &mut [Copy], name: &str, now: u64, schedule: &Schedule) -> bool {
+    let Some(copy) = copies.iter_mut().find(|copy| copy.name == name && copy.state == CopyState::Pending)
+    else {
+        return false;
+    };
+    if now > copy.queued_at.saturating_add(KLING_RETENTION_MS) {
+        copy.state = CopyState::Failed;
+        copy.next_attempt_at = None;
+        copy.last_error.get_or_insert_with(|| "every attempt was cut off".to_owned());
+        return false;
+    }
+    copy.attempts = copy.attempts.saturating_add(1);
+    copy.next_attempt_at = Some(retry_at(copy, now, schedule).unwrap_or(now));
+    true
+}
+
+/// Records how an attempt at the copy `name` (started by [`start_attempt`]) went. Failed
+/// attempts are retried after the schedule's delays (the last repeating) until Kling's
+/// files are gone, 30 days after the copy was queued.
 pub fn record(
     copies: &mut [Copy],
     name: &str,
@@ -234,7 +265,6 @@ pub fn record(
     else {
         return;
     };
-    copy.attempts = copy.attempts.saturating_add(1);
     copy.next_attempt_at = None;
     match outcome {
         CopyOutcome::Copied { bytes } => {
@@ -255,13 +285,26 @@ pub fn record(
         }
         CopyOutcome::Retry(error) => {
             copy.last_error = Some(error);
-            let next = now.saturating_add(schedule.repeating_delay_ms(copy.attempts - 1));
-            if next <= copy.queued_at.saturating_add(KLING_RETENTION_MS) {
-                copy.next_attempt_at = Some(next);
-            } else {
-                copy.state = CopyState::Failed;
+            match retry_at(copy, now, schedule) {
+                Some(next) => copy.next_attempt_at = Some(next),
+                None => copy.state = CopyState::Failed,
             }
         }
+    }
+}
+
+/// An attempt from start to outcome (for tests).
+#[cfg(test)]
+pub fn attempt(
+    copies: &mut [Copy],
+    name: &str,
+    outcome: CopyOutcome,
+    now: u64,
+    schedule: &Schedule,
+    settings: &CopySettings,
+) {
+    if start_attempt(copies, name, now, schedule) {
+        record(copies, name, outcome, now, schedule, settings);
     }
 }
 
@@ -285,8 +328,7 @@ fn size(bytes: u64) -> String {
     if bytes < MIB {
         format!("{} KB", bytes.div_ceil(1024))
     } else {
-        let tenths = bytes * 10 / MIB;
-        format!("{}.{} MB", tenths / 10, tenths % 10)
+        format!("{}.{} MB", bytes / MIB, (bytes % MIB) * 10 / MIB)
     }
 }
 
@@ -305,7 +347,7 @@ pub fn describe(copies: &[Copy]) -> Value {
                 file["expires_at"] = json!(at);
             }
             let note = match copy.state {
-                CopyState::Pending if copy.attempts == 0 => Some("being copied".to_owned()),
+                CopyState::Pending if copy.last_error.is_none() => Some("being copied".to_owned()),
                 CopyState::Pending => Some(format!(
                     "not copied yet ({}); tried {} time{}, trying again",
                     copy.last_error.as_deref().unwrap_or("failed"),
@@ -394,7 +436,7 @@ mod tests {
         assert_eq!(copies.len(), 2);
         assert!(first_attempt_pending(&copies));
         assert_eq!(due(&copies, NOW), ["audio-0.mp3", "audio-0.wav"]);
-        record(
+        attempt(
             &mut copies,
             "audio-0.mp3",
             CopyOutcome::Copied { bytes: 30_000 },
@@ -417,7 +459,7 @@ mod tests {
         let mut copies = Vec::new();
         queue(&mut copies, result_files(&audio_task()), NOW);
         let mut now = NOW;
-        record(
+        attempt(
             &mut copies,
             "audio-0.wav",
             CopyOutcome::Retry("answered 503".into()),
@@ -430,7 +472,7 @@ mod tests {
         let mut attempts = 1;
         while copies[1].state == CopyState::Pending {
             now = copies[1].next_attempt_at.unwrap();
-            record(
+            attempt(
                 &mut copies,
                 "audio-0.wav",
                 CopyOutcome::Retry("answered 404".into()),
@@ -459,7 +501,7 @@ mod tests {
         let settings = CopySettings { max_bytes: 40_000, ..CopySettings::default() };
         let mut copies = Vec::new();
         queue(&mut copies, result_files(&audio_task()), NOW);
-        record(
+        attempt(
             &mut copies,
             "audio-0.wav",
             CopyOutcome::TooLarge { bytes: 110_000 },

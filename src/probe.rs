@@ -188,6 +188,12 @@ impl Probe {
                     Problem::NoMovieHeader("the file's boxes are malformed".into())
                 });
             }
+            if size32 == 0 && &kind != b"moov" {
+                // A box of size 0 runs to the end of the file: nothing follows it.
+                return Step::Refuse(Problem::NoMovieHeader(
+                    "the file ends in a box that comes before any movie header".into(),
+                ));
+            }
             if &kind == b"moov" {
                 let payload = offset + header_len;
                 let Some(body) = self.available(payload, size - header_len) else {
@@ -205,6 +211,9 @@ impl Probe {
                             "the movie header",
                         )
                     }
+                    MovieHeader::NoDuration => Step::Refuse(Problem::NoMovieHeader(
+                        "it is a fragmented MP4 whose movie header gives no duration".into(),
+                    )),
                     _ => Step::Refuse(Problem::NoMovieHeader(
                         "its movie header (mvhd) is missing or malformed".into(),
                     )),
@@ -230,6 +239,9 @@ enum MovieHeader {
     /// The bytes end before the `mvhd` box does: more are needed.
     Truncated,
     Malformed,
+    /// A fragmented file whose `mvhd` says 0 and that has no `mehd`: its length is only the
+    /// sum of its fragments, which are not read.
+    NoDuration,
 }
 
 /// The movie's length from a `moov` payload: its `mvhd` child's duration over its timescale
@@ -275,6 +287,7 @@ fn movie_duration(moov: &[u8]) -> MovieHeader {
     }
     match (timescale, duration) {
         (Some(0), _) => MovieHeader::Malformed,
+        (Some(_), Some(0)) => MovieHeader::NoDuration,
         (Some(scale), Some(length)) if length != u64::MAX && length != u64::from(u32::MAX) => {
             MovieHeader::Found(length as f64 / scale as f64)
         }
@@ -361,6 +374,23 @@ impl Step {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_box_to_the_end_of_the_file_or_a_fragmented_file_without_a_duration_is_unmeasured() {
+        let mut file = Vec::new();
+        file.extend_from_slice(&[0, 0, 0, 16]);
+        file.extend_from_slice(b"ftypisom\0\0\0\0");
+        file.extend_from_slice(&[0, 0, 0, 0]);
+        file.extend_from_slice(b"mdat");
+        file.extend_from_slice(&[0; 64]);
+        let mut probe = Probe::new(None);
+        probe.feed(0, file, false);
+        assert!(
+            matches!(probe.step(), Step::Refuse(Problem::NoMovieHeader(ref why)) if why.contains("ends in a box")),
+            "{:?}",
+            probe.step()
+        );
+    }
+
     use super::*;
 
     /// A box: size, type, payload.
@@ -509,6 +539,13 @@ mod tests {
                 assert!(read <= bytes.len() as u64);
             }
         }
+        // A fragmented file without a total (ffmpeg's frag_keyframe+empty_moov) cannot be
+        // measured from its header: it is not taken for a 0-second video.
+        let (step, _) = probe_bytes(include_bytes!("../tests/media/five-seconds-fragmented.mp4"), true);
+        assert!(
+            matches!(step, Step::Refuse(Problem::NoMovieHeader(ref why)) if why.contains("fragmented")),
+            "{step:?}"
+        );
         // Every prefix of a real file is refused or measured, never a panic.
         let file = include_bytes!("../tests/media/ten-seconds-tail-indexed.mp4");
         for end in 0..file.len() {

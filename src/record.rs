@@ -191,12 +191,14 @@ impl TaskRecord {
         task::is_complete(&self.data, self.results())
     }
 
-    /// Queues a copy of each result file of a task that succeeded with them (a no-op once queued).
-    pub fn queue_copies(&mut self, now: u64) {
-        if self.is_complete() && task::status_of(&self.data) == Some("succeed") {
-            let files = copies::result_files(&self.data);
-            copies::queue(&mut self.copies, files, now);
+    /// Queues a copy of each result file of a task that succeeded with them (a no-op once
+    /// queued). Returns whether anything was queued.
+    pub fn queue_copies(&mut self, now: u64) -> bool {
+        if !self.is_complete() || task::status_of(&self.data) != Some("succeed") {
+            return false;
         }
+        let files = copies::result_files(&self.data);
+        copies::queue(&mut self.copies, files, now)
     }
 
     /// The `PROXY_API_KEYS` name behind the tenant (`web` for `web` and for `web/alice`):

@@ -115,7 +115,12 @@ pub fn verify(
     let expires_at = expires
         .parse::<u64>()
         .ok()
-        .filter(|at| expires.len() <= 12 && !expires.starts_with('0') && *at > 0)
+        .filter(|at| {
+            expires.len() <= 12
+                && expires.bytes().all(|b| b.is_ascii_digit())
+                && !expires.starts_with('0')
+                && *at > 0
+        })
         .ok_or_else(|| refused("expires must be the epoch seconds the link was given with"))?;
     let expected = key.signature(shard, task_id, name, expires_at);
     if !bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) {
@@ -198,7 +203,7 @@ mod tests {
         copies::queue(&mut list, copies::result_files(&data), NOW);
         let settings = CopySettings { max_bytes: 50_000, retention_ms: copies::days_ms(90) };
         let schedule = Schedule::parse("5").unwrap();
-        copies::record(
+        copies::attempt(
             &mut list,
             "audio-0.mp3",
             CopyOutcome::Copied { bytes: 30_633 },
@@ -206,7 +211,7 @@ mod tests {
             &schedule,
             &settings,
         );
-        copies::record(
+        copies::attempt(
             &mut list,
             "audio-0.wav",
             CopyOutcome::TooLarge { bytes: 110_328 },
@@ -264,6 +269,11 @@ mod tests {
         );
         assert!(refusal(SHARD, "t1", "audio-0.mp3", Some(&later), now).contains("signature does not match"));
         assert!(refusal(SHARD, "t1", "audio-0.mp3", Some(query), minter.expires()).contains("has expired"));
+        let plus = query.replace("expires=", "expires=+");
+        assert!(
+            refusal(SHARD, "t1", "audio-0.mp3", Some(&plus), now).contains("epoch seconds"),
+            "one spelling per link"
+        );
         assert!(refusal(SHARD, "t1", "audio-0.mp3", None, now).contains("is not signed"));
         assert!(refusal(SHARD, "t1", "audio-0.mp3", Some("expires=1"), now).contains("is not signed"));
         assert!(

@@ -14,6 +14,23 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use url::{Host, Url};
 
+/// Where a redirect from `current` to `location` (its `Location` header) leads, if the
+/// worker may follow it: an http(s) URL with a host, public unless `allow_private`.
+pub fn redirect_target(current: &Url, location: Option<&str>, allow_private: bool) -> Result<Url, String> {
+    let next = current
+        .join(location.unwrap_or_default())
+        .ok()
+        .filter(|next| {
+            matches!(next.scheme(), "http" | "https") && next.host_str().is_some_and(|h| !h.is_empty())
+        })
+        .ok_or_else(|| "redirects to something that is not an http(s) URL".to_owned())?;
+    if !allow_private {
+        check_public(&next)
+            .map_err(|reason| format!("redirects to a private or local address ({reason})"))?;
+    }
+    Ok(next)
+}
+
 /// `Ok` when the URL's host is public; otherwise why not (`"127.0.0.1 is loopback"`).
 pub fn check_public(url: &Url) -> Result<(), String> {
     match url.host() {
@@ -177,6 +194,32 @@ pub fn ipv6_range(address: Ipv6Addr) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redirects_lead_only_to_public_http_urls() {
+        let here = Url::parse("https://cdn.example.com/a/clip.mp4").unwrap();
+        assert_eq!(
+            redirect_target(&here, Some("b.mp4"), false).unwrap().as_str(),
+            "https://cdn.example.com/a/b.mp4"
+        );
+        assert_eq!(
+            redirect_target(&here, Some("https://other.example.net/x"), false).unwrap().host_str(),
+            Some("other.example.net")
+        );
+        assert!(redirect_target(&here, Some("http://127.0.0.1/x"), false)
+            .unwrap_err()
+            .contains("private or local"));
+        assert!(redirect_target(&here, Some("http://127.0.0.1/x"), true).is_ok());
+        assert!(redirect_target(&here, Some("file:///etc/passwd"), true)
+            .unwrap_err()
+            .contains("not an http(s) URL"));
+        assert!(redirect_target(&here, Some("data:text/plain,x"), false).is_err());
+        assert_eq!(
+            redirect_target(&here, None, false).unwrap(),
+            here,
+            "no Location: the same URL (a loop the caller counts)"
+        );
+    }
+
     use super::*;
 
     fn verdict(raw: &str) -> Result<(), String> {

@@ -83,7 +83,8 @@ pub struct Judgement {
 }
 
 fn megabytes(bytes: u64) -> String {
-    format!("{} MB", (bytes + 512 * 1024) / (1024 * 1024))
+    const MIB: u64 = 1024 * 1024;
+    format!("{} MB", bytes / MIB + u64::from(bytes % MIB >= MIB / 2))
 }
 
 /// Seconds to one decimal place (`25.0`), without the float formatting machinery `{:.1}`
@@ -194,6 +195,12 @@ mod tests {
             "video_url: redirects to a private or local address"
         );
         assert!(judge(&measured(20.0, None), Policy::Strict, None, "video_url").is_ok());
+    }
+
+    #[test]
+    fn any_size_is_worded_without_overflow() {
+        let huge = judge(&Outcome::TooLarge { bytes: u64::MAX }, Policy::Strict, None, "video_url");
+        assert_eq!(message(huge), "video_url: is 17592186044416 MB; Kling accepts at most 100 MB");
     }
 
     #[test]

@@ -22,6 +22,10 @@ use crate::url_safety;
 pub const BINDING: &str = "RESULTS";
 /// How long Kling's server may take to start answering.
 const HEADERS_TIMEOUT_MS: u64 = 30_000;
+/// How long one copy may take in all (a stalled download must not hold the alarm).
+const COPY_TIMEOUT_MS: u64 = 5 * 60 * 1000;
+/// Redirects followed, at most, each to a public http(s) URL.
+const MAX_REDIRECTS: usize = 3;
 /// The part size of a multipart copy (R2 takes parts of 5 MiB or more, but the last).
 const PART_BYTES: usize = 8 * 1024 * 1024;
 
@@ -44,21 +48,37 @@ impl R2Results {
         self.bucket.as_ref().ok_or_else(|| format!("the deployment has no {BINDING} bucket"))
     }
 
-    /// Kling's answer for `source`, or why there is none.
+    /// Kling's answer for `source`, or why there is none. Redirects are followed by hand, each
+    /// hop checked like the first URL.
     async fn fetch(&self, source: &str) -> Result<web_sys::Response, String> {
-        let url = worker::Url::parse(source).map_err(|_| "Kling's link is not a URL".to_owned())?;
+        let mut url = worker::Url::parse(source).map_err(|_| "Kling's link is not a URL".to_owned())?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err("Kling's link is not an http(s) URL".into());
         }
         if !self.allow_private && url_safety::check_public(&url).is_err() {
             return Err("Kling's link points at a private address".into());
         }
+        for _ in 0..=MAX_REDIRECTS {
+            let response = Self::get(&url).await?;
+            if !matches!(response.status(), 301 | 302 | 303 | 307 | 308) {
+                return Ok(response);
+            }
+            let location = response.headers().get("Location").ok().flatten();
+            url = url_safety::redirect_target(&url, location.as_deref(), self.allow_private)
+                .map_err(|why| format!("Kling's link {why}"))?;
+        }
+        Err(format!("Kling's link redirects more than {MAX_REDIRECTS} times"))
+    }
+
+    /// One GET, with a deadline on the answer's headers.
+    async fn get(url: &worker::Url) -> Result<web_sys::Response, String> {
         let headers = web_sys::Headers::new().map_err(|_| "no headers".to_owned())?;
         // The stored bytes must be the file's, not a compressed form of unknown length.
         let _ = headers.set("Accept-Encoding", "identity");
         let init = web_sys::RequestInit::new();
         init.set_method("GET");
         init.set_headers(&headers);
+        init.set_redirect(web_sys::RequestRedirect::Manual);
         let request = web_sys::Request::new_with_str_and_init(url.as_str(), &init)
             .map_err(|_| "Kling's link cannot be requested".to_owned())?;
         let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
@@ -146,12 +166,18 @@ impl R2Results {
                 break Ok(Some(CopyOutcome::TooLarge { bytes: total }));
             }
             part.extend_from_slice(&bytes.to_vec());
-            if part.len() >= PART_BYTES {
+            // R2 takes parts of one size (all but the last): exactly PART_BYTES each.
+            let mut refused = None;
+            while part.len() >= PART_BYTES && refused.is_none() {
                 let number = parts.len() as u16 + 1;
-                match upload.upload_part(number, std::mem::take(&mut part)).await {
+                let rest = part.split_off(PART_BYTES);
+                match upload.upload_part(number, std::mem::replace(&mut part, rest)).await {
                     Ok(uploaded) => parts.push(uploaded),
-                    Err(error) => break Err(format!("the bucket refused a part ({error})")),
+                    Err(error) => refused = Some(format!("the bucket refused a part ({error})")),
                 }
+            }
+            if let Some(refused) = refused {
+                break Err(refused);
             }
         };
         match outcome {
@@ -186,6 +212,23 @@ impl R2Results {
 
 impl ResultBucket for R2Results {
     async fn copy(&self, source: &str, key: &str, content_type: &str, max_bytes: u64) -> CopyOutcome {
+        let copy = self.copy_now(source, key, content_type, max_bytes);
+        futures_util::pin_mut!(copy);
+        match select(copy, Delay::from(Duration::from_millis(COPY_TIMEOUT_MS))).await {
+            Either::Left((outcome, _)) => outcome,
+            Either::Right(_) => {
+                CopyOutcome::Retry(format!("the copy took longer than {} minutes", COPY_TIMEOUT_MS / 60_000))
+            }
+        }
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<(), String> {
+        self.bound()?.delete_multiple(keys.to_vec()).await.map_err(|error| error.to_string())
+    }
+}
+
+impl R2Results {
+    async fn copy_now(&self, source: &str, key: &str, content_type: &str, max_bytes: u64) -> CopyOutcome {
         let response = match self.fetch(source).await {
             Ok(response) => response,
             Err(problem) => return CopyOutcome::Retry(problem),
@@ -221,9 +264,5 @@ impl ResultBucket for R2Results {
             None => self.put_in_parts(body, key, content_type, max_bytes).await,
         };
         outcome.unwrap_or_else(CopyOutcome::Retry)
-    }
-
-    async fn delete(&self, keys: &[String]) -> Result<(), String> {
-        self.bound()?.delete_multiple(keys.to_vec()).await.map_err(|error| error.to_string())
     }
 }

@@ -92,11 +92,7 @@ impl TaskCoordinator {
     }
 
     /// Records the shard and tenant a call names, unless this instance already did.
-    fn learn(
-        &self,
-        coordinator: &Coordinator<'_, SqlStore, Kling, FetchWebhooks, KvReadModel, R2Results, WorkerRuntime>,
-        call: &protocol::Request,
-    ) -> Result<(), ApiError> {
+    fn learn(&self, coordinator: &RealCoordinator<'_>, call: &protocol::Request) -> Result<(), ApiError> {
         let known = self.learned.borrow().clone();
         let shard = Some(call.shard().to_owned());
         let tenant = call.tenant().map(str::to_owned);
@@ -108,22 +104,24 @@ impl TaskCoordinator {
         Ok(())
     }
 
-    async fn handle(&self, call: protocol::Request) -> Result<serde_json::Value, ApiError> {
+    /// The real ports the flows run with. A call a client waits on gives Kling a shorter
+    /// deadline (`QUERY_REFRESH_TIMEOUT_MS`) than the alarm does.
+    fn ports(&self, client_waits: bool) -> Result<Ports<'_>, ApiError> {
         let config = settings::config(&self.env)?;
-        let store = self.store()?;
-        let kling = Kling::new(&config).with_timeout_ms(QUERY_REFRESH_TIMEOUT_MS);
-        let read_model = KvReadModel::open(&self.env)?;
+        let kling = Kling::new(&config);
         let bucket = R2Results::open(&self.env, config.allow_private_urls);
-        let flow_settings = flow_settings(&config, &bucket);
-        let coordinator = Coordinator {
-            store,
-            kling: &kling,
-            webhooks: &FetchWebhooks,
-            read_model: &read_model,
-            bucket: &bucket,
-            runtime: &WorkerRuntime,
-            settings: &flow_settings,
-        };
+        Ok(Ports {
+            store: self.store()?,
+            kling: if client_waits { kling.with_timeout_ms(QUERY_REFRESH_TIMEOUT_MS) } else { kling },
+            read_model: KvReadModel::open(&self.env)?,
+            settings: flow_settings(&config, &bucket),
+            bucket,
+        })
+    }
+
+    async fn handle(&self, call: protocol::Request) -> Result<serde_json::Value, ApiError> {
+        let ports = self.ports(true)?;
+        let coordinator = ports.coordinator();
         self.learn(&coordinator, &call)?;
         let answer = match call {
             protocol::Request::Register { registration, .. } => coordinator.register(registration),
@@ -146,22 +144,7 @@ impl TaskCoordinator {
     }
 
     async fn run_due(&self) -> Result<(), ApiError> {
-        let config = settings::config(&self.env)?;
-        let store = self.store()?;
-        let kling = Kling::new(&config);
-        let read_model = KvReadModel::open(&self.env)?;
-        let bucket = R2Results::open(&self.env, config.allow_private_urls);
-        let flow_settings = flow_settings(&config, &bucket);
-        let coordinator = Coordinator {
-            store,
-            kling: &kling,
-            webhooks: &FetchWebhooks,
-            read_model: &read_model,
-            bucket: &bucket,
-            runtime: &WorkerRuntime,
-            settings: &flow_settings,
-        };
-        coordinator.run_due().await
+        self.ports(false)?.coordinator().run_due().await
     }
 
     /// Sets the alarm for the next thing due, unless an earlier alarm is already set.
@@ -186,6 +169,32 @@ impl TaskCoordinator {
                 self.alarm_at.set(None);
                 WorkerRuntime.log_problem("set_alarm", &error.to_string());
             }
+        }
+    }
+}
+
+/// The ports of one call or alarm.
+struct Ports<'a> {
+    store: &'a SqlStore,
+    kling: Kling,
+    read_model: KvReadModel,
+    bucket: R2Results,
+    settings: Settings,
+}
+
+type RealCoordinator<'a> =
+    Coordinator<'a, SqlStore, Kling, FetchWebhooks, KvReadModel, R2Results, WorkerRuntime>;
+
+impl Ports<'_> {
+    fn coordinator(&self) -> RealCoordinator<'_> {
+        Coordinator {
+            store: self.store,
+            kling: &self.kling,
+            webhooks: &FetchWebhooks,
+            read_model: &self.read_model,
+            bucket: &self.bucket,
+            runtime: &WorkerRuntime,
+            settings: &self.settings,
         }
     }
 }

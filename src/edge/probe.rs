@@ -39,28 +39,29 @@ thread_local! {
 
 /// What probing `url` comes to: reused from the cache for a while, else measured.
 pub async fn measure(config: &Config, url: &str) -> Outcome {
-    if let Some(outcome) = remembered(url).await {
+    let key = cache_key(url, config.allow_private_urls);
+    if let Some(outcome) = remembered(&key).await {
         return outcome;
     }
     let outcome = run(config, url).await;
     if outcome.is_settled() {
-        remember(url, &outcome).await;
+        remember(&key, &outcome).await;
     }
     outcome
 }
 
-async fn remembered(url: &str) -> Option<Outcome> {
+async fn remembered(key: &str) -> Option<Outcome> {
     let now = clock::now_ms();
     let recent = RECENT
-        .with(|recent| recent.borrow().get(url).filter(|(until, _)| *until > now).map(|(_, o)| o.clone()));
+        .with(|recent| recent.borrow().get(key).filter(|(until, _)| *until > now).map(|(_, o)| o.clone()));
     if recent.is_some() {
         return recent;
     }
-    let mut cached = Cache::default().get(cache_key(url), false).await.ok()??;
+    let mut cached = Cache::default().get(key, false).await.ok()??;
     cached.json::<Outcome>().await.ok()
 }
 
-async fn remember(url: &str, outcome: &Outcome) {
+async fn remember(key: &str, outcome: &Outcome) {
     let until = clock::now_ms() + CACHE_SECS * 1000;
     RECENT.with(|recent| {
         let mut recent = recent.borrow_mut();
@@ -71,18 +72,19 @@ async fn remember(url: &str, outcome: &Outcome) {
                 recent.clear();
             }
         }
-        recent.insert(url.to_owned(), (until, outcome.clone()));
+        recent.insert(key.to_owned(), (until, outcome.clone()));
     });
     if let Ok(response) = Response::from_json(outcome) {
         let _ = response.headers().set("Cache-Control", &format!("public, max-age={CACHE_SECS}"));
-        let _ = Cache::default().put(cache_key(url), response).await;
+        let _ = Cache::default().put(key, response).await;
     }
 }
 
-/// The cache's key for a video URL: a URL of its own, never fetched.
-fn cache_key(url: &str) -> String {
+/// The cache's key for a video URL: a URL of its own, never fetched. It says whether private
+/// addresses were allowed, so a development deployment's outcomes never serve another's.
+fn cache_key(url: &str, allow_private: bool) -> String {
     let encoded: String = url::form_urlencoded::byte_serialize(url.as_bytes()).collect();
-    format!("https://kling-edge.invalid/video-probe?url={encoded}")
+    format!("https://kling-edge.invalid/video-probe/v1?private={allow_private}&url={encoded}")
 }
 
 /// One read's answer.
@@ -108,6 +110,8 @@ async fn run(config: &Config, url: &str) -> Outcome {
     let mut probe = Probe::new(None);
     let mut content_type = None;
     let mut ranges_honoured = true;
+    // Redirects are followed on the first read only; later reads go where it landed.
+    let mut landed = false;
     for _ in 0..8 {
         let (offset, length) = match probe.step() {
             Step::Done(facts) => return Outcome::measured(facts, probe.size),
@@ -119,9 +123,13 @@ async fn run(config: &Config, url: &str) -> Outcome {
             }
             Step::Refuse(Problem::NoMovieHeader(why)) => return Outcome::Unmeasured { why },
             Step::Need { .. } if !ranges_honoured => return ignored_ranges(),
-            Step::Need { offset, length } => (offset, length),
+            Step::Need { offset, length } if offset.checked_add(length).is_some_and(|end| end < 1 << 53) => {
+                (offset, length)
+            }
+            Step::Need { .. } => return Outcome::Unmeasured { why: "the file's boxes are malformed".into() },
         };
-        let first = probe.bytes_read() == 0;
+        let first = !landed;
+        landed = true;
         let read = match read_following_redirects(config, &mut current, offset, length, first, deadline).await
         {
             Ok(read) => read,
@@ -140,6 +148,11 @@ async fn run(config: &Config, url: &str) -> Outcome {
                 read.headers.get("Content-Type").ok().flatten().map(|kind| kind.chars().take(80).collect());
         }
         match read.status {
+            206 if range_start(&read.headers) != Some(offset) => {
+                return Outcome::Unmeasured {
+                    why: "its server answered another range than the one asked for".into(),
+                };
+            }
             206 => {
                 if let Some(total) = total_size(&read.headers) {
                     probe.size = Some(total);
@@ -166,6 +179,10 @@ async fn run(config: &Config, url: &str) -> Outcome {
             200 => {
                 return Outcome::Unmeasured { why: "its server stopped honouring Range requests".into() };
             }
+            // A busy or failing server says nothing about the video: not a fact to refuse it on.
+            status @ (408 | 429 | 500..=599) => {
+                return Outcome::Unmeasured { why: format!("its server answered {status}") }
+            }
             status => return Outcome::Status { status },
         }
     }
@@ -181,6 +198,12 @@ fn ignored_ranges() -> Outcome {
             MAX_BYTES / 1024
         ),
     }
+}
+
+/// `Content-Range: bytes a-b/total` → a.
+fn range_start(headers: &web_sys::Headers) -> Option<u64> {
+    let range = headers.get("Content-Range").ok().flatten()?;
+    range.trim().strip_prefix("bytes ")?.split_once('-')?.0.trim().parse().ok()
 }
 
 /// `Content-Range: bytes a-b/total` → total.
@@ -214,22 +237,9 @@ async fn read_following_redirects(
         if hops > MAX_REDIRECTS {
             return Err(Ok(Outcome::Refused { why: format!("redirects more than {MAX_REDIRECTS} times") }));
         }
-        let location = read.headers.get("Location").ok().flatten().unwrap_or_default();
-        let next = current.join(&location).ok().filter(|next| {
-            matches!(next.scheme(), "http" | "https") && next.host_str().is_some_and(|h| !h.is_empty())
-        });
-        let Some(next) = next else {
-            return Err(Ok(Outcome::Refused {
-                why: "redirects to something that is not an http(s) URL".into(),
-            }));
-        };
-        if !config.allow_private_urls {
-            if let Err(reason) = url_safety::check_public(&next) {
-                return Err(Ok(Outcome::Refused {
-                    why: format!("redirects to a private or local address ({reason})"),
-                }));
-            }
-        }
+        let location = read.headers.get("Location").ok().flatten();
+        let next = url_safety::redirect_target(current, location.as_deref(), config.allow_private_urls)
+            .map_err(|why| Ok(Outcome::Refused { why }))?;
         *current = next;
     }
 }
@@ -245,8 +255,10 @@ async fn read(url: &str, offset: u64, length: u64, cap: u64, deadline: u64) -> R
     let signal = controller.signal();
     let exchange = async {
         let headers = web_sys::Headers::new().map_err(|_| ReadFailure::Unreachable)?;
-        let _ = headers.set("Range", &format!("bytes={offset}-{}", offset + length.max(1) - 1));
+        let _ = headers.set("Range", &format!("bytes={offset}-{}", offset.saturating_add(length.max(1) - 1)));
         let _ = headers.set("User-Agent", "kling-edge video probe");
+        // The bytes as stored: a compressed answer's length is not the file's.
+        let _ = headers.set("Accept-Encoding", "identity");
         let init = web_sys::RequestInit::new();
         init.set_method("GET");
         init.set_headers(&headers);

@@ -72,12 +72,17 @@ pub async fn serve(
         }
         match get.execute().await {
             Ok(object) => object,
-            // R2 refuses a range beyond the object: say so with its size.
-            Err(_) if range.is_some() => {
-                let object = bucket.head(&key).await.map_err(unavailable)?.ok_or_else(gone)?;
-                return Ok(unsatisfiable(object.size(), call.request_id));
+            // R2 refuses a range beyond the object: say so with its size (any other failure
+            // is the bucket's).
+            Err(error) => {
+                let head = bucket.head(&key).await.map_err(unavailable)?.ok_or_else(gone)?;
+                return match range {
+                    Some(range) if range.resolve(head.size()).is_none() => {
+                        Ok(unsatisfiable(head.size(), call.request_id))
+                    }
+                    _ => Err(unavailable(error)),
+                };
             }
-            Err(error) => return Err(unavailable(error)),
         }
     };
     let object = object.ok_or_else(gone)?;
@@ -104,9 +109,10 @@ pub async fn serve(
         // The condition failed: the client has these bytes.
         return Ok(Response::builder().with_status(304).with_headers(headers).empty());
     };
-    let served = range.and_then(|range| range.resolve(size));
-    let status = match served {
-        Some((offset, length)) => {
+    let status = match range.map(|range| range.resolve(size)) {
+        // A range R2 clipped to nothing (one starting at the end).
+        Some(None) => return Ok(unsatisfiable(size, call.request_id)),
+        Some(Some((offset, length))) => {
             let _ = headers.set("Content-Range", &byte_range::content_range(offset, length, size));
             let _ = headers.set("Content-Length", &length.to_string());
             206

@@ -260,14 +260,17 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
     }
 
     /// Removes a task's record, and its result copies from the bucket (the bucket's lifecycle
-    /// rule removes them too; this is for a deployment without one).
+    /// rule removes them too; this is for a deployment without one). A record whose copies
+    /// could not be removed is kept until they are.
     async fn forget(&self, task_id: &str) -> Result<(), ApiError> {
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         let shard = self.store.meta("shard")?.unwrap_or_default();
         let keys = copies::stored_keys(&record.copies, &shard, task_id);
         if !keys.is_empty() {
             if let Err(problem) = self.bucket.delete(&keys).await {
+                // Kept, to try again with the next sweep.
                 self.runtime.log(json!({"event": "forget", "task_id": task_id, "problem": problem}));
+                return Ok(());
             }
         }
         self.store.delete(task_id)
@@ -278,16 +281,26 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
     async fn copy_results(&self, task_id: &str) -> Result<(), ApiError> {
         let Some(settings) = &self.settings.copies else { return Ok(()) };
         let Some(mut record) = self.store.load(task_id)? else { return Ok(()) };
-        let now = self.runtime.now_ms();
-        let queued = record.copies.len();
-        record.queue_copies(now);
-        if record.copies.len() != queued {
+        if record.queue_copies(self.runtime.now_ms()) {
             self.store.save(&record)?;
         }
         let Some(shard) = self.store.meta("shard")? else { return Ok(()) };
-        for name in copies::due(&record.copies, now) {
+        for name in copies::due(&record.copies, self.runtime.now_ms()) {
+            // The attempt is counted and the next one booked before the copy starts, so an
+            // alarm cut off in the middle of it is made good by a later one.
+            let Some(mut started) = self.store.load(task_id)? else { return Ok(()) };
+            if !copies::start_attempt(
+                &mut started.copies,
+                &name,
+                self.runtime.now_ms(),
+                &self.settings.forward,
+            ) {
+                self.store.save(&started)?;
+                continue;
+            }
+            self.store.save(&started)?;
             let Some(source) =
-                record.copies.iter().find(|copy| copy.name == name).map(|copy| copy.source.clone())
+                started.copies.iter().find(|copy| copy.name == name).map(|copy| copy.source.clone())
             else {
                 continue;
             };

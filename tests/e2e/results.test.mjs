@@ -233,15 +233,22 @@ describe('copying', () => {
     assert.ok(task.copies.files.every((file) => file.state === 'copied'));
   });
 
-  it('streams a file of unknown length (no Content-Length) in parts', async () => {
+  it('streams files of unknown length (no Content-Length) in parts of one size', async () => {
+    // 17 MiB each: two parts of 8 MiB and the rest, as R2 requires.
+    const size = 17 * 1024 * 1024;
     files.omitLength = true;
+    files.padTo = size;
     try {
       const task = await settled(await finishedTask(WEB_KEY));
-      assert.ok(task.copies.files.every((file) => file.state === 'copied'), JSON.stringify(task.copies));
+      assert.ok(task.copies.files.every((file) => file.state === 'copied' && file.bytes === size), JSON.stringify(task.copies));
       const response = await fetch(links(task).copy_url_wav.link);
-      assert.ok(Buffer.from(await response.arrayBuffer()).equals(SAMPLE('sample-audio.wav')));
+      const copy = Buffer.from(await response.arrayBuffer());
+      const wav = SAMPLE('sample-audio.wav');
+      assert.equal(copy.length, size);
+      assert.ok(copy.subarray(0, wav.length).equals(wav) && copy.subarray(wav.length).every((b) => b === 0), 'byte for byte');
     } finally {
       files.omitLength = false;
+      files.padTo = 0;
     }
   });
 });

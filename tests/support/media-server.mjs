@@ -12,7 +12,7 @@
 //   ?as=html            an HTML page instead, whatever the name says
 //   ?delay=MS           answer that much later (a slow server)
 // and any other name answers 404. With `omitLength` set, files go out without
-// `Content-Length` (chunked). It counts the requests and the body bytes it sent per path and
+// `Content-Length` (chunked); with `padTo` set, every file is padded with zeros to that size. It counts the requests and the body bytes it sent per path and
 // query, so tests can see what the worker read; `stop()` and `start()` take it down and up
 // on the same port.
 
@@ -105,6 +105,7 @@ export class MediaServer {
     /** Per path and query: { requests, bytes, ranges: [Range header...] }. */
     this.served = new Map();
     this.omitLength = false;
+    this.padTo = 0;
   }
 
   /** What was served for `pathAndQuery` (`/media/NAME?...`). */
@@ -161,6 +162,7 @@ export class MediaServer {
       return res.end('not found');
     }
     let bytes = fs.readFileSync(file);
+    if (bytes.length < this.padTo) bytes = Buffer.concat([bytes, Buffer.alloc(this.padTo - bytes.length)]);
     const pad = Number(url.searchParams.get('pad') ?? 0);
     if (pad > 0) bytes = padMdat(bytes, pad);
     const claim = url.searchParams.get('claim');
