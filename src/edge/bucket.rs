@@ -9,14 +9,15 @@
 
 use std::time::Duration;
 
-use futures_util::future::{select, Either};
-use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen::JsCast;
 use worker::wasm_bindgen_futures::JsFuture;
-use worker::{js_sys, web_sys, worker_sys, Bucket, Data, Delay, Env, HttpMetadata};
+use worker::{js_sys, web_sys, worker_sys, Bucket, Data, Env, HttpMetadata};
 
 use crate::copies::CopyOutcome;
 use crate::ports::ResultBucket;
 use crate::url_safety;
+
+use super::http;
 
 /// The R2 binding in `wrangler.toml`.
 pub const BINDING: &str = "RESULTS";
@@ -72,26 +73,12 @@ impl R2Results {
 
     /// One GET, with a deadline on the answer's headers.
     async fn get(url: &worker::Url) -> Result<web_sys::Response, String> {
-        let headers = web_sys::Headers::new().map_err(|_| "no headers".to_owned())?;
-        // The stored bytes must be the file's, not a compressed form of unknown length.
-        let _ = headers.set("Accept-Encoding", "identity");
-        let init = web_sys::RequestInit::new();
-        init.set_method("GET");
-        init.set_headers(&headers);
-        init.set_redirect(web_sys::RequestRedirect::Manual);
-        let request = web_sys::Request::new_with_str_and_init(url.as_str(), &init)
+        let request = http::file_request(url.as_str(), &[], None)
             .map_err(|_| "Kling's link cannot be requested".to_owned())?;
-        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-        let answer = JsFuture::from(global.fetch_with_request(&request));
-        futures_util::pin_mut!(answer);
-        match select(answer, Delay::from(Duration::from_millis(HEADERS_TIMEOUT_MS))).await {
-            Either::Left((Ok(response), _)) => {
-                response.dyn_into().map_err(|_| "Kling's server gave no response".to_owned())
-            }
-            Either::Left((Err(_), _)) => Err("Kling's server could not be reached".into()),
-            Either::Right(_) => {
-                Err(format!("Kling's server did not answer within {} s", HEADERS_TIMEOUT_MS / 1000))
-            }
+        match http::within(Duration::from_millis(HEADERS_TIMEOUT_MS), http::send(&request)).await {
+            Some(Ok(response)) => Ok(response),
+            Some(Err(_)) => Err("Kling's server could not be reached".into()),
+            None => Err(format!("Kling's server did not answer within {} s", HEADERS_TIMEOUT_MS / 1000)),
         }
     }
 
@@ -147,19 +134,11 @@ impl R2Results {
         let mut part = Vec::with_capacity(PART_BYTES);
         let mut total: u64 = 0;
         let outcome = loop {
-            let chunk = match JsFuture::from(reader.read()).await {
-                Ok(chunk) => chunk,
+            let bytes = match http::next_chunk(&reader).await {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => break Ok(None),
                 Err(_) => break Err("Kling's server broke off the file".to_owned()),
             };
-            let done =
-                js_sys::Reflect::get(&chunk, &JsValue::from_str("done")).ok().and_then(|v| v.as_bool());
-            if done != Some(false) {
-                break Ok(None);
-            }
-            let Ok(value) = js_sys::Reflect::get(&chunk, &JsValue::from_str("value")) else {
-                break Err("Kling's server sent something unreadable".to_owned());
-            };
-            let bytes: js_sys::Uint8Array = value.unchecked_into();
             total += u64::from(bytes.length());
             if total > max_bytes {
                 let _ = reader.cancel();
@@ -213,13 +192,9 @@ impl R2Results {
 impl ResultBucket for R2Results {
     async fn copy(&self, source: &str, key: &str, content_type: &str, max_bytes: u64) -> CopyOutcome {
         let copy = self.copy_now(source, key, content_type, max_bytes);
-        futures_util::pin_mut!(copy);
-        match select(copy, Delay::from(Duration::from_millis(COPY_TIMEOUT_MS))).await {
-            Either::Left((outcome, _)) => outcome,
-            Either::Right(_) => {
-                CopyOutcome::Retry(format!("the copy took longer than {} minutes", COPY_TIMEOUT_MS / 60_000))
-            }
-        }
+        http::within(Duration::from_millis(COPY_TIMEOUT_MS), copy).await.unwrap_or_else(|| {
+            CopyOutcome::Retry(format!("the copy took longer than {} minutes", COPY_TIMEOUT_MS / 60_000))
+        })
     }
 
     async fn delete(&self, keys: &[String]) -> Result<(), String> {

@@ -1,5 +1,6 @@
 //! Building the worker's responses and reading request bodies.
 
+use std::future::Future;
 use std::time::Duration;
 
 use futures_util::future::{select, Either};
@@ -105,14 +106,59 @@ pub async fn fetch_with_deadline(
         let body = body_bytes(&response).await.map_err(|_| FetchFailure::Unreachable)?;
         Ok((response.status(), body))
     };
-    futures_util::pin_mut!(exchange);
-    match select(exchange, Delay::from(timeout)).await {
-        Either::Left((outcome, _)) => outcome,
-        Either::Right(((), _)) => {
-            controller.abort();
-            Err(FetchFailure::TimedOut)
-        }
+    let outcome = within(timeout, exchange).await;
+    if outcome.is_none() {
+        controller.abort();
     }
+    outcome.unwrap_or(Err(FetchFailure::TimedOut))
+}
+
+/// `future`'s output, or `None` when `timeout` passes first (the future is then dropped).
+pub async fn within<F: Future>(timeout: Duration, future: F) -> Option<F::Output> {
+    futures_util::pin_mut!(future);
+    match select(future, Delay::from(timeout)).await {
+        Either::Left((output, _)) => Some(output),
+        Either::Right(((), _)) => None,
+    }
+}
+
+/// A GET of someone else's file (a client's video, Kling's result): the file's own bytes
+/// (`Accept-Encoding: identity`: a compressed answer's length is not the file's), and
+/// redirects returned rather than followed, so the caller checks each hop.
+pub fn file_request(
+    url: &str,
+    headers: &[(&str, String)],
+    signal: Option<&web_sys::AbortSignal>,
+) -> Result<web_sys::Request, worker::wasm_bindgen::JsValue> {
+    let sent = web_sys::Headers::new()?;
+    sent.set("Accept-Encoding", "identity")?;
+    for (name, value) in headers {
+        sent.set(name, value)?;
+    }
+    let init = web_sys::RequestInit::new();
+    init.set_method("GET");
+    init.set_headers(&sent);
+    init.set_redirect(web_sys::RequestRedirect::Manual);
+    init.set_signal(signal);
+    web_sys::Request::new_with_str_and_init(url, &init)
+}
+
+/// Sends a request as the runtime's `fetch` does, answering with its response.
+pub async fn send(request: &web_sys::Request) -> Result<web_sys::Response, worker::wasm_bindgen::JsValue> {
+    let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
+    JsFuture::from(global.fetch_with_request(request)).await?.dyn_into()
+}
+
+/// The next chunk of a body being read; `None` at its end.
+pub async fn next_chunk(
+    reader: &web_sys::ReadableStreamDefaultReader,
+) -> Result<Option<js_sys::Uint8Array>, worker::wasm_bindgen::JsValue> {
+    use worker::wasm_bindgen::JsValue;
+    let chunk = JsFuture::from(reader.read()).await?;
+    if js_sys::Reflect::get(&chunk, &JsValue::from_str("done"))?.as_bool() != Some(false) {
+        return Ok(None);
+    }
+    Ok(Some(js_sys::Reflect::get(&chunk, &JsValue::from_str("value"))?.unchecked_into()))
 }
 
 /// A response's whole body, in one native read (rather than a stream read chunk by chunk).

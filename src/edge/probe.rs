@@ -13,18 +13,16 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::future::{select, Either};
 use url::Url;
 use worker::wasm_bindgen::{JsCast, JsValue};
-use worker::wasm_bindgen_futures::JsFuture;
-use worker::{js_sys, web_sys, AbortController, Cache, Delay, Response};
+use worker::{web_sys, AbortController, Cache, Response};
 
 use crate::config::Config;
 use crate::probe::{Probe, Problem, Step, HEAD_BYTES, MAX_BYTES};
 use crate::url_safety;
 use crate::video_check::{self, Outcome};
 
-use super::clock;
+use super::{clock, http};
 
 /// Redirects followed, at most.
 const MAX_REDIRECTS: usize = 3;
@@ -254,23 +252,14 @@ async fn read(url: &str, offset: u64, length: u64, cap: u64, deadline: u64) -> R
     let controller = AbortController::default();
     let signal = controller.signal();
     let exchange = async {
-        let headers = web_sys::Headers::new().map_err(|_| ReadFailure::Unreachable)?;
-        let _ = headers.set("Range", &format!("bytes={offset}-{}", offset.saturating_add(length.max(1) - 1)));
-        let _ = headers.set("User-Agent", "kling-edge video probe");
-        // The bytes as stored: a compressed answer's length is not the file's.
-        let _ = headers.set("Accept-Encoding", "identity");
-        let init = web_sys::RequestInit::new();
-        init.set_method("GET");
-        init.set_headers(&headers);
-        init.set_redirect(web_sys::RequestRedirect::Manual);
-        init.set_signal(Some(&signal));
-        let request =
-            web_sys::Request::new_with_str_and_init(url, &init).map_err(|_| ReadFailure::Unreachable)?;
-        let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
-        let response: web_sys::Response = JsFuture::from(global.fetch_with_request(&request))
-            .await
-            .and_then(|value| value.dyn_into())
-            .map_err(|_| ReadFailure::Unreachable)?;
+        let range = format!("bytes={offset}-{}", offset.saturating_add(length.max(1) - 1));
+        let request = http::file_request(
+            url,
+            &[("Range", range), ("User-Agent", "kling-edge video probe".to_owned())],
+            Some(&signal),
+        )
+        .map_err(|_| ReadFailure::Unreachable)?;
+        let response = http::send(&request).await.map_err(|_| ReadFailure::Unreachable)?;
         let status = response.status();
         let (bytes, ended) = if (200..300).contains(&status) {
             read_at_most(&response, cap).await.map_err(|_| ReadFailure::Unreachable)?
@@ -279,11 +268,8 @@ async fn read(url: &str, offset: u64, length: u64, cap: u64, deadline: u64) -> R
         };
         Ok(Read { status, headers: response.headers(), bytes, ended })
     };
-    futures_util::pin_mut!(exchange);
-    let outcome = match select(exchange, Delay::from(Duration::from_millis(remaining))).await {
-        Either::Left((outcome, _)) => outcome,
-        Either::Right(((), _)) => Err(ReadFailure::TimedOut),
-    };
+    let outcome =
+        http::within(Duration::from_millis(remaining), exchange).await.unwrap_or(Err(ReadFailure::TimedOut));
     // Whatever is left of the body (a server that ignored the range) is not downloaded.
     controller.abort();
     outcome
@@ -296,14 +282,7 @@ async fn read_at_most(response: &web_sys::Response, cap: u64) -> Result<(Vec<u8>
     let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let cap = usize::try_from(cap).unwrap_or(usize::MAX);
     let mut bytes = Vec::new();
-    loop {
-        let chunk = JsFuture::from(reader.read()).await?;
-        let done = js_sys::Reflect::get(&chunk, &JsValue::from_str("done"))?.as_bool().unwrap_or(true);
-        if done {
-            return Ok((bytes, true));
-        }
-        let value: js_sys::Uint8Array =
-            js_sys::Reflect::get(&chunk, &JsValue::from_str("value"))?.unchecked_into();
+    while let Some(value) = http::next_chunk(&reader).await? {
         let take = (cap - bytes.len()).min(value.length() as usize);
         bytes.extend_from_slice(&value.subarray(0, take as u32).to_vec());
         if bytes.len() >= cap {
@@ -311,4 +290,5 @@ async fn read_at_most(response: &web_sys::Response, cap: u64) -> Result<(Vec<u8>
             return Ok((bytes, false));
         }
     }
+    Ok((bytes, true))
 }

@@ -77,9 +77,7 @@ pub async fn serve(
             Err(error) => {
                 let head = bucket.head(&key).await.map_err(unavailable)?.ok_or_else(gone)?;
                 return match range {
-                    Some(range) if range.resolve(head.size()).is_none() => {
-                        Ok(unsatisfiable(head.size(), call.request_id))
-                    }
+                    Some(range) if range.resolve(head.size()).is_none() => Err(unsatisfiable(head.size())),
                     _ => Err(unavailable(error)),
                 };
             }
@@ -111,7 +109,7 @@ pub async fn serve(
     };
     let status = match range.map(|range| range.resolve(size)) {
         // A range R2 clipped to nothing (one starting at the end).
-        Some(None) => return Ok(unsatisfiable(size, call.request_id)),
+        Some(None) => return Err(unsatisfiable(size)),
         Some(Some((offset, length))) => {
             let _ = headers.set("Content-Range", &byte_range::content_range(offset, length, size));
             let _ = headers.set("Content-Length", &length.to_string());
@@ -137,9 +135,8 @@ fn link_expiry(query: Option<&str>) -> u64 {
 }
 
 /// 416 for a range that starts past the end.
-fn unsatisfiable(size: u64, request_id: &str) -> Response {
-    let error = ApiError::new(416, code::INVALID_REQUEST, format!("Range: the copy has {size} bytes"));
-    let response = super::http::json(416, error.envelope(request_id), request_id);
-    let _ = response.headers().set("Content-Range", &format!("bytes */{size}"));
-    response
+fn unsatisfiable(size: u64) -> ApiError {
+    let mut error = ApiError::new(416, code::INVALID_REQUEST, format!("Range: the copy has {size} bytes"));
+    error.header = Some(("Content-Range", format!("bytes */{size}")));
+    error
 }
