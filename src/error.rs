@@ -116,6 +116,11 @@ impl ApiError {
         Self::new(500, code::INTERNAL, format!("internal error: {what}"))
     }
 
+    /// A part of the deployment (storage, KV, the bucket) failed; the request may be retried.
+    pub fn unavailable(what: impl std::fmt::Display) -> Self {
+        Self::new(503, code::UNAVAILABLE, format!("unavailable: {what}"))
+    }
+
     pub fn upstream_unreachable(detail: &str) -> Self {
         Self::new(502, code::UNAVAILABLE, format!("Kling could not be reached: {detail}"))
     }

@@ -53,7 +53,7 @@ pub fn validate_request(data: &[u8]) {
                             .count();
                         assert_eq!(sources, 1, "exactly one video source");
                     }
-                    if let Some(seconds) = validated.edge.get("video_duration").and_then(Value::as_f64) {
+                    if let Some(seconds) = validated.options.video_duration {
                         assert!((0.0..=86_400.0).contains(&seconds));
                     }
                     assert!(serde_json::to_string(&validated.upstream).is_ok());

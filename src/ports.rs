@@ -1,6 +1,12 @@
 //! The small interfaces the flows need from the outside world, so the same flows run in the
-//! Durable Object (SQLite, `fetch`, Workers KV, the Workers clock) and in `cargo test`
-//! (memory, scripted fakes, a manual clock; see `crate::testing`).
+//! Worker (SQLite, `fetch`, Workers KV, R2, the Rate Limiting bindings, the Workers clock)
+//! and in `cargo test` (memory, scripted fakes, a manual clock; see `crate::testing`).
+//!
+//! Two groups: the coordinator's ports (its store, Kling's task queries, clients'
+//! receivers, the edge copy's writes, the result bucket), and the request path's (Kling's
+//! creates, the coordinators, the rate limiter, the video probe, the edge copy's reads).
+//! [`Runtime`] serves both. Every port that can fail answers with [`ApiError`], the one
+//! error type of the flows.
 //!
 //! The store is synchronous: a Durable Object's SQLite calls are, and a read-modify-write
 //! with no `await` between its steps is atomic there (nothing else runs in the object
@@ -9,12 +15,14 @@
 
 #![allow(async_fn_in_trait)] // The Workers runtime is single-threaded: no `Send` bounds.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::api::Endpoint;
 use crate::copies::CopyOutcome;
 use crate::error::ApiError;
-use crate::record::{Attempt, TaskRecord};
+use crate::flows::protocol::Call;
+use crate::record::{Attempt, PublishedTask, TaskRecord};
+use crate::video_check;
 
 /// One tenant's tasks (a coordinator owns exactly one tenant).
 pub trait TaskStore {
@@ -46,7 +54,7 @@ pub trait TaskStore {
 /// Kling, as the coordinator asks it about a task.
 pub trait Upstream {
     /// The task's `data` as Kling reports it now (by task id only), or why Kling did not say.
-    async fn current_task(&self, endpoint: &Endpoint, task_id: &str) -> Result<Value, String>;
+    async fn current_task(&self, endpoint: &Endpoint, task_id: &str) -> Result<Value, ApiError>;
 }
 
 /// A signed webhook POST to a client's receiver.
@@ -56,8 +64,8 @@ pub trait Webhooks {
 
 /// The edge copy of finished tasks (Workers KV).
 pub trait ReadModel {
-    async fn put(&self, key: &str, value: &str) -> Result<(), String>;
-    async fn delete(&self, key: &str) -> Result<(), String>;
+    async fn put(&self, key: &str, value: &str) -> Result<(), ApiError>;
+    async fn delete(&self, key: &str) -> Result<(), ApiError>;
 }
 
 /// The deployment's bucket of result copies (R2).
@@ -66,13 +74,64 @@ pub trait ResultBucket {
     /// `max_bytes` (known from its `Content-Length`, or found while streaming).
     async fn copy(&self, source: &str, key: &str, content_type: &str, max_bytes: u64) -> CopyOutcome;
     /// Removes copies (those of a task being forgotten).
-    async fn delete(&self, keys: &[String]) -> Result<(), String>;
+    async fn delete(&self, keys: &[String]) -> Result<(), ApiError>;
 }
 
-/// The time, and where a flow's events go.
+/// The time, randomness, waiting, and where a flow's events go.
 pub trait Runtime {
     /// The time, in epoch milliseconds.
     fn now_ms(&self) -> u64;
+    /// 16 bytes from a CSPRNG.
+    fn random_16(&self) -> Result<[u8; 16], ApiError>;
+    /// Waits `ms` (between retries of work done after an answer).
+    async fn sleep(&self, ms: u64);
     /// One structured log line (never a secret: flows log ids, states and reasons only).
     fn log(&self, event: Value);
+}
+
+/// Kling's answer to a create, whatever its status: a Kling client gets it unchanged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KlingReply {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// Kling, as a create reaches it: sent exactly once (a second send could cost a second
+/// credit), with the worker's credentials. A connection that fails or an answer that does
+/// not come in time is an error (502, 504) saying the task may or may not exist.
+pub trait KlingCreates {
+    async fn create(&self, endpoint: &Endpoint, body: &Map<String, Value>) -> Result<KlingReply, ApiError>;
+}
+
+/// The tenants' coordinators, as the edge calls them: `shard` names the object.
+pub trait Coordinators {
+    async fn call<C: Call>(&self, shard: &str, call: C) -> Result<C::Answer, ApiError>;
+}
+
+/// The rate limits a request counts against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// Every request of a tenant, and refused ones per address.
+    Requests,
+    /// Creates of a tenant that passed validation.
+    Creates,
+}
+
+/// The rate limiter: one more request under `key`, or 429 with `Retry-After`. A limiter
+/// that fails lets the request through.
+pub trait RateLimiter {
+    async fn check(&self, limit: Limit, key: &str) -> Result<(), ApiError>;
+}
+
+/// Measuring a video at its URL before Kling is paid to fetch it.
+pub trait VideoProbe {
+    async fn measure(&self, url: &str) -> video_check::Outcome;
+}
+
+/// The edge copy of finished tasks, as the request path reads it. A copy that cannot be
+/// read counts as none: the coordinator answers instead.
+pub trait PublishedTasks {
+    async fn published(&self, shard: &str, task_id: &str) -> Option<PublishedTask>;
+    /// A task recorded by the previous version in KV, if it is the tenant's.
+    async fn legacy_task(&self, tenant: &str, id: &str) -> Option<Value>;
 }

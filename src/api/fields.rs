@@ -155,8 +155,45 @@ pub struct Validated {
     pub upstream: Map<String, Value>,
     /// The client's own webhook, if it gave one.
     pub webhook: Option<String>,
-    /// What the worker keeps for itself (by field name).
-    pub edge: Map<String, Value>,
+    /// What the worker keeps for itself.
+    pub options: EdgeOptions,
+}
+
+/// The fields a create body gives the worker itself (`Target::Edge`), never sent to Kling.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EdgeOptions {
+    /// The client's hint of the input video's length, in seconds (`video_duration`).
+    pub video_duration: Option<f64>,
+    /// useapi.net's `replyRef`: passed back in the webhook.
+    pub reply_ref: Option<String>,
+    /// useapi.net's `maxJobs`: refuse when this many of the tenant's tasks are running.
+    pub max_jobs: Option<u32>,
+    /// useapi.net's `email`: the Kling account to use.
+    pub email: Option<String>,
+    /// The simpler video-to-audio body's `prompt` and `audio_type`, which its transform
+    /// turns into Kling's fields.
+    pub prompt: Option<String>,
+    pub audio_type: Option<String>,
+}
+
+impl EdgeOptions {
+    /// Keeps a checked edge field; `false` for a name no option has (a table's mistake,
+    /// caught by the surfaces' tests).
+    pub(crate) fn keep(&mut self, name: &str, value: Value) -> bool {
+        let text = |value: Value| value.as_str().map(str::to_owned);
+        match name {
+            "video_duration" => self.video_duration = value.as_f64(),
+            "replyRef" => self.reply_ref = text(value),
+            "maxJobs" => self.max_jobs = value.as_u64().and_then(|n| u32::try_from(n).ok()),
+            "email" => self.email = text(value),
+            "prompt" => self.prompt = text(value),
+            "audio_type" => self.audio_type = text(value),
+            // Checked (it may only be false) and otherwise meaningless to Kling's API.
+            "cropVideoOriginalSound" => {}
+            _ => return false,
+        }
+        true
+    }
 }
 
 /// The default model of the video endpoints when `model_name` is absent.
@@ -203,7 +240,9 @@ pub fn validate(body: &Body, raw: &[u8], policy: UrlPolicy) -> Result<Validated,
                 validated.upstream.insert(name.to_owned(), value);
             }
             Target::Edge => {
-                validated.edge.insert(field.name.to_owned(), value);
+                if !validated.options.keep(field.name, value) {
+                    return Err(ApiError::internal("a body field the worker has no option for"));
+                }
             }
             Target::Webhook => validated.webhook = value.as_str().map(str::to_owned),
         }

@@ -41,6 +41,8 @@ pub struct Endpoint {
     /// Kling's path of the create; queries add `/{id}`, lists `?pageNum=&pageSize=`.
     pub kling_path: &'static str,
     pub results: Results,
+    /// Its create names a video Kling fetches (`video_url`), which the worker measures first.
+    pub video_input: bool,
 }
 
 pub static VIDEO_TO_AUDIO: Endpoint = Endpoint {
@@ -48,17 +50,29 @@ pub static VIDEO_TO_AUDIO: Endpoint = Endpoint {
     name: "video-to-audio",
     kling_path: "/v1/audio/video-to-audio",
     results: Results::Audios,
+    video_input: true,
 };
 
-pub static TEXT2VIDEO: Endpoint =
-    Endpoint { code: 2, name: "text2video", kling_path: "/v1/videos/text2video", results: Results::Videos };
-pub static IMAGE2VIDEO: Endpoint =
-    Endpoint { code: 3, name: "image2video", kling_path: "/v1/videos/image2video", results: Results::Videos };
+pub static TEXT2VIDEO: Endpoint = Endpoint {
+    code: 2,
+    name: "text2video",
+    kling_path: "/v1/videos/text2video",
+    results: Results::Videos,
+    video_input: false,
+};
+pub static IMAGE2VIDEO: Endpoint = Endpoint {
+    code: 3,
+    name: "image2video",
+    kling_path: "/v1/videos/image2video",
+    results: Results::Videos,
+    video_input: false,
+};
 pub static TEXT_TO_AUDIO: Endpoint = Endpoint {
     code: 4,
     name: "text-to-audio",
     kling_path: "/v1/audio/text-to-audio",
     results: Results::Audios,
+    video_input: false,
 };
 
 /// Every endpoint, in code order.

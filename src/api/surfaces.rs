@@ -287,10 +287,10 @@ static ADD_SOUND_BODY: Body = Body {
 
 /// The simpler video-to-audio body some write-ups describe, mapped onto Kling's official call.
 fn simplified_audio(validated: &mut Validated) -> Result<(), ApiError> {
-    let prompt = validated.edge.remove("prompt");
-    let audio_type = validated.edge.remove("audio_type");
+    let prompt = validated.options.prompt.take().map(Value::String);
+    let audio_type = validated.options.audio_type.take();
     let upstream = &mut validated.upstream;
-    match audio_type.as_ref().and_then(Value::as_str).unwrap_or("sound_effect") {
+    match audio_type.as_deref().unwrap_or("sound_effect") {
         "music" | "bgm" => {
             if let Some(prompt) = prompt {
                 upstream.insert("bgm_prompt".into(), prompt);
@@ -432,7 +432,7 @@ mod tests {
                    "asmr_mode": false, "external_task_id": "order-42"})
         );
         assert_eq!(validated.webhook.as_deref(), Some("https://app.example.com/hooks/kling"));
-        assert_eq!(validated.edge["video_duration"], json!(8.5), "kept at the edge");
+        assert_eq!(validated.options.video_duration, Some(8.5), "kept at the edge");
     }
 
     #[test]
@@ -818,8 +818,8 @@ mod tests {
         .unwrap();
         assert_eq!(Value::Object(validated.upstream), json!({"video_url": VIDEO}));
         assert_eq!(validated.webhook.as_deref(), Some("https://my.domain.com/webhook"));
-        assert_eq!(validated.edge["replyRef"], "my-id-1234");
-        assert_eq!(validated.edge["maxJobs"], 3);
+        assert_eq!(validated.options.reply_ref.as_deref(), Some("my-id-1234"));
+        assert_eq!(validated.options.max_jobs, Some(3));
         assert_eq!(ADD_SOUND.endpoint, &VIDEO_TO_AUDIO);
         assert_rejected(
             create(&ADD_SOUND, json!({"video": VIDEO, "cropVideoOriginalSound": true})),
@@ -838,6 +838,16 @@ mod tests {
             "maxJobs",
             "from 1 to 100",
         );
+    }
+
+    #[test]
+    fn every_edge_field_has_a_typed_option() {
+        for surface in SURFACES {
+            for field in surface.body.fields.iter().filter(|field| field.target == Target::Edge) {
+                let mut options = super::super::fields::EdgeOptions::default();
+                assert!(options.keep(field.name, Value::Null), "{}: {}", surface.path, field.name);
+            }
+        }
     }
 
     #[test]

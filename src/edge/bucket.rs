@@ -14,6 +14,7 @@ use worker::wasm_bindgen_futures::JsFuture;
 use worker::{js_sys, web_sys, worker_sys, Bucket, Data, Env, HttpMetadata};
 
 use crate::copies::CopyOutcome;
+use crate::error::ApiError;
 use crate::ports::ResultBucket;
 use crate::url_safety;
 
@@ -197,8 +198,9 @@ impl ResultBucket for R2Results {
         })
     }
 
-    async fn delete(&self, keys: &[String]) -> Result<(), String> {
-        self.bound()?.delete_multiple(keys.to_vec()).await.map_err(|error| error.to_string())
+    async fn delete(&self, keys: &[String]) -> Result<(), ApiError> {
+        let bucket = self.bound().map_err(ApiError::unavailable)?;
+        bucket.delete_multiple(keys.to_vec()).await.map_err(ApiError::unavailable)
     }
 }
 

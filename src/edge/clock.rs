@@ -31,12 +31,21 @@ pub fn new_request_id() -> String {
     }
 }
 
-/// The Workers runtime as the flows see it: its clock, and the console for log lines.
+/// The Workers runtime as the flows see it: its clock, its CSPRNG, its timers, and the
+/// console for log lines.
 pub struct WorkerRuntime;
 
 impl crate::ports::Runtime for WorkerRuntime {
     fn now_ms(&self) -> u64 {
         now_ms()
+    }
+
+    fn random_16(&self) -> Result<[u8; 16], ApiError> {
+        random_bytes::<16>()
+    }
+
+    async fn sleep(&self, ms: u64) {
+        worker::Delay::from(std::time::Duration::from_millis(ms)).await;
     }
 
     fn log(&self, event: serde_json::Value) {

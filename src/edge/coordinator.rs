@@ -15,15 +15,17 @@
 //! database, Kling over `fetch`, clients' receivers, Workers KV. Its alarm drives every
 //! schedule (polls, webhook retries, edge copies), so they survive eviction and restarts.
 
-use std::cell::{Cell, OnceCell, RefCell};
+use std::cell::{Cell, OnceCell};
 
 use worker::wasm_bindgen::{prelude::wasm_bindgen, JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::{durable_object, js_sys, web_sys, Env, Request, Response, ScheduledTime, State};
 
+use crate::config::Config;
 use crate::error::{code, ApiError};
 use crate::flows::coordinator::{Coordinator, LinkSettings, Settings};
-use crate::flows::protocol;
+use crate::flows::protocol::{self, Call};
+use crate::ports::{Coordinators, TaskStore};
 
 use super::bucket::R2Results;
 use super::clock::{self, WorkerRuntime};
@@ -45,10 +47,10 @@ pub struct TaskCoordinator {
     env: Env,
     /// Opened (its tables created) once per instance.
     store: OnceCell<SqlStore>,
+    /// The tenant's shard: this object's name.
+    shard: OnceCell<String>,
     /// The alarm this object last set, if known (`None`: ask storage).
     alarm_at: Cell<Option<Option<u64>>>,
-    /// The shard and tenant this object has recorded, so it records them only once.
-    learned: RefCell<(Option<String>, Option<String>)>,
 }
 
 impl worker::DurableObject for TaskCoordinator {
@@ -57,23 +59,27 @@ impl worker::DurableObject for TaskCoordinator {
             state,
             env,
             store: OnceCell::new(),
+            shard: OnceCell::new(),
             alarm_at: Cell::new(None),
-            learned: RefCell::new((None, None)),
         }
     }
 
     async fn fetch(&self, mut request: Request) -> worker::Result<Response> {
-        let body = request.text().await.unwrap_or_default();
-        let answer = match serde_json::from_str::<protocol::Request>(&body) {
-            Ok(call) => self.handle(call).await,
-            Err(_) => Err(ApiError::internal("the coordinator got a request it cannot read")),
+        let body = request.bytes().await.unwrap_or_default();
+        let answer = match self.ports(true) {
+            Ok(ports) => protocol::serve(&ports.coordinator(), &body).await,
+            Err(error) => serde_json::to_string(&protocol::WireAnswer::<()>::from(Err(error)))?,
         };
-        Response::from_json(&protocol::Response::from(answer))
+        self.reschedule(false).await;
+        Response::ok(answer)
     }
 
     async fn alarm(&self) -> worker::Result<Response> {
         self.alarm_at.set(Some(None));
-        let outcome = self.run_due().await;
+        let outcome = match self.ports(false) {
+            Ok(ports) => ports.coordinator().run_due().await,
+            Err(error) => Err(error),
+        };
         if let Err(error) = &outcome {
             WorkerRuntime.log_problem("alarm", &error.message);
         }
@@ -91,66 +97,38 @@ impl TaskCoordinator {
         Ok(self.store.get_or_init(|| store))
     }
 
-    /// Records the shard and tenant a call names, unless this instance already did.
-    fn learn(&self, coordinator: &RealCoordinator<'_>, call: &protocol::Request) -> Result<(), ApiError> {
-        let known = self.learned.borrow().clone();
-        let shard = Some(call.shard().to_owned());
-        let tenant = call.tenant().map(str::to_owned);
-        if known.0 == shard && (tenant.is_none() || known.1 == tenant) {
-            return Ok(());
+    /// The object's name (the edge names each coordinator by its tenant's shard); an object
+    /// of the previous version, whose runtime did not pass names through, wrote it down.
+    fn shard(&self) -> Result<&str, ApiError> {
+        if let Some(shard) = self.shard.get() {
+            return Ok(shard);
         }
-        coordinator.learn(call.shard(), call.tenant())?;
-        *self.learned.borrow_mut() = (shard, tenant.or(known.1));
-        Ok(())
+        let shard = match self.state.id().name() {
+            Some(name) => name,
+            None => self.store()?.meta("shard")?.unwrap_or_default(),
+        };
+        Ok(self.shard.get_or_init(|| shard))
     }
 
     /// The real ports the flows run with. A call a client waits on gives Kling a shorter
     /// deadline (`QUERY_REFRESH_TIMEOUT_MS`) than the alarm does.
     fn ports(&self, client_waits: bool) -> Result<Ports<'_>, ApiError> {
         let config = settings::config(&self.env)?;
-        let kling = Kling::new(&config);
         let bucket = R2Results::open(&self.env, config.allow_private_urls);
         Ok(Ports {
+            shard: self.shard()?,
             store: self.store()?,
-            kling: if client_waits { kling.with_timeout_ms(QUERY_REFRESH_TIMEOUT_MS) } else { kling },
+            kling: LazyKling { config: config.clone(), client_waits, kling: OnceCell::new() },
             read_model: KvReadModel::open(&self.env)?,
             settings: flow_settings(&config, &bucket),
             bucket,
         })
     }
 
-    async fn handle(&self, call: protocol::Request) -> Result<serde_json::Value, ApiError> {
-        let ports = self.ports(true)?;
-        let coordinator = ports.coordinator();
-        self.learn(&coordinator, &call)?;
-        let answer = match call {
-            protocol::Request::Register { registration, .. } => coordinator.register(registration),
-            protocol::Request::Report { nonce, endpoint, report, .. } => {
-                coordinator.report(&nonce, endpoint, &report).map(|()| serde_json::Value::Null)
-            }
-            protocol::Request::Query { tenant, endpoint, id, .. } => coordinator
-                .query(&tenant, endpoint, &id)
-                .await?
-                .ok_or_else(|| ApiError::not_found(&format!("task {id}"))),
-            protocol::Request::List { tenant, endpoint, page_num, page_size, .. } => {
-                coordinator.list(&tenant, endpoint, page_num, page_size).map(serde_json::Value::Array)
-            }
-            protocol::Request::Running { tenant, .. } => {
-                coordinator.running(&tenant).map(serde_json::Value::from)
-            }
-        };
-        self.reschedule(false).await;
-        answer
-    }
-
-    async fn run_due(&self) -> Result<(), ApiError> {
-        self.ports(false)?.coordinator().run_due().await
-    }
-
     /// Sets the alarm for the next thing due, unless an earlier alarm is already set.
     async fn reschedule(&self, from_alarm: bool) {
         let Ok(store) = self.store() else { return };
-        let Ok(Some(due)) = crate::ports::TaskStore::next_due(store) else { return };
+        let Ok(Some(due)) = store.next_due() else { return };
         let now = clock::now_ms();
         let at = if from_alarm { due.max(now + ALARM_FLOOR_MS) } else { due.max(now) };
         let storage = self.state.storage();
@@ -173,21 +151,48 @@ impl TaskCoordinator {
     }
 }
 
+/// Kling for the coordinator: the client (and its token) is made at the first poll.
+struct LazyKling {
+    config: std::rc::Rc<Config>,
+    client_waits: bool,
+    kling: OnceCell<Kling>,
+}
+
+impl crate::ports::Upstream for LazyKling {
+    async fn current_task(
+        &self,
+        endpoint: &crate::api::Endpoint,
+        task_id: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let kling = self.kling.get_or_init(|| {
+            let kling = Kling::new(&self.config);
+            if self.client_waits {
+                kling.with_timeout_ms(QUERY_REFRESH_TIMEOUT_MS)
+            } else {
+                kling
+            }
+        });
+        kling.current_task(endpoint, task_id).await
+    }
+}
+
 /// The ports of one call or alarm.
 struct Ports<'a> {
+    shard: &'a str,
     store: &'a SqlStore,
-    kling: Kling,
+    kling: LazyKling,
     read_model: KvReadModel,
     bucket: R2Results,
     settings: Settings,
 }
 
 type RealCoordinator<'a> =
-    Coordinator<'a, SqlStore, Kling, FetchWebhooks, KvReadModel, R2Results, WorkerRuntime>;
+    Coordinator<'a, SqlStore, LazyKling, FetchWebhooks, KvReadModel, R2Results, WorkerRuntime>;
 
 impl Ports<'_> {
     fn coordinator(&self) -> RealCoordinator<'_> {
         Coordinator {
+            shard: self.shard,
             store: self.store,
             kling: &self.kling,
             webhooks: &FetchWebhooks,
@@ -223,20 +228,30 @@ extern "C" {
     fn fetch(this: &RawStub, request: &web_sys::Request) -> Result<js_sys::Promise, JsValue>;
 }
 
-/// Calls the coordinator of `request`'s shard from the edge.
-pub async fn call(env: &Env, request: &protocol::Request) -> Result<serde_json::Value, ApiError> {
+/// The coordinators as the request path calls them, counting the calls (for the log line;
+/// `make bench` counts them).
+pub struct DurableCoordinators<'a> {
+    pub env: &'a Env,
+    pub calls: &'a Cell<u32>,
+}
+
+impl Coordinators for DurableCoordinators<'_> {
+    async fn call<C: Call>(&self, shard: &str, call: C) -> Result<C::Answer, ApiError> {
+        self.calls.set(self.calls.get() + 1);
+        let bytes = send(self.env, shard, protocol::encode(call)?).await?;
+        protocol::decode::<C>(&bytes)
+    }
+}
+
+/// Sends one request's JSON to the coordinator named `shard`; its answer's bytes.
+async fn send(env: &Env, shard: &str, body: String) -> Result<Vec<u8>, ApiError> {
     let unavailable =
         || ApiError::new(503, code::UNAVAILABLE, "the task coordinator is unavailable; retry shortly");
     let namespace = env
         .durable_object(BINDING)
         .map_err(|_| ApiError::config(BINDING, "is not bound: add the Durable Object to wrangler.toml"))?;
-    let stub: RawStub = namespace
-        .id_from_name(request.shard())
-        .and_then(|id| id.get_stub())
-        .map_err(|_| unavailable())?
-        .into_rpc();
-    let body =
-        serde_json::to_string(request).map_err(|_| ApiError::internal("encoding a coordinator call"))?;
+    let stub: RawStub =
+        namespace.id_from_name(shard).and_then(|id| id.get_stub()).map_err(|_| unavailable())?.into_rpc();
     let init = web_sys::RequestInit::new();
     init.set_method("POST");
     init.set_body(&JsValue::from_str(&body));
@@ -245,7 +260,5 @@ pub async fn call(env: &Env, request: &protocol::Request) -> Result<serde_json::
     let promise = stub.fetch(&outgoing).map_err(|_| unavailable())?;
     let response: web_sys::Response =
         JsFuture::from(promise).await.and_then(|value| value.dyn_into()).map_err(|_| unavailable())?;
-    let bytes = super::http::body_bytes(&response).await.map_err(|_| unavailable())?;
-    let answer: protocol::Response = serde_json::from_slice(&bytes).map_err(|_| unavailable())?;
-    answer.into()
+    super::http::body_bytes(&response).await.map_err(|_| unavailable())
 }

@@ -12,6 +12,7 @@ use worker::{js_sys, web_sys, AbortController, Delay, Headers, Request, Response
 use crate::api::surfaces::Style;
 use crate::api::useapi;
 use crate::error::ApiError;
+use crate::flows::edge::Answer;
 
 /// Request bodies above this are refused with 413 before they are read in full (a create
 /// body may allow more: see `crate::api::fields::Body::max_bytes`).
@@ -36,6 +37,22 @@ pub fn success(data: &serde_json::Value, request_id: &str) -> Response {
         "data": data,
     });
     json(200, body.to_string(), request_id)
+}
+
+/// A flow's answer as a response.
+pub fn answer(answer: Answer, request_id: &str) -> Response {
+    match answer {
+        // Kling's `request_id` becomes `X-Request-Id`.
+        Answer::Kling(reply) => {
+            let kling_id = crate::kling::envelope_request_id(&reply.body);
+            json(reply.status, reply.body, kling_id.as_deref().unwrap_or(request_id))
+        }
+        Answer::Success(data) => success(&data, request_id),
+        Answer::UseApi(body) => json(200, body.to_string(), request_id),
+        Answer::Acknowledged => {
+            json(200, format!(r#"{{"code":0,"message":"SUCCEED","request_id":"{request_id}"}}"#), request_id)
+        }
+    }
 }
 
 /// An error in Kling's envelope (or useapi.net's, on its paths), with its extra header if

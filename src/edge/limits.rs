@@ -8,6 +8,9 @@
 use worker::{Env, Request};
 
 use crate::error::ApiError;
+use crate::ports::{Limit, RateLimiter};
+
+use super::clock;
 
 /// Every request of a tenant (default 120 per minute).
 pub const REQUESTS: &str = "REQUEST_LIMITER";
@@ -29,12 +32,23 @@ pub async fn check(env: &Env, limiter: &str, key: &str, now_secs: i64) -> Result
     }
 }
 
-pub fn tenant_key(tenant: &str) -> String {
-    format!("tenant:{tenant}")
-}
-
 /// The client's address as Cloudflare saw it (`CF-Connecting-IP`).
 pub fn ip_key(request: &Request) -> String {
     let ip = request.headers().get("CF-Connecting-IP").ok().flatten();
     format!("ip:{}", ip.as_deref().unwrap_or("unknown"))
+}
+
+/// The bindings as the flows' rate limiter.
+pub struct Bindings<'a> {
+    pub env: &'a Env,
+}
+
+impl RateLimiter for Bindings<'_> {
+    async fn check(&self, limit: Limit, key: &str) -> Result<(), ApiError> {
+        let binding = match limit {
+            Limit::Requests => REQUESTS,
+            Limit::Creates => CREATES,
+        };
+        check(self.env, binding, key, clock::now_secs()).await
+    }
 }

@@ -1,13 +1,15 @@
-//! The Worker: the fetch entry point, dispatch to one handler per route, and logging.
+//! The Worker: the fetch entry point, the ports the flows run with, and logging.
 //!
-//! This is the only place that owns `worker` types. Each handler reads as a short story
-//! (authenticate, validate, call, store, answer); the rules themselves live in the pure
-//! modules. Every failure is an [`ApiError`] that becomes Kling's envelope in one place
-//! ([`fetch`]), and every response leaves with an `X-Request-Id` and one log line that
-//! carries no credential.
+//! `edge` is the only part of the crate that owns `worker` types, and it is glue: each
+//! route reads what its flow needs from the request (the body, a header), runs the flow of
+//! `crate::flows` with the real ports, and turns the flow's answer into a response. Each
+//! port is implemented in the file of the thing it talks to (`upstream` for Kling,
+//! `coordinator` for the coordinators, `limits`, `probe`, `read_model`), and each is built
+//! only when a flow first asks it for something. Every failure is an [`ApiError`] that
+//! becomes Kling's envelope in one place ([`fetch`]), and every response leaves with an
+//! `X-Request-Id` and one log line that carries no credential.
 
 mod bucket;
-mod callbacks;
 pub mod clock;
 pub mod coordinator;
 mod http;
@@ -17,8 +19,6 @@ mod read_model;
 mod results;
 mod settings;
 mod sql_store;
-mod tasks;
-mod tokens;
 mod upstream;
 mod webhooks;
 
@@ -32,7 +32,18 @@ use crate::auth;
 use crate::config::Config;
 use crate::cors::{self, AllowedOrigins};
 use crate::error::ApiError;
+use crate::flows::edge::{tenant_key, Edge};
+use crate::ports::Runtime;
 use crate::routes::{self, ClientRoute, Route};
+use crate::validate;
+use crate::webhook::SignatureHeaders;
+
+use self::clock::WorkerRuntime;
+use self::coordinator::DurableCoordinators;
+use self::limits::Bindings;
+use self::probe::FetchProbe;
+use self::read_model::KvReader;
+use self::upstream::KlingForCreates;
 
 /// What every handler needs about the request being served.
 pub struct Call<'a> {
@@ -47,14 +58,84 @@ pub struct Call<'a> {
     pub coordinator_calls: &'a Cell<u32>,
 }
 
-impl Call<'_> {
-    /// Asks the coordinator of `request`'s shard, counting the call.
-    pub async fn coordinator(
-        &self,
-        request: &crate::flows::protocol::Request,
-    ) -> Result<serde_json::Value, ApiError> {
-        self.coordinator_calls.set(self.coordinator_calls.get() + 1);
-        coordinator::call(self.env, request).await
+/// The flows' view of the deployment, with the Workers runtime's ports.
+type WorkerEdge<'a> = Edge<
+    'a,
+    KlingForCreates<'a>,
+    DurableCoordinators<'a>,
+    Bindings<'a>,
+    FetchProbe<'a>,
+    KvReader<'a>,
+    RequestRuntime<'a>,
+>;
+
+/// The runtime as one request's flows see it: every log line names the request.
+pub struct RequestRuntime<'a> {
+    pub request_id: &'a str,
+}
+
+impl Runtime for RequestRuntime<'_> {
+    fn now_ms(&self) -> u64 {
+        clock::now_ms()
+    }
+
+    fn random_16(&self) -> Result<[u8; 16], ApiError> {
+        clock::random_bytes::<16>()
+    }
+
+    async fn sleep(&self, ms: u64) {
+        WorkerRuntime.sleep(ms).await;
+    }
+
+    fn log(&self, mut event: serde_json::Value) {
+        event["request_id"] = self.request_id.into();
+        WorkerRuntime.log(event);
+    }
+}
+
+/// The real ports of one request (or of the work it leaves for after its answer).
+struct WorkerPorts<'a> {
+    config: &'a Config,
+    origin: &'a str,
+    kling: KlingForCreates<'a>,
+    coordinators: DurableCoordinators<'a>,
+    limiter: Bindings<'a>,
+    probe: FetchProbe<'a>,
+    published: KvReader<'a>,
+    runtime: RequestRuntime<'a>,
+}
+
+impl<'a> WorkerPorts<'a> {
+    fn new(
+        env: &'a Env,
+        config: &'a Config,
+        origin: &'a str,
+        request_id: &'a str,
+        calls: &'a Cell<u32>,
+    ) -> Self {
+        WorkerPorts {
+            config,
+            origin,
+            kling: KlingForCreates { config },
+            coordinators: DurableCoordinators { env, calls },
+            limiter: Bindings { env },
+            probe: FetchProbe { config },
+            published: KvReader { env },
+            runtime: RequestRuntime { request_id },
+        }
+    }
+
+    fn edge(&self) -> WorkerEdge<'_> {
+        Edge {
+            config: self.config,
+            origin: self.origin,
+            kling: &self.kling,
+            coordinators: &self.coordinators,
+            limiter: &self.limiter,
+            probe: &self.probe,
+            published: &self.published,
+            runtime: &self.runtime,
+        }
     }
 }
 
@@ -149,7 +230,7 @@ async fn handle(
         // Kling authenticates with the URL's token (and a signature, when configured); only
         // refused callbacks count against the sender's address, so Kling's are never limited.
         Route::KlingCallback(token) => {
-            let outcome = callbacks::receive(request, &call, &token).await;
+            let outcome = receive_callback(request, &call, &token).await;
             if outcome.as_ref().is_err_and(|refusal| matches!(refusal.status, 401 | 403 | 404)) {
                 limits::check(env, limits::REQUESTS, &limits::ip_key(request), clock::now_secs()).await?;
             }
@@ -178,17 +259,59 @@ async fn handle(
         }
     };
     seen.tenant = Some(client.tenant.clone());
-    let tenant_key = limits::tenant_key(&client.tenant);
-    limits::check(env, limits::REQUESTS, &tenant_key, now_secs).await?;
+    limits::check(env, limits::REQUESTS, &tenant_key(&client.tenant), now_secs).await?;
 
-    match client_route {
-        ClientRoute::MintToken => tokens::mint(request, &call, &client).await,
-        ClientRoute::WebhookSecret => tokens::webhook_secret(&call, &client),
-        ClientRoute::CreateTask(surface) => tasks::create(request, &call, &client, surface).await,
-        ClientRoute::QueryTask(surface, id) => tasks::query(&call, &client, surface, &id).await,
-        ClientRoute::ListTasks(surface) => tasks::list(&call, &client, surface, url.query()).await,
-        ClientRoute::UseApiTask(id) => tasks::useapi_task(&call, &client, &id).await,
-    }
+    let ports = WorkerPorts::new(env, &call.config, &call.origin, request_id, call.coordinator_calls);
+    let edge = ports.edge();
+    let answer = match client_route {
+        ClientRoute::MintToken => {
+            let body = http::read_body(request, http::MAX_BODY_BYTES).await?;
+            edge.mint_token(&client, &body)?
+        }
+        ClientRoute::WebhookSecret => edge.webhook_secret(&client)?,
+        ClientRoute::CreateTask(surface) => {
+            let body = http::read_body(request, surface.body.max_bytes).await?;
+            let created = edge.create(&client, surface, &body).await?;
+            if let Some(recording) = created.record {
+                let (env, config, origin, request_id) =
+                    (env.clone(), call.config.clone(), call.origin.clone(), request_id.to_owned());
+                ctx.wait_until(async move {
+                    let calls = Cell::new(0);
+                    let ports = WorkerPorts::new(&env, &config, &origin, &request_id, &calls);
+                    let _ = ports.edge().record_created(recording).await;
+                });
+            }
+            created.answer
+        }
+        ClientRoute::QueryTask(surface, id) => edge.query(&client, surface.endpoint.code, &id).await?,
+        ClientRoute::ListTasks(surface) => {
+            let page = validate::page(url.query())?;
+            edge.list(&client, surface.endpoint.code, page).await?
+        }
+        ClientRoute::UseApiTask(id) => edge.useapi_task(&client, &id).await?,
+    };
+    Ok(http::answer(answer, request_id))
+}
+
+/// `POST /v1/callbacks/kling/{capability}`: Kling's callback, with its signature headers.
+async fn receive_callback(
+    request: &mut Request,
+    call: &Call<'_>,
+    capability: &str,
+) -> Result<Response, ApiError> {
+    let body = http::read_body(request, http::MAX_BODY_BYTES).await?;
+    let header = |name: &str| request.headers().get(name).ok().flatten();
+    let (id, timestamp, signature) =
+        (header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"));
+    let headers = SignatureHeaders {
+        id: id.as_deref(),
+        timestamp: timestamp.as_deref(),
+        signature: signature.as_deref(),
+    };
+    let ports =
+        WorkerPorts::new(call.env, &call.config, &call.origin, call.request_id, call.coordinator_calls);
+    let answer = ports.edge().callback(capability, &headers, &body).await?;
+    Ok(http::answer(answer, call.request_id))
 }
 
 /// `OPTIONS`: a CORS preflight, granted to the allowed origins only.

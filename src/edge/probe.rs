@@ -35,6 +35,17 @@ thread_local! {
     static RECENT: RefCell<HashMap<String, (u64, Outcome)>> = RefCell::new(HashMap::new());
 }
 
+/// The probe as the create flow's port.
+pub struct FetchProbe<'a> {
+    pub config: &'a Config,
+}
+
+impl crate::ports::VideoProbe for FetchProbe<'_> {
+    async fn measure(&self, url: &str) -> Outcome {
+        measure(self.config, url).await
+    }
+}
+
 /// What probing `url` comes to: reused from the cache for a while, else measured.
 pub async fn measure(config: &Config, url: &str) -> Outcome {
     let key = cache_key(url, config.allow_private_urls);

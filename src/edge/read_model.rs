@@ -9,7 +9,7 @@
 use worker::{console_log, Env, KvStore};
 
 use crate::error::ApiError;
-use crate::ports::ReadModel;
+use crate::ports::{PublishedTasks, ReadModel};
 use crate::record::{published_key, PublishedTask, RETENTION_MS};
 
 /// The KV binding in `wrangler.toml`.
@@ -26,11 +26,25 @@ impl KvReadModel {
             .map_err(|_| ApiError::config(BINDING, "is not bound: add the KV namespace to wrangler.toml"))
     }
 
-    /// The edge copy of a task of this shard, if there is one. A copy that cannot be read
-    /// counts as none: the coordinator answers instead.
-    pub async fn published(&self, shard: &str, task_id: &str) -> Option<PublishedTask> {
+    /// The edge copy of a task of this shard, if there is one.
+    async fn read_published(&self, shard: &str, task_id: &str) -> Option<PublishedTask> {
         let text = self.kv.get(&published_key(shard, task_id)).text().await.ok()??;
         serde_json::from_str(&text).ok()
+    }
+}
+
+/// The edge copies as the request path reads them: the binding is opened at the first read.
+pub struct KvReader<'a> {
+    pub env: &'a Env,
+}
+
+impl PublishedTasks for KvReader<'_> {
+    async fn published(&self, shard: &str, task_id: &str) -> Option<PublishedTask> {
+        KvReadModel::open(self.env).ok()?.read_published(shard, task_id).await
+    }
+
+    async fn legacy_task(&self, tenant: &str, id: &str) -> Option<serde_json::Value> {
+        KvReadModel::open(self.env).ok()?.legacy_task(tenant, id).await
     }
 }
 
@@ -60,16 +74,16 @@ impl KvReadModel {
 }
 
 impl ReadModel for KvReadModel {
-    async fn put(&self, key: &str, value: &str) -> Result<(), String> {
-        let put = self.kv.put(key, value).map_err(|error| error.to_string())?;
-        put.expiration_ttl(RETENTION_MS / 1000).execute().await.map_err(|error| error.to_string())?;
+    async fn put(&self, key: &str, value: &str) -> Result<(), ApiError> {
+        let put = self.kv.put(key, value).map_err(ApiError::unavailable)?;
+        put.expiration_ttl(RETENTION_MS / 1000).execute().await.map_err(ApiError::unavailable)?;
         // One line per KV write: `make bench` counts them.
         console_log!("{}", serde_json::json!({"event": "kv_write", "op": "put"}));
         Ok(())
     }
 
-    async fn delete(&self, key: &str) -> Result<(), String> {
-        self.kv.delete(key).await.map_err(|error| error.to_string())?;
+    async fn delete(&self, key: &str) -> Result<(), ApiError> {
+        self.kv.delete(key).await.map_err(ApiError::unavailable)?;
         console_log!("{}", serde_json::json!({"event": "kv_write", "op": "delete"}));
         Ok(())
     }

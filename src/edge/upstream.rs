@@ -14,7 +14,7 @@ use crate::api::Endpoint;
 use crate::config::{Config, KlingCredentials};
 use crate::error::ApiError;
 use crate::jwt::KlingTokenCache;
-use crate::ports::Upstream;
+use crate::ports::{KlingCreates, KlingReply, Upstream};
 use crate::task;
 
 use super::clock;
@@ -33,12 +33,6 @@ const CREATE_OUTCOME_UNKNOWN: &str = "so the task may or may not exist; if you g
 /// A query a client waits on gets a shorter deadline than the default: its answer can fall
 /// back on what the coordinator already knows.
 pub const QUERY_REFRESH_TIMEOUT_MS: u32 = 5_000;
-
-/// Kling's answer, whatever its status: passed on to the client unchanged.
-pub struct Reply {
-    pub status: u16,
-    pub body: Vec<u8>,
-}
 
 pub struct Kling {
     base: String,
@@ -68,7 +62,11 @@ impl Kling {
     }
 
     /// Creates a task. Never retried.
-    pub async fn create(&self, endpoint: &Endpoint, body: &impl serde::Serialize) -> Result<Reply, ApiError> {
+    pub async fn create(
+        &self,
+        endpoint: &Endpoint,
+        body: &impl serde::Serialize,
+    ) -> Result<KlingReply, ApiError> {
         let json = serde_json::to_string(body).map_err(|_| ApiError::internal("encoding the create body"))?;
         match self.send(Method::Post, endpoint.kling_path, Some(json)).await {
             Ok(reply) => Ok(reply),
@@ -82,7 +80,7 @@ impl Kling {
     }
 
     /// A read-only call, retried once on a failed connection or a gateway error.
-    async fn get(&self, path_and_query: &str) -> Result<Reply, ApiError> {
+    async fn get(&self, path_and_query: &str) -> Result<KlingReply, ApiError> {
         let first = self.send(Method::Get, path_and_query, None).await;
         let retry = match &first {
             Err(FetchFailure::Unreachable) => true,
@@ -99,7 +97,12 @@ impl Kling {
         }
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<String>) -> Result<Reply, FetchFailure> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<KlingReply, FetchFailure> {
         let headers = Headers::new();
         let _ = headers.set("Authorization", &self.authorization);
         let _ = headers.set("Accept", "application/json");
@@ -114,21 +117,36 @@ impl Kling {
         let request = Request::new_with_init(&format!("{}{}", self.base, path), &init)
             .map_err(|_| FetchFailure::Unreachable)?;
         let (status, body) = fetch_with_deadline(request, self.timeout).await?;
-        Ok(Reply { status, body })
+        Ok(KlingReply { status, body })
     }
 }
 
 impl Upstream for Kling {
     /// The task's `data` as Kling reports it now, or why Kling did not say. An answer about
     /// another task (Kling may resolve the id as someone's external id) is refused.
-    async fn current_task(&self, endpoint: &Endpoint, task_id: &str) -> Result<serde_json::Value, String> {
-        let reply = self.get(&endpoint.query_path(task_id)).await.map_err(|error| error.message)?;
+    async fn current_task(&self, endpoint: &Endpoint, task_id: &str) -> Result<serde_json::Value, ApiError> {
+        let reply = self.get(&endpoint.query_path(task_id)).await?;
         let data = task::envelope_data(&reply.body)
             .filter(|_| reply.status == 200)
-            .ok_or_else(|| format!("Kling answered {}", reply.status))?;
+            .ok_or_else(|| ApiError::upstream_unreachable(&format!("Kling answered {}", reply.status)))?;
         if task::task_id_of(&data) != Some(task_id) {
-            return Err("Kling answered about another task".into());
+            return Err(ApiError::upstream_unreachable("Kling answered about another task"));
         }
         Ok(data)
+    }
+}
+
+/// Kling for the request path: the client (and its token) is made only when a create is sent.
+pub struct KlingForCreates<'a> {
+    pub config: &'a Config,
+}
+
+impl KlingCreates for KlingForCreates<'_> {
+    async fn create(
+        &self,
+        endpoint: &Endpoint,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<KlingReply, ApiError> {
+        Kling::new(self.config).create(endpoint, body).await
     }
 }

@@ -80,6 +80,9 @@ pub struct Registration {
 }
 
 pub struct Coordinator<'a, S, K, W, R, B, T> {
+    /// The tenant's shard: the object's own name, and the prefix of its tasks' keys (edge
+    /// copies, result copies, links).
+    pub shard: &'a str,
     pub store: &'a S,
     pub kling: &'a K,
     pub webhooks: &'a W,
@@ -96,11 +99,9 @@ fn wrong_task() -> ApiError {
 impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: Runtime>
     Coordinator<'_, S, K, W, R, B, T>
 {
-    /// Remembers which tenant and shard this coordinator serves (every call says).
-    pub fn learn(&self, shard: &str, tenant: Option<&str>) -> Result<(), ApiError> {
-        if self.store.meta("shard")?.as_deref() != Some(shard) {
-            self.store.set_meta("shard", shard)?;
-        }
+    /// Remembers which tenant this coordinator serves (every client call says; a callback
+    /// may wake it first).
+    pub fn learn_tenant(&self, tenant: Option<&str>) -> Result<(), ApiError> {
         if let Some(tenant) = tenant {
             if self.store.meta("tenant")?.as_deref() != Some(tenant) {
                 self.store.set_meta("tenant", tenant)?;
@@ -112,7 +113,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
     /// Records a create Kling accepted. A callback may have come first: its report is kept
     /// and this one merged in. A record with this task id from another create (an upstream
     /// that repeated an id) is replaced, never merged, and its edge copy removed.
-    pub fn register(&self, registration: Registration) -> Result<Value, ApiError> {
+    pub fn register(&self, registration: Registration) -> Result<(), ApiError> {
         let now = self.runtime.now_ms();
         let Registration {
             task_id,
@@ -154,8 +155,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
             record.schedule_poll(now, &self.settings.poll);
         }
         record.queue_delivery(now);
-        self.store.save(&record)?;
-        Ok(record.answer())
+        self.store.save(&record)
     }
 
     /// Records a callback from Kling, whose capability named this coordinator, `nonce` and
@@ -202,13 +202,29 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
     }
 
     fn find(&self, tenant: &str, endpoint: u8, id: &str) -> Result<Option<TaskRecord>, ApiError> {
-        let mine =
-            |record: &TaskRecord| record.tenant.as_deref() == Some(tenant) && record.endpoint == endpoint;
+        let mine = |record: &TaskRecord| {
+            record.tenant.as_deref().is_none_or(|owner| owner == tenant) && record.endpoint == endpoint
+        };
         if let Some(record) = self.store.load(id)?.filter(mine) {
-            return Ok(Some(record));
+            return self.adopt(record, tenant).map(Some);
         }
         let Some(task_id) = self.store.find_external(id)? else { return Ok(None) };
-        Ok(self.store.load(&task_id)?.filter(mine))
+        match self.store.load(&task_id)?.filter(mine) {
+            Some(record) => self.adopt(record, tenant).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Every task in a coordinator is its tenant's: the object is named by the tenant's
+    /// shard, and so is every capability that reaches it. A task a callback recorded before
+    /// the coordinator knew its tenant, and whose create's record never landed, is the
+    /// tenant's from its first read on (and then published like any other).
+    fn adopt(&self, mut record: TaskRecord, tenant: &str) -> Result<TaskRecord, ApiError> {
+        if record.tenant.is_none() {
+            record.tenant = Some(tenant.to_owned());
+            self.store.save(&record)?;
+        }
+        Ok(record)
     }
 
     /// One page of the tenant's tasks of `endpoint`, newest first, from the store alone.
@@ -220,13 +236,13 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
         page_size: u32,
     ) -> Result<Vec<Value>, ApiError> {
         let offset = page_num.saturating_sub(1).saturating_mul(page_size);
-        Ok(self
-            .store
-            .page(endpoint, offset, page_size)?
-            .into_iter()
-            .filter(|record| record.tenant.as_deref() == Some(tenant))
-            .map(|record| record.answer())
-            .collect())
+        let mut answers = Vec::new();
+        for record in self.store.page(endpoint, offset, page_size)? {
+            if record.tenant.as_deref().is_none_or(|owner| owner == tenant) {
+                answers.push(self.adopt(record, tenant)?.answer());
+            }
+        }
+        Ok(answers)
     }
 
     /// How many of the tenant's tasks Kling is still working on (useapi.net's `maxJobs`).
@@ -264,12 +280,11 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
     /// could not be removed is kept until they are.
     async fn forget(&self, task_id: &str) -> Result<(), ApiError> {
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
-        let shard = self.store.meta("shard")?.unwrap_or_default();
-        let keys = copies::stored_keys(&record.copies, &shard, task_id);
+        let keys = copies::stored_keys(&record.copies, self.shard, task_id);
         if !keys.is_empty() {
             if let Err(problem) = self.bucket.delete(&keys).await {
                 // Kept, to try again with the next sweep.
-                self.runtime.log(json!({"event": "forget", "task_id": task_id, "problem": problem}));
+                self.runtime.log(json!({"event": "forget", "task_id": task_id, "problem": problem.message}));
                 return Ok(());
             }
         }
@@ -284,7 +299,6 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
         if record.queue_copies(self.runtime.now_ms()) {
             self.store.save(&record)?;
         }
-        let Some(shard) = self.store.meta("shard")? else { return Ok(()) };
         for name in copies::due(&record.copies, self.runtime.now_ms()) {
             // The attempt is counted and the next one booked before the copy starts, so an
             // alarm cut off in the middle of it is made good by a later one.
@@ -304,7 +318,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
             else {
                 continue;
             };
-            let key = copies::object_key(&shard, task_id, &name);
+            let key = copies::object_key(self.shard, task_id, &name);
             let outcome =
                 self.bucket.copy(&source, &key, copies::content_type(&name), settings.max_bytes).await;
             let now = self.runtime.now_ms();
@@ -338,7 +352,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
                 false
             }
             Err(problem) => {
-                self.runtime.log(json!({"event": "poll", "task_id": task_id, "problem": problem}));
+                self.runtime.log(json!({"event": "poll", "task_id": task_id, "problem": problem.message}));
                 false
             }
         };
@@ -363,7 +377,6 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
         };
         let attempt = match &self.settings.webhook_key {
             Some(key) => {
-                let shard = self.store.meta("shard")?.unwrap_or_default();
                 let links = &self.settings.links;
                 let origin = record.origin.as_deref().or(links.public_base_url.as_deref());
                 let body = record.webhook_body(|data| {
@@ -371,7 +384,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
                         let minter = Minter {
                             key: &links.key,
                             origin,
-                            shard: &shard,
+                            shard: self.shard,
                             now_ms: now,
                             ttl_secs: links.ttl_secs,
                         };
@@ -408,8 +421,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
         let now = self.runtime.now_ms();
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         let Some(publication) = record.publication(now) else { return Ok(()) };
-        let Some(shard) = self.store.meta("shard")? else { return Ok(()) };
-        let key = published_key(&shard, task_id);
+        let key = published_key(self.shard, task_id);
         let (outcome, written) = match &publication {
             Publication::Put { value, digest } => {
                 (self.read_model.put(&key, value).await, Some(digest.clone()))
@@ -423,7 +435,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
                 record.publish_retry_at = None;
             }
             Err(problem) => {
-                self.runtime.log(json!({"event": "publish", "task_id": task_id, "problem": problem}));
+                self.runtime.log(json!({"event": "publish", "task_id": task_id, "problem": problem.message}));
                 record.publish_retry_at = Some(self.runtime.now_ms().saturating_add(PUBLISH_RETRY_MS));
             }
         }

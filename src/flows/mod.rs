@@ -1,10 +1,22 @@
-//! The stateful flows of a task's life, written once against the ports of `crate::ports`:
-//! the coordinator's (record a create, take a callback, answer a query or a list, and the
-//! alarm that polls Kling, forwards webhooks and publishes finished tasks to the edge), and
-//! the protocol the edge speaks to it.
+//! The flows of a task's life, each written once against the ports of `crate::ports`, so
+//! the Worker runs them with the Workers runtime and `cargo test` runs them in memory, with
+//! faults, races and crashes between any two steps (`crate::testing`).
+//!
+//! - The request path ([`edge`]'s context): [`create`], [`read`] (query, list, useapi.net's
+//!   task), [`callback`] (Kling's callbacks), [`tokens`] (browser tokens, webhook secrets).
+//! - The coordinator's ([`coordinator`]): record a create, take a callback, answer a query
+//!   or a list, and the alarm that polls Kling, copies results, forwards webhooks and
+//!   publishes finished tasks to the edge; and the [`protocol`] the edge speaks to it.
 
+pub mod callback;
 pub mod coordinator;
+pub mod create;
+pub mod edge;
 pub mod protocol;
+pub mod read;
+pub mod tokens;
 
+#[cfg(test)]
+mod edge_tests;
 #[cfg(test)]
 mod tests;

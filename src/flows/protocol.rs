@@ -1,88 +1,204 @@
-//! What the edge asks a tenant's coordinator, and what it answers: JSON over the Durable
-//! Object's `fetch`, one request per call.
+//! What the edge asks a tenant's coordinator, and what each request answers: JSON over the
+//! Durable Object's `fetch`, one request per call.
 //!
-//! Every request names the shard (the coordinator's own name, so it can write the edge
-//! copies of its tasks); client requests also name the tenant, so a coordinator first woken
-//! by a callback learns whom it serves at the first client call.
+//! Each request is its own type with its own answer type ([`Call::Answer`]), so neither side
+//! walks untyped JSON. The object is named by the tenant's shard and learns that name from
+//! its own id, so no request carries it. Client requests name the tenant, so a coordinator
+//! first woken by a callback learns whom it serves at the first client call.
+//!
+//! [`serve`] is the object's side, written once: the Durable Object and the in-memory
+//! coordinators of `crate::testing` both run it on the same JSON.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::ports::{ReadModel, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
 
-use super::coordinator::Registration;
+use super::coordinator::{Coordinator, Registration};
 
+/// A request to a coordinator, with the type of its answer.
+pub trait Call: Into<Request> {
+    type Answer: Serialize + DeserializeOwned;
+}
+
+/// A create Kling accepted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Register(pub Registration);
+
+/// A callback from Kling, its capability checked by the edge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub nonce: String,
+    pub endpoint: u8,
+    pub report: Value,
+}
+
+/// One task, by task id or external task id: its answer (Kling's data, plus the worker's
+/// `delivery` and `copies`), or 404.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Query {
+    pub tenant: String,
+    pub endpoint: u8,
+    pub id: String,
+}
+
+/// A page of the tenant's tasks of one endpoint, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct List {
+    pub tenant: String,
+    pub endpoint: u8,
+    pub page_num: u32,
+    pub page_size: u32,
+}
+
+/// How many of the tenant's tasks Kling is still working on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Running {
+    pub tenant: String,
+}
+
+impl Call for Register {
+    type Answer = ();
+}
+impl Call for Report {
+    type Answer = ();
+}
+impl Call for Query {
+    type Answer = Value;
+}
+impl Call for List {
+    type Answer = Vec<Value>;
+}
+impl Call for Running {
+    type Answer = u32;
+}
+
+/// Every request, as it crosses to the object: `{"op": "query", ...its fields}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// A create Kling accepted.
-    Register { shard: String, registration: Registration },
-    /// A callback from Kling, its capability checked by the edge.
-    Report { shard: String, nonce: String, endpoint: u8, report: Value },
-    /// One task, by task id or external task id.
-    Query { shard: String, tenant: String, endpoint: u8, id: String },
-    /// A page of the tenant's tasks of one endpoint.
-    List { shard: String, tenant: String, endpoint: u8, page_num: u32, page_size: u32 },
-    /// How many of the tenant's tasks Kling is still working on.
-    Running { shard: String, tenant: String },
+    Register(Register),
+    Report(Report),
+    Query(Query),
+    List(List),
+    Running(Running),
 }
 
-impl Request {
-    pub fn shard(&self) -> &str {
-        match self {
-            Request::Register { shard, .. }
-            | Request::Report { shard, .. }
-            | Request::Query { shard, .. }
-            | Request::List { shard, .. }
-            | Request::Running { shard, .. } => shard,
+macro_rules! into_request {
+    ($($variant:ident),*) => {$(
+        impl From<$variant> for Request {
+            fn from(call: $variant) -> Request {
+                Request::$variant(call)
+            }
         }
-    }
+    )*};
+}
+into_request!(Register, Report, Query, List, Running);
 
+impl Request {
     /// The tenant the request speaks for, if it is a client's.
     pub fn tenant(&self) -> Option<&str> {
         match self {
-            Request::Register { registration, .. } => Some(&registration.tenant),
-            Request::Query { tenant, .. }
-            | Request::List { tenant, .. }
-            | Request::Running { tenant, .. } => Some(tenant),
-            Request::Report { .. } => None,
+            Request::Register(Register(registration)) => Some(&registration.tenant),
+            Request::Query(Query { tenant, .. })
+            | Request::List(List { tenant, .. })
+            | Request::Running(Running { tenant }) => Some(tenant),
+            Request::Report(_) => None,
         }
     }
 
     pub fn op(&self) -> &'static str {
         match self {
-            Request::Register { .. } => "register",
-            Request::Report { .. } => "report",
-            Request::Query { .. } => "query",
-            Request::List { .. } => "list",
-            Request::Running { .. } => "running",
+            Request::Register(_) => "register",
+            Request::Report(_) => "report",
+            Request::Query(_) => "query",
+            Request::List(_) => "list",
+            Request::Running(_) => "running",
         }
     }
 }
 
-/// The coordinator's answer: a value, or an error to pass on to the client.
+/// A request's answer as it crosses back: its value, or the error to pass on to the client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Response {
-    Ok(Value),
+pub enum WireAnswer<A> {
+    Ok(A),
     Error { status: u16, code: u32, message: String },
 }
 
-impl From<Result<Value, ApiError>> for Response {
-    fn from(result: Result<Value, ApiError>) -> Response {
+impl<A> From<Result<A, ApiError>> for WireAnswer<A> {
+    fn from(result: Result<A, ApiError>) -> WireAnswer<A> {
         match result {
-            Ok(value) => Response::Ok(value),
-            Err(error) => Response::Error { status: error.status, code: error.code, message: error.message },
+            Ok(value) => WireAnswer::Ok(value),
+            Err(error) => {
+                WireAnswer::Error { status: error.status, code: error.code, message: error.message }
+            }
         }
     }
 }
 
-impl From<Response> for Result<Value, ApiError> {
-    fn from(response: Response) -> Result<Value, ApiError> {
-        match response {
-            Response::Ok(value) => Ok(value),
-            Response::Error { status, code, message } => Err(ApiError::new(status, code, message)),
+impl<A> From<WireAnswer<A>> for Result<A, ApiError> {
+    fn from(answer: WireAnswer<A>) -> Result<A, ApiError> {
+        match answer {
+            WireAnswer::Ok(value) => Ok(value),
+            WireAnswer::Error { status, code, message } => Err(ApiError::new(status, code, message)),
         }
+    }
+}
+
+/// The JSON of a request, as the edge sends it.
+pub fn encode<C: Call>(call: C) -> Result<String, ApiError> {
+    serde_json::to_string(&call.into()).map_err(|_| ApiError::internal("encoding a coordinator call"))
+}
+
+/// A request's answer read back at the edge; an unreadable one is a coordinator that failed.
+pub fn decode<C: Call>(bytes: &[u8]) -> Result<C::Answer, ApiError> {
+    serde_json::from_slice::<WireAnswer<C::Answer>>(bytes)
+        .map_err(|_| ApiError::internal("the coordinator's answer is unreadable"))?
+        .into()
+}
+
+/// The object's side: reads a request, runs its flow, and answers in JSON.
+pub async fn serve<S, K, W, R, B, T>(coordinator: &Coordinator<'_, S, K, W, R, B, T>, body: &[u8]) -> String
+where
+    S: TaskStore,
+    K: Upstream,
+    W: Webhooks,
+    R: ReadModel,
+    B: ResultBucket,
+    T: Runtime,
+{
+    fn answer<A: Serialize>(result: Result<A, ApiError>) -> String {
+        serde_json::to_string(&WireAnswer::from(result)).unwrap_or_else(|_| {
+            r#"{"error":{"status":500,"code":5000,"message":"encoding the coordinator's answer"}}"#.to_owned()
+        })
+    }
+    let request = match serde_json::from_slice::<Request>(body) {
+        Ok(request) => request,
+        Err(_) => {
+            return answer::<()>(Err(ApiError::internal("the coordinator got a request it cannot read")))
+        }
+    };
+    if let Err(error) = coordinator.learn_tenant(request.tenant()) {
+        return answer::<()>(Err(error));
+    }
+    match request {
+        Request::Register(Register(registration)) => answer(coordinator.register(registration)),
+        Request::Report(Report { nonce, endpoint, report }) => {
+            answer(coordinator.report(&nonce, endpoint, &report))
+        }
+        Request::Query(Query { tenant, endpoint, id }) => answer(
+            coordinator
+                .query(&tenant, endpoint, &id)
+                .await
+                .and_then(|found| found.ok_or_else(|| ApiError::not_found(&format!("task {id}")))),
+        ),
+        Request::List(List { tenant, endpoint, page_num, page_size }) => {
+            answer(coordinator.list(&tenant, endpoint, page_num, page_size))
+        }
+        Request::Running(Running { tenant }) => answer(coordinator.running(&tenant)),
     }
 }
 
@@ -92,26 +208,27 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn requests_round_trip_as_json() {
-        let request =
-            Request::Query { shard: "ab".into(), tenant: "web/alice".into(), endpoint: 1, id: "t1".into() };
-        let text = serde_json::to_string(&request).unwrap();
-        assert!(text.starts_with(r#"{"op":"query""#), "{text}");
-        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
-        assert_eq!((request.shard(), request.tenant(), request.op()), ("ab", Some("web/alice"), "query"));
-        let report =
-            Request::Report { shard: "ab".into(), nonce: "n".into(), endpoint: 1, report: json!({}) };
+    fn requests_cross_as_tagged_json() {
+        let query = Query { tenant: "web/alice".into(), endpoint: 1, id: "t1".into() };
+        let text = encode(query.clone()).unwrap();
+        assert_eq!(text, r#"{"op":"query","tenant":"web/alice","endpoint":1,"id":"t1"}"#);
+        let request: Request = serde_json::from_str(&text).unwrap();
+        assert_eq!(request, Request::Query(query));
+        assert_eq!((request.tenant(), request.op()), (Some("web/alice"), "query"));
+        let report = Request::from(Report { nonce: "n".into(), endpoint: 1, report: json!({}) });
         assert_eq!(report.tenant(), None);
+        let text = serde_json::to_string(&report).unwrap();
+        assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), report);
     }
 
     #[test]
-    fn errors_cross_unchanged() {
+    fn answers_and_errors_cross_typed() {
+        let page = serde_json::to_string(&WireAnswer::Ok(vec![json!({"task_id": "t1"})])).unwrap();
+        assert_eq!(decode::<List>(page.as_bytes()).unwrap(), vec![json!({"task_id": "t1"})]);
         let error = ApiError::not_found("task t1");
-        let crossed: Result<Value, ApiError> = serde_json::from_str::<Response>(
-            &serde_json::to_string(&Response::from(Err(error.clone()))).unwrap(),
-        )
-        .unwrap()
-        .into();
-        assert_eq!(crossed, Err(error));
+        let crossed = serde_json::to_string(&WireAnswer::<u32>::from(Err(error.clone()))).unwrap();
+        assert_eq!(decode::<Running>(crossed.as_bytes()), Err(error));
+        let unreadable = decode::<Running>(b"{\"ok\":\"three\"}").unwrap_err();
+        assert_eq!(unreadable.status, 500);
     }
 }

@@ -64,6 +64,7 @@ impl World {
         &self,
     ) -> Coordinator<'_, MemoryStore, ScriptedKling, Receiver, MemoryKv, MemoryBucket, TestRuntime> {
         Coordinator {
+            shard: SHARD,
             store: &self.store,
             kling: &self.kling,
             webhooks: &self.receiver,
@@ -96,7 +97,7 @@ impl World {
 
     fn register(&self, task_id: &str, nonce: &str, webhook: bool) -> Value {
         let coordinator = self.coordinator();
-        coordinator.learn(SHARD, Some(TENANT)).unwrap();
+        coordinator.learn_tenant(Some(TENANT)).unwrap();
         let data = self.data(task_id, "submitted", START, false);
         self.kling.set(data.clone());
         coordinator
@@ -111,12 +112,12 @@ impl World {
                 origin: Some("https://edge.example.com".into()),
                 data,
             })
-            .unwrap()
+            .unwrap();
+        self.record(task_id).answer()
     }
 
     fn callback(&self, nonce: &str, data: &Value) -> Result<(), crate::error::ApiError> {
         let coordinator = self.coordinator();
-        coordinator.learn(SHARD, None)?;
         coordinator.report(nonce, V2A, data)
     }
 
@@ -225,7 +226,7 @@ fn a_task_lives_its_whole_life_with_one_kv_write_and_one_webhook() {
 #[test]
 fn a_callback_before_the_creates_answer_is_merged_not_lost() {
     let world = World::new();
-    world.coordinator().learn(SHARD, Some(TENANT)).unwrap();
+    world.coordinator().learn_tenant(Some(TENANT)).unwrap();
     world.kling.set(world.data("t1", "processing", START + 5, false));
     world.callback("n1", &world.data("t1", "processing", START + 5, false)).unwrap();
     let answer = world.register("t1", "n1", true);

@@ -7,15 +7,23 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::api::Endpoint;
+use crate::config::Config;
 use crate::copies::CopyOutcome;
 use crate::error::ApiError;
-use crate::ports::{ReadModel, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
-use crate::record::{Attempt, TaskRecord};
+use crate::flows::coordinator::{Coordinator, Settings};
+use crate::flows::protocol::{self, Call};
+use crate::ports::{
+    Coordinators, KlingCreates, KlingReply, Limit, PublishedTasks, RateLimiter, ReadModel, ResultBucket,
+    Runtime, TaskStore, Upstream, VideoProbe, Webhooks,
+};
+use crate::record::{published_key, Attempt, PublishedTask, TaskRecord};
+use crate::video_check;
 
 /// Polls `future` to completion (the flows only ever wait on the fakes here, which wake at once).
 pub fn block_on<F: Future>(future: F) -> F::Output {
@@ -198,6 +206,10 @@ pub struct ScriptedKling {
     /// someone else's external id).
     pub answer_with: RefCell<Option<String>>,
     pub calls: Cell<u32>,
+    /// Every create Kling was sent: the endpoint's code and the body.
+    pub created: RefCell<Vec<(u8, Map<String, Value>)>>,
+    /// The answers of the next creates, in order (then Kling accepts each).
+    pub create_scripts: RefCell<VecDeque<CreateScript>>,
 }
 
 impl ScriptedKling {
@@ -208,14 +220,14 @@ impl ScriptedKling {
 }
 
 impl Upstream for ScriptedKling {
-    async fn current_task(&self, _endpoint: &Endpoint, task_id: &str) -> Result<Value, String> {
+    async fn current_task(&self, _endpoint: &Endpoint, task_id: &str) -> Result<Value, ApiError> {
         self.calls.set(self.calls.get() + 1);
         yield_once().await;
         if let Some(fault) = self.faults.borrow_mut().pop_front() {
-            return Err(fault);
+            return Err(ApiError::upstream_unreachable(&fault));
         }
         let id = self.answer_with.borrow().clone().unwrap_or_else(|| task_id.to_owned());
-        self.tasks.borrow().get(&id).cloned().ok_or_else(|| "Kling answered 404".to_owned())
+        self.tasks.borrow().get(&id).cloned().ok_or_else(|| ApiError::not_found("Kling answered 404"))
     }
 }
 
@@ -260,24 +272,25 @@ impl Webhooks for Receiver {
 pub struct MemoryKv {
     pub entries: RefCell<HashMap<String, String>>,
     pub writes: Cell<u32>,
+    pub reads: Cell<u32>,
     pub broken: Cell<bool>,
 }
 
 impl ReadModel for MemoryKv {
-    async fn put(&self, key: &str, value: &str) -> Result<(), String> {
+    async fn put(&self, key: &str, value: &str) -> Result<(), ApiError> {
         yield_once().await;
         if self.broken.get() {
-            return Err("KV is unavailable".into());
+            return Err(ApiError::unavailable("KV"));
         }
         self.writes.set(self.writes.get() + 1);
         self.entries.borrow_mut().insert(key.to_owned(), value.to_owned());
         Ok(())
     }
 
-    async fn delete(&self, key: &str) -> Result<(), String> {
+    async fn delete(&self, key: &str) -> Result<(), ApiError> {
         yield_once().await;
         if self.broken.get() {
-            return Err("KV is unavailable".into());
+            return Err(ApiError::unavailable("KV"));
         }
         self.writes.set(self.writes.get() + 1);
         self.entries.borrow_mut().remove(key);
@@ -310,7 +323,7 @@ impl ResultBucket for MemoryBucket {
         CopyOutcome::Copied { bytes: length }
     }
 
-    async fn delete(&self, keys: &[String]) -> Result<(), String> {
+    async fn delete(&self, keys: &[String]) -> Result<(), ApiError> {
         yield_once().await;
         let mut objects = self.objects.borrow_mut();
         for key in keys {
@@ -320,11 +333,16 @@ impl ResultBucket for MemoryBucket {
     }
 }
 
-/// A clock the test moves, and the log lines the flows wrote.
+/// A clock the test moves (a sleep moves it too), counted randomness, and the log lines
+/// the flows wrote.
 #[derive(Default)]
 pub struct TestRuntime {
     pub now: Cell<u64>,
     pub logs: RefCell<Vec<Value>>,
+    /// How many random values were drawn (each is the count, so every draw differs).
+    pub draws: Cell<u64>,
+    /// Makes drawing randomness fail, as a platform without it would.
+    pub no_randomness: Cell<bool>,
 }
 
 impl TestRuntime {
@@ -338,7 +356,200 @@ impl Runtime for TestRuntime {
         self.now.get()
     }
 
+    fn random_16(&self) -> Result<[u8; 16], ApiError> {
+        if self.no_randomness.get() {
+            return Err(ApiError::internal("no randomness available"));
+        }
+        self.draws.set(self.draws.get() + 1);
+        let mut bytes = [0u8; 16];
+        bytes[8..].copy_from_slice(&self.draws.get().to_be_bytes());
+        Ok(bytes)
+    }
+
+    async fn sleep(&self, ms: u64) {
+        yield_once().await;
+        self.advance(ms);
+    }
+
     fn log(&self, event: Value) {
         self.logs.borrow_mut().push(event);
+    }
+}
+
+// --- the request path's ports -------------------------------------------------------------
+
+/// A deployment's settings from `pairs` over a working base (Kling's keys, two clients, the
+/// webhook and token secrets), as `wrangler.toml` and secrets would give them.
+pub fn config(pairs: &[(&str, &str)]) -> Config {
+    let mut settings: HashMap<String, String> = [
+        ("KLING_ACCESS_KEY", "ak-example"),
+        ("KLING_SECRET_KEY", "sk-example"),
+        ("PROXY_API_KEYS", "web:k_web_example_key,ops:k_ops_example_key"),
+        ("PROXY_WEBHOOK_SECRET", "whsec_dGVzdHNlY3JldHRlc3RzZWNyZXR0ZXN0c2VjcmV0MTI="),
+        ("PROXY_TOKEN_SECRET", "token-secret-example-0123456789abcdef"),
+    ]
+    .iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect();
+    for (name, value) in pairs {
+        settings.insert(name.to_string(), value.to_string());
+    }
+    Config::from_lookup(|name| settings.get(name).cloned()).expect("a valid test configuration")
+}
+
+/// What a create to Kling answers next, when scripted.
+#[derive(Debug, Clone)]
+pub enum CreateScript {
+    /// Kling answers with this status and body.
+    Reply(KlingReply),
+    /// The call fails (the connection, or the deadline).
+    Fail(ApiError),
+}
+
+impl KlingCreates for ScriptedKling {
+    /// Records the body; answers the next scripted answer, else accepts the task as Kling
+    /// does (`submitted`, a fresh id), which later queries then find.
+    async fn create(&self, endpoint: &Endpoint, body: &Map<String, Value>) -> Result<KlingReply, ApiError> {
+        self.created.borrow_mut().push((endpoint.code, body.clone()));
+        yield_once().await;
+        if let Some(script) = self.create_scripts.borrow_mut().pop_front() {
+            return match script {
+                CreateScript::Reply(reply) => Ok(reply),
+                CreateScript::Fail(error) => Err(error),
+            };
+        }
+        let task_id = format!("task-{}", self.created.borrow().len());
+        let mut data = serde_json::json!({"task_id": task_id, "task_status": "submitted",
+            "created_at": 1, "updated_at": 1});
+        if let Some(external) = body.get("external_task_id") {
+            data["task_info"] = serde_json::json!({"external_task_id": external});
+        }
+        self.set(data.clone());
+        let envelope =
+            serde_json::json!({"code": 0, "message": "SUCCEED", "request_id": "kling-req", "data": data});
+        Ok(KlingReply { status: 200, body: envelope.to_string().into_bytes() })
+    }
+}
+
+/// The rate limits in memory: each `(limit, key)` may be counted up to its allowance.
+#[derive(Default)]
+pub struct MemoryLimiter {
+    pub counts: RefCell<HashMap<(Limit, String), u32>>,
+    /// Allowances by limit (unlimited when absent).
+    pub allowance: RefCell<HashMap<Limit, u32>>,
+}
+
+impl MemoryLimiter {
+    pub fn count(&self, limit: Limit) -> u32 {
+        self.counts.borrow().iter().filter(|((l, _), _)| *l == limit).map(|(_, n)| n).sum()
+    }
+}
+
+impl RateLimiter for MemoryLimiter {
+    async fn check(&self, limit: Limit, key: &str) -> Result<(), ApiError> {
+        yield_once().await;
+        let mut counts = self.counts.borrow_mut();
+        let count = counts.entry((limit, key.to_owned())).or_default();
+        *count += 1;
+        match self.allowance.borrow().get(&limit) {
+            Some(allowed) if *count > *allowed => Err(ApiError::rate_limited(60)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The video probe: answers what the test set for a URL (else an 8 s MP4), counting calls.
+#[derive(Default)]
+pub struct ScriptedProbe {
+    pub outcomes: RefCell<HashMap<String, video_check::Outcome>>,
+    pub calls: Cell<u32>,
+}
+
+impl VideoProbe for ScriptedProbe {
+    async fn measure(&self, url: &str) -> video_check::Outcome {
+        self.calls.set(self.calls.get() + 1);
+        yield_once().await;
+        self.outcomes.borrow().get(url).cloned().unwrap_or(video_check::Outcome::Measured {
+            container: "mp4".into(),
+            seconds: 8.0,
+            bytes: Some(1_000_000),
+        })
+    }
+}
+
+impl PublishedTasks for MemoryKv {
+    async fn published(&self, shard: &str, task_id: &str) -> Option<PublishedTask> {
+        self.reads.set(self.reads.get() + 1);
+        yield_once().await;
+        if self.broken.get() {
+            return None;
+        }
+        let text = self.entries.borrow().get(&published_key(shard, task_id)).cloned()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    async fn legacy_task(&self, tenant: &str, id: &str) -> Option<Value> {
+        yield_once().await;
+        let text = self.entries.borrow().get(&format!("task:{id}")).cloned()?;
+        let record: Value = serde_json::from_str(&text).ok()?;
+        (record["tenant"] == tenant).then(|| record["data"].clone())
+    }
+}
+
+/// Every tenant's coordinator in memory, sharing Kling, the receivers, KV, the bucket and
+/// the clock: each call crosses as JSON to [`protocol::serve`], as it does to the Durable
+/// Object, on the store of the shard it names (created on first use, kept across crashes).
+pub struct MemoryCoordinators<'a> {
+    pub kling: &'a ScriptedKling,
+    pub receiver: &'a Receiver,
+    pub kv: &'a MemoryKv,
+    pub bucket: &'a MemoryBucket,
+    pub runtime: &'a TestRuntime,
+    pub settings: &'a Settings,
+    pub stores: &'a RefCell<BTreeMap<String, Rc<MemoryStore>>>,
+    /// Makes every call fail as an unreachable object would (503).
+    pub down: &'a Cell<bool>,
+    pub calls: &'a RefCell<Vec<String>>,
+}
+
+impl MemoryCoordinators<'_> {
+    pub fn store(&self, shard: &str) -> Rc<MemoryStore> {
+        self.stores.borrow_mut().entry(shard.to_owned()).or_default().clone()
+    }
+
+    pub fn coordinator<'s>(
+        &'s self,
+        shard: &'s str,
+        store: &'s MemoryStore,
+    ) -> Coordinator<'s, MemoryStore, ScriptedKling, Receiver, MemoryKv, MemoryBucket, TestRuntime> {
+        Coordinator {
+            shard,
+            store,
+            kling: self.kling,
+            webhooks: self.receiver,
+            read_model: self.kv,
+            bucket: self.bucket,
+            runtime: self.runtime,
+            settings: self.settings,
+        }
+    }
+}
+
+impl Coordinators for MemoryCoordinators<'_> {
+    async fn call<C: Call>(&self, shard: &str, call: C) -> Result<C::Answer, ApiError> {
+        let body = protocol::encode(call)?;
+        let op: Value = serde_json::from_str(&body).unwrap_or_default();
+        self.calls.borrow_mut().push(op["op"].as_str().unwrap_or_default().to_owned());
+        yield_once().await;
+        if self.down.get() {
+            return Err(ApiError::new(
+                503,
+                crate::error::code::UNAVAILABLE,
+                "the task coordinator is unavailable",
+            ));
+        }
+        let store = self.store(shard);
+        let answer = protocol::serve(&self.coordinator(shard, &store), body.as_bytes()).await;
+        protocol::decode::<C>(answer.as_bytes())
     }
 }

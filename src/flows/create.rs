@@ -1,0 +1,223 @@
+//! A create, on every surface (`crate::api::surfaces`): the one flow that spends a Kling
+//! credit.
+//!
+//! In order, and each step only if every one before it passed: the body's rules, the
+//! client's webhook, useapi.net's `email`, the video measured at its URL (for an endpoint
+//! whose create names one), the create limit, useapi.net's `maxJobs`, then Kling, once. So
+//! every refusal costs nothing: it reaches no port that spends (Kling), and none that counts
+//! against the client (the create limit) unless the create was valid.
+//!
+//! The client gets Kling's answer as soon as Kling gives it. The task is recorded with its
+//! tenant's coordinator only after that ([`Edge::record_created`], run after the answer): a
+//! callback that beats the record carries what is needed to record the task, and is merged
+//! into it, not lost.
+
+use serde_json::{json, Value};
+
+use crate::api::surfaces::{Style, Surface};
+use crate::api::{fields::Target, useapi};
+use crate::auth::Client;
+use crate::capability::Capability;
+use crate::error::{code, ApiError};
+use crate::ports::{
+    Coordinators, KlingCreates, KlingReply, Limit, PublishedTasks, RateLimiter, Runtime, VideoProbe,
+};
+use crate::record::USEAPI_STYLE;
+use crate::validate::UrlPolicy;
+use crate::video_check::{self, Policy};
+use crate::{routes, task};
+
+use super::coordinator::Registration;
+use super::edge::{tenant_key, Answer, Edge};
+use super::protocol;
+
+/// Tries of recording a create with its coordinator (after the answer), and the waits before each.
+pub const RECORD_RETRY_MS: [u64; 3] = [0, 200, 1_000];
+
+/// A create's outcome: the answer, and the task to record once it is sent.
+#[derive(Debug)]
+pub struct Created {
+    pub answer: Answer,
+    pub record: Option<Recording>,
+}
+
+/// A create Kling accepted, for its tenant's coordinator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recording {
+    pub shard: String,
+    pub registration: Registration,
+}
+
+impl<K, C, L, P, M, T> Edge<'_, K, C, L, P, M, T>
+where
+    K: KlingCreates,
+    C: Coordinators,
+    L: RateLimiter,
+    P: VideoProbe,
+    M: PublishedTasks,
+    T: Runtime,
+{
+    /// `POST` on a surface's path, with its body read: validate, call Kling, answer.
+    pub async fn create(
+        &self,
+        client: &Client,
+        surface: &'static Surface,
+        body: &[u8],
+    ) -> Result<Created, ApiError> {
+        let config = self.config;
+        let policy = UrlPolicy { allow_private: config.allow_private_urls };
+        let mut validated = surface.validate(body, policy)?;
+        let client_webhook = client.webhook_for_create(validated.webhook.take())?;
+        if client_webhook.is_some() && config.proxy_webhook_key.is_none() {
+            let field = surface.body.client_name(Target::Webhook).unwrap_or("callback_url");
+            return Err(ApiError::bad_param(
+                field,
+                "this deployment does not forward webhooks (its operator has not set PROXY_WEBHOOK_SECRET)",
+            ));
+        }
+        if let Some(email) = &validated.options.email {
+            self.account_email_rule(email)?;
+        }
+        let endpoint = surface.endpoint;
+        if endpoint.video_input {
+            self.video_rules(
+                surface,
+                validated.upstream.get("video_url").and_then(Value::as_str),
+                validated.options.video_duration,
+            )
+            .await?;
+        }
+        // Only a create that passed every rule counts against the create limit.
+        self.limiter.check(Limit::Creates, &tenant_key(&client.tenant)).await?;
+        let shard = task::tenant_shard(&client.tenant);
+        if let Some(max_jobs) = validated.options.max_jobs {
+            let running =
+                self.coordinators.call(&shard, protocol::Running { tenant: client.tenant.clone() }).await?;
+            if running >= max_jobs {
+                return Err(ApiError::new(
+                    429,
+                    code::RATE_LIMITED,
+                    format!("maxJobs: {running} of your tasks are running, the most you allowed ({max_jobs}); retry when one finishes"),
+                ));
+            }
+        }
+
+        let now_secs = (self.runtime.now_ms() / 1000) as i64;
+        let capability = Capability::issue(&shard, self.runtime.random_16()?, endpoint.code, now_secs);
+        let mut upstream = validated.upstream;
+        let callback = routes::kling_callback_url(self.origin, &capability.encode(&config.capability_key));
+        upstream.insert("callback_url".into(), Value::String(callback));
+        let reply = self.kling.create(endpoint, &upstream).await?;
+
+        let data = task::envelope_data(&reply.body).filter(|_| reply.status == 200);
+        let record = match data.as_ref().map(|data| (data, task::task_id_of(data))) {
+            Some((data, Some(task_id))) => Some(Recording {
+                shard,
+                registration: Registration {
+                    task_id: task_id.to_owned(),
+                    endpoint: endpoint.code,
+                    nonce: capability.nonce,
+                    tenant: client.tenant.clone(),
+                    client_callback_url: client_webhook,
+                    style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
+                    reply_ref: validated.options.reply_ref,
+                    origin: Some(self.origin.to_owned()),
+                    data: data.clone(),
+                },
+            }),
+            Some((_, None)) => {
+                self.runtime
+                    .log(json!({"event": "create", "problem": "Kling's create answer has no task_id"}));
+                None
+            }
+            None => None,
+        };
+        let answer = match (surface.style, data) {
+            (Style::Kling, _) => Answer::Kling(reply),
+            (Style::UseApi, Some(data)) => Answer::UseApi(useapi::task_answer(&data)),
+            (Style::UseApi, None) => return Err(kling_refusal(&reply)),
+        };
+        Ok(Created { answer, record })
+    }
+
+    /// Records a create Kling accepted with its coordinator, trying again a couple of times:
+    /// until it lands, the task is known only from Kling's callbacks (which carry what is
+    /// needed to record it).
+    pub async fn record_created(&self, recording: Recording) -> Result<(), ApiError> {
+        let mut outcome = Ok(());
+        for wait_ms in RECORD_RETRY_MS {
+            if wait_ms > 0 {
+                self.runtime.sleep(wait_ms).await;
+            }
+            let call = protocol::Register(recording.registration.clone());
+            outcome = self.coordinators.call(&recording.shard, call).await;
+            if outcome.is_ok() {
+                return outcome;
+            }
+        }
+        if let Err(error) = &outcome {
+            self.runtime.log(json!({"event": "register", "task_id": recording.registration.task_id,
+                "problem": error.message}));
+        }
+        outcome
+    }
+
+    /// A video to add sound to must be one Kling accepts: measured at its URL (`VIDEO_PROBE`),
+    /// else judged by the client's `video_duration` hint. A Kling video (`video_id`) is not probed.
+    async fn video_rules(
+        &self,
+        surface: &Surface,
+        url: Option<&str>,
+        hint: Option<f64>,
+    ) -> Result<(), ApiError> {
+        let policy = self.config.video_probe;
+        let (Some(url), false) = (url, policy == Policy::Off) else {
+            return video_check::hint_rule(hint);
+        };
+        let started_ms = self.runtime.now_ms();
+        let outcome = self.probe.measure(url).await;
+        let field = surface.body.client_name_of_upstream("video_url").unwrap_or("video_url");
+        let judged = video_check::judge(&outcome, policy, hint, field);
+        // The URL is not logged: it may carry a signature.
+        self.runtime.log(json!({
+            "event": "video_probe",
+            "outcome": outcome,
+            "accepted": judged.is_ok(),
+            "note": judged.as_ref().ok().and_then(|judgement| judgement.note.clone()),
+            "ms": self.runtime.now_ms().saturating_sub(started_ms),
+        }));
+        judged.map(drop)
+    }
+
+    /// `email` of a useapi.net-style call: the deployment serves one Kling account, the one
+    /// `KLING_ACCOUNT_EMAIL` names.
+    fn account_email_rule(&self, email: &str) -> Result<(), ApiError> {
+        match &self.config.kling_account_email {
+            Some(account) if account.eq_ignore_ascii_case(email.trim()) => Ok(()),
+            Some(_) => Err(ApiError::bad_param(
+                "email",
+                "is not this deployment's Kling account (it has one: KLING_ACCOUNT_EMAIL)",
+            )),
+            None => Err(ApiError::bad_param(
+                "email",
+                "this deployment has one Kling account and its operator has not named it (KLING_ACCOUNT_EMAIL): leave email out",
+            )),
+        }
+    }
+}
+
+/// Kling's own refusal of a create, as an error a useapi.net-style client reads.
+fn kling_refusal(reply: &KlingReply) -> ApiError {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        #[serde(default)]
+        code: u32,
+        message: Option<String>,
+    }
+    let envelope: Option<Envelope> = serde_json::from_slice(&reply.body).ok();
+    let code = envelope.as_ref().map_or(0, |envelope| envelope.code);
+    let message =
+        envelope.and_then(|envelope| envelope.message).unwrap_or_else(|| "Kling refused the task".into());
+    let status = if reply.status == 200 { 502 } else { reply.status };
+    ApiError::new(status, code, format!("Kling: {message} (code {code})"))
+}

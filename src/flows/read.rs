@@ -1,0 +1,99 @@
+//! Reading tasks: one task (`GET {path}/{id}`, and useapi.net's `GET /v1/kling/tasks/{id}`)
+//! and a page of them (`GET {path}`).
+//!
+//! A finished task is answered from its edge copy (Workers KV) with no coordinator call and
+//! no Kling call; a running or unpublished one by its tenant's coordinator, which asks Kling
+//! when the task has been quiet; a task of the previous version from its old KV record.
+//! Every answer gets fresh signed links to the deployment's copies of its result files.
+
+use serde_json::Value;
+
+use crate::api::{useapi, VIDEO_TO_AUDIO};
+use crate::auth::Client;
+use crate::error::ApiError;
+use crate::ports::{Coordinators, KlingCreates, PublishedTasks, RateLimiter, Runtime, VideoProbe};
+use crate::result_links::{self, Minter};
+use crate::task;
+use crate::validate::Page;
+
+use super::edge::{Answer, Edge};
+use super::protocol;
+
+impl<K, C, L, P, M, T> Edge<'_, K, C, L, P, M, T>
+where
+    K: KlingCreates,
+    C: Coordinators,
+    L: RateLimiter,
+    P: VideoProbe,
+    M: PublishedTasks,
+    T: Runtime,
+{
+    /// `GET {path}/{id}`: one of the caller's tasks of `endpoint_code`, by task id or
+    /// external task id.
+    pub async fn query(&self, client: &Client, endpoint_code: u8, id: &str) -> Result<Answer, ApiError> {
+        self.find(client, endpoint_code, id).await.map(Answer::Success)
+    }
+
+    /// `GET /v1/kling/tasks/{id}`: an add-sound task, useapi.net's way.
+    pub async fn useapi_task(&self, client: &Client, id: &str) -> Result<Answer, ApiError> {
+        let task = self.find(client, VIDEO_TO_AUDIO.code, id).await?;
+        Ok(Answer::UseApi(useapi::task_answer(&task)))
+    }
+
+    /// `GET {path}`: a page of the caller's tasks of `endpoint_code`, newest first.
+    pub async fn list(&self, client: &Client, endpoint_code: u8, page: Page) -> Result<Answer, ApiError> {
+        let shard = task::tenant_shard(&client.tenant);
+        let call = protocol::List {
+            tenant: client.tenant.clone(),
+            endpoint: endpoint_code,
+            page_num: page.num,
+            page_size: page.size,
+        };
+        let mut tasks = self.coordinators.call(&shard, call).await?;
+        for task in &mut tasks {
+            self.link_copies(&shard, task);
+        }
+        Ok(Answer::Success(Value::Array(tasks)))
+    }
+
+    async fn find(&self, client: &Client, endpoint_code: u8, id: &str) -> Result<Value, ApiError> {
+        let shard = task::tenant_shard(&client.tenant);
+        let mut task = self.find_unlinked(&shard, client, endpoint_code, id).await?;
+        self.link_copies(&shard, &mut task);
+        Ok(task)
+    }
+
+    async fn find_unlinked(
+        &self,
+        shard: &str,
+        client: &Client,
+        endpoint_code: u8,
+        id: &str,
+    ) -> Result<Value, ApiError> {
+        if let Some(published) = self.published.published(shard, id).await {
+            if published.tenant == client.tenant && published.endpoint == endpoint_code {
+                return Ok(published.task);
+            }
+        }
+        let call =
+            protocol::Query { tenant: client.tenant.clone(), endpoint: endpoint_code, id: id.to_owned() };
+        match self.coordinators.call(shard, call).await {
+            Err(not_found) if not_found.status == 404 && endpoint_code == VIDEO_TO_AUDIO.code => {
+                self.published.legacy_task(&client.tenant, id).await.ok_or(not_found)
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// Puts fresh signed links to the result copies of a task of `shard` into its answer.
+    fn link_copies(&self, shard: &str, task: &mut Value) {
+        let minter = Minter {
+            key: &self.config.link_key,
+            origin: self.origin,
+            shard,
+            now_ms: self.runtime.now_ms(),
+            ttl_secs: self.config.result_link_ttl_secs,
+        };
+        result_links::link_copies(task, &minter);
+    }
+}

@@ -1,0 +1,60 @@
+//! What only an app's server may ask for: `POST /v1/tokens` (a short-lived browser token for
+//! one of its users) and `GET /v1/webhook-secret` (the secret its webhooks are signed with).
+
+use serde_json::json;
+
+use crate::auth::Client;
+use crate::browser_token;
+use crate::error::{code, ApiError};
+use crate::ports::{Coordinators, KlingCreates, PublishedTasks, RateLimiter, Runtime, VideoProbe};
+use crate::validate::UrlPolicy;
+
+use super::edge::{Answer, Edge};
+
+impl<K, C, L, P, M, T> Edge<'_, K, C, L, P, M, T>
+where
+    K: KlingCreates,
+    C: Coordinators,
+    L: RateLimiter,
+    P: VideoProbe,
+    M: PublishedTasks,
+    T: Runtime,
+{
+    /// `POST /v1/tokens`, with its body read.
+    pub fn mint_token(&self, client: &Client, body: &[u8]) -> Result<Answer, ApiError> {
+        client.require_server_key("mint tokens")?;
+        let Some(secret) = &self.config.token_secret else {
+            return Err(ApiError::new(
+                403,
+                code::NO_PERMISSION,
+                "browser tokens are not enabled on this deployment (PROXY_TOKEN_SECRET is not set)",
+            ));
+        };
+        let policy = UrlPolicy { allow_private: self.config.allow_private_urls };
+        let request = browser_token::mint_request(body, policy)?;
+        let key_digest = self
+            .config
+            .clients
+            .key_digest(&client.app)
+            .ok_or_else(|| ApiError::internal("the minting key vanished"))?;
+        let now_secs = (self.runtime.now_ms() / 1000) as i64;
+        let minted =
+            browser_token::mint(secret.expose().as_bytes(), &client.app, key_digest, &request, now_secs);
+        let data = serde_json::to_value(&minted).map_err(|_| ApiError::internal("encoding the token"))?;
+        Ok(Answer::Success(data))
+    }
+
+    /// `GET /v1/webhook-secret`: the `whsec_` secret that verifies this client's webhooks,
+    /// derived from `PROXY_WEBHOOK_SECRET` and the client's name (see `crate::webhook`).
+    pub fn webhook_secret(&self, client: &Client) -> Result<Answer, ApiError> {
+        client.require_server_key("read the webhook secret")?;
+        let Some(key) = &self.config.proxy_webhook_key else {
+            return Err(ApiError::new(
+                403,
+                code::NO_PERMISSION,
+                "webhooks are not enabled on this deployment (PROXY_WEBHOOK_SECRET is not set)",
+            ));
+        };
+        Ok(Answer::Success(json!({"client": client.app, "secret": key.for_client(&client.app).to_secret()})))
+    }
+}
