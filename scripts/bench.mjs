@@ -4,9 +4,16 @@
 // The worker runs the way production runs it: in workerd, through Miniflare's API, each
 // Worker on its own socket (no `wrangler dev` proxy, which caps every Worker near 300
 // requests per second here), with local KV, Durable Objects and rate limiters. Beside it, in
-// the same workerd and measured in the same run, a null Worker forwards every request to
-// the same upstream and does nothing else: the figures are ratios against it, because these
-// machines are shared and noisy.
+// the same workerd and measured in the same run against the same upstream:
+//   - a null Worker, which forwards every request and does nothing else: throughput is
+//     given as a ratio against it;
+//   - a reference Worker (scripts/bench/reference-worker.js), the least a developer would
+//     write by hand (a key check, a video-to-audio body validated, a cached Kling JWT signed
+//     with Web Crypto, a forward): the runtime's CPU time per request is given as a ratio
+//     against it.
+// The CPU time is workerd's own (user + system, from /proc) over each wrk run, divided by
+// the requests served; it includes the local services workerd runs for the bindings (KV,
+// Durable Objects, rate limiters). Ratios, because these machines are shared and noisy.
 //
 // The upstream is nginx on loopback, in one of three modes chosen per phase by a file:
 //   - setup: it proxies to the strict fake Kling, which keeps tasks and calls back, so the
@@ -18,7 +25,8 @@
 // Two configurations are measured, one after the other:
 //   - "as configured": the bindings of wrangler.toml as Miniflare provides them locally:
 //     rate limiters (a separate service inside workerd here) and storage on disk;
-//   - "without local service overheads": no rate limiter bindings and in-memory storage, to
+//   - "without local service overheads": no rate limiter bindings, and storage in memory
+//     (this Miniflare always keeps it in files, so they go to a tmpfs, /dev/shm), to
 //     separate the worker's own cost from the local stand-ins for Cloudflare's services.
 //
 // Printed: throughput and latency of a create, a query of a running task and a query of a
@@ -173,7 +181,54 @@ async function wrk(url, script, seconds = SECONDS) {
   const unit = (value, suffix) => Number(value) * ({ us: 0.001, ms: 1, s: 1000 }[suffix]);
   const p50 = out.match(/50%\s+([\d.]+)(us|ms|s)/);
   const non2xx = Number(out.match(/Non-2xx or 3xx responses: (\d+)/)?.[1] ?? 0);
-  return { rps, p50: p50 ? unit(p50[1], p50[2]) : NaN, non2xx };
+  const requests = Number(out.match(/(\d+) requests in/)?.[1] ?? 0);
+  return { rps, p50: p50 ? unit(p50[1], p50[2]) : NaN, non2xx, requests };
+}
+
+// --- the runtime's CPU time --------------------------------------------------------------
+
+const TICKS_PER_SECOND = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
+
+/** The workerd processes Miniflare started (children of this process, or theirs). */
+function workerdPids() {
+  const parents = new Map();
+  const names = new Map();
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const close = stat.lastIndexOf(')');
+      names.set(entry, stat.slice(stat.indexOf('(') + 1, close));
+      parents.set(entry, stat.slice(close + 2).split(' ')[1]);
+    } catch { /* gone */ }
+  }
+  const mine = (pid) => {
+    for (let at = pid, hops = 0; at && hops < 8; at = parents.get(at), hops += 1) {
+      if (at === String(process.pid)) return true;
+    }
+    return false;
+  };
+  return [...names].filter(([pid, name]) => name.startsWith('workerd') && mine(pid)).map(([pid]) => pid);
+}
+
+/** CPU milliseconds (user + system) the processes have used so far. */
+function cpuMs(pids) {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(fields[11]) + Number(fields[12]);
+    } catch { /* gone */ }
+  }
+  return (ticks * 1000) / TICKS_PER_SECOND;
+}
+
+/** wrk against `url`, with workerd's CPU time per request served. */
+async function measured(pids, url, script) {
+  const before = cpuMs(pids);
+  const run = await wrk(url, script);
+  return { ...run, cpuPerRequest: run.requests ? (cpuMs(pids) - before) / run.requests : NaN };
 }
 
 // --- one configuration, measured -------------------------------------------------------
@@ -184,12 +239,13 @@ async function wrk(url, script, seconds = SECONDS) {
  * upstreams.
  */
 async function measure({ limiters, persisted, countLife }) {
-  const [edgePort, nullPort] = [await freePort(), await freePort()];
+  const [edgePort, nullPort, referencePort] = [await freePort(), await freePort(), await freePort()];
   const logs = [];
+  const state = fs.mkdtempSync(persisted ? path.join(WORK, 'state-') : '/dev/shm/kling-edge-bench-');
   const receiver = await new Receiver(clientWebhookSecret(PROXY_WEBHOOK_SECRET, 'web')).listen();
   const limiter = (id) => ({ namespace_id: id, simple: { limit: 1_000_000_000, period: 60 } });
   const mf = new Miniflare(convertV4MiniflareOptions({
-    ...(persisted ? { defaultPersistRoot: fs.mkdtempSync(path.join(WORK, 'state-')) } : {}),
+    resourcePersistencePath: state,
     handleStructuredLogs: (log) => logs.push(String(log.message ?? '')),
     workers: [
       {
@@ -228,11 +284,22 @@ async function measure({ limiters, persisted, countLife }) {
         bindings: { UPSTREAM: upstream },
         unsafeDirectSockets: [{ host: '127.0.0.1', port: nullPort }],
       },
+      {
+        name: 'reference',
+        modules: true,
+        scriptPath: path.join(ROOT, 'scripts/bench/reference-worker.js'),
+        compatibilityDate: COMPATIBILITY_DATE,
+        bindings: { UPSTREAM: upstream, CLIENT_KEY: WEB_KEY, KLING_ACCESS_KEY: ACCESS_KEY, KLING_SECRET_KEY: SECRET_KEY },
+        unsafeDirectSockets: [{ host: '127.0.0.1', port: referencePort }],
+      },
     ],
   }));
   await mf.ready;
   const edge = `http://127.0.0.1:${edgePort}`;
   const nullWorker = `http://127.0.0.1:${nullPort}`;
+  const referenceWorker = `http://127.0.0.1:${referencePort}`;
+  const pids = workerdPids();
+  if (pids.length === 0) throw new Error('no workerd process found to read CPU time from');
   const auth = { authorization: `Bearer ${WEB_KEY}`, 'content-type': 'application/json' };
   const post = (body) => fetch(`${edge}${API}`, { method: 'POST', headers: auth, body: JSON.stringify(body) }).then((r) => r.json());
   const get = (id) => fetch(`${edge}${API}/${id}`, { headers: auth }).then((r) => r.json());
@@ -295,14 +362,17 @@ async function measure({ limiters, persisted, countLife }) {
     setMode(mode);
     for (const [name, edgePath, script, nullPath] of cases) {
       await wrk(`${edge}${edgePath}`, script, 2); // warm up
-      const ours = await wrk(`${edge}${edgePath}`, script);
-      const theirs = await wrk(`${nullWorker}${nullPath}`, script);
-      results[`${mode} ${name}`] = { ours, theirs };
+      await wrk(`${referenceWorker}${nullPath}`, script, 1);
+      const ours = await measured(pids, `${edge}${edgePath}`, script);
+      const theirs = await measured(pids, `${nullWorker}${nullPath}`, script);
+      const reference = await measured(pids, `${referenceWorker}${nullPath}`, script);
+      results[`${mode} ${name}`] = { ours, theirs, reference };
     }
   }
   setMode('setup');
   await mf.dispose();
   await receiver.close();
+  if (!persisted) fs.rmSync(state, { recursive: true, force: true });
   return { results, cases: cases.map(([name]) => name), life };
 }
 
@@ -322,11 +392,12 @@ for (const [title, { results, cases }] of [
 ]) {
   console.log(`\n${title}:`);
   for (const [mode, label] of [['fast', 'zero-latency upstream'], ['slow', `${SLOW_MS} ms upstream`]]) {
-    console.log(`  ${label.padEnd(24)} ${'null req/s'.padStart(10)} ${'edge req/s'.padStart(10)} ${'ratio'.padStart(7)} ${'null p50'.padStart(10)} ${'edge p50'.padStart(10)} ${'added p50'.padStart(10)}`);
+    console.log(`  ${label.padEnd(24)} ${'null req/s'.padStart(10)} ${'edge req/s'.padStart(10)} ${'ratio'.padStart(7)} ${'added p50'.padStart(10)} ${'CPU/req: edge'.padStart(14)} ${'reference'.padStart(10)} ${'null'.padStart(8)} ${'edge/ref'.padStart(9)}`);
     for (const name of cases) {
-      const { ours, theirs } = results[`${mode} ${name}`];
-      const errors = ours.non2xx || theirs.non2xx ? `  (non-2xx: edge ${ours.non2xx}, null ${theirs.non2xx})` : '';
-      console.log(`    ${name.padEnd(22)} ${theirs.rps.toFixed(0).padStart(10)} ${ours.rps.toFixed(0).padStart(10)} ${`${(ours.rps / theirs.rps).toFixed(2)}x`.padStart(7)} ${fmt(theirs.p50).padStart(10)} ${fmt(ours.p50).padStart(10)} ${fmt(ours.p50 - theirs.p50).padStart(10)}${errors}`);
+      const { ours, theirs, reference } = results[`${mode} ${name}`];
+      const errors = ours.non2xx || theirs.non2xx || reference.non2xx
+        ? `  (non-2xx: edge ${ours.non2xx}, null ${theirs.non2xx}, reference ${reference.non2xx})` : '';
+      console.log(`    ${name.padEnd(22)} ${theirs.rps.toFixed(0).padStart(10)} ${ours.rps.toFixed(0).padStart(10)} ${`${(ours.rps / theirs.rps).toFixed(2)}x`.padStart(7)} ${fmt(ours.p50 - theirs.p50).padStart(10)} ${fmt(ours.cpuPerRequest).padStart(14)} ${fmt(reference.cpuPerRequest).padStart(10)} ${fmt(theirs.cpuPerRequest).padStart(8)} ${`${(ours.cpuPerRequest / reference.cpuPerRequest).toFixed(2)}x`.padStart(9)}${errors}`);
     }
   }
 }

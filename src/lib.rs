@@ -22,6 +22,7 @@ pub mod client_jwt;
 pub mod config;
 pub mod copies;
 pub mod cors;
+pub mod delivery;
 pub mod error;
 pub mod flows;
 #[doc(hidden)]

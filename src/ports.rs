@@ -19,9 +19,10 @@ use serde_json::{Map, Value};
 
 use crate::api::Endpoint;
 use crate::copies::CopyOutcome;
+use crate::delivery::Attempt;
 use crate::error::ApiError;
 use crate::flows::protocol::Call;
-use crate::record::{Attempt, PublishedTask, TaskRecord};
+use crate::record::{PublishedTask, TaskRecord};
 use crate::video_check;
 
 /// One tenant's tasks (a coordinator owns exactly one tenant).

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::api::{self, Results};
 use crate::copies::{self, Copy};
+use crate::delivery::{self, Attempt, Delivery, DeliveryState};
 use crate::schedule::{Schedule, POLL_HORIZON_MS};
 use crate::task;
 
@@ -71,64 +72,6 @@ pub struct TaskRecord {
     /// The deployment's copies of the result files (`crate::copies`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<Copy>,
-}
-
-/// The forwarding of a finished task to the client's webhook.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
-    pub state: DeliveryState,
-    /// The `webhook-id` of the message being (or last) forwarded: the same on every attempt.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message_id: Option<String>,
-    /// Attempts made for that message.
-    #[serde(default)]
-    pub attempts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_attempt_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_http_status: Option<u16>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// When the last attempt was made (epoch ms).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub updated_at: Option<u64>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryState {
-    /// Nothing to forward (yet, or ever: no client webhook).
-    #[default]
-    None,
-    /// A message waits for its next attempt.
-    Pending,
-    Delivered,
-    /// The receiver refused the message, or every attempt of the schedule failed.
-    Failed,
-}
-
-/// How one webhook attempt went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attempt {
-    /// Any 2xx.
-    Delivered(u16),
-    /// Worth another attempt: 5xx, 408, 429, or no answer at all.
-    Retry { status: Option<u16>, error: String },
-    /// The receiver refused the message (another 4xx, a redirect): retrying cannot help.
-    GiveUp { status: u16 },
-}
-
-impl Attempt {
-    /// The outcome of an attempt the receiver answered with `status`.
-    pub fn from_status(status: u16) -> Attempt {
-        match status {
-            200..=299 => Attempt::Delivered(status),
-            408 | 429 | 500..=599 => {
-                Attempt::Retry { status: Some(status), error: format!("the receiver answered {status}") }
-            }
-            _ => Attempt::GiveUp { status },
-        }
-    }
 }
 
 /// What the edge copy of a task needs now.
@@ -255,61 +198,18 @@ impl TaskRecord {
         if self.client_callback_url.is_none() || !task::is_final(&self.data) {
             return;
         }
-        let message_id = task::forward_message_id(&self.data, self.results());
-        if self.delivery.message_id.as_deref() == Some(message_id.as_str()) {
-            return;
-        }
-        self.delivery = Delivery {
-            state: DeliveryState::Pending,
-            message_id: Some(message_id),
-            attempts: 0,
-            next_attempt_at: Some(now),
-            ..Delivery::default()
-        };
+        self.delivery.queue(delivery::message_id(&self.data, self.results()), now);
     }
 
-    /// Records how an attempt to send `message_id` went. An attempt of a message since
-    /// replaced (the complete result after a partial one) changes nothing.
+    /// Records how an attempt to send `message_id` went (see [`Delivery::record`]).
     pub fn record_attempt(&mut self, message_id: &str, attempt: Attempt, now: u64, forward: &Schedule) {
-        let delivery = &mut self.delivery;
-        if delivery.message_id.as_deref() != Some(message_id) || delivery.state != DeliveryState::Pending {
-            return;
-        }
-        delivery.attempts = delivery.attempts.saturating_add(1);
-        delivery.updated_at = Some(now);
-        match attempt {
-            Attempt::Delivered(status) => {
-                delivery.state = DeliveryState::Delivered;
-                delivery.last_http_status = Some(status);
-                delivery.last_error = None;
-                delivery.next_attempt_at = None;
-            }
-            Attempt::GiveUp { status } => {
-                delivery.state = DeliveryState::Failed;
-                delivery.last_http_status = Some(status);
-                delivery.last_error = Some(format!("the receiver answered {status}"));
-                delivery.next_attempt_at = None;
-            }
-            Attempt::Retry { status, error } => {
-                delivery.last_http_status = status;
-                delivery.last_error = Some(error);
-                match forward.retry_delay_ms(delivery.attempts) {
-                    Some(delay) => delivery.next_attempt_at = Some(now.saturating_add(delay)),
-                    None => {
-                        delivery.state = DeliveryState::Failed;
-                        delivery.next_attempt_at = None;
-                    }
-                }
-            }
-        }
+        self.delivery.record(message_id, attempt, now, forward);
     }
 
     /// Whether the delivery's next attempt is due at `now` (and can be made: the tenant,
     /// whose secret signs it, is known).
     pub fn delivery_due(&self, now: u64) -> bool {
-        self.delivery.state == DeliveryState::Pending
-            && self.tenant.is_some()
-            && self.delivery.next_attempt_at.is_some_and(|at| at <= now)
+        self.tenant.is_some() && self.delivery.is_due(now)
     }
 
     /// Kling's data, plus a `copies` object when the result files are (being) copied.

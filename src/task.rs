@@ -144,16 +144,6 @@ pub fn parse_callback(body: &[u8]) -> Result<Value, ApiError> {
     Ok(data)
 }
 
-/// The id the forwarded webhook carries: the same for every attempt of one message, so
-/// receivers can drop duplicates; `msg_{task_id}_{status}`, with `_partial` for a `succeed`
-/// still without its files (the complete one follows under its own id).
-pub fn forward_message_id(data: &Value, results: Results) -> String {
-    let task_id = data.get("task_id").and_then(Value::as_str).unwrap_or("unknown");
-    let status = status_of(data).unwrap_or("unknown");
-    let partial = if is_incomplete_success(data, results) { "_partial" } else { "" };
-    format!("msg_{task_id}_{status}{partial}")
-}
-
 /// A tenant's fixed-length name in storage: the first 128 bits of its SHA-256, in hex. It
 /// names the tenant's coordinator and prefixes its keys, so no tenant, however long, can
 /// push a key past a backend's limit, and no tenant's keys overlap another's.
@@ -321,7 +311,6 @@ mod tests {
         assert!(is_complete(&video, Results::Videos));
         assert!(!is_complete(&video, Results::Audios));
         assert!(is_incomplete_success(&video, Results::Audios));
-        assert_eq!(forward_message_id(&video, Results::Videos), "msg_t1_succeed");
     }
 
     #[test]
@@ -332,8 +321,5 @@ mod tests {
         assert_eq!(external_task_id_of(&data), Some("e1"));
         assert_eq!(envelope_data(br#"{"code":1201,"message":"bad"}"#), None);
         assert_eq!(external_task_id_of(&json!({"task_info": {"external_task_id": ""}})), None);
-        assert_eq!(forward_message_id(&task("succeed", 1), A), "msg_t1_succeed_partial");
-        assert_eq!(forward_message_id(&with_audios(task("succeed", 1)), A), "msg_t1_succeed");
-        assert_eq!(forward_message_id(&task("failed", 1), A), "msg_t1_failed");
     }
 }

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::api;
 use crate::copies::{self, CopySettings};
+use crate::delivery::{self, Attempt};
 use crate::error::{code, ApiError};
 use crate::ports::{ReadModel, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
 use crate::record::{published_key, Publication, TaskRecord, PUBLISH_RETRY_MS, RETENTION_MS};
@@ -391,18 +392,10 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
                         result_links::link_copies(data, &minter);
                     }
                 });
-                let timestamp = i64::try_from(now / 1000).unwrap_or(i64::MAX);
-                let signature = key.for_client(app).sign(&message_id, timestamp, &body);
-                let headers = [
-                    ("Content-Type", "application/json".to_owned()),
-                    ("User-Agent", "kling-edge".to_owned()),
-                    ("webhook-id", message_id.clone()),
-                    ("webhook-timestamp", timestamp.to_string()),
-                    ("webhook-signature", signature),
-                ];
+                let headers = delivery::signed_headers(key, app, &message_id, now, &body);
                 self.webhooks.post(&url, &headers, &body).await
             }
-            None => crate::record::Attempt::Retry {
+            None => Attempt::Retry {
                 status: None,
                 error: "the deployment has no PROXY_WEBHOOK_SECRET to sign with".into(),
             },

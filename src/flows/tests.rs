@@ -6,7 +6,8 @@ use serde_json::{json, Value};
 
 use super::coordinator::{Coordinator, LinkSettings, Registration, Settings};
 use crate::api::VIDEO_TO_AUDIO;
-use crate::record::{published_key, DeliveryState, PublishedTask};
+use crate::delivery::DeliveryState;
+use crate::record::{published_key, PublishedTask};
 use crate::result_links::LinkKey;
 use crate::schedule::Schedule;
 use crate::testing::{

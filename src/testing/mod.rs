@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use crate::api::Endpoint;
 use crate::config::Config;
 use crate::copies::CopyOutcome;
+use crate::delivery::Attempt;
 use crate::error::ApiError;
 use crate::flows::coordinator::{Coordinator, Settings};
 use crate::flows::protocol::{self, Call};
@@ -22,7 +23,7 @@ use crate::ports::{
     Coordinators, KlingCreates, KlingReply, Limit, PublishedTasks, RateLimiter, ReadModel, ResultBucket,
     Runtime, TaskStore, Upstream, VideoProbe, Webhooks,
 };
-use crate::record::{published_key, Attempt, PublishedTask, TaskRecord};
+use crate::record::{published_key, PublishedTask, TaskRecord};
 use crate::video_check;
 
 /// Polls `future` to completion (the flows only ever wait on the fakes here, which wake at once).
