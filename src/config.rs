@@ -13,13 +13,10 @@ use crate::capability::CapabilityKey;
 use crate::copies::{self, CopySettings};
 use crate::cors::AllowedOrigins;
 use crate::error::ApiError;
-use crate::result_links::{self, LinkKey};
+use crate::result_links::LinkKey;
 use crate::schedule::Schedule;
-use crate::video_check::{self, Policy};
+use crate::video_check::Policy;
 use crate::webhook::WebhookKey;
-
-pub const DEFAULT_KLING_API_BASE: &str = "https://api-singapore.klingai.com";
-pub const DEFAULT_KLING_TIMEOUT_MS: u32 = 30_000;
 
 /// A secret string. Its `Debug` output is redacted so it cannot reach a log by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -182,29 +179,141 @@ pub struct Config {
     pub link_key: LinkKey,
 }
 
-/// Every setting [`Config::from_lookup`] reads (a test keeps this list whole).
-pub const SETTINGS: &[&str] = &[
-    "KLING_API_KEY",
-    "KLING_ACCESS_KEY",
-    "KLING_SECRET_KEY",
-    "KLING_API_BASE",
-    "KLING_TIMEOUT_MS",
-    "PROXY_API_KEYS",
-    "ALLOW_PRIVATE_URLS",
-    "PUBLIC_BASE_URL",
-    "KLING_WEBHOOK_SECRET",
-    "PROXY_WEBHOOK_SECRET",
-    "ALLOWED_ORIGINS",
-    "PROXY_TOKEN_SECRET",
-    "FORWARD_RETRY_SECONDS",
-    "KLING_POLL_SECONDS",
-    "KLING_ACCOUNT_EMAIL",
-    "VIDEO_PROBE",
-    "VIDEO_PROBE_TIMEOUT_MS",
-    "RESULT_COPY_MAX_BYTES",
-    "RESULT_RETENTION_DAYS",
-    "RESULT_LINK_TTL_SECONDS",
+/// Where a setting is kept: a secret (`wrangler secret put`, `.dev.vars` locally) or a var
+/// (`wrangler.toml` `[vars]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Secret,
+    Var,
+}
+
+/// What a setting's value must be, with its default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Text its own parser checks (keys, URLs, lists); unset unless `default` says.
+    Text { default: Option<&'static str> },
+    /// A whole number within bounds.
+    Whole { default: u64, min: u64, max: u64 },
+    /// One of a few words.
+    Choice { default: &'static str, options: &'static [&'static str] },
+    /// `true` or `false`.
+    Flag { default: bool },
+    /// Comma-separated delays in seconds (`crate::schedule`).
+    Delays { default: &'static str },
+}
+
+/// One setting: its name, where it is kept, its rule and default, and what it does. The
+/// settings list, the parsing, the coordinator's settings and the README's table
+/// ("Configuration", checked by a test) all come from [`SETTINGS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Setting {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub rule: Rule,
+    pub doc: &'static str,
+}
+
+const fn secret(name: &'static str, doc: &'static str) -> Setting {
+    Setting { name, kind: Kind::Secret, rule: Rule::Text { default: None }, doc }
+}
+
+const fn var(name: &'static str, rule: Rule, doc: &'static str) -> Setting {
+    Setting { name, kind: Kind::Var, rule, doc }
+}
+
+const TEXT: Rule = Rule::Text { default: None };
+
+/// Every setting the worker reads.
+pub const SETTINGS: &[Setting] = &[
+    secret("KLING_ACCESS_KEY", "with `KLING_SECRET_KEY`, signs Kling's HS256 JWTs (`iss` = access key, `nbf` = now - 5 s, `exp` = now + 30 min); one token is reused until 5 minutes before it expires"),
+    secret("KLING_SECRET_KEY", "the secret half of the pair above"),
+    secret("KLING_API_KEY", "alternatively, Kling's API key, sent as the bearer token; wins if both are set"),
+    var("KLING_API_BASE", Rule::Text { default: Some("https://api-singapore.klingai.com") }, "Kling's base URL; or `https://api-beijing.klingai.com`"),
+    var("KLING_TIMEOUT_MS", Rule::Whole { default: 30_000, min: 100, max: 120_000 }, "the deadline of one call to Kling, in milliseconds"),
+    secret("PROXY_API_KEYS", "your clients: `name:key,name:key`; the name is the client's tenant"),
+    var("ALLOW_PRIVATE_URLS", Rule::Flag { default: false }, "`true` only for local development: lets URLs point at private addresses"),
+    var("PUBLIC_BASE_URL", TEXT, "the worker's public origin (`https://host[:port]`, no path), used in the callback URLs given to Kling and in result links; unset, the origin of each request. Set it in production: behind a proxy that rewrites `Host`, the request's origin is not the worker's"),
+    secret("KLING_WEBHOOK_SECRET", "`whsec_...` from Kling's console: when set, callbacks must carry a valid Standard Webhooks signature"),
+    secret("PROXY_WEBHOOK_SECRET", "`whsec_...` of your choice (`echo whsec_$(openssl rand -base64 32)`): the root of every client's webhook secret (each client signs with its own, derived from this; see \"Webhook secrets\"); without it, a create with `callback_url` is refused"),
+    var("ALLOWED_ORIGINS", TEXT, "comma-separated exact origins granted CORS; unset grants none"),
+    secret("PROXY_TOKEN_SECRET", "at least 32 characters: signs browser tokens; without it `/v1/tokens` answers 403"),
+    var("FORWARD_RETRY_SECONDS", Rule::Delays { default: "5,300,1800,7200,18000,36000,36000" }, "the delays between attempts of a webhook, comma-separated seconds (by default 8 attempts over about 28 hours)"),
+    var("KLING_POLL_SECONDS", Rule::Delays { default: "30,60,120,300,600" }, "the delays between polls of a task Kling sends no news about; the last repeats until the task is final or a day has passed"),
+    var("KLING_ACCOUNT_EMAIL", TEXT, "the Kling account's email, which useapi.net-style calls may name in `email`; unset, they may not"),
+    var("VIDEO_PROBE", Rule::Choice { default: "strict", options: &["strict", "lenient", "off"] }, "what to do with a video that cannot be measured (see \"Measuring the video\")"),
+    var("VIDEO_PROBE_TIMEOUT_MS", Rule::Whole { default: 4_000, min: 200, max: 30_000 }, "how long measuring one video may take, all its reads together, in milliseconds"),
+    var("RESULT_COPY_MAX_BYTES", Rule::Whole { default: 100 * 1024 * 1024, min: 1024, max: 5 * 1024 * 1024 * 1024 }, "files larger than this are not copied (Kling's link only)"),
+    var("RESULT_RETENTION_DAYS", Rule::Whole { default: 90, min: 1, max: 3650 }, "how long result copies (and their tasks' records) are kept; set the bucket's lifecycle rule to match"),
+    var("RESULT_LINK_TTL_SECONDS", Rule::Whole { default: 3_600, min: 10, max: 7 * 24 * 3600 }, "how long a link to a result copy works, from the answer that gave it"),
 ];
+
+/// The setting named `name` (a name not in the table is a bug, caught by the tests).
+pub fn setting(name: &str) -> &'static Setting {
+    SETTINGS.iter().find(|setting| setting.name == name).unwrap_or(&SETTINGS[0])
+}
+
+/// A whole-number setting's default.
+pub const fn default_whole(name: &str) -> u64 {
+    let mut i = 0;
+    while i < SETTINGS.len() {
+        if const_eq(SETTINGS[i].name, name) {
+            if let Rule::Whole { default, .. } = SETTINGS[i].rule {
+                return default;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a whole-number setting")
+}
+
+/// A delays setting's default, parsed.
+pub fn default_delays(name: &str) -> Schedule {
+    match setting(name).rule {
+        Rule::Delays { default } => {
+            Schedule::parse(default).unwrap_or_else(|_| Schedule::parse("60").unwrap())
+        }
+        _ => Schedule::parse("60").unwrap(),
+    }
+}
+
+const fn const_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The README's table of settings ("Configuration"), from [`SETTINGS`].
+pub fn settings_table() -> String {
+    let mut table = String::from("| setting | kind | meaning |\n|---|---|---|\n");
+    for setting in SETTINGS {
+        let kind = match setting.kind {
+            Kind::Secret => "secret",
+            Kind::Var => "var",
+        };
+        let rule = match setting.rule {
+            Rule::Text { default: Some(default) } => format!(" (default `{default}`)"),
+            Rule::Text { default: None } => String::new(),
+            Rule::Whole { default, min, max } => format!(" ({min} to {max}, default {default})"),
+            Rule::Choice { default, options } => {
+                let options: Vec<String> = options.iter().map(|option| format!("`{option}`")).collect();
+                format!(" ({}; default `{default}`)", options.join(", "))
+            }
+            Rule::Flag { default } => format!(" (default `{default}`)"),
+            Rule::Delays { default } => format!(" (default `{default}`)"),
+        };
+        table.push_str(&format!("| `{}` | {kind} | {}{rule} |\n", setting.name, setting.doc));
+    }
+    table
+}
 
 /// Browser tokens are HS256: a shorter secret could be guessed offline from one token.
 pub const MIN_TOKEN_SECRET_CHARS: usize = 32;
@@ -236,7 +345,10 @@ impl Config {
         };
 
         let kling_api_base = match get("KLING_API_BASE") {
-            None => DEFAULT_KLING_API_BASE.to_owned(),
+            None => match setting("KLING_API_BASE").rule {
+                Rule::Text { default: Some(default) } => default.to_owned(),
+                _ => return Err(ApiError::config("KLING_API_BASE", "has no default")),
+            },
             Some(raw) => parse_api_base(raw.trim())
                 .ok_or_else(|| ApiError::config("KLING_API_BASE", "is not an http(s) base URL"))?,
         };
@@ -248,13 +360,18 @@ impl Config {
             }
         };
 
-        let allow_private_urls = match get("ALLOW_PRIVATE_URLS") {
-            None => false,
-            Some(raw) => parse_bool(&raw)
+        let allow_private_urls = match (get("ALLOW_PRIVATE_URLS"), setting("ALLOW_PRIVATE_URLS").rule) {
+            (None, Rule::Flag { default }) => default,
+            (raw, _) => raw
+                .as_deref()
+                .and_then(parse_bool)
                 .ok_or_else(|| ApiError::config("ALLOW_PRIVATE_URLS", "must be true or false"))?,
         };
 
-        let whole = |name: &'static str, default: u64, min: u64, max: u64| -> Result<u64, ApiError> {
+        let whole = |name: &'static str| -> Result<u64, ApiError> {
+            let Rule::Whole { default, min, max } = setting(name).rule else {
+                return Err(ApiError::config(name, "is not a whole-number setting"));
+            };
             match get(name) {
                 None => Ok(default),
                 Some(raw) => {
@@ -264,8 +381,7 @@ impl Config {
                 }
             }
         };
-        let kling_timeout_ms =
-            whole("KLING_TIMEOUT_MS", DEFAULT_KLING_TIMEOUT_MS.into(), 100, 120_000)? as u32;
+        let kling_timeout_ms = whole("KLING_TIMEOUT_MS")? as u32;
 
         let public_base_url = match get("PUBLIC_BASE_URL") {
             None => None,
@@ -282,10 +398,10 @@ impl Config {
                 .transpose()
         };
 
-        let schedule = |name: &'static str, default: fn() -> Schedule| -> Result<Schedule, ApiError> {
+        let schedule = |name: &'static str| -> Result<Schedule, ApiError> {
             get(name)
                 .map(|raw| Schedule::parse(&raw).map_err(|problem| ApiError::config(name, problem)))
-                .unwrap_or_else(|| Ok(default()))
+                .unwrap_or_else(|| Ok(default_delays(name)))
         };
         let kling_secret = match &kling {
             KlingCredentials::ApiKey(key) => key.expose(),
@@ -294,43 +410,23 @@ impl Config {
         let capability_key = CapabilityKey::derive(kling_secret);
         let link_key = LinkKey::derive(kling_secret);
         let copies = CopySettings {
-            max_bytes: whole(
-                "RESULT_COPY_MAX_BYTES",
-                copies::DEFAULT_MAX_BYTES,
-                1024,
-                5 * 1024 * 1024 * 1024,
-            )?,
-            retention_ms: copies::days_ms(whole(
-                "RESULT_RETENTION_DAYS",
-                copies::DEFAULT_RETENTION_DAYS.into(),
-                1,
-                3650,
-            )? as u32),
+            max_bytes: whole("RESULT_COPY_MAX_BYTES")?,
+            retention_ms: copies::days_ms(whole("RESULT_RETENTION_DAYS")? as u32),
         };
 
         Ok(Config {
-            forward_retry: schedule("FORWARD_RETRY_SECONDS", Schedule::default_forward_retry)?,
-            kling_poll: schedule("KLING_POLL_SECONDS", Schedule::default_kling_poll)?,
+            forward_retry: schedule("FORWARD_RETRY_SECONDS")?,
+            kling_poll: schedule("KLING_POLL_SECONDS")?,
             capability_key,
             kling_account_email: get("KLING_ACCOUNT_EMAIL").map(|email| email.trim().to_ascii_lowercase()),
-            video_probe: match get("VIDEO_PROBE") {
-                None => Policy::default(),
-                Some(raw) => Policy::parse(&raw)
+            video_probe: match (get("VIDEO_PROBE"), setting("VIDEO_PROBE").rule) {
+                (raw, Rule::Choice { default, .. }) => Policy::parse(raw.as_deref().unwrap_or(default))
                     .ok_or_else(|| ApiError::config("VIDEO_PROBE", "must be strict, lenient or off"))?,
+                _ => return Err(ApiError::config("VIDEO_PROBE", "is not a choice")),
             },
-            video_probe_timeout_ms: whole(
-                "VIDEO_PROBE_TIMEOUT_MS",
-                video_check::DEFAULT_TIMEOUT_MS.into(),
-                200,
-                30_000,
-            )? as u32,
+            video_probe_timeout_ms: whole("VIDEO_PROBE_TIMEOUT_MS")? as u32,
             copies,
-            result_link_ttl_secs: whole(
-                "RESULT_LINK_TTL_SECONDS",
-                result_links::DEFAULT_TTL_SECS.into(),
-                10,
-                7 * 24 * 3600,
-            )? as u32,
+            result_link_ttl_secs: whole("RESULT_LINK_TTL_SECONDS")? as u32,
             link_key,
             kling,
             kling_api_base,
@@ -418,9 +514,11 @@ mod tests {
     #[test]
     fn defaults() {
         let config = config(BASE).unwrap();
-        assert_eq!(config.kling_api_base, DEFAULT_KLING_API_BASE);
+        assert_eq!(config.kling_api_base, "https://api-singapore.klingai.com");
         assert!(!config.allow_private_urls);
-        assert_eq!(config.kling_timeout_ms, DEFAULT_KLING_TIMEOUT_MS);
+        assert_eq!(config.kling_timeout_ms, 30_000);
+        assert_eq!(config.video_probe_timeout_ms, 4_000);
+        assert_eq!(config.video_probe, Policy::Strict);
         assert!(matches!(config.kling, KlingCredentials::AccessKey { .. }));
     }
 
@@ -527,8 +625,8 @@ mod tests {
     #[test]
     fn schedules_default_and_parse() {
         let defaults = config(BASE).unwrap();
-        assert_eq!(defaults.forward_retry, Schedule::default_forward_retry());
-        assert_eq!(defaults.kling_poll, Schedule::default_kling_poll());
+        assert_eq!(defaults.forward_retry, Schedule::parse("5,300,1800,7200,18000,36000,36000").unwrap());
+        assert_eq!(defaults.kling_poll, Schedule::parse("30,60,120,300,600").unwrap());
         let set = config(&with(&[("FORWARD_RETRY_SECONDS", "1,2"), ("KLING_POLL_SECONDS", "3")])).unwrap();
         assert_eq!(set.forward_retry, Schedule::parse("1,2").unwrap());
         assert_eq!(set.kling_poll.repeating_delay_ms(5), 3000);
@@ -573,9 +671,56 @@ mod tests {
         let mut read = read.into_inner();
         read.sort();
         read.dedup();
-        let mut listed: Vec<String> = SETTINGS.iter().map(|s| s.to_string()).collect();
+        let mut listed: Vec<String> = SETTINGS.iter().map(|s| s.name.to_string()).collect();
         listed.sort();
         assert_eq!(read, listed);
+    }
+
+    #[test]
+    fn every_default_is_valid_and_within_its_bounds() {
+        for setting in SETTINGS {
+            match setting.rule {
+                Rule::Whole { default, min, max } => {
+                    assert!((min..=max).contains(&default), "{}", setting.name)
+                }
+                Rule::Choice { default, options } => assert!(options.contains(&default), "{}", setting.name),
+                Rule::Delays { default } => assert!(Schedule::parse(default).is_ok(), "{}", setting.name),
+                Rule::Text { .. } | Rule::Flag { .. } => {}
+            }
+            assert_eq!(
+                SETTINGS.iter().filter(|other| other.name == setting.name).count(),
+                1,
+                "{}",
+                setting.name
+            );
+        }
+        assert_eq!(CopySettings::default().max_bytes, 100 * 1024 * 1024);
+    }
+
+    /// The README's "Configuration" table is generated from the settings table:
+    /// `UPDATE_README=1 cargo test --lib config` rewrites it.
+    #[test]
+    fn the_readme_lists_every_setting_as_the_table_says() {
+        const BEGIN: &str = "<!-- settings table: generated from src/config.rs, do not edit -->\n";
+        const END: &str = "<!-- end of settings table -->";
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+        let readme = std::fs::read_to_string(path).unwrap();
+        let start = readme.find(BEGIN).expect("the README marks its settings table") + BEGIN.len();
+        let end = start + readme[start..].find(END).expect("the table's end is marked");
+        let table = settings_table();
+        if std::env::var_os("UPDATE_README").is_some() {
+            std::fs::write(path, format!("{}{table}{}", &readme[..start], &readme[end..])).unwrap();
+        } else {
+            assert_eq!(readme[start..end], table, "run UPDATE_README=1 cargo test --lib config");
+        }
+    }
+
+    #[test]
+    fn the_example_dev_vars_name_every_setting() {
+        let example = include_str!("../.dev.vars.example");
+        for setting in SETTINGS {
+            assert!(example.contains(&format!("{}=", setting.name)), "{} is missing", setting.name);
+        }
     }
 
     #[test]

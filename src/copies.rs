@@ -17,12 +17,6 @@ use serde_json::{json, Value};
 use crate::api::Results;
 use crate::schedule::Schedule;
 
-/// `RESULT_COPY_MAX_BYTES` by default: a file above 100 MiB stays Kling's link.
-pub const DEFAULT_MAX_BYTES: u64 = 100 * 1024 * 1024;
-/// `RESULT_RETENTION_DAYS` by default: three times as long as Kling keeps its files.
-pub const DEFAULT_RETENTION_DAYS: u32 = 90;
-/// Copies are tried until Kling's files are gone: it keeps them 30 days.
-pub const KLING_RETENTION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 /// At most this many files are copied per task (Kling's answers carry one or two).
 const MAX_FILES: usize = 16;
 
@@ -164,7 +158,11 @@ pub struct CopySettings {
 
 impl Default for CopySettings {
     fn default() -> CopySettings {
-        CopySettings { max_bytes: DEFAULT_MAX_BYTES, retention_ms: days_ms(DEFAULT_RETENTION_DAYS) }
+        use crate::config::default_whole;
+        CopySettings {
+            max_bytes: default_whole("RESULT_COPY_MAX_BYTES"),
+            retention_ms: days_ms(default_whole("RESULT_RETENTION_DAYS") as u32),
+        }
     }
 }
 
@@ -227,7 +225,7 @@ pub fn first_attempt_pending(copies: &[Copy]) -> bool {
 /// are gone, 30 days after the copy was queued.
 fn retry_at(copy: &Copy, now: u64, schedule: &Schedule) -> Option<u64> {
     let next = now.saturating_add(schedule.repeating_delay_ms(copy.attempts.saturating_sub(1)));
-    (next <= copy.queued_at.saturating_add(KLING_RETENTION_MS)).then_some(next)
+    (next <= copy.queued_at.saturating_add(crate::kling::RETENTION_MS)).then_some(next)
 }
 
 /// Starts an attempt at the copy `name`, if one is due: counts it and books the next one
@@ -239,7 +237,7 @@ pub fn start_attempt(copies: &mut [Copy], name: &str, now: u64, schedule: &Sched
     else {
         return false;
     };
-    if now > copy.queued_at.saturating_add(KLING_RETENTION_MS) {
+    if now > copy.queued_at.saturating_add(crate::kling::RETENTION_MS) {
         copy.state = CopyState::Failed;
         copy.next_attempt_at = None;
         copy.last_error.get_or_insert_with(|| "every attempt was cut off".to_owned());
@@ -483,10 +481,10 @@ mod tests {
             attempts += 1;
         }
         assert_eq!(copies[1].state, CopyState::Failed);
-        assert!(now <= NOW + KLING_RETENTION_MS);
+        assert!(now <= NOW + crate::kling::RETENTION_MS);
         assert_eq!(
             attempts,
-            2 + (KLING_RETENTION_MS - 5_000) / 300_000,
+            2 + (crate::kling::RETENTION_MS - 5_000) / 300_000,
             "every 5 minutes after the first delay"
         );
         let described = describe(&copies);

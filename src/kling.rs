@@ -3,6 +3,9 @@
 //! Kling's answers are passed on (or stored) as JSON values, so a field Kling adds tomorrow
 //! reaches clients unchanged; the create bodies are built from `crate::api`'s tables.
 
+/// How long Kling keeps a task and its result files: 30 days.
+pub const RETENTION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+
 /// The `request_id` of a Kling envelope, if the body is one.
 pub fn envelope_request_id(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]

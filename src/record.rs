@@ -20,7 +20,7 @@ pub const USEAPI_STYLE: &str = "useapi";
 /// Copies at the edge expire with Kling's files, 30 days after they were written; so does a
 /// finished task's record in the coordinator, unless its result copies are kept longer
 /// (see [`TaskRecord::expired`]).
-pub const RETENTION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
+pub use crate::kling::RETENTION_MS;
 /// A query of a running task asks Kling itself when nothing was heard for this long.
 pub const QUERY_REFRESH_MS: u64 = 5_000;
 /// A write of the edge copy that failed is tried again after this long.
@@ -320,7 +320,7 @@ mod tests {
     const NOW: u64 = 1_800_000_000_000;
 
     fn poll() -> Schedule {
-        Schedule::default_kling_poll()
+        crate::config::default_delays("KLING_POLL_SECONDS")
     }
 
     fn forward() -> Schedule {

@@ -22,8 +22,6 @@ use subtle::ConstantTimeEq;
 
 use crate::error::{code, ApiError};
 
-/// `RESULT_LINK_TTL_SECONDS` by default.
-pub const DEFAULT_TTL_SECS: u32 = 3_600;
 const LABEL: &[u8] = b"kling-edge result link v1\0";
 const MAC_BYTES: usize = 16;
 /// The prefix of the field that holds a copy's link, next to Kling's (`copy_url_mp3` beside `url_mp3`).
@@ -188,7 +186,7 @@ mod tests {
     }
 
     fn minter(key: &LinkKey, now_ms: u64) -> Minter<'_> {
-        Minter { key, origin: "https://edge.example.com", shard: SHARD, now_ms, ttl_secs: DEFAULT_TTL_SECS }
+        Minter { key, origin: "https://edge.example.com", shard: SHARD, now_ms, ttl_secs: 3_600 }
     }
 
     fn query_of(link: &str) -> &str {

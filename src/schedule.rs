@@ -5,10 +5,6 @@
 //! is used up; polls repeat the last delay until the task is final or [`POLL_HORIZON_MS`]
 //! has passed since it was created.
 
-/// Delays between webhook attempts, about a day in all, as Standard Webhooks senders do.
-pub const DEFAULT_FORWARD_RETRY: &str = "5,300,1800,7200,18000,36000,36000";
-/// Delays between polls of a task with no news: 30 s, 1 min, 2 min, 5 min, then every 10 min.
-pub const DEFAULT_KLING_POLL: &str = "30,60,120,300,600";
 /// Tasks are polled for at most a day after they were created.
 pub const POLL_HORIZON_MS: u64 = 24 * 60 * 60 * 1000;
 const MAX_ENTRIES: usize = 50;
@@ -33,14 +29,6 @@ impl Schedule {
             return Err("must list 1 to 50 delays");
         }
         Ok(Schedule(delays))
-    }
-
-    pub fn default_forward_retry() -> Schedule {
-        Schedule::parse(DEFAULT_FORWARD_RETRY).expect("the default schedule parses")
-    }
-
-    pub fn default_kling_poll() -> Schedule {
-        Schedule::parse(DEFAULT_KLING_POLL).expect("the default schedule parses")
     }
 
     /// The wait (ms) before attempt `done + 1`, after `done` attempts; `None` once the
@@ -78,7 +66,7 @@ mod tests {
 
     #[test]
     fn deliveries_follow_the_list_then_stop() {
-        let schedule = Schedule::default_forward_retry();
+        let schedule = crate::config::default_delays("FORWARD_RETRY_SECONDS");
         assert_eq!(schedule.attempts(), 8);
         assert_eq!(schedule.retry_delay_ms(0), None, "no attempt yet: the first is immediate");
         assert_eq!(schedule.retry_delay_ms(1), Some(5_000));
@@ -91,7 +79,7 @@ mod tests {
 
     #[test]
     fn polls_repeat_the_last_delay() {
-        let schedule = Schedule::default_kling_poll();
+        let schedule = crate::config::default_delays("KLING_POLL_SECONDS");
         let delays: Vec<u64> = (0..8).map(|n| schedule.repeating_delay_ms(n) / 1000).collect();
         assert_eq!(delays, [30, 60, 120, 300, 600, 600, 600, 600]);
     }

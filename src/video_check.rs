@@ -15,7 +15,6 @@ pub const MIN_SECONDS: f64 = 3.0;
 pub const MAX_SECONDS: f64 = 20.0;
 /// Kling's limit, taken as 100 MiB (a file Kling's "100 MB" might mean is never refused).
 pub const MAX_BYTES: u64 = 100 * 1024 * 1024;
-pub const DEFAULT_TIMEOUT_MS: u32 = 4_000;
 
 /// `VIDEO_PROBE`: what to do about a video that cannot be measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

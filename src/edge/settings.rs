@@ -37,7 +37,9 @@ pub fn config(env: &Env) -> Result<Rc<Config>, ApiError> {
     }
     let values: Vec<Option<String>> = SETTINGS
         .iter()
-        .map(|name| env.var(name).or_else(|_| env.secret(name)).ok().map(|value| value.to_string()))
+        .map(|setting| {
+            env.var(setting.name).or_else(|_| env.secret(setting.name)).ok().map(|value| value.to_string())
+        })
         .collect();
     let mut hasher = Sha256::new();
     for value in &values {
@@ -57,7 +59,7 @@ pub fn config(env: &Env) -> Result<Rc<Config>, ApiError> {
     let config = match unchanged {
         Some(config) => config,
         None => Rc::new(Config::from_lookup(|name| {
-            SETTINGS.iter().position(|setting| *setting == name).and_then(|index| values[index].clone())
+            SETTINGS.iter().position(|setting| setting.name == name).and_then(|index| values[index].clone())
         })?),
     };
     let env = JsValue::from(env.clone());

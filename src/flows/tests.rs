@@ -46,7 +46,7 @@ impl World {
             bucket: MemoryBucket::default(),
             runtime: TestRuntime::default(),
             settings: Settings {
-                poll: Schedule::default_kling_poll(),
+                poll: crate::config::default_delays("KLING_POLL_SECONDS"),
                 forward: Schedule::parse("5,300,1800,7200").unwrap(),
                 webhook_key: Some(deployment_key()),
                 copies: None,
