@@ -9,14 +9,14 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::capability::CapabilityKey;
-use crate::copies::{self, CopySettings};
-use crate::cors::AllowedOrigins;
+use crate::auth::cors::AllowedOrigins;
 use crate::error::ApiError;
-use crate::result_links::LinkKey;
+use crate::links::capability::CapabilityKey;
+use crate::links::result_links::LinkKey;
+use crate::links::webhook::WebhookKey;
+use crate::probe::video_check::Policy;
+use crate::record::copies::{self, CopySettings};
 use crate::schedule::Schedule;
-use crate::video_check::Policy;
-use crate::webhook::WebhookKey;
 
 /// A secret string. Its `Debug` output is redacted so it cannot reach a log by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -60,7 +60,7 @@ struct ClientKey {
 ///
 /// A bearer key is compared with every key's SHA-256 digest in constant time, so timing
 /// reveals nothing; the keys themselves verify Kling-style JWTs a client signs with its key
-/// (`crate::client_jwt`), and no `Debug` prints them.
+/// (`crate::auth::client_jwt`), and no `Debug` prints them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientKeys(Vec<ClientKey>);
 

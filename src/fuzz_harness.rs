@@ -7,11 +7,11 @@
 use serde_json::Value;
 
 use crate::api::surfaces::SURFACES;
-use crate::browser_token;
+use crate::auth::browser_token;
+use crate::kling::task;
+use crate::links::webhook::{SignatureHeaders, WebhookKey};
 use crate::routes;
-use crate::task;
 use crate::validate::{self, UrlPolicy};
-use crate::webhook::{SignatureHeaders, WebhookKey};
 
 const NOW: i64 = 1_800_000_000;
 const TOKEN_SECRET: &[u8] = b"fuzz-token-secret-fuzz-token-secret-0123";
@@ -100,7 +100,7 @@ pub fn callback(data: &[u8]) {
     let stored = task::parse_callback(parts[3]);
     let incoming = task::parse_callback(parts[4]);
     if let (Ok(stored), Ok(incoming)) = (stored, incoming) {
-        let results = crate::api::Results::Audios;
+        let results = crate::kling::task::Results::Audios;
         let merged = task::merge(&stored, &incoming, results).unwrap_or_else(|| stored.clone());
         assert_eq!(
             task::merge(&merged, &incoming, results),

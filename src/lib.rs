@@ -1,28 +1,35 @@
 //! # kling-edge
 //!
-//! A Cloudflare Worker that puts Kling's video-to-audio API behind a web app: it holds the
+//! A Cloudflare Worker that puts Kling's sound generation behind a web app: it holds the
 //! Kling credentials and signs Kling's JWTs, authenticates its own clients, validates every
-//! request before a credit is spent, and proxies Kling's create, query and list calls on
-//! Kling's own paths.
+//! request (the video itself included) before a credit is spent, proxies Kling's create,
+//! query and list calls on Kling's own paths and in useapi.net's shape, keeps each task in
+//! its tenant's coordinator, forwards signed webhooks, and copies results into R2.
 //!
 //! ## Two kinds of module
-//! - **Pure modules** (everything at this level): Kling's wire types, validation, routing,
-//!   configuration, signing, errors. They never import `worker`, take the current time and
-//!   any randomness as arguments, and are tested natively with `cargo test`. `worker` is not
-//!   even a dependency on native targets, so the compiler keeps this line.
-//! - **Edge modules** ([`edge`], wasm32 only): the fetch handler, reading `Env`, calling
-//!   Kling, answering. Each handler reads as: authenticate, validate, call, answer.
+//! - **Pure modules** (everything but [`edge`]): they never import `worker`, take the
+//!   current time and any randomness as arguments, and are tested natively with
+//!   `cargo test`. `worker` is not even a dependency on native targets, so the compiler
+//!   keeps this line. Grouped by concept:
+//!   - [`kling`]: Kling's envelopes, task data and its monotonic merge;
+//!   - [`api`]: the endpoint tables (each family and useapi.net's shape, as data), the
+//!     rules engine and the generated OpenAPI document;
+//!   - [`auth`]: who is calling (server keys, Kling-style JWTs, browser tokens) and CORS;
+//!   - [`links`]: what the worker signs for others: callback capabilities, result links,
+//!     webhook signatures;
+//!   - [`probe`]: the MP4/MOV reader and the judgement of what Kling would refuse;
+//!   - [`record`]: what a coordinator keeps per task: delivery, result copies, the edge copy;
+//!   - [`flows`]: every flow of a task's life, against the [`ports`], with [`testing`]'s
+//!     in-memory ports;
+//!   - and the shared pieces: [`config`] (the settings table), [`error`], [`routes`],
+//!     [`validate`], [`schedule`], [`url_safety`], [`byte_range`], [`jwt`], [`ids`].
+//! - **Edge modules** ([`edge`], wasm32 only): glue that implements the ports with the
+//!   Workers runtime and turns each flow's answer into a response.
 
 pub mod api;
 pub mod auth;
-pub mod browser_token;
 pub mod byte_range;
-pub mod capability;
-pub mod client_jwt;
 pub mod config;
-pub mod copies;
-pub mod cors;
-pub mod delivery;
 pub mod error;
 pub mod flows;
 #[doc(hidden)]
@@ -30,19 +37,16 @@ pub mod fuzz_harness;
 pub mod ids;
 pub mod jwt;
 pub mod kling;
+pub mod links;
 pub mod ports;
 pub mod probe;
 pub mod record;
-pub mod result_links;
 pub mod routes;
 pub mod schedule;
-pub mod task;
 #[cfg(test)]
 pub mod testing;
 pub mod url_safety;
 pub mod validate;
-pub mod video_check;
-pub mod webhook;
 
 #[cfg(target_arch = "wasm32")]
 pub mod edge;

@@ -3,8 +3,8 @@
 //! and in `cargo test` (memory, scripted fakes, a manual clock; see `crate::testing`).
 //!
 //! Two groups: the coordinator's ports (its store, Kling's task queries, clients'
-//! receivers, the edge copy's writes, the result bucket), and the request path's (Kling's
-//! creates, the coordinators, the rate limiter, the video probe, the edge copy's reads).
+//! receivers, the result bucket), the request path's (Kling's creates, the coordinators, the
+//! rate limiter, the video probe), and both: the edge copies and the runtime.
 //! [`Runtime`] serves both. Every port that can fail answers with [`ApiError`], the one
 //! error type of the flows.
 //!
@@ -18,12 +18,13 @@
 use serde_json::{Map, Value};
 
 use crate::api::Endpoint;
-use crate::copies::CopyOutcome;
-use crate::delivery::Attempt;
 use crate::error::ApiError;
 use crate::flows::protocol::Call;
-use crate::record::{PublishedTask, TaskRecord};
-use crate::video_check;
+use crate::probe::video_check;
+use crate::record::copies::CopyOutcome;
+use crate::record::delivery::Attempt;
+use crate::record::edge_copy::EdgeCopy;
+use crate::record::TaskRecord;
 
 /// One tenant's tasks (a coordinator owns exactly one tenant).
 pub trait TaskStore {
@@ -61,12 +62,6 @@ pub trait Upstream {
 /// A signed webhook POST to a client's receiver.
 pub trait Webhooks {
     async fn post(&self, url: &str, headers: &[(&str, String)], body: &[u8]) -> Attempt;
-}
-
-/// The edge copy of finished tasks (Workers KV).
-pub trait ReadModel {
-    async fn put(&self, key: &str, value: &str) -> Result<(), ApiError>;
-    async fn delete(&self, key: &str) -> Result<(), ApiError>;
 }
 
 /// The deployment's bucket of result copies (R2).
@@ -129,10 +124,14 @@ pub trait VideoProbe {
     async fn measure(&self, url: &str) -> video_check::Outcome;
 }
 
-/// The edge copy of finished tasks, as the request path reads it. A copy that cannot be
-/// read counts as none: the coordinator answers instead.
-pub trait PublishedTasks {
-    async fn published(&self, shard: &str, task_id: &str) -> Option<PublishedTask>;
+/// The edge copies of finished tasks (Workers KV, see `crate::record::edge_copy`): the
+/// coordinator writes them, the request path reads them. A copy that cannot be read counts
+/// as none: the coordinator answers instead.
+pub trait EdgeCopies {
+    async fn put(&self, key: &str, value: &str) -> Result<(), ApiError>;
+    async fn delete(&self, key: &str) -> Result<(), ApiError>;
+    /// The edge copy of a task of this shard, if there is one.
+    async fn get(&self, shard: &str, task_id: &str) -> Option<EdgeCopy>;
     /// A task recorded by the previous version in KV, if it is the tenant's.
     async fn legacy_task(&self, tenant: &str, id: &str) -> Option<Value>;
 }

@@ -7,9 +7,9 @@
 use percent_encoding::percent_decode_str;
 
 use crate::api::surfaces::{Surface, SURFACES};
-use crate::capability;
-use crate::copies;
 use crate::error::ApiError;
+use crate::links::capability;
+use crate::record::copies;
 use crate::validate;
 
 /// Where Kling's callbacks arrive: `{KLING_CALLBACK_PATH}/{token}`.

@@ -13,24 +13,7 @@ pub mod openapi;
 pub mod surfaces;
 pub mod useapi;
 
-/// Which result files a finished task of an endpoint yields.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Results {
-    /// `task_result.audios[]`: `url_mp3`, `url_wav` (video to audio, text to audio).
-    Audios,
-    /// `task_result.videos[]`: `url` (text or image to video, with or without sound).
-    Videos,
-}
-
-impl Results {
-    /// The array under `task_result` that holds the files.
-    pub fn field(self) -> &'static str {
-        match self {
-            Results::Audios => "audios",
-            Results::Videos => "videos",
-        }
-    }
-}
+use crate::kling::task::Results;
 
 #[derive(Debug, PartialEq, Eq)]
 pub struct Endpoint {

@@ -11,7 +11,7 @@
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::task;
+use crate::kling::task;
 
 /// The answer to a create or a status call: useapi's top level, with the task inside.
 pub fn task_answer(data: &Value) -> Value {

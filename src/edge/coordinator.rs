@@ -8,7 +8,7 @@
 //! (a busy app's browser users each get their own), and keeps every list a plain SQL query.
 //! One object for the deployment would serialise every callback through one thread; one per
 //! task would make the list a scatter-gather. The object is named by the tenant's shard
-//! (`crate::task::tenant_shard`), which the callback capability carries, so Kling's
+//! (`crate::kling::task::tenant_shard`), which the callback capability carries, so Kling's
 //! callbacks reach the right object with no lookup.
 //!
 //! The object runs the flows of `crate::flows::coordinator` with real ports: its SQLite
@@ -27,13 +27,13 @@ use crate::flows::coordinator::{Coordinator, LinkSettings, Settings};
 use crate::flows::protocol::{self, Call};
 use crate::ports::{Coordinators, TaskStore};
 
-use super::bucket::R2Results;
 use super::clock::{self, WorkerRuntime};
-use super::read_model::KvReadModel;
-use super::settings;
+use super::config;
+use super::copies::R2Results;
+use super::delivery::FetchWebhooks;
+use super::edge_copy::KvEdgeCopies;
+use super::kling::{Kling, QUERY_REFRESH_TIMEOUT_MS};
 use super::sql_store::SqlStore;
-use super::upstream::{Kling, QUERY_REFRESH_TIMEOUT_MS};
-use super::webhooks::FetchWebhooks;
 
 /// The Durable Object binding in `wrangler.toml`.
 pub const BINDING: &str = "COORDINATOR";
@@ -113,13 +113,13 @@ impl TaskCoordinator {
     /// The real ports the flows run with. A call a client waits on gives Kling a shorter
     /// deadline (`QUERY_REFRESH_TIMEOUT_MS`) than the alarm does.
     fn ports(&self, client_waits: bool) -> Result<Ports<'_>, ApiError> {
-        let config = settings::config(&self.env)?;
+        let config = config::read(&self.env)?;
         let bucket = R2Results::open(&self.env, config.allow_private_urls);
         Ok(Ports {
             shard: self.shard()?,
             store: self.store()?,
             kling: LazyKling { config: config.clone(), client_waits, kling: OnceCell::new() },
-            read_model: KvReadModel::open(&self.env)?,
+            edge_copies: KvEdgeCopies { env: &self.env },
             settings: flow_settings(&config, &bucket),
             bucket,
         })
@@ -181,13 +181,13 @@ struct Ports<'a> {
     shard: &'a str,
     store: &'a SqlStore,
     kling: LazyKling,
-    read_model: KvReadModel,
+    edge_copies: KvEdgeCopies<'a>,
     bucket: R2Results,
     settings: Settings,
 }
 
 type RealCoordinator<'a> =
-    Coordinator<'a, SqlStore, LazyKling, FetchWebhooks, KvReadModel, R2Results, WorkerRuntime>;
+    Coordinator<'a, SqlStore, LazyKling, FetchWebhooks, KvEdgeCopies<'a>, R2Results, WorkerRuntime>;
 
 impl Ports<'_> {
     fn coordinator(&self) -> RealCoordinator<'_> {
@@ -196,7 +196,7 @@ impl Ports<'_> {
             store: self.store,
             kling: &self.kling,
             webhooks: &FetchWebhooks,
-            read_model: &self.read_model,
+            edge_copies: &self.edge_copies,
             bucket: &self.bucket,
             runtime: &WorkerRuntime,
             settings: &self.settings,

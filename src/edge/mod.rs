@@ -3,24 +3,27 @@
 //! `edge` is the only part of the crate that owns `worker` types, and it is glue: each
 //! route reads what its flow needs from the request (the body, a header), runs the flow of
 //! `crate::flows` with the real ports, and turns the flow's answer into a response. Each
-//! port is implemented in the file of the thing it talks to (`upstream` for Kling,
-//! `coordinator` for the coordinators, `limits`, `probe`, `read_model`), and each is built
-//! only when a flow first asks it for something. Every failure is an [`ApiError`] that
-//! becomes Kling's envelope in one place ([`fetch`]), and every response leaves with an
-//! `X-Request-Id` and one log line that carries no credential.
+//! file is named after the pure concept it serves and implements its port: `kling`
+//! (Kling's creates and queries), `coordinator` (the coordinators, and the Durable Object
+//! itself with its `sql_store`), `limits` (the rate limiter), `probe` (the video's reads),
+//! `edge_copy` (KV), `delivery` (webhook POSTs), `copies` (result files into R2),
+//! `result_links` (serving them), `config` (settings once per isolate) and `clock` (the
+//! runtime). Each port is built only when a flow first asks it for something. Every
+//! failure is an [`ApiError`] that becomes Kling's envelope in one place ([`fetch`]), and
+//! every response leaves with an `X-Request-Id` and one log line that carries no credential.
 
-mod bucket;
 pub mod clock;
+mod config;
 pub mod coordinator;
+mod copies;
+mod delivery;
+mod edge_copy;
 mod http;
+mod kling;
 mod limits;
 mod probe;
-mod read_model;
-mod results;
-mod settings;
+mod result_links;
 mod sql_store;
-mod upstream;
-mod webhooks;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -29,21 +32,21 @@ use worker::{console_error, console_log, event, Context, Env, Request, Response}
 
 use crate::api::surfaces::Style;
 use crate::auth;
+use crate::auth::cors::{self, AllowedOrigins};
 use crate::config::Config;
-use crate::cors::{self, AllowedOrigins};
 use crate::error::ApiError;
 use crate::flows::edge::{tenant_key, Edge};
+use crate::links::webhook::SignatureHeaders;
 use crate::ports::Runtime;
 use crate::routes::{self, ClientRoute, Route};
 use crate::validate;
-use crate::webhook::SignatureHeaders;
 
 use self::clock::WorkerRuntime;
 use self::coordinator::DurableCoordinators;
+use self::edge_copy::KvEdgeCopies;
+use self::kling::KlingForCreates;
 use self::limits::Bindings;
 use self::probe::FetchProbe;
-use self::read_model::KvReader;
-use self::upstream::KlingForCreates;
 
 /// What every handler needs about the request being served.
 pub struct Call<'a> {
@@ -65,7 +68,7 @@ type WorkerEdge<'a> = Edge<
     DurableCoordinators<'a>,
     Bindings<'a>,
     FetchProbe<'a>,
-    KvReader<'a>,
+    KvEdgeCopies<'a>,
     RequestRuntime<'a>,
 >;
 
@@ -101,7 +104,7 @@ struct WorkerPorts<'a> {
     coordinators: DurableCoordinators<'a>,
     limiter: Bindings<'a>,
     probe: FetchProbe<'a>,
-    published: KvReader<'a>,
+    edge_copies: KvEdgeCopies<'a>,
     runtime: RequestRuntime<'a>,
 }
 
@@ -120,7 +123,7 @@ impl<'a> WorkerPorts<'a> {
             coordinators: DurableCoordinators { env, calls },
             limiter: Bindings { env },
             probe: FetchProbe { config },
-            published: KvReader { env },
+            edge_copies: KvEdgeCopies { env },
             runtime: RequestRuntime { request_id },
         }
     }
@@ -133,7 +136,7 @@ impl<'a> WorkerPorts<'a> {
             coordinators: &self.coordinators,
             limiter: &self.limiter,
             probe: &self.probe,
-            published: &self.published,
+            edge_copies: &self.edge_copies,
             runtime: &self.runtime,
         }
     }
@@ -217,7 +220,7 @@ async fn handle(
     if route == Ok(Route::Health) {
         return Ok(health(request_id));
     }
-    let config = settings::config(env)?;
+    let config = config::read(env)?;
     let origin = config.public_base_url.clone().unwrap_or_else(|| url.origin().ascii_serialization());
     let call = Call { env, ctx, config, request_id, origin, coordinator_calls: &seen.coordinator_calls };
     // From here on, even a refusal carries the CORS grant, so a page can read why.
@@ -239,7 +242,7 @@ async fn handle(
         // A signed link is its own credential (an `<audio>` element sends no Authorization);
         // refused links count against the sender's address.
         Route::ResultCopy(copy) => {
-            let outcome = results::serve(request, &call, &copy, method == "HEAD").await;
+            let outcome = result_links::serve(request, &call, &copy, method == "HEAD").await;
             if outcome.as_ref().is_err_and(|refusal| refusal.status == 403) {
                 limits::check(env, limits::REQUESTS, &limits::ip_key(request), clock::now_secs()).await?;
             }

@@ -18,9 +18,9 @@ use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{web_sys, AbortController, Cache, Response};
 
 use crate::config::Config;
+use crate::probe::video_check::{self, Outcome};
 use crate::probe::{Probe, Problem, Step, HEAD_BYTES, MAX_BYTES};
 use crate::url_safety;
-use crate::video_check::{self, Outcome};
 
 use super::{clock, http};
 

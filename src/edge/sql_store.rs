@@ -99,7 +99,7 @@ impl TaskStore for SqlStore {
 
     fn save(&self, record: &TaskRecord) -> Result<(), ApiError> {
         let json = serde_json::to_string(record).map_err(|_| ApiError::internal("encoding a task record"))?;
-        let external = crate::task::external_task_id_of(&record.data).map(str::to_owned);
+        let external = crate::kling::task::external_task_id_of(&record.data).map(str::to_owned);
         self.sql
             .exec(
                 "INSERT INTO tasks (task_id, endpoint, nonce, external_id, created_at, due_at, running, record)

@@ -1,7 +1,7 @@
 //! Kling's callbacks: `POST /v1/callbacks/kling/{capability}`.
 //!
 //! Each create gives Kling a callback URL carrying a fresh capability (see
-//! `crate::capability`). A callback is recorded only if, in this order:
+//! `crate::links::capability`). A callback is recorded only if, in this order:
 //! 1. its Standard Webhooks signature is valid, when `KLING_WEBHOOK_SECRET` is set (401);
 //! 2. its capability is one the worker issued, unaltered and unexpired (404);
 //! 3. its body is a task report (400);
@@ -11,11 +11,11 @@
 //! It is answered only once the coordinator has recorded it; everything that follows
 //! (completing a result, copying, forwarding, publishing) is the coordinator's alarm's work.
 
-use crate::capability::Capability;
 use crate::error::{code, ApiError};
-use crate::ports::{Coordinators, KlingCreates, PublishedTasks, RateLimiter, Runtime, VideoProbe};
-use crate::task;
-use crate::webhook::SignatureHeaders;
+use crate::kling::task;
+use crate::links::capability::Capability;
+use crate::links::webhook::SignatureHeaders;
+use crate::ports::{Coordinators, EdgeCopies, KlingCreates, RateLimiter, Runtime, VideoProbe};
 
 use super::edge::{Answer, Edge};
 use super::protocol;
@@ -26,7 +26,7 @@ where
     C: Coordinators,
     L: RateLimiter,
     P: VideoProbe,
-    M: PublishedTasks,
+    M: EdgeCopies,
     T: Runtime,
 {
     /// A callback with its capability (the URL's last segment), signature headers and body.

@@ -15,15 +15,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::api;
-use crate::copies::{self, CopySettings};
-use crate::delivery::{self, Attempt};
 use crate::error::{code, ApiError};
-use crate::ports::{ReadModel, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
-use crate::record::{published_key, Publication, TaskRecord, PUBLISH_RETRY_MS, RETENTION_MS};
-use crate::result_links::{self, LinkKey, Minter};
+use crate::kling::task;
+use crate::links::result_links::{self, LinkKey, Minter};
+use crate::links::webhook::WebhookKey;
+use crate::ports::{EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::record::copies::{self, CopySettings};
+use crate::record::delivery::{self, Attempt};
+use crate::record::edge_copy::{self, Write};
+use crate::record::{TaskRecord, RETENTION_MS};
 use crate::schedule::Schedule;
-use crate::task;
-use crate::webhook::WebhookKey;
 
 /// How many due tasks one alarm handles before scheduling itself again.
 pub const DUE_BATCH: u32 = 25;
@@ -87,7 +88,7 @@ pub struct Coordinator<'a, S, K, W, R, B, T> {
     pub store: &'a S,
     pub kling: &'a K,
     pub webhooks: &'a W,
-    pub read_model: &'a R,
+    pub edge_copies: &'a R,
     pub bucket: &'a B,
     pub runtime: &'a T,
     pub settings: &'a Settings,
@@ -97,7 +98,7 @@ fn wrong_task() -> ApiError {
     ApiError::new(403, code::NO_PERMISSION, "callback: this URL belongs to another task")
 }
 
-impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: Runtime>
+impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: Runtime>
     Coordinator<'_, S, K, W, R, B, T>
 {
     /// Remembers which tenant this coordinator serves (every client call says; a callback
@@ -139,7 +140,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
                 self.runtime.log(json!({"event": "task_id_reused", "task_id": task_id,
                     "previous_created_at": existing.created_at}));
                 let mut fresh = TaskRecord::new(&task_id, endpoint, &nonce, data.clone(), now);
-                fresh.published = existing.published;
+                fresh.edge_copy_digest = existing.edge_copy_digest;
                 fresh
             }
             None => TaskRecord::new(&task_id, endpoint, &nonce, data.clone(), now),
@@ -219,7 +220,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
     /// Every task in a coordinator is its tenant's: the object is named by the tenant's
     /// shard, and so is every capability that reaches it. A task a callback recorded before
     /// the coordinator knew its tenant, and whose create's record never landed, is the
-    /// tenant's from its first read on (and then published like any other).
+    /// tenant's from its first read on (and then copied to the edge like any other).
     fn adopt(&self, mut record: TaskRecord, tenant: &str) -> Result<TaskRecord, ApiError> {
         if record.tenant.is_none() {
             record.tenant = Some(tenant.to_owned());
@@ -268,7 +269,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
             }
             self.copy_results(&task_id).await?;
             self.deliver(&task_id).await?;
-            self.publish(&task_id).await?;
+            self.write_edge_copy(&task_id).await?;
         }
         for task_id in self.store.expired(now, self.settings.keep_ms(), DUE_BATCH)? {
             self.forget(&task_id).await?;
@@ -410,26 +411,25 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: ReadModel, B: ResultBucket, T: R
     }
 
     /// Writes (or removes) the task's edge copy, if that is due.
-    async fn publish(&self, task_id: &str) -> Result<(), ApiError> {
+    async fn write_edge_copy(&self, task_id: &str) -> Result<(), ApiError> {
         let now = self.runtime.now_ms();
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
-        let Some(publication) = record.publication(now) else { return Ok(()) };
-        let key = published_key(self.shard, task_id);
-        let (outcome, written) = match &publication {
-            Publication::Put { value, digest } => {
-                (self.read_model.put(&key, value).await, Some(digest.clone()))
-            }
-            Publication::Delete => (self.read_model.delete(&key).await, None),
+        let Some(write) = record.edge_copy_write(now) else { return Ok(()) };
+        let key = edge_copy::key(self.shard, task_id);
+        let (outcome, written) = match &write {
+            Write::Put { value, digest } => (self.edge_copies.put(&key, value).await, Some(digest.clone())),
+            Write::Delete => (self.edge_copies.delete(&key).await, None),
         };
         let Some(mut record) = self.store.load(task_id)? else { return Ok(()) };
         match outcome {
             Ok(()) => {
-                record.published = written;
-                record.publish_retry_at = None;
+                record.edge_copy_digest = written;
+                record.edge_copy_retry_at = None;
             }
             Err(problem) => {
-                self.runtime.log(json!({"event": "publish", "task_id": task_id, "problem": problem.message}));
-                record.publish_retry_at = Some(self.runtime.now_ms().saturating_add(PUBLISH_RETRY_MS));
+                self.runtime
+                    .log(json!({"event": "edge_copy", "task_id": task_id, "problem": problem.message}));
+                record.edge_copy_retry_at = Some(self.runtime.now_ms().saturating_add(edge_copy::RETRY_MS));
             }
         }
         self.store.save(&record)

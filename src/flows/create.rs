@@ -17,15 +17,15 @@ use serde_json::{json, Value};
 use crate::api::surfaces::{Style, Surface};
 use crate::api::{fields::Target, useapi};
 use crate::auth::Client;
-use crate::capability::Capability;
 use crate::error::{code, ApiError};
+use crate::links::capability::Capability;
 use crate::ports::{
-    Coordinators, KlingCreates, KlingReply, Limit, PublishedTasks, RateLimiter, Runtime, VideoProbe,
+    Coordinators, EdgeCopies, KlingCreates, KlingReply, Limit, RateLimiter, Runtime, VideoProbe,
 };
+use crate::probe::video_check::{self, Policy};
 use crate::record::USEAPI_STYLE;
 use crate::validate::UrlPolicy;
-use crate::video_check::{self, Policy};
-use crate::{routes, task};
+use crate::{kling::task, routes};
 
 use super::coordinator::Registration;
 use super::edge::{tenant_key, Answer, Edge};
@@ -54,7 +54,7 @@ where
     C: Coordinators,
     L: RateLimiter,
     P: VideoProbe,
-    M: PublishedTasks,
+    M: EdgeCopies,
     T: Runtime,
 {
     /// `POST` on a surface's path, with its body read: validate, call Kling, answer.

@@ -36,7 +36,7 @@ pub struct Edge<'a, K, C, L, P, M, T> {
     pub coordinators: &'a C,
     pub limiter: &'a L,
     pub probe: &'a P,
-    pub published: &'a M,
+    pub edge_copies: &'a M,
     pub runtime: &'a T,
 }
 

@@ -17,16 +17,16 @@ use crate::api::VIDEO_TO_AUDIO;
 use crate::auth::{Client, ClientKind};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::kling::task;
+use crate::links::result_links::LinkKey;
+use crate::links::webhook::SignatureHeaders;
 use crate::ports::{KlingReply, Limit, TaskStore};
-use crate::result_links::LinkKey;
-use crate::task;
+use crate::probe::video_check::Outcome;
 use crate::testing::{
     block_on, config, run_until_crash, CreateScript, MemoryBucket, MemoryCoordinators, MemoryKv,
     MemoryLimiter, MemoryStore, Receiver, ScriptedKling, ScriptedProbe, TestRuntime,
 };
 use crate::validate::Page;
-use crate::video_check::Outcome;
-use crate::webhook::SignatureHeaders;
 
 const START: u64 = 1_800_000_000_000;
 const ORIGIN: &str = "https://edge.example.com";
@@ -111,7 +111,7 @@ impl World {
             coordinators: &coordinators,
             limiter: &self.limiter,
             probe: &self.probe,
-            published: &self.kv,
+            edge_copies: &self.kv,
             runtime: &self.runtime,
         };
         flow(&edge)

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::ports::{ReadModel, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::ports::{EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
 
 use super::coordinator::{Coordinator, Registration};
 
@@ -166,7 +166,7 @@ where
     S: TaskStore,
     K: Upstream,
     W: Webhooks,
-    R: ReadModel,
+    R: EdgeCopies,
     B: ResultBucket,
     T: Runtime,
 {

@@ -2,7 +2,7 @@
 //! and a page of them (`GET {path}`).
 //!
 //! A finished task is answered from its edge copy (Workers KV) with no coordinator call and
-//! no Kling call; a running or unpublished one by its tenant's coordinator, which asks Kling
+//! no Kling call; a running one, or one without its edge copy yet, by its tenant's coordinator, which asks Kling
 //! when the task has been quiet; a task of the previous version from its old KV record.
 //! Every answer gets fresh signed links to the deployment's copies of its result files.
 
@@ -11,9 +11,9 @@ use serde_json::Value;
 use crate::api::{useapi, VIDEO_TO_AUDIO};
 use crate::auth::Client;
 use crate::error::ApiError;
-use crate::ports::{Coordinators, KlingCreates, PublishedTasks, RateLimiter, Runtime, VideoProbe};
-use crate::result_links::{self, Minter};
-use crate::task;
+use crate::kling::task;
+use crate::links::result_links::{self, Minter};
+use crate::ports::{Coordinators, EdgeCopies, KlingCreates, RateLimiter, Runtime, VideoProbe};
 use crate::validate::Page;
 
 use super::edge::{Answer, Edge};
@@ -25,7 +25,7 @@ where
     C: Coordinators,
     L: RateLimiter,
     P: VideoProbe,
-    M: PublishedTasks,
+    M: EdgeCopies,
     T: Runtime,
 {
     /// `GET {path}/{id}`: one of the caller's tasks of `endpoint_code`, by task id or
@@ -70,16 +70,16 @@ where
         endpoint_code: u8,
         id: &str,
     ) -> Result<Value, ApiError> {
-        if let Some(published) = self.published.published(shard, id).await {
-            if published.tenant == client.tenant && published.endpoint == endpoint_code {
-                return Ok(published.task);
+        if let Some(copy) = self.edge_copies.get(shard, id).await {
+            if copy.tenant == client.tenant && copy.endpoint == endpoint_code {
+                return Ok(copy.task);
             }
         }
         let call =
             protocol::Query { tenant: client.tenant.clone(), endpoint: endpoint_code, id: id.to_owned() };
         match self.coordinators.call(shard, call).await {
             Err(not_found) if not_found.status == 404 && endpoint_code == VIDEO_TO_AUDIO.code => {
-                self.published.legacy_task(&client.tenant, id).await.ok_or(not_found)
+                self.edge_copies.legacy_task(&client.tenant, id).await.ok_or(not_found)
             }
             outcome => outcome,
         }

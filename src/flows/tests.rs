@@ -6,15 +6,15 @@ use serde_json::{json, Value};
 
 use super::coordinator::{Coordinator, LinkSettings, Registration, Settings};
 use crate::api::VIDEO_TO_AUDIO;
-use crate::delivery::DeliveryState;
-use crate::record::{published_key, PublishedTask};
-use crate::result_links::LinkKey;
+use crate::links::result_links::LinkKey;
+use crate::links::webhook::{SignatureHeaders, WebhookKey};
+use crate::record::delivery::DeliveryState;
+use crate::record::edge_copy::{self, EdgeCopy};
 use crate::schedule::Schedule;
 use crate::testing::{
     block_on, poll_once, run_until_crash, MemoryBucket, MemoryKv, MemoryStore, Receiver, ScriptedKling,
     TestRuntime,
 };
-use crate::webhook::{SignatureHeaders, WebhookKey};
 
 const START: u64 = 1_800_000_000_000;
 const SHARD: &str = "0123456789abcdef0123456789abcdef";
@@ -69,7 +69,7 @@ impl World {
             store: &self.store,
             kling: &self.kling,
             webhooks: &self.receiver,
-            read_model: &self.kv,
+            edge_copies: &self.kv,
             bucket: &self.bucket,
             runtime: &self.runtime,
             settings: &self.settings,
@@ -163,8 +163,12 @@ impl World {
         self.store.load(task_id).unwrap().expect("the task is recorded")
     }
 
-    fn published(&self, task_id: &str) -> Option<PublishedTask> {
-        self.kv.entries.borrow().get(&published_key(SHARD, task_id)).map(|v| serde_json::from_str(v).unwrap())
+    fn edge_copy(&self, task_id: &str) -> Option<EdgeCopy> {
+        self.kv
+            .entries
+            .borrow()
+            .get(&edge_copy::key(SHARD, task_id))
+            .map(|v| serde_json::from_str(v).unwrap())
     }
 
     fn message_ids(&self) -> Vec<String> {
@@ -211,9 +215,9 @@ fn a_task_lives_its_whole_life_with_one_kv_write_and_one_webhook() {
         .verify(&headers, &delivery.body, (world.now() / 1000) as i64)
         .is_err());
 
-    let published = world.published("t1").expect("published to the edge");
-    assert_eq!(published.tenant, TENANT);
-    assert_eq!(published.task["delivery"]["state"], "delivered");
+    let copy = world.edge_copy("t1").expect("copied to the edge");
+    assert_eq!(copy.tenant, TENANT);
+    assert_eq!(copy.task["delivery"]["state"], "delivered");
     assert_eq!(world.kv.writes.get(), 1, "one KV write for the whole life");
     world.run_alarms_for(3 * 24 * 3600 * 1000);
     assert_eq!(
@@ -245,11 +249,11 @@ fn a_callback_to_a_coordinator_that_never_met_its_tenant_waits_for_it() {
     let world = World::new();
     world.callback("n1", &world.data("t1", "succeed", START + 5, true)).unwrap();
     world.run_alarms_for(1_000);
-    assert_eq!(world.kv.writes.get(), 0, "no tenant yet: nothing published");
+    assert_eq!(world.kv.writes.get(), 0, "no tenant yet: no edge copy");
     world.register("t1", "n1", true);
     world.run_alarms_for(1_000);
     assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
-    assert_eq!(world.published("t1").unwrap().tenant, TENANT);
+    assert_eq!(world.edge_copy("t1").unwrap().tenant, TENANT);
 }
 
 #[test]
@@ -312,7 +316,7 @@ fn a_callback_racing_an_alarms_poll_is_never_undone() {
     assert_eq!(world.record("t1").data["task_status"], "succeed", "the older poll answer did not regress it");
     world.run_alarms_for(1_000);
     assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
-    assert!(world.published("t1").unwrap().task["task_result"]["audios"].is_array());
+    assert!(world.edge_copy("t1").unwrap().task["task_result"]["audios"].is_array());
 }
 
 #[test]
@@ -328,7 +332,7 @@ fn a_task_kling_never_calls_back_about_is_found_by_polling() {
     world.kling_moves("t1", "n1", "succeed", START + 3, true, true);
     world.run_alarms_for(10 * 60_000);
     assert_eq!(world.message_ids(), ["msg_t1_succeed"], "forwarded as if the callback had come");
-    assert_eq!(world.published("t1").unwrap().task["task_status"], "succeed");
+    assert_eq!(world.edge_copy("t1").unwrap().task["task_status"], "succeed");
     let polls = world.kling.calls.get();
     world.run_alarms_for(24 * 3600 * 1000);
     assert_eq!(world.kling.calls.get(), polls, "a complete task is never polled again");
@@ -374,9 +378,9 @@ fn a_receiver_down_for_a_while_still_gets_the_webhook_under_one_id() {
     assert_eq!((record.delivery.state, record.delivery.attempts), (DeliveryState::Pending, 2));
     assert_eq!(record.delivery.last_error.as_deref(), Some("the receiver was unreachable"));
     assert_eq!(
-        world.published("t1").unwrap().task["delivery"]["state"],
+        world.edge_copy("t1").unwrap().task["delivery"]["state"],
         "pending",
-        "published after the first attempt"
+        "copied to the edge after the first attempt"
     );
     world.receiver.down.set(false);
     world.receiver.answers.borrow_mut().extend([503, 500]);
@@ -384,7 +388,7 @@ fn a_receiver_down_for_a_while_still_gets_the_webhook_under_one_id() {
     assert_eq!(world.message_ids(), ["msg_t1_failed"; 3], "two refusals, then delivered: one id throughout");
     let record = world.record("t1");
     assert_eq!((record.delivery.state, record.delivery.attempts), (DeliveryState::Delivered, 5));
-    assert_eq!(world.published("t1").unwrap().task["delivery"]["state"], "delivered");
+    assert_eq!(world.edge_copy("t1").unwrap().task["delivery"]["state"], "delivered");
     assert_eq!(world.kv.writes.get(), 2, "a failed first attempt costs one more write");
     let gaps: Vec<u64> =
         world.receiver.deliveries.borrow().windows(2).map(|pair| pair[1].at - pair[0].at).collect();
@@ -400,7 +404,7 @@ fn a_receiver_that_never_recovers_is_given_up_on_after_the_schedule() {
     world.run_alarms_for(24 * 3600 * 1000);
     let record = world.record("t1");
     assert_eq!((record.delivery.state, record.delivery.attempts), (DeliveryState::Failed, 5));
-    assert_eq!(world.published("t1").unwrap().task["delivery"]["state"], "failed");
+    assert_eq!(world.edge_copy("t1").unwrap().task["delivery"]["state"], "failed");
     assert_eq!(world.coordinator().next_due().unwrap(), None, "nothing left to do");
 }
 
@@ -436,8 +440,8 @@ fn the_alarm_cut_off_at_any_await_is_made_whole_by_the_next_one() {
             "cut after {cut_after}: one id, no partial: {ids:?}"
         );
         assert!(ids.len() <= 2, "a duplicate only when cut between the POST and its record");
-        let published = world.published("t1").expect("published in the end");
-        assert_eq!(published.task["delivery"]["state"], "delivered", "cut after {cut_after}");
+        let copy = world.edge_copy("t1").expect("copied to the edge in the end");
+        assert_eq!(copy.task["delivery"]["state"], "delivered", "cut after {cut_after}");
         if finished.is_some() {
             assert_eq!(ids.len(), 1);
         }
@@ -462,11 +466,11 @@ fn a_succeed_kling_cannot_complete_goes_out_partial_then_complete() {
     world.kling_moves("t1", "n1", "succeed", START + 3, false, false);
     world.run_alarms_for(1_000);
     assert_eq!(world.message_ids(), ["msg_t1_succeed_partial"]);
-    assert!(world.published("t1").is_none(), "an incomplete result is not published");
+    assert!(world.edge_copy("t1").is_none(), "an incomplete result has no edge copy");
     world.kling.set(world.data("t1", "succeed", START + 4, true));
     world.run_alarms_for(2 * 60_000);
     assert_eq!(world.message_ids(), ["msg_t1_succeed_partial", "msg_t1_succeed"]);
-    assert!(world.published("t1").is_some());
+    assert!(world.edge_copy("t1").is_some());
 }
 
 #[test]
@@ -496,17 +500,17 @@ fn a_task_id_kling_hands_out_again_replaces_the_old_task() {
     world.register("t1", "old", false);
     world.kling_moves("t1", "old", "succeed", START + 3, true, false);
     world.run_alarms_for(1_000);
-    assert!(world.published("t1").is_some());
+    assert!(world.edge_copy("t1").is_some());
     world.advance(60_000);
     let answer = world.register("t1", "new", false);
     assert_eq!(answer["task_status"], "submitted", "not merged into the old, finished task");
     assert!(world.runtime.logs.borrow().iter().any(|l| l["event"] == "task_id_reused"));
     world.run_alarms_for(1_000);
-    assert!(world.published("t1").is_none(), "the old task's edge copy is removed");
+    assert!(world.edge_copy("t1").is_none(), "the old task's edge copy is removed");
     assert_eq!(world.callback("old", &world.data("t1", "failed", START + 9, false)).unwrap_err().status, 403);
     world.kling_moves("t1", "new", "succeed", START + 70_000, true, false);
     world.run_alarms_for(1_000);
-    assert_eq!(world.published("t1").unwrap().task["updated_at"], START + 70_000);
+    assert_eq!(world.edge_copy("t1").unwrap().task["updated_at"], START + 70_000);
     assert_eq!(world.coordinator().list(TENANT, V2A, 1, 30).unwrap().len(), 1);
 }
 
@@ -575,14 +579,14 @@ fn a_kv_outage_delays_the_edge_copy_only() {
     world.kv.broken.set(true);
     world.kling_moves("t1", "n1", "failed", START + 3, false, false);
     world.run_alarms_for(10_000);
-    assert!(world.published("t1").is_none());
+    assert!(world.edge_copy("t1").is_none());
     assert_eq!(
         block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap().unwrap()["task_status"],
         "failed"
     );
     world.kv.broken.set(false);
     world.run_alarms_for(30_000);
-    assert!(world.published("t1").is_some(), "written on the next try");
+    assert!(world.edge_copy("t1").is_some(), "written on the next try");
 }
 
 #[test]
@@ -632,7 +636,7 @@ const MP4: &str = "https://kling.example/v.mp4";
 /// A world whose deployment has a bucket, with Kling's files served (unless `kling_down`).
 fn world_with_bucket(kling_down: bool) -> World {
     let mut world = World::new();
-    world.settings.copies = Some(crate::copies::CopySettings::default());
+    world.settings.copies = Some(crate::record::copies::CopySettings::default());
     if !kling_down {
         world.bucket.sources.borrow_mut().insert(MP3.into(), b"ID3 an mp3".to_vec());
         world.bucket.sources.borrow_mut().insert(MP4.into(), b"an mp4 with its new sound".to_vec());
@@ -678,10 +682,10 @@ fn finished_results_are_copied_before_the_webhook_and_the_edge_copy_which_link_t
     assert_eq!(body["task_result"]["audios"][0]["url_mp3"], MP3, "Kling's link is kept");
     assert_eq!(copy_entry(&body, "audio-0.mp3")["state"], "copied");
 
-    let published = world.published("t1").unwrap();
-    assert_eq!(copy_entry(&published.task, "audio-0.mp3")["state"], "copied");
+    let copy = world.edge_copy("t1").unwrap();
+    assert_eq!(copy_entry(&copy.task, "audio-0.mp3")["state"], "copied");
     assert!(
-        published.task["task_result"]["audios"][0].get("copy_url_mp3").is_none(),
+        copy.task["task_result"]["audios"][0].get("copy_url_mp3").is_none(),
         "links are minted per answer"
     );
     assert_eq!(world.kv.writes.get(), 1, "still one KV write for the whole life");
@@ -698,13 +702,13 @@ fn a_copy_that_fails_is_retried_and_the_edge_copy_follows_it() {
     assert!(body["task_result"]["audios"][0].get("copy_url_mp3").is_none());
     let note = copy_entry(&body, "audio-0.mp3")["note"].as_str().unwrap().to_owned();
     assert!(note.contains("not copied yet (Kling's server answered 503)"), "{note}");
-    assert_eq!(copy_entry(&world.published("t1").unwrap().task, "audio-0.mp3")["state"], "pending");
+    assert_eq!(copy_entry(&world.edge_copy("t1").unwrap().task, "audio-0.mp3")["state"], "pending");
 
     world.bucket.sources.borrow_mut().insert(MP3.into(), b"ID3 an mp3".to_vec());
     world.bucket.sources.borrow_mut().insert(MP4.into(), b"an mp4".to_vec());
     world.run_alarms_for(10_000);
     assert_eq!(world.bucket.copies.get(), 4, "each tried again after the schedule's first delay (5 s)");
-    assert_eq!(copy_entry(&world.published("t1").unwrap().task, "audio-0.mp3")["state"], "copied");
+    assert_eq!(copy_entry(&world.edge_copy("t1").unwrap().task, "audio-0.mp3")["state"], "copied");
     assert_eq!(world.kv.writes.get(), 2, "the edge copy is written again when the copies land");
     assert_eq!(world.receiver.deliveries.borrow().len(), 1, "the webhook is not sent again");
 }
@@ -719,24 +723,24 @@ fn a_copy_cut_off_at_any_await_is_made_whole_by_the_next_alarm() {
         world.run_alarms_for(3600 * 1000);
         let record = world.record("t1");
         assert!(
-            record.copies.iter().all(|copy| copy.state == crate::copies::CopyState::Copied),
+            record.copies.iter().all(|copy| copy.state == crate::record::copies::CopyState::Copied),
             "cut after {cut_after}"
         );
         assert_eq!(world.bucket.objects.borrow().len(), 2, "cut after {cut_after}");
         assert!(world.bucket.copies.get() <= 3, "cut after {cut_after}: at most one repeat");
-        assert_eq!(copy_entry(&world.published("t1").unwrap().task, "video-0.mp4")["state"], "copied");
+        assert_eq!(copy_entry(&world.edge_copy("t1").unwrap().task, "video-0.mp4")["state"], "copied");
     }
 }
 
 #[test]
 fn a_file_over_the_cap_is_left_as_klings_link() {
     let mut world = world_with_bucket(false);
-    world.settings.copies = Some(crate::copies::CopySettings { max_bytes: 12, ..Default::default() });
+    world.settings.copies = Some(crate::record::copies::CopySettings { max_bytes: 12, ..Default::default() });
     finish(&world);
     world.run_alarms_for(1_000);
     assert_eq!(world.bucket.objects.borrow().len(), 1, "the MP3 only");
-    let published = world.published("t1").unwrap();
-    let file = copy_entry(&published.task, "video-0.mp4");
+    let copy = world.edge_copy("t1").unwrap();
+    let file = copy_entry(&copy.task, "video-0.mp4");
     assert_eq!(file["state"], "too_large");
     assert!(file["note"].as_str().unwrap().contains("over this deployment's cap"));
 }
@@ -747,14 +751,16 @@ fn without_a_bucket_nothing_is_copied_and_answers_are_as_before() {
     finish(&world);
     world.run_alarms_for(1_000);
     assert_eq!(world.bucket.copies.get(), 0);
-    assert!(world.published("t1").unwrap().task.get("copies").is_none());
+    assert!(world.edge_copy("t1").unwrap().task.get("copies").is_none());
 }
 
 #[test]
 fn copies_are_kept_for_their_retention_and_forgotten_with_the_task() {
     let mut world = world_with_bucket(false);
-    world.settings.copies =
-        Some(crate::copies::CopySettings { retention_ms: crate::copies::days_ms(60), ..Default::default() });
+    world.settings.copies = Some(crate::record::copies::CopySettings {
+        retention_ms: crate::record::copies::days_ms(60),
+        ..Default::default()
+    });
     finish(&world);
     world.run_alarms_for(1_000);
     world.register("t2", "n2", false);

@@ -3,10 +3,10 @@
 
 use serde_json::json;
 
+use crate::auth::browser_token;
 use crate::auth::Client;
-use crate::browser_token;
 use crate::error::{code, ApiError};
-use crate::ports::{Coordinators, KlingCreates, PublishedTasks, RateLimiter, Runtime, VideoProbe};
+use crate::ports::{Coordinators, EdgeCopies, KlingCreates, RateLimiter, Runtime, VideoProbe};
 use crate::validate::UrlPolicy;
 
 use super::edge::{Answer, Edge};
@@ -17,7 +17,7 @@ where
     C: Coordinators,
     L: RateLimiter,
     P: VideoProbe,
-    M: PublishedTasks,
+    M: EdgeCopies,
     T: Runtime,
 {
     /// `POST /v1/tokens`, with its body read.
@@ -45,7 +45,7 @@ where
     }
 
     /// `GET /v1/webhook-secret`: the `whsec_` secret that verifies this client's webhooks,
-    /// derived from `PROXY_WEBHOOK_SECRET` and the client's name (see `crate::webhook`).
+    /// derived from `PROXY_WEBHOOK_SECRET` and the client's name (see `crate::links::webhook`).
     pub fn webhook_secret(&self, client: &Client) -> Result<Answer, ApiError> {
         client.require_server_key("read the webhook secret")?;
         let Some(key) = &self.config.proxy_webhook_key else {

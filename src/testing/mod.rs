@@ -14,17 +14,18 @@ use serde_json::{Map, Value};
 
 use crate::api::Endpoint;
 use crate::config::Config;
-use crate::copies::CopyOutcome;
-use crate::delivery::Attempt;
 use crate::error::ApiError;
 use crate::flows::coordinator::{Coordinator, Settings};
 use crate::flows::protocol::{self, Call};
 use crate::ports::{
-    Coordinators, KlingCreates, KlingReply, Limit, PublishedTasks, RateLimiter, ReadModel, ResultBucket,
-    Runtime, TaskStore, Upstream, VideoProbe, Webhooks,
+    Coordinators, EdgeCopies, KlingCreates, KlingReply, Limit, RateLimiter, ResultBucket, Runtime, TaskStore,
+    Upstream, VideoProbe, Webhooks,
 };
-use crate::record::{published_key, PublishedTask, TaskRecord};
-use crate::video_check;
+use crate::probe::video_check;
+use crate::record::copies::CopyOutcome;
+use crate::record::delivery::Attempt;
+use crate::record::edge_copy::{self, EdgeCopy};
+use crate::record::TaskRecord;
 
 /// Polls `future` to completion (the flows only ever wait on the fakes here, which wake at once).
 pub fn block_on<F: Future>(future: F) -> F::Output {
@@ -126,7 +127,7 @@ impl TaskStore for MemoryStore {
             .tasks
             .borrow()
             .values()
-            .filter(|record| crate::task::external_task_id_of(&record.data) == Some(external_task_id))
+            .filter(|record| crate::kling::task::external_task_id_of(&record.data) == Some(external_task_id))
             .max_by_key(|record| record.created_at)
             .map(|record| record.task_id.clone()))
     }
@@ -277,7 +278,7 @@ pub struct MemoryKv {
     pub broken: Cell<bool>,
 }
 
-impl ReadModel for MemoryKv {
+impl EdgeCopies for MemoryKv {
     async fn put(&self, key: &str, value: &str) -> Result<(), ApiError> {
         yield_once().await;
         if self.broken.get() {
@@ -296,6 +297,23 @@ impl ReadModel for MemoryKv {
         self.writes.set(self.writes.get() + 1);
         self.entries.borrow_mut().remove(key);
         Ok(())
+    }
+
+    async fn get(&self, shard: &str, task_id: &str) -> Option<EdgeCopy> {
+        self.reads.set(self.reads.get() + 1);
+        yield_once().await;
+        if self.broken.get() {
+            return None;
+        }
+        let text = self.entries.borrow().get(&edge_copy::key(shard, task_id)).cloned()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    async fn legacy_task(&self, tenant: &str, id: &str) -> Option<Value> {
+        yield_once().await;
+        let text = self.entries.borrow().get(&format!("task:{id}")).cloned()?;
+        let record: Value = serde_json::from_str(&text).ok()?;
+        (record["tenant"] == tenant).then(|| record["data"].clone())
     }
 }
 
@@ -478,25 +496,6 @@ impl VideoProbe for ScriptedProbe {
     }
 }
 
-impl PublishedTasks for MemoryKv {
-    async fn published(&self, shard: &str, task_id: &str) -> Option<PublishedTask> {
-        self.reads.set(self.reads.get() + 1);
-        yield_once().await;
-        if self.broken.get() {
-            return None;
-        }
-        let text = self.entries.borrow().get(&published_key(shard, task_id)).cloned()?;
-        serde_json::from_str(&text).ok()
-    }
-
-    async fn legacy_task(&self, tenant: &str, id: &str) -> Option<Value> {
-        yield_once().await;
-        let text = self.entries.borrow().get(&format!("task:{id}")).cloned()?;
-        let record: Value = serde_json::from_str(&text).ok()?;
-        (record["tenant"] == tenant).then(|| record["data"].clone())
-    }
-}
-
 /// Every tenant's coordinator in memory, sharing Kling, the receivers, KV, the bucket and
 /// the clock: each call crosses as JSON to [`protocol::serve`], as it does to the Durable
 /// Object, on the store of the shard it names (created on first use, kept across crashes).
@@ -528,7 +527,7 @@ impl MemoryCoordinators<'_> {
             store,
             kling: self.kling,
             webhooks: self.receiver,
-            read_model: self.kv,
+            edge_copies: self.kv,
             bucket: self.bucket,
             runtime: self.runtime,
             settings: self.settings,

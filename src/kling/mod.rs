@@ -3,6 +3,8 @@
 //! Kling's answers are passed on (or stored) as JSON values, so a field Kling adds tomorrow
 //! reaches clients unchanged; the create bodies are built from `crate::api`'s tables.
 
+pub mod task;
+
 /// How long Kling keeps a task and its result files: 30 days.
 pub const RETENTION_MS: u64 = 30 * 24 * 60 * 60 * 1000;
 

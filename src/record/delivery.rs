@@ -2,7 +2,7 @@
 //! and its id (the same on every attempt, so receivers drop duplicates), the attempts and
 //! their outcomes, the retry schedule they follow (`FORWARD_RETRY_SECONDS`, see
 //! `crate::schedule`), and the signed request each attempt sends (Standard Webhooks, with
-//! the client's own key, see `crate::webhook`).
+//! the client's own key, see `crate::links::webhook`).
 //!
 //! The coordinator's alarm makes the attempts (`crate::flows::coordinator`); a task's record
 //! keeps its [`Delivery`] (`crate::record`).
@@ -10,10 +10,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::Results;
+use crate::kling::task;
+use crate::kling::task::Results;
+use crate::links::webhook::WebhookKey;
 use crate::schedule::Schedule;
-use crate::task;
-use crate::webhook::WebhookKey;
 
 /// The forwarding of a finished task to the client's webhook.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,7 +164,7 @@ impl Delivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::webhook::SignatureHeaders;
+    use crate::links::webhook::SignatureHeaders;
     use serde_json::json;
 
     const A: Results = Results::Audios;

@@ -13,9 +13,9 @@ use worker::wasm_bindgen::JsCast;
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::{js_sys, web_sys, worker_sys, Bucket, Data, Env, HttpMetadata};
 
-use crate::copies::CopyOutcome;
 use crate::error::ApiError;
 use crate::ports::ResultBucket;
+use crate::record::copies::CopyOutcome;
 use crate::url_safety;
 
 use super::http;

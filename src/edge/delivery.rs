@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use worker::{Headers, Method, Request, RequestInit, RequestRedirect};
 
-use crate::delivery::Attempt;
 use crate::ports::Webhooks;
+use crate::record::delivery::Attempt;
 
 use super::http::{fetch_with_deadline, FetchFailure};
 

@@ -66,7 +66,7 @@ impl CapabilityKey {
 /// What a capability says about the create it was issued for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Capability {
-    /// The tenant's shard, 32 hex digits (see `crate::task::tenant_shard`).
+    /// The tenant's shard, 32 hex digits (see `crate::kling::task::tenant_shard`).
     pub shard: String,
     /// 32 hex digits, fresh for each create.
     pub nonce: String,

@@ -28,7 +28,7 @@ thread_local! {
 }
 
 /// Reads every setting, from `[vars]` or secrets alike (locally, `--var` and `.dev.vars`).
-pub fn config(env: &Env) -> Result<Rc<Config>, ApiError> {
+pub fn read(env: &Env) -> Result<Rc<Config>, ApiError> {
     let same_env = |parsed: &Parsed| Object::is(&parsed.env, env);
     if let Some(config) =
         PARSED.with(|parsed| parsed.borrow().as_ref().filter(|p| same_env(p)).map(|p| Rc::clone(&p.config)))

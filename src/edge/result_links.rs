@@ -11,12 +11,12 @@
 use worker::{Conditional, Headers, Range, Request, Response};
 
 use crate::byte_range::{self, ByteRange};
-use crate::copies;
 use crate::error::{code, ApiError};
-use crate::result_links;
+use crate::links::result_links;
+use crate::record::copies;
 use crate::routes::ResultCopy;
 
-use super::bucket::R2Results;
+use super::copies::R2Results;
 use super::{clock, Call};
 
 pub async fn serve(

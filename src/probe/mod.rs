@@ -11,6 +11,8 @@
 //! This module does no I/O (the edge fetches what a [`Step::Need`] asks for), so it is
 //! tested on real files and fuzzed natively; whatever a server sends, it never panics.
 
+pub mod video_check;
+
 use std::collections::BTreeMap;
 
 /// Never read more of any file than this.
@@ -527,11 +529,11 @@ mod tests {
     #[test]
     fn real_files() {
         for (bytes, container, seconds) in [
-            (&include_bytes!("../tests/media/two-seconds.mp4")[..], Container::Mp4, 2.0),
-            (include_bytes!("../tests/media/ten-seconds-tail-indexed.mp4"), Container::Mp4, 10.0),
-            (include_bytes!("../tests/media/twelve-seconds-fast-start.mp4"), Container::Mp4, 12.0),
-            (include_bytes!("../tests/media/twenty-five-seconds.mp4"), Container::Mp4, 25.0),
-            (include_bytes!("../tests/media/eight-seconds.mov"), Container::Mov, 8.0),
+            (&include_bytes!("../../tests/media/two-seconds.mp4")[..], Container::Mp4, 2.0),
+            (include_bytes!("../../tests/media/ten-seconds-tail-indexed.mp4"), Container::Mp4, 10.0),
+            (include_bytes!("../../tests/media/twelve-seconds-fast-start.mp4"), Container::Mp4, 12.0),
+            (include_bytes!("../../tests/media/twenty-five-seconds.mp4"), Container::Mp4, 25.0),
+            (include_bytes!("../../tests/media/eight-seconds.mov"), Container::Mov, 8.0),
         ] {
             for ranges in [true, false] {
                 let (step, read) = probe_bytes(bytes, ranges);
@@ -541,13 +543,13 @@ mod tests {
         }
         // A fragmented file without a total (ffmpeg's frag_keyframe+empty_moov) cannot be
         // measured from its header: it is not taken for a 0-second video.
-        let (step, _) = probe_bytes(include_bytes!("../tests/media/five-seconds-fragmented.mp4"), true);
+        let (step, _) = probe_bytes(include_bytes!("../../tests/media/five-seconds-fragmented.mp4"), true);
         assert!(
             matches!(step, Step::Refuse(Problem::NoMovieHeader(ref why)) if why.contains("fragmented")),
             "{step:?}"
         );
         // Every prefix of a real file is refused or measured, never a panic.
-        let file = include_bytes!("../tests/media/ten-seconds-tail-indexed.mp4");
+        let file = include_bytes!("../../tests/media/ten-seconds-tail-indexed.mp4");
         for end in 0..file.len() {
             let mut probe = Probe::new(Some(end as u64));
             probe.feed(0, file[..end].to_vec(), true);

@@ -1,15 +1,17 @@
 //! Who is calling: the client behind an `Authorization: Bearer <credential>` header.
 //!
 //! A credential is a key from `PROXY_API_KEYS` (an app's server), a Kling-style JWT signed
-//! with such a key (Kling's own SDKs, see `crate::client_jwt`), or a browser token minted by
-//! a key (see `crate::browser_token`). Every route but `/health` and Kling's
+//! with such a key (Kling's own SDKs, see `crate::auth::client_jwt`), or a browser token minted by
+//! a key (see `crate::auth::browser_token`). Every route but `/health` and Kling's
 //! callbacks needs a client. The client's tenant owns its tasks and is its rate-limit key:
 //! the key's name for a server key, `{name}/{sub}` for a browser token.
 
+pub mod browser_token;
+pub mod client_jwt;
+pub mod cors;
+
 use subtle::ConstantTimeEq;
 
-use crate::browser_token;
-use crate::client_jwt;
 use crate::config::Config;
 use crate::error::{code, ApiError};
 
@@ -131,7 +133,7 @@ pub fn authenticate(config: &Config, header: Option<&str>, now_secs: i64) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::browser_token::{mint, MintRequest};
+    use crate::auth::browser_token::{mint, MintRequest};
 
     const SECRET: &str = "browser-token-secret-for-unit-tests-0123";
     const NOW: i64 = 1_800_000_000;

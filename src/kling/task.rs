@@ -13,9 +13,27 @@
 
 use serde_json::{Map, Value};
 
-use crate::api::Results;
 use crate::error::ApiError;
 use crate::validate;
+
+/// Which result files a finished task of an endpoint yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Results {
+    /// `task_result.audios[]`: `url_mp3`, `url_wav` (video to audio, text to audio).
+    Audios,
+    /// `task_result.videos[]`: `url` (text or image to video, with or without sound).
+    Videos,
+}
+
+impl Results {
+    /// The array under `task_result` that holds the files.
+    pub fn field(self) -> &'static str {
+        match self {
+            Results::Audios => "audios",
+            Results::Videos => "videos",
+        }
+    }
+}
 
 /// The task's `task_status`, if it has one.
 pub fn status_of(data: &Value) -> Option<&str> {

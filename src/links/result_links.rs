@@ -1,4 +1,4 @@
-//! Signed links to the deployment's copies of result files (`crate::copies`): minted into
+//! Signed links to the deployment's copies of result files (`crate::record::copies`): minted into
 //! each answer and webhook for the task's tenant, checked without storage when a browser
 //! (an `<audio>` element, a download) follows one with no Authorization header.
 //!
@@ -8,7 +8,7 @@
 //!             HMAC-SHA256(key, "kling-edge result link v1\0" shard "\0" task_id "\0" name "\0" expires))
 //! ```
 //!
-//! The shard is the tenant's (`crate::task::tenant_shard`) and names the copy's key, so a
+//! The shard is the tenant's (`crate::kling::task::tenant_shard`) and names the copy's key, so a
 //! link opens one tenant's file and no other; it is minted only into answers the tenant
 //! gets, and lasts `RESULT_LINK_TTL_SECONDS` (an hour by default; each answer mints fresh
 //! ones). The key is derived from the deployment's Kling credential, like the callback
@@ -175,7 +175,7 @@ pub fn link_copies(answer: &mut Value, minter: &Minter) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::copies::{self, CopyOutcome, CopySettings};
+    use crate::record::copies::{self, CopyOutcome, CopySettings};
     use crate::schedule::Schedule;
 
     const NOW: u64 = 1_800_000_000_000;

@@ -8,13 +8,13 @@
 //! 30 days are over. A file above the size cap stays Kling's link, and the answer says so.
 //!
 //! Each copy keeps its state in the task's record; answers describe it in a `copies` object
-//! (see [`describe`]), and `crate::result_links` puts a signed link to each stored copy next
+//! (see [`describe`]), and `crate::links::result_links` puts a signed link to each stored copy next
 //! to Kling's.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::api::Results;
+use crate::kling::task::Results;
 use crate::schedule::Schedule;
 
 /// At most this many files are copied per task (Kling's answers carry one or two).
@@ -331,7 +331,7 @@ fn size(bytes: u64) -> String {
 }
 
 /// The `copies` object of an answer: each file's state, in words where it is not a copy.
-/// Links are added when the answer is given (`crate::result_links::link_copies`), since they
+/// Links are added when the answer is given (`crate::links::result_links::link_copies`), since they
 /// are signed for a while from then.
 pub fn describe(copies: &[Copy]) -> Value {
     let files: Vec<Value> = copies

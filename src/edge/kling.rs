@@ -14,8 +14,8 @@ use crate::api::Endpoint;
 use crate::config::{Config, KlingCredentials};
 use crate::error::ApiError;
 use crate::jwt::KlingTokenCache;
+use crate::kling::task;
 use crate::ports::{KlingCreates, KlingReply, Upstream};
-use crate::task;
 
 use super::clock;
 use super::http::{fetch_with_deadline, FetchFailure};

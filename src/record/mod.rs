@@ -5,14 +5,19 @@
 //! Every rule here is a plain function of the record and the time, so the flows that drive
 //! them (`crate::flows::coordinator`) stay short and the rules are tested one by one.
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+pub mod copies;
+pub mod delivery;
+pub mod edge_copy;
 
-use crate::api::{self, Results};
-use crate::copies::{self, Copy};
-use crate::delivery::{self, Attempt, Delivery, DeliveryState};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use self::copies::Copy;
+use self::delivery::{Attempt, Delivery, DeliveryState};
+use crate::api;
+use crate::kling::task;
+use crate::kling::task::Results;
 use crate::schedule::{Schedule, POLL_HORIZON_MS};
-use crate::task;
 
 /// [`TaskRecord::style`] of a task created in useapi.net's shape.
 pub const USEAPI_STYLE: &str = "useapi";
@@ -23,8 +28,6 @@ pub const USEAPI_STYLE: &str = "useapi";
 pub use crate::kling::RETENTION_MS;
 /// A query of a running task asks Kling itself when nothing was heard for this long.
 pub const QUERY_REFRESH_MS: u64 = 5_000;
-/// A write of the edge copy that failed is tried again after this long.
-pub const PUBLISH_RETRY_MS: u64 = 30_000;
 
 /// One task, as its coordinator keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,38 +67,15 @@ pub struct TaskRecord {
     pub last_polled_at: Option<u64>,
     #[serde(default)]
     pub delivery: Delivery,
-    /// A digest of what the edge copy holds for this task id, if anything.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub published: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub publish_retry_at: Option<u64>,
-    /// The deployment's copies of the result files (`crate::copies`).
+    /// A digest of what the edge copy holds for this task id, if anything (see `edge_copy`).
+    #[serde(default, rename = "published", skip_serializing_if = "Option::is_none")]
+    pub edge_copy_digest: Option<String>,
+    /// When a write of the edge copy that failed is tried again.
+    #[serde(default, rename = "publish_retry_at", skip_serializing_if = "Option::is_none")]
+    pub edge_copy_retry_at: Option<u64>,
+    /// The deployment's copies of the result files (`crate::record::copies`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<Copy>,
-}
-
-/// What the edge copy of a task needs now.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Publication {
-    /// Write this answer (JSON of [`PublishedTask`]) under the task's key.
-    Put { value: String, digest: String },
-    /// Remove what the key holds (it belonged to an earlier task with the same id).
-    Delete,
-}
-
-/// The edge copy of a finished task (Workers KV): what a query at the edge answers with,
-/// without asking the coordinator or Kling.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PublishedTask {
-    pub tenant: String,
-    pub endpoint: u8,
-    /// The task's answer: Kling's data, plus `delivery` when the client gave a webhook.
-    pub task: Value,
-}
-
-/// The key of a task's edge copy: `task:v2:{shard}:{task_id}` (at most 109 bytes).
-pub fn published_key(shard: &str, task_id: &str) -> String {
-    format!("task:v2:{shard}:{task_id}")
 }
 
 impl TaskRecord {
@@ -120,8 +100,8 @@ impl TaskRecord {
             next_poll_at: None,
             last_polled_at: None,
             delivery: Delivery::default(),
-            published: None,
-            publish_retry_at: None,
+            edge_copy_digest: None,
+            edge_copy_retry_at: None,
             copies: Vec::new(),
         }
     }
@@ -257,45 +237,14 @@ impl TaskRecord {
         !task::is_final(&self.data)
     }
 
-    /// What the edge copy needs now, if anything: the answer once the task is complete (and
-    /// its first webhook attempt made, so the copy says how it went), or removal of a copy
-    /// an earlier task with this id left.
-    pub fn publication(&self, now: u64) -> Option<Publication> {
-        if self.publish_retry_at.is_some_and(|at| at > now) {
-            return None;
-        }
-        let Some(tenant) = &self.tenant else { return None };
-        if !self.is_complete() {
-            return self.published.is_some().then_some(Publication::Delete);
-        }
-        if self.delivery.state == DeliveryState::Pending && self.delivery.attempts == 0
-            || copies::first_attempt_pending(&self.copies)
-        {
-            return None;
-        }
-        // The copy is written again when the data, the delivery's outcome or a result copy's
-        // state changes, not on every attempt of a delivery or a result copy still being
-        // retried (a write per attempt would cost more than it tells).
-        let copy_states: Vec<_> = self.copies.iter().map(|copy| (&copy.name, copy.state)).collect();
-        let stable = json!([self.data, self.delivery.state, self.delivery.message_id, copy_states]);
-        let digest = digest(&stable.to_string());
-        if self.published.as_deref() == Some(digest.as_str()) {
-            return None;
-        }
-        let published =
-            PublishedTask { tenant: tenant.clone(), endpoint: self.endpoint, task: self.answer() };
-        let value = serde_json::to_string(&published).ok()?;
-        Some(Publication::Put { value, digest })
-    }
-
     /// The next time something is due for this task (epoch ms; 0 for "at once"): a poll, a
     /// webhook attempt, a result copy's attempt, or a write of its edge copy.
     pub fn due_at(&self) -> Option<u64> {
         let delivery = (self.delivery.state == DeliveryState::Pending && self.tenant.is_some())
             .then_some(self.delivery.next_attempt_at)
             .flatten();
-        let publish = self.publication(u64::MAX).map(|_| self.publish_retry_at.unwrap_or(0));
-        [self.next_poll_at, delivery, copies::next_due(&self.copies), publish].into_iter().flatten().min()
+        let edge_copy = self.edge_copy_due(u64::MAX).then(|| self.edge_copy_retry_at.unwrap_or(0));
+        [self.next_poll_at, delivery, copies::next_due(&self.copies), edge_copy].into_iter().flatten().min()
     }
 
     /// Whether the record may be forgotten at `now`: nothing left to do, no news for longer
@@ -308,14 +257,11 @@ impl TaskRecord {
     }
 }
 
-fn digest(value: &str) -> String {
-    use sha2::{Digest, Sha256};
-    crate::ids::hex(&Sha256::digest(value.as_bytes())[..12])
-}
-
 #[cfg(test)]
 mod tests {
+    use super::edge_copy::{self, EdgeCopy, Write};
     use super::*;
+    use serde_json::json;
 
     const NOW: u64 = 1_800_000_000_000;
 
@@ -447,38 +393,41 @@ mod tests {
     #[test]
     fn the_edge_copy_is_written_once_complete_and_after_the_first_attempt() {
         let mut task = record(true);
-        assert_eq!(task.publication(NOW), None, "running tasks are served by the coordinator");
+        assert_eq!(task.edge_copy_write(NOW), None, "running tasks are served by the coordinator");
         task.apply_report(&with_audios(report("succeed", 3)), NOW, &poll());
-        assert_eq!(task.publication(NOW), None, "waits for the first webhook attempt");
+        assert_eq!(task.edge_copy_write(NOW), None, "waits for the first webhook attempt");
+        assert!(!task.edge_copy_due(NOW));
         task.record_attempt("msg_t1_succeed", Attempt::Delivered(200), NOW, &forward());
-        let Some(Publication::Put { value, digest }) = task.publication(NOW) else { panic!("a put") };
-        let published: PublishedTask = serde_json::from_str(&value).unwrap();
-        assert_eq!(published.tenant, "web/alice");
-        assert_eq!(published.task["delivery"]["state"], "delivered");
-        assert_eq!(published.task["task_result"]["audios"][0]["id"], "a1");
-        task.published = Some(digest);
-        assert_eq!(task.publication(NOW), None, "written once");
+        assert!(task.edge_copy_due(NOW));
+        let Some(Write::Put { value, digest }) = task.edge_copy_write(NOW) else { panic!("a put") };
+        let copy: EdgeCopy = serde_json::from_str(&value).unwrap();
+        assert_eq!(copy.tenant, "web/alice");
+        assert_eq!(copy.task["delivery"]["state"], "delivered");
+        assert_eq!(copy.task["task_result"]["audios"][0]["id"], "a1");
+        task.edge_copy_digest = Some(digest);
+        assert_eq!(task.edge_copy_write(NOW), None, "written once");
+        assert!(!task.edge_copy_due(NOW));
         assert_eq!(task.due_at(), None, "nothing left to do");
     }
 
     #[test]
     fn a_stale_copy_of_an_earlier_task_is_removed() {
         let mut task = record(false);
-        task.published = Some("old".into());
-        assert_eq!(task.publication(NOW), Some(Publication::Delete));
+        task.edge_copy_digest = Some("old".into());
+        assert_eq!(task.edge_copy_write(NOW), Some(Write::Delete));
         assert_eq!(task.due_at(), Some(0), "at once");
-        task.publish_retry_at = Some(NOW + PUBLISH_RETRY_MS);
-        assert_eq!(task.publication(NOW), None, "a failed write waits before the next try");
+        task.edge_copy_retry_at = Some(NOW + edge_copy::RETRY_MS);
+        assert_eq!(task.edge_copy_write(NOW), None, "a failed write waits before the next try");
         assert_eq!(task.due_at(), Some(NOW + 30_000));
     }
 
     #[test]
-    fn nothing_is_forwarded_or_published_for_an_unknown_tenant() {
+    fn nothing_is_forwarded_or_copied_to_the_edge_for_an_unknown_tenant() {
         let mut task = TaskRecord::new("t1", 1, "n1", report("submitted", 1), NOW);
         task.client_callback_url = Some("https://app.example.com/hook".into());
         task.apply_report(&with_audios(report("succeed", 2)), NOW, &poll());
         assert!(!task.delivery_due(NOW));
-        assert_eq!(task.publication(NOW), None);
+        assert_eq!(task.edge_copy_write(NOW), None);
         assert_eq!(task.due_at(), None);
         task.tenant = Some("web".into());
         assert!(task.delivery_due(NOW));
@@ -517,8 +466,8 @@ mod tests {
     fn finished_records_expire_after_retention() {
         let mut task = record(false);
         task.apply_report(&report("failed", 2), NOW, &poll());
-        task.published = match task.publication(NOW) {
-            Some(Publication::Put { digest, .. }) => Some(digest),
+        task.edge_copy_digest = match task.edge_copy_write(NOW) {
+            Some(Write::Put { digest, .. }) => Some(digest),
             other => panic!("{other:?}"),
         };
         assert!(!task.expired(NOW + RETENTION_MS, RETENTION_MS));
@@ -527,6 +476,6 @@ mod tests {
             !record(false).expired(NOW + RETENTION_MS + 1, RETENTION_MS),
             "a running task is never forgotten"
         );
-        assert!(published_key("00ff", "t1").starts_with("task:v2:00ff:"));
+        assert!(edge_copy::key("00ff", "t1").starts_with("task:v2:00ff:"));
     }
 }
