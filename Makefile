@@ -19,11 +19,12 @@ setup:
 build: setup
 	@scripts/build.sh
 
-## Measure the worker against a null forwarding Worker in workerd (ratios, KV writes, wasm size).
+## Measure the worker against a null forwarding Worker and a plain JS reference in workerd (ratios,
+## CPU per request, KV writes, wasm size); PROFILE=1 also prints where the time goes.
 bench:
 	@scripts/setup.sh --bench
 	@scripts/build.sh
-	@PATH="$(CURDIR)/node_modules/.bin:/usr/sbin:$$PATH" node scripts/bench.mjs
+	@BENCH_PROFILE=$(if $(PROFILE),1,0) PATH="$(CURDIR)/node_modules/.bin:/usr/sbin:$$PATH" node scripts/bench.mjs
 
 ## Fuzz each target for 10 minutes (scripts/fuzz.sh SECONDS for another budget).
 fuzz:

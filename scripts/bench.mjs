@@ -33,6 +33,10 @@
 // finished task, through the null Worker and through kling-edge, against both upstreams;
 // KV writes and coordinator calls over one task's life; the wasm size.
 //   BENCH_SECONDS (default 5) per figure, BENCH_CONNECTIONS (default 16).
+//   BENCH_PROFILE=1 (`make bench PROFILE=1`) also samples kling-edge's isolate with the
+//   V8 profiler (through Miniflare's inspector) during each zero-latency case of the "as
+//   configured" run, with the module that keeps its function names, and prints where the
+//   time goes: the share of samples in each function (self) and under each of ours (total).
 
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -51,6 +55,7 @@ import { freePort, ROOT } from '../tests/support/worker.mjs';
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNECTIONS = Number(process.env.BENCH_CONNECTIONS ?? 16);
 const SLOW_MS = 150;
+const PROFILE = process.env.BENCH_PROFILE === '1';
 const API = '/v1/audio/video-to-audio';
 const COMPATIBILITY_DATE = fs.readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8').match(/^compatibility_date = "([^"]+)"/m)[1];
 const WORK = fs.mkdtempSync(path.join(os.tmpdir(), 'kling-edge-bench-'));
@@ -231,6 +236,66 @@ async function measured(pids, url, script) {
   return { ...run, cpuPerRequest: run.requests ? (cpuMs(pids) - before) / run.requests : NaN };
 }
 
+// --- where the time goes (BENCH_PROFILE=1) ---------------------------------------------
+
+/** Samples the isolate behind `inspector` (a DevTools websocket URL) while `during` runs. */
+async function profiled(inspector, during) {
+  const socket = new WebSocket(inspector);
+  await new Promise((resolve, reject) => { socket.onopen = resolve; socket.onerror = reject; });
+  let nextId = 0;
+  const pending = new Map();
+  socket.onmessage = (event) => {
+    const message = JSON.parse(event.data);
+    if (message.id !== undefined && pending.has(message.id)) {
+      pending.get(message.id)(message.result);
+      pending.delete(message.id);
+    }
+  };
+  const send = (method, params = {}) => new Promise((resolve) => {
+    nextId += 1;
+    pending.set(nextId, resolve);
+    socket.send(JSON.stringify({ id: nextId, method, params }));
+  });
+  await send('Profiler.enable');
+  await send('Profiler.setSamplingInterval', { interval: 200 });
+  await send('Profiler.start');
+  const outcome = await during();
+  const { profile } = await send('Profiler.stop');
+  socket.close();
+  return { outcome, profile };
+}
+
+/** The share of samples each function takes itself, and under each of kling-edge's. */
+function whereTheTimeGoes(profile) {
+  const nodes = new Map(profile.nodes.map((node) => [node.id, node]));
+  const parent = new Map();
+  for (const node of profile.nodes) for (const child of node.children ?? []) parent.set(child, node.id);
+  const name = (node) => {
+    const { functionName, url } = node.callFrame;
+    const clean = (functionName || `(anonymous ${url.split('/').pop() || 'js'})`).replace(/::h[0-9a-f]{16}$/, '');
+    return clean.length > 110 ? `${clean.slice(0, 107)}...` : clean;
+  };
+  const self = new Map();
+  const total = new Map();
+  let all = 0;
+  for (const [i, sample] of profile.samples.entries()) {
+    const weight = profile.timeDeltas[i] ?? 0;
+    const node = nodes.get(sample);
+    if (!node || node.callFrame.functionName === '(idle)') continue;
+    all += weight;
+    self.set(name(node), (self.get(name(node)) ?? 0) + weight);
+    const seen = new Set();
+    for (let at = node; at; at = nodes.get(parent.get(at.id))) {
+      const key = name(at);
+      if (!seen.has(key) && key.includes('kling_edge')) total.set(key, (total.get(key) ?? 0) + weight);
+      seen.add(key);
+    }
+  }
+  const top = (map, n) => [...map].sort((a, b) => b[1] - a[1]).slice(0, n)
+    .map(([key, weight]) => `      ${(100 * weight / all).toFixed(1).padStart(5)} %  ${key}`).join('\n');
+  return `    self (the function itself):\n${top(self, 14)}\n    total (kling-edge's functions, with what they call):\n${top(total, 14)}`;
+}
+
 // --- one configuration, measured -------------------------------------------------------
 
 /**
@@ -238,14 +303,20 @@ async function measured(pids, url, script) {
  * task (and, if asked, counts one task's whole life), and measures every case against both
  * upstreams.
  */
-async function measure({ limiters, persisted, countLife }) {
+async function measure({ limiters, persisted, countLife, profile = false }) {
   const [edgePort, nullPort, referencePort] = [await freePort(), await freePort(), await freePort()];
+  const inspectorPort = profile ? await freePort() : undefined;
+  // Profiled runs use the module that keeps its function names.
+  const wasmModule = profile
+    ? { type: 'CompiledWasm', path: path.join(ROOT, 'build/index_bg.wasm'), contents: fs.readFileSync(path.join(ROOT, 'target/wasm-names/index_bg.wasm')) }
+    : { type: 'CompiledWasm', path: path.join(ROOT, 'build/index_bg.wasm') };
   const logs = [];
   const state = fs.mkdtempSync(persisted ? path.join(WORK, 'state-') : '/dev/shm/kling-edge-bench-');
   const receiver = await new Receiver(clientWebhookSecret(PROXY_WEBHOOK_SECRET, 'web')).listen();
   const limiter = (id) => ({ namespace_id: id, simple: { limit: 1_000_000_000, period: 60 } });
   const mf = new Miniflare(convertV4MiniflareOptions({
     resourcePersistencePath: state,
+    ...(profile ? { inspectorPort } : {}),
     handleStructuredLogs: (log) => logs.push(String(log.message ?? '')),
     workers: [
       {
@@ -253,7 +324,7 @@ async function measure({ limiters, persisted, countLife }) {
         modulesRoot: path.join(ROOT, 'build'),
         modules: [
           { type: 'ESModule', path: path.join(ROOT, 'build/index.js') },
-          { type: 'CompiledWasm', path: path.join(ROOT, 'build/index_bg.wasm') },
+          wasmModule,
         ],
         compatibilityDate: COMPATIBILITY_DATE,
         bindings: {
@@ -358,12 +429,25 @@ async function measure({ limiters, persisted, countLife }) {
     ['query, finished task', `${API}/${finished}`, getScript, `${API}/${finished}`],
   ];
   const results = {};
+  const profiles = {};
+  let inspector;
+  if (profile) {
+    const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json();
+    inspector = targets.find((target) => target.webSocketDebuggerUrl.endsWith('/kling-edge'))?.webSocketDebuggerUrl;
+  }
   for (const mode of ['fast', 'slow']) {
     setMode(mode);
     for (const [name, edgePath, script, nullPath] of cases) {
       await wrk(`${edge}${edgePath}`, script, 2); // warm up
       await wrk(`${referenceWorker}${nullPath}`, script, 1);
-      const ours = await measured(pids, `${edge}${edgePath}`, script);
+      let ours;
+      if (inspector && mode === 'fast') {
+        const run = await profiled(inspector, () => measured(pids, `${edge}${edgePath}`, script));
+        ours = run.outcome;
+        profiles[name] = whereTheTimeGoes(run.profile);
+      } else {
+        ours = await measured(pids, `${edge}${edgePath}`, script);
+      }
       const theirs = await measured(pids, `${nullWorker}${nullPath}`, script);
       const reference = await measured(pids, `${referenceWorker}${nullPath}`, script);
       results[`${mode} ${name}`] = { ours, theirs, reference };
@@ -373,10 +457,10 @@ async function measure({ limiters, persisted, countLife }) {
   await mf.dispose();
   await receiver.close();
   if (!persisted) fs.rmSync(state, { recursive: true, force: true });
-  return { results, cases: cases.map(([name]) => name), life };
+  return { results, cases: cases.map(([name]) => name), life, profiles };
 }
 
-const configured = await measure({ limiters: true, persisted: true, countLife: true });
+const configured = await measure({ limiters: true, persisted: true, countLife: true, profile: PROFILE });
 const bare = await measure({ limiters: false, persisted: false, countLife: false });
 
 // --- the report ------------------------------------------------------------------------
@@ -408,6 +492,12 @@ console.log(`  coordinator calls: ${life.coordinatorCalls} (the create's record,
 console.log(`  calls to Kling: ${life.klingCalls} (the create; the callbacks came, so nothing was polled)`);
 console.log(`  webhooks delivered: ${life.webhooks}`);
 console.log(`  result files copied into R2: ${life.copies} (the video, the MP3 and the WAV, before the webhook and the KV write)`);
+
+if (PROFILE) {
+  console.log('\nWhere the time goes (V8 samples of kling-edge\'s isolate, as configured, zero-latency upstream;');
+  console.log('the profiler slows what it samples, so these figures are shares, not costs):');
+  for (const [name, text] of Object.entries(configured.profiles)) console.log(`  ${name}:\n${text}`);
+}
 
 await fake.close();
 await new Promise((resolve) => slow.close(resolve));

@@ -51,6 +51,20 @@ pub trait TaskStore {
     /// calls it gets.
     fn meta(&self, name: &str) -> Result<Option<String>, ApiError>;
     fn set_meta(&self, name: &str, value: &str) -> Result<(), ApiError>;
+
+    /// Loads the task, lets `change` change it, and saves it: one read-modify-write with no
+    /// `await` inside, so it is atomic in the object. `None` (and nothing saved) if the task
+    /// is gone, as it may be after an `await`.
+    fn update<T>(
+        &self,
+        task_id: &str,
+        change: impl FnOnce(&mut TaskRecord) -> T,
+    ) -> Result<Option<T>, ApiError> {
+        let Some(mut record) = self.load(task_id)? else { return Ok(None) };
+        let outcome = change(&mut record);
+        self.save(&record)?;
+        Ok(Some(outcome))
+    }
 }
 
 /// Kling, as the coordinator asks it about a task.

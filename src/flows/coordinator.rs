@@ -23,7 +23,7 @@ use crate::ports::{EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webho
 use crate::record::copies::{self, CopySettings};
 use crate::record::delivery::{self, Attempt};
 use crate::record::edge_copy::{self, Write};
-use crate::record::{TaskRecord, RETENTION_MS};
+use crate::record::{TaskAnswer, TaskRecord, RETENTION_MS};
 use crate::schedule::Schedule;
 
 /// How many due tasks one alarm handles before scheduling itself again.
@@ -192,7 +192,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
     /// One of the tenant's tasks of `endpoint`, by task id or external task id, as the client
     /// sees it. A running task that sent no news for a few seconds is refreshed from Kling
     /// first (by task id only), so a client polling the worker never waits on the schedule.
-    pub async fn query(&self, tenant: &str, endpoint: u8, id: &str) -> Result<Option<Value>, ApiError> {
+    pub async fn query(&self, tenant: &str, endpoint: u8, id: &str) -> Result<Option<TaskAnswer>, ApiError> {
         let Some(record) = self.find(tenant, endpoint, id)? else { return Ok(None) };
         let now = self.runtime.now_ms();
         if !record.wants_refresh(now) {
@@ -236,7 +236,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         endpoint: u8,
         page_num: u32,
         page_size: u32,
-    ) -> Result<Vec<Value>, ApiError> {
+    ) -> Result<Vec<TaskAnswer>, ApiError> {
         let offset = page_num.saturating_sub(1).saturating_mul(page_size);
         let mut answers = Vec::new();
         for record in self.store.page(endpoint, offset, page_size)? {
@@ -304,31 +304,28 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         for name in copies::due(&record.copies, self.runtime.now_ms()) {
             // The attempt is counted and the next one booked before the copy starts, so an
             // alarm cut off in the middle of it is made good by a later one.
-            let Some(mut started) = self.store.load(task_id)? else { return Ok(()) };
-            if !copies::start_attempt(
-                &mut started.copies,
-                &name,
-                self.runtime.now_ms(),
-                &self.settings.forward,
-            ) {
-                self.store.save(&started)?;
-                continue;
-            }
-            self.store.save(&started)?;
-            let Some(source) =
-                started.copies.iter().find(|copy| copy.name == name).map(|copy| copy.source.clone())
-            else {
-                continue;
-            };
+            let now = self.runtime.now_ms();
+            let started = self.store.update(task_id, |started| {
+                copies::start_attempt(&mut started.copies, &name, now, &self.settings.forward)
+                    .then(|| {
+                        started.copies.iter().find(|copy| copy.name == name).map(|copy| copy.source.clone())
+                    })
+                    .flatten()
+            })?;
+            let Some(source) = started else { return Ok(()) };
+            let Some(source) = source else { continue };
             let key = copies::object_key(self.shard, task_id, &name);
             let outcome =
                 self.bucket.copy(&source, &key, copies::content_type(&name), settings.max_bytes).await;
             let now = self.runtime.now_ms();
-            let Some(mut fresh) = self.store.load(task_id)? else { return Ok(()) };
             self.runtime.log(json!({"event": "copy", "task_id": task_id, "file": name,
                 "outcome": format!("{outcome:?}")}));
-            copies::record(&mut fresh.copies, &name, outcome, now, &self.settings.forward, settings);
-            self.store.save(&fresh)?;
+            let recorded = self.store.update(task_id, |fresh| {
+                copies::record(&mut fresh.copies, &name, outcome, now, &self.settings.forward, settings)
+            })?;
+            if recorded.is_none() {
+                return Ok(());
+            }
         }
         Ok(())
     }
@@ -344,26 +341,25 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         let Some(endpoint) = api::by_code(record.endpoint) else { return Ok(()) };
         let answer = self.kling.current_task(endpoint, task_id).await;
         let now = self.runtime.now_ms();
-        let Some(mut record) = self.store.load(task_id)? else { return Ok(()) };
-        let news = match answer {
-            Ok(data) if task::task_id_of(&data) == Some(task_id) => {
-                record.apply_report(&data, now, &self.settings.poll)
-            }
+        let data = match answer {
+            Ok(data) if task::task_id_of(&data) == Some(task_id) => Some(data),
             Ok(_) => {
                 self.runtime.log(json!({"event": "poll", "task_id": task_id, "problem": "Kling answered about another task"}));
-                false
+                None
             }
             Err(problem) => {
                 self.runtime.log(json!({"event": "poll", "task_id": task_id, "problem": problem.message}));
-                false
+                None
             }
         };
-        if news {
-            record.last_polled_at = Some(now);
-        } else {
-            record.polled_without_news(now, &self.settings.poll);
-        }
-        self.store.save(&record)
+        self.store.update(task_id, |record| {
+            if data.is_some_and(|data| record.apply_report(&data, now, &self.settings.poll)) {
+                record.last_polled_at = Some(now);
+            } else {
+                record.polled_without_news(now, &self.settings.poll);
+            }
+        })?;
+        Ok(())
     }
 
     /// Makes the webhook attempt that is due, if one is, and records how it went.
@@ -381,18 +377,14 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
             Some(key) => {
                 let links = &self.settings.links;
                 let origin = record.origin.as_deref().or(links.public_base_url.as_deref());
-                let body = record.webhook_body(|data| {
-                    if let Some(origin) = origin {
-                        let minter = Minter {
-                            key: &links.key,
-                            origin,
-                            shard: self.shard,
-                            now_ms: now,
-                            ttl_secs: links.ttl_secs,
-                        };
-                        result_links::link_copies(data, &minter);
-                    }
+                let minter = origin.map(|origin| Minter {
+                    key: &links.key,
+                    origin,
+                    shard: self.shard,
+                    now_ms: now,
+                    ttl_secs: links.ttl_secs,
                 });
+                let body = record.webhook_body(|answer| result_links::render(answer, minter.as_ref()));
                 let headers = delivery::signed_headers(key, app, &message_id, now, &body);
                 self.webhooks.post(&url, &headers, &body).await
             }
@@ -402,12 +394,15 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
             },
         };
         let now = self.runtime.now_ms();
-        let Some(mut record) = self.store.load(task_id)? else { return Ok(()) };
-        record.record_attempt(&message_id, attempt, now, &self.settings.forward);
-        let delivery = &record.delivery;
-        self.runtime.log(json!({"event": "forward", "task_id": task_id, "message_id": message_id,
-            "state": delivery.state, "attempts": delivery.attempts, "http_status": delivery.last_http_status}));
-        self.store.save(&record)
+        let delivery = self.store.update(task_id, |record| {
+            record.record_attempt(&message_id, attempt, now, &self.settings.forward);
+            record.delivery.clone()
+        })?;
+        if let Some(delivery) = delivery {
+            self.runtime.log(json!({"event": "forward", "task_id": task_id, "message_id": message_id,
+                "state": delivery.state, "attempts": delivery.attempts, "http_status": delivery.last_http_status}));
+        }
+        Ok(())
     }
 
     /// Writes (or removes) the task's edge copy, if that is due.
@@ -420,18 +415,17 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
             Write::Put { value, digest } => (self.edge_copies.put(&key, value).await, Some(digest.clone())),
             Write::Delete => (self.edge_copies.delete(&key).await, None),
         };
-        let Some(mut record) = self.store.load(task_id)? else { return Ok(()) };
-        match outcome {
+        if let Err(problem) = &outcome {
+            self.runtime.log(json!({"event": "edge_copy", "task_id": task_id, "problem": problem.message}));
+        }
+        let retry_at = self.runtime.now_ms().saturating_add(edge_copy::RETRY_MS);
+        self.store.update(task_id, |record| match outcome {
             Ok(()) => {
                 record.edge_copy_digest = written;
                 record.edge_copy_retry_at = None;
             }
-            Err(problem) => {
-                self.runtime
-                    .log(json!({"event": "edge_copy", "task_id": task_id, "problem": problem.message}));
-                record.edge_copy_retry_at = Some(self.runtime.now_ms().saturating_add(edge_copy::RETRY_MS));
-            }
-        }
-        self.store.save(&record)
+            Err(_) => record.edge_copy_retry_at = Some(retry_at),
+        })?;
+        Ok(())
     }
 }

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::ports::{EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::record::TaskAnswer;
 
 use super::coordinator::{Coordinator, Registration};
 
@@ -35,8 +36,8 @@ pub struct Report {
     pub report: Value,
 }
 
-/// One task, by task id or external task id: its answer (Kling's data, plus the worker's
-/// `delivery` and `copies`), or 404.
+/// One task, by task id or external task id: its answer (Kling's data with the worker's
+/// `delivery`, and its copies), or 404.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Query {
     pub tenant: String,
@@ -66,10 +67,10 @@ impl Call for Report {
     type Answer = ();
 }
 impl Call for Query {
-    type Answer = Value;
+    type Answer = TaskAnswer;
 }
 impl Call for List {
-    type Answer = Vec<Value>;
+    type Answer = Vec<TaskAnswer>;
 }
 impl Call for Running {
     type Answer = u32;
@@ -223,8 +224,9 @@ mod tests {
 
     #[test]
     fn answers_and_errors_cross_typed() {
-        let page = serde_json::to_string(&WireAnswer::Ok(vec![json!({"task_id": "t1"})])).unwrap();
-        assert_eq!(decode::<List>(page.as_bytes()).unwrap(), vec![json!({"task_id": "t1"})]);
+        let task = TaskAnswer { data: json!({"task_id": "t1"}), copies: Vec::new() };
+        let page = serde_json::to_string(&WireAnswer::Ok(vec![task.clone()])).unwrap();
+        assert_eq!(decode::<List>(page.as_bytes()).unwrap(), vec![task]);
         let error = ApiError::not_found("task t1");
         let crossed = serde_json::to_string(&WireAnswer::<u32>::from(Err(error.clone()))).unwrap();
         assert_eq!(decode::<Running>(crossed.as_bytes()), Err(error));

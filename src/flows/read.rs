@@ -14,6 +14,7 @@ use crate::error::ApiError;
 use crate::kling::task;
 use crate::links::result_links::{self, Minter};
 use crate::ports::{Coordinators, EdgeCopies, KlingCreates, RateLimiter, Runtime, VideoProbe};
+use crate::record::TaskAnswer;
 use crate::validate::Page;
 
 use super::edge::{Answer, Edge};
@@ -49,27 +50,23 @@ where
             page_num: page.num,
             page_size: page.size,
         };
-        let mut tasks = self.coordinators.call(&shard, call).await?;
-        for task in &mut tasks {
-            self.link_copies(&shard, task);
-        }
-        Ok(Answer::Success(Value::Array(tasks)))
+        let tasks = self.coordinators.call(&shard, call).await?;
+        Ok(Answer::Success(Value::Array(tasks.iter().map(|task| self.render(&shard, task)).collect())))
     }
 
     async fn find(&self, client: &Client, endpoint_code: u8, id: &str) -> Result<Value, ApiError> {
         let shard = task::tenant_shard(&client.tenant);
-        let mut task = self.find_unlinked(&shard, client, endpoint_code, id).await?;
-        self.link_copies(&shard, &mut task);
-        Ok(task)
+        let task = self.find_answer(&shard, client, endpoint_code, id).await?;
+        Ok(self.render(&shard, &task))
     }
 
-    async fn find_unlinked(
+    async fn find_answer(
         &self,
         shard: &str,
         client: &Client,
         endpoint_code: u8,
         id: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<TaskAnswer, ApiError> {
         if let Some(copy) = self.edge_copies.get(shard, id).await {
             if copy.tenant == client.tenant && copy.endpoint == endpoint_code {
                 return Ok(copy.task);
@@ -79,14 +76,15 @@ where
             protocol::Query { tenant: client.tenant.clone(), endpoint: endpoint_code, id: id.to_owned() };
         match self.coordinators.call(shard, call).await {
             Err(not_found) if not_found.status == 404 && endpoint_code == VIDEO_TO_AUDIO.code => {
-                self.edge_copies.legacy_task(&client.tenant, id).await.ok_or(not_found)
+                let data = self.edge_copies.legacy_task(&client.tenant, id).await.ok_or(not_found)?;
+                Ok(TaskAnswer { data, copies: Vec::new() })
             }
             outcome => outcome,
         }
     }
 
-    /// Puts fresh signed links to the result copies of a task of `shard` into its answer.
-    fn link_copies(&self, shard: &str, task: &mut Value) {
+    /// A task of `shard` as JSON, with fresh signed links to its result copies.
+    fn render(&self, shard: &str, task: &TaskAnswer) -> Value {
         let minter = Minter {
             key: &self.config.link_key,
             origin: self.origin,
@@ -94,6 +92,6 @@ where
             now_ms: self.runtime.now_ms(),
             ttl_secs: self.config.result_link_ttl_secs,
         };
-        result_links::link_copies(task, &minter);
+        result_links::render(task, Some(&minter))
     }
 }

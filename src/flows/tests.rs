@@ -6,6 +6,7 @@ use serde_json::{json, Value};
 
 use super::coordinator::{Coordinator, LinkSettings, Registration, Settings};
 use crate::api::VIDEO_TO_AUDIO;
+use crate::links::result_links::render;
 use crate::links::result_links::LinkKey;
 use crate::links::webhook::{SignatureHeaders, WebhookKey};
 use crate::record::delivery::DeliveryState;
@@ -114,7 +115,7 @@ impl World {
                 data,
             })
             .unwrap();
-        self.record(task_id).answer()
+        self.record(task_id).answer().data
     }
 
     fn callback(&self, nonce: &str, data: &Value) -> Result<(), crate::error::ApiError> {
@@ -186,7 +187,7 @@ fn a_task_lives_its_whole_life_with_one_kv_write_and_one_webhook() {
     world.advance(1_000);
     world.kling_moves("t1", "n1", "processing", START + 2, false, false);
     for _ in 0..10 {
-        let seen = block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap().unwrap();
+        let seen = block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap().unwrap().data;
         assert_eq!(seen["task_status"], "processing");
     }
     assert_eq!(world.kling.calls.get(), 0, "fresh news: queries answered from the store");
@@ -217,7 +218,7 @@ fn a_task_lives_its_whole_life_with_one_kv_write_and_one_webhook() {
 
     let copy = world.edge_copy("t1").expect("copied to the edge");
     assert_eq!(copy.tenant, TENANT);
-    assert_eq!(copy.task["delivery"]["state"], "delivered");
+    assert_eq!(copy.task.data["delivery"]["state"], "delivered");
     assert_eq!(world.kv.writes.get(), 1, "one KV write for the whole life");
     world.run_alarms_for(3 * 24 * 3600 * 1000);
     assert_eq!(
@@ -316,7 +317,7 @@ fn a_callback_racing_an_alarms_poll_is_never_undone() {
     assert_eq!(world.record("t1").data["task_status"], "succeed", "the older poll answer did not regress it");
     world.run_alarms_for(1_000);
     assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
-    assert!(world.edge_copy("t1").unwrap().task["task_result"]["audios"].is_array());
+    assert!(world.edge_copy("t1").unwrap().task.data["task_result"]["audios"].is_array());
 }
 
 #[test]
@@ -332,7 +333,7 @@ fn a_task_kling_never_calls_back_about_is_found_by_polling() {
     world.kling_moves("t1", "n1", "succeed", START + 3, true, true);
     world.run_alarms_for(10 * 60_000);
     assert_eq!(world.message_ids(), ["msg_t1_succeed"], "forwarded as if the callback had come");
-    assert_eq!(world.edge_copy("t1").unwrap().task["task_status"], "succeed");
+    assert_eq!(world.edge_copy("t1").unwrap().task.data["task_status"], "succeed");
     let polls = world.kling.calls.get();
     world.run_alarms_for(24 * 3600 * 1000);
     assert_eq!(world.kling.calls.get(), polls, "a complete task is never polled again");
@@ -378,7 +379,7 @@ fn a_receiver_down_for_a_while_still_gets_the_webhook_under_one_id() {
     assert_eq!((record.delivery.state, record.delivery.attempts), (DeliveryState::Pending, 2));
     assert_eq!(record.delivery.last_error.as_deref(), Some("the receiver was unreachable"));
     assert_eq!(
-        world.edge_copy("t1").unwrap().task["delivery"]["state"],
+        world.edge_copy("t1").unwrap().task.data["delivery"]["state"],
         "pending",
         "copied to the edge after the first attempt"
     );
@@ -388,7 +389,7 @@ fn a_receiver_down_for_a_while_still_gets_the_webhook_under_one_id() {
     assert_eq!(world.message_ids(), ["msg_t1_failed"; 3], "two refusals, then delivered: one id throughout");
     let record = world.record("t1");
     assert_eq!((record.delivery.state, record.delivery.attempts), (DeliveryState::Delivered, 5));
-    assert_eq!(world.edge_copy("t1").unwrap().task["delivery"]["state"], "delivered");
+    assert_eq!(world.edge_copy("t1").unwrap().task.data["delivery"]["state"], "delivered");
     assert_eq!(world.kv.writes.get(), 2, "a failed first attempt costs one more write");
     let gaps: Vec<u64> =
         world.receiver.deliveries.borrow().windows(2).map(|pair| pair[1].at - pair[0].at).collect();
@@ -404,7 +405,7 @@ fn a_receiver_that_never_recovers_is_given_up_on_after_the_schedule() {
     world.run_alarms_for(24 * 3600 * 1000);
     let record = world.record("t1");
     assert_eq!((record.delivery.state, record.delivery.attempts), (DeliveryState::Failed, 5));
-    assert_eq!(world.edge_copy("t1").unwrap().task["delivery"]["state"], "failed");
+    assert_eq!(world.edge_copy("t1").unwrap().task.data["delivery"]["state"], "failed");
     assert_eq!(world.coordinator().next_due().unwrap(), None, "nothing left to do");
 }
 
@@ -441,7 +442,7 @@ fn the_alarm_cut_off_at_any_await_is_made_whole_by_the_next_one() {
         );
         assert!(ids.len() <= 2, "a duplicate only when cut between the POST and its record");
         let copy = world.edge_copy("t1").expect("copied to the edge in the end");
-        assert_eq!(copy.task["delivery"]["state"], "delivered", "cut after {cut_after}");
+        assert_eq!(copy.task.data["delivery"]["state"], "delivered", "cut after {cut_after}");
         if finished.is_some() {
             assert_eq!(ids.len(), 1);
         }
@@ -510,7 +511,7 @@ fn a_task_id_kling_hands_out_again_replaces_the_old_task() {
     assert_eq!(world.callback("old", &world.data("t1", "failed", START + 9, false)).unwrap_err().status, 403);
     world.kling_moves("t1", "new", "succeed", START + 70_000, true, false);
     world.run_alarms_for(1_000);
-    assert_eq!(world.edge_copy("t1").unwrap().task["updated_at"], START + 70_000);
+    assert_eq!(world.edge_copy("t1").unwrap().task.data["updated_at"], START + 70_000);
     assert_eq!(world.coordinator().list(TENANT, V2A, 1, 30).unwrap().len(), 1);
 }
 
@@ -529,12 +530,12 @@ fn a_poll_answered_about_another_task_is_never_merged() {
 fn queries_find_by_task_or_external_id_refresh_only_when_stale_and_stay_in_their_tenant() {
     let world = World::new();
     world.register("t1", "n1", false);
-    let by_external = block_on(world.coordinator().query(TENANT, V2A, "ext-t1")).unwrap().unwrap();
+    let by_external = block_on(world.coordinator().query(TENANT, V2A, "ext-t1")).unwrap().unwrap().data;
     assert_eq!(by_external["task_id"], "t1");
     assert_eq!(world.kling.calls.get(), 0, "fresh: no call to Kling");
     world.kling.set(world.data("t1", "processing", START + 2, false));
     world.advance(6_000);
-    let refreshed = block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap().unwrap();
+    let refreshed = block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap().unwrap().data;
     assert_eq!((refreshed["task_status"].as_str(), world.kling.calls.get()), (Some("processing"), 1));
     for _ in 0..5 {
         block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap();
@@ -562,7 +563,7 @@ fn the_list_pages_newest_first() {
             .list(TENANT, V2A, page, size)
             .unwrap()
             .iter()
-            .map(|t| t["task_id"].as_str().unwrap().to_owned())
+            .map(|t| t.data["task_id"].as_str().unwrap().to_owned())
             .collect()
     };
     assert_eq!(ids(1, 30), ["t4", "t3", "t2", "t1", "t0"]);
@@ -581,7 +582,7 @@ fn a_kv_outage_delays_the_edge_copy_only() {
     world.run_alarms_for(10_000);
     assert!(world.edge_copy("t1").is_none());
     assert_eq!(
-        block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap().unwrap()["task_status"],
+        block_on(world.coordinator().query(TENANT, V2A, "t1")).unwrap().unwrap().data["task_status"],
         "failed"
     );
     world.kv.broken.set(false);
@@ -683,9 +684,9 @@ fn finished_results_are_copied_before_the_webhook_and_the_edge_copy_which_link_t
     assert_eq!(copy_entry(&body, "audio-0.mp3")["state"], "copied");
 
     let copy = world.edge_copy("t1").unwrap();
-    assert_eq!(copy_entry(&copy.task, "audio-0.mp3")["state"], "copied");
+    assert_eq!(copy_entry(&render(&copy.task, None), "audio-0.mp3")["state"], "copied");
     assert!(
-        copy.task["task_result"]["audios"][0].get("copy_url_mp3").is_none(),
+        copy.task.data["task_result"]["audios"][0].get("copy_url_mp3").is_none(),
         "links are minted per answer"
     );
     assert_eq!(world.kv.writes.get(), 1, "still one KV write for the whole life");
@@ -702,13 +703,19 @@ fn a_copy_that_fails_is_retried_and_the_edge_copy_follows_it() {
     assert!(body["task_result"]["audios"][0].get("copy_url_mp3").is_none());
     let note = copy_entry(&body, "audio-0.mp3")["note"].as_str().unwrap().to_owned();
     assert!(note.contains("not copied yet (Kling's server answered 503)"), "{note}");
-    assert_eq!(copy_entry(&world.edge_copy("t1").unwrap().task, "audio-0.mp3")["state"], "pending");
+    assert_eq!(
+        copy_entry(&render(&world.edge_copy("t1").unwrap().task, None), "audio-0.mp3")["state"],
+        "pending"
+    );
 
     world.bucket.sources.borrow_mut().insert(MP3.into(), b"ID3 an mp3".to_vec());
     world.bucket.sources.borrow_mut().insert(MP4.into(), b"an mp4".to_vec());
     world.run_alarms_for(10_000);
     assert_eq!(world.bucket.copies.get(), 4, "each tried again after the schedule's first delay (5 s)");
-    assert_eq!(copy_entry(&world.edge_copy("t1").unwrap().task, "audio-0.mp3")["state"], "copied");
+    assert_eq!(
+        copy_entry(&render(&world.edge_copy("t1").unwrap().task, None), "audio-0.mp3")["state"],
+        "copied"
+    );
     assert_eq!(world.kv.writes.get(), 2, "the edge copy is written again when the copies land");
     assert_eq!(world.receiver.deliveries.borrow().len(), 1, "the webhook is not sent again");
 }
@@ -728,7 +735,10 @@ fn a_copy_cut_off_at_any_await_is_made_whole_by_the_next_alarm() {
         );
         assert_eq!(world.bucket.objects.borrow().len(), 2, "cut after {cut_after}");
         assert!(world.bucket.copies.get() <= 3, "cut after {cut_after}: at most one repeat");
-        assert_eq!(copy_entry(&world.edge_copy("t1").unwrap().task, "video-0.mp4")["state"], "copied");
+        assert_eq!(
+            copy_entry(&render(&world.edge_copy("t1").unwrap().task, None), "video-0.mp4")["state"],
+            "copied"
+        );
     }
 }
 
@@ -740,7 +750,8 @@ fn a_file_over_the_cap_is_left_as_klings_link() {
     world.run_alarms_for(1_000);
     assert_eq!(world.bucket.objects.borrow().len(), 1, "the MP3 only");
     let copy = world.edge_copy("t1").unwrap();
-    let file = copy_entry(&copy.task, "video-0.mp4");
+    let rendered = render(&copy.task, None);
+    let file = copy_entry(&rendered, "video-0.mp4");
     assert_eq!(file["state"], "too_large");
     assert!(file["note"].as_str().unwrap().contains("over this deployment's cap"));
 }
@@ -751,7 +762,7 @@ fn without_a_bucket_nothing_is_copied_and_answers_are_as_before() {
     finish(&world);
     world.run_alarms_for(1_000);
     assert_eq!(world.bucket.copies.get(), 0);
-    assert!(world.edge_copy("t1").unwrap().task.get("copies").is_none());
+    assert!(world.edge_copy("t1").unwrap().task.copies.is_empty());
 }
 
 #[test]

@@ -21,6 +21,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::error::{code, ApiError};
+use crate::record::copies::{self, CopyState};
+use crate::record::TaskAnswer;
 
 const LABEL: &[u8] = b"kling-edge result link v1\0";
 const MAC_BYTES: usize = 16;
@@ -130,33 +132,31 @@ pub fn verify(
     Ok(())
 }
 
-/// Puts a signed link next to Kling's for each copy of an answer that is in the bucket
-/// (`copy_url_mp3` beside `url_mp3`, and `url` in the copy's entry under `copies`), and
-/// says which copies have expired, whose Kling links then stand alone.
-pub fn link_copies(answer: &mut Value, minter: &Minter) {
-    let Some(task_id) = answer.get("task_id").and_then(Value::as_str).map(str::to_owned) else { return };
-    let Some(files) = answer.pointer("/copies/files").and_then(Value::as_array).cloned() else { return };
-    let mut linked = Vec::with_capacity(files.len());
+/// The JSON a client gets for a task: Kling's data, with a `copies` object describing each
+/// result file when there are copies. With a `minter`, each copy in the bucket gets a
+/// signed link next to Kling's (`copy_url_mp3` beside `url_mp3`, and `url` in its entry
+/// under `copies`), and copies past their retention say so (Kling's links then stand alone).
+pub fn render(answer: &TaskAnswer, minter: Option<&Minter>) -> Value {
+    let mut data = answer.data.clone();
+    if answer.copies.is_empty() || !data.is_object() {
+        return data;
+    }
+    let task_id = data.get("task_id").and_then(Value::as_str).map(str::to_owned);
+    let mut files = Vec::with_capacity(answer.copies.len());
     let mut any_link = false;
-    for mut file in files {
-        let (Some(pointer), Some(name)) =
-            (file["field"].as_str().map(str::to_owned), file["name"].as_str().map(str::to_owned))
-        else {
-            linked.push(file);
-            continue;
-        };
-        if file["state"] == "copied" {
-            let copy_expires_ms = file["expires_at"].as_u64().unwrap_or(u64::MAX);
+    for copy in &answer.copies {
+        let mut file = copies::describe(copy);
+        if let (CopyState::Copied, Some(minter), Some(task_id)) = (copy.state, minter, &task_id) {
+            let copy_expires_ms = copy.expires_at.unwrap_or(u64::MAX);
             if minter.now_ms >= copy_expires_ms {
                 file["state"] = json!("expired");
                 file["note"] = json!(
                     "the copy has expired (RESULT_RETENTION_DAYS); only Kling's link is left, which Kling keeps 30 days"
                 );
             } else {
-                let expires = minter.expires().min(copy_expires_ms / 1000);
-                let link = minter.link(&task_id, &name, expires);
-                if let Some((parent, field)) = pointer.rsplit_once('/') {
-                    if let Some(item) = answer.pointer_mut(parent).and_then(Value::as_object_mut) {
+                let link = minter.link(task_id, &copy.name, minter.expires().min(copy_expires_ms / 1000));
+                if let Some((parent, field)) = copy.pointer.rsplit_once('/') {
+                    if let Some(item) = data.pointer_mut(parent).and_then(Value::as_object_mut) {
                         item.insert(format!("{FIELD_PREFIX}{field}"), json!(link));
                     }
                 }
@@ -164,12 +164,14 @@ pub fn link_copies(answer: &mut Value, minter: &Minter) {
                 any_link = true;
             }
         }
-        linked.push(file);
+        files.push(file);
     }
-    answer["copies"]["files"] = Value::Array(linked);
-    if any_link {
-        answer["copies"]["links_expire_at"] = json!(minter.expires() * 1000);
+    let mut described = json!({ "files": files });
+    if let (true, Some(minter)) = (any_link, minter) {
+        described["links_expire_at"] = json!(minter.expires() * 1000);
     }
+    data["copies"] = described;
+    data
 }
 
 #[cfg(test)]
@@ -194,8 +196,8 @@ mod tests {
     }
 
     /// A finished task's answer with its MP3 copied and its WAV over the cap.
-    fn answer() -> Value {
-        let mut data = json!({"task_id": "t1", "task_status": "succeed", "task_result": {"audios": [
+    fn answer() -> TaskAnswer {
+        let data = json!({"task_id": "t1", "task_status": "succeed", "task_result": {"audios": [
             {"id": "a", "url_mp3": "https://kling.example/a.mp3", "url_wav": "https://kling.example/a.wav"}]}});
         let mut list = Vec::new();
         copies::queue(&mut list, copies::result_files(&data), NOW);
@@ -217,15 +219,13 @@ mod tests {
             &schedule,
             &settings,
         );
-        data["copies"] = copies::describe(&list);
-        data
+        TaskAnswer { data, copies: list }
     }
 
     #[test]
     fn a_copys_link_sits_next_to_klings_and_verifies() {
         let key = key();
-        let mut answer = answer();
-        link_copies(&mut answer, &minter(&key, NOW + 1_000));
+        let answer = render(&answer(), Some(&minter(&key, NOW + 1_000)));
         let audio = &answer["task_result"]["audios"][0];
         assert_eq!(audio["url_mp3"], "https://kling.example/a.mp3", "Kling's link is kept");
         let link = audio["copy_url_mp3"].as_str().unwrap();
@@ -284,15 +284,13 @@ mod tests {
     #[test]
     fn an_expired_copy_says_so_and_leaves_klings_link() {
         let key = key();
-        let mut answer = answer();
-        link_copies(&mut answer, &minter(&key, NOW + copies::days_ms(90)));
+        let answer = render(&answer(), Some(&minter(&key, NOW + copies::days_ms(90))));
         assert_eq!(answer["copies"]["files"][0]["state"], "expired");
         assert!(answer["copies"]["files"][0]["note"].as_str().unwrap().contains("has expired"));
         assert!(answer["task_result"]["audios"][0].get("copy_url_mp3").is_none());
         assert!(answer["copies"].get("links_expire_at").is_none());
         // A link never outlives its copy.
-        let mut answer = self::answer();
-        link_copies(&mut answer, &minter(&key, NOW + copies::days_ms(90) - 60_000));
+        let answer = render(&self::answer(), Some(&minter(&key, NOW + copies::days_ms(90) - 60_000)));
         let link = answer["task_result"]["audios"][0]["copy_url_mp3"].as_str().unwrap();
         assert!(link.contains(&format!("expires={}", (NOW + copies::days_ms(90)) / 1000)), "{link}");
     }
@@ -300,8 +298,13 @@ mod tests {
     #[test]
     fn answers_without_copies_are_left_alone() {
         let key = key();
-        let mut answer = json!({"task_id": "t1", "task_status": "processing"});
-        link_copies(&mut answer, &minter(&key, NOW));
-        assert_eq!(answer, json!({"task_id": "t1", "task_status": "processing"}));
+        let data = json!({"task_id": "t1", "task_status": "processing"});
+        let answer = TaskAnswer { data: data.clone(), copies: Vec::new() };
+        assert_eq!(render(&answer, Some(&minter(&key, NOW))), data);
+        assert_eq!(
+            render(&self::answer(), None)["copies"]["files"][0].get("url"),
+            None,
+            "no minter, no links"
+        );
     }
 }

@@ -330,45 +330,39 @@ fn size(bytes: u64) -> String {
     }
 }
 
-/// The `copies` object of an answer: each file's state, in words where it is not a copy.
-/// Links are added when the answer is given (`crate::links::result_links::link_copies`), since they
-/// are signed for a while from then.
-pub fn describe(copies: &[Copy]) -> Value {
-    let files: Vec<Value> = copies
-        .iter()
-        .map(|copy| {
-            let mut file = json!({"field": copy.pointer, "name": copy.name, "state": copy.state});
-            if let Some(bytes) = copy.bytes {
-                file["bytes"] = json!(bytes);
-            }
-            if let Some(at) = copy.expires_at {
-                file["expires_at"] = json!(at);
-            }
-            let note = match copy.state {
-                CopyState::Pending if copy.last_error.is_none() => Some("being copied".to_owned()),
-                CopyState::Pending => Some(format!(
-                    "not copied yet ({}); tried {} time{}, trying again",
-                    copy.last_error.as_deref().unwrap_or("failed"),
-                    copy.attempts,
-                    if copy.attempts == 1 { "" } else { "s" }
-                )),
-                CopyState::Copied => None,
-                CopyState::TooLarge => Some(format!(
-                    "not copied: {}; use Kling's link",
-                    copy.last_error.as_deref().unwrap_or("too large")
-                )),
-                CopyState::Failed => Some(format!(
-                    "not copied: every attempt failed ({}); use Kling's link",
-                    copy.last_error.as_deref().unwrap_or("failed")
-                )),
-            };
-            if let Some(note) = note {
-                file["note"] = json!(note);
-            }
-            file
-        })
-        .collect();
-    json!({ "files": files })
+/// One file of an answer's `copies` object: its state, in words where it is not a copy.
+/// Links are added when the answer is given (`crate::links::result_links::render`), since
+/// they are signed for a while from then.
+pub fn describe(copy: &Copy) -> Value {
+    let mut file = json!({"field": copy.pointer, "name": copy.name, "state": copy.state});
+    if let Some(bytes) = copy.bytes {
+        file["bytes"] = json!(bytes);
+    }
+    if let Some(at) = copy.expires_at {
+        file["expires_at"] = json!(at);
+    }
+    let note = match copy.state {
+        CopyState::Pending if copy.last_error.is_none() => Some("being copied".to_owned()),
+        CopyState::Pending => Some(format!(
+            "not copied yet ({}); tried {} time{}, trying again",
+            copy.last_error.as_deref().unwrap_or("failed"),
+            copy.attempts,
+            if copy.attempts == 1 { "" } else { "s" }
+        )),
+        CopyState::Copied => None,
+        CopyState::TooLarge => Some(format!(
+            "not copied: {}; use Kling's link",
+            copy.last_error.as_deref().unwrap_or("too large")
+        )),
+        CopyState::Failed => Some(format!(
+            "not copied: every attempt failed ({}); use Kling's link",
+            copy.last_error.as_deref().unwrap_or("failed")
+        )),
+    };
+    if let Some(note) = note {
+        file["note"] = json!(note);
+    }
+    file
 }
 
 #[cfg(test)]
@@ -487,8 +481,7 @@ mod tests {
             2 + (crate::kling::RETENTION_MS - 5_000) / 300_000,
             "every 5 minutes after the first delay"
         );
-        let described = describe(&copies);
-        assert!(described["files"][1]["note"]
+        assert!(describe(&copies[1])["note"]
             .as_str()
             .unwrap()
             .contains("every attempt failed (answered 404)"));
@@ -508,12 +501,11 @@ mod tests {
             &settings,
         );
         assert_eq!(next_due(&copies), Some(NOW), "the MP3 is still due");
-        let described = describe(&copies);
-        assert_eq!(described["files"][1]["state"], "too_large");
+        assert_eq!(describe(&copies[1])["state"], "too_large");
         assert_eq!(
-            described["files"][1]["note"],
+            describe(&copies[1])["note"],
             "not copied: 108 KB is over this deployment's cap of 40 KB (RESULT_COPY_MAX_BYTES); use Kling's link"
         );
-        assert_eq!(described["files"][0]["note"], "being copied");
+        assert_eq!(describe(&copies[0])["note"], "being copied");
     }
 }

@@ -11,12 +11,11 @@
 use std::io::Write as _;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::copies;
 use super::delivery::DeliveryState;
-use super::TaskRecord;
+use super::{TaskAnswer, TaskRecord};
 
 /// A write of the edge copy that failed is tried again after this long.
 pub const RETRY_MS: u64 = 30_000;
@@ -26,14 +25,15 @@ pub const RETRY_MS: u64 = 30_000;
 pub struct EdgeCopy {
     pub tenant: String,
     pub endpoint: u8,
-    /// The task's answer: Kling's data, plus `copies` and, when the client gave a webhook,
-    /// `delivery`.
-    pub task: Value,
+    /// The task as its client reads it (links to its copies are minted at each read).
+    pub task: TaskAnswer,
 }
 
-/// The key of a task's edge copy: `task:v2:{shard}:{task_id}` (at most 109 bytes).
+/// The key of a task's edge copy: `task:v3:{shard}:{task_id}` (at most 109 bytes). The
+/// previous version's copies (`task:v2:`, answers with their copies described in JSON) are
+/// not read: their tasks are answered by their coordinators until those copies expire.
 pub fn key(shard: &str, task_id: &str) -> String {
-    format!("task:v2:{shard}:{task_id}")
+    format!("task:v3:{shard}:{task_id}")
 }
 
 /// The write an edge copy needs.

@@ -78,6 +78,17 @@ pub struct TaskRecord {
     pub copies: Vec<Copy>,
 }
 
+/// A task as its client reads it, before the links to its copies are minted: Kling's data
+/// (with the worker's `delivery` when the client gave a webhook) and its result copies,
+/// typed. `crate::links::result_links::render` makes it the JSON the client gets, minting
+/// fresh links to the copies each time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAnswer {
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<Copy>,
+}
+
 impl TaskRecord {
     /// A task first heard of at `now`, from a create answer or a callback. It is listed by
     /// Kling's own `created_at` when the report has one.
@@ -192,36 +203,25 @@ impl TaskRecord {
         self.tenant.is_some() && self.delivery.is_due(now)
     }
 
-    /// Kling's data, plus a `copies` object when the result files are (being) copied.
-    pub fn data_with_copies(&self) -> Value {
+    /// The task as its client reads it: Kling's data, with a `delivery` object when the
+    /// client gave a webhook, and the result copies.
+    pub fn answer(&self) -> TaskAnswer {
         let mut data = self.data.clone();
-        if let (false, Some(object)) = (self.copies.is_empty(), data.as_object_mut()) {
-            object.insert("copies".into(), copies::describe(&self.copies));
-        }
-        data
-    }
-
-    /// The answer a client gets for this task: Kling's data, plus a `copies` object when the
-    /// result files are (being) copied and a `delivery` object when it has a webhook.
-    pub fn answer(&self) -> Value {
-        let mut answer = self.data_with_copies();
         if self.client_callback_url.is_some() {
-            if let (Some(object), Ok(delivery)) =
-                (answer.as_object_mut(), serde_json::to_value(&self.delivery))
+            if let (Some(object), Ok(delivery)) = (data.as_object_mut(), serde_json::to_value(&self.delivery))
             {
                 object.insert("delivery".into(), delivery);
             }
         }
-        answer
+        TaskAnswer { data, copies: self.copies.clone() }
     }
 
-    /// The body of the webhook: Kling's data with its copies, given to `link_copies` to put
-    /// their links in (or, for a useapi.net-style task, useapi's answer around it, with its
-    /// `replyRef`), plus `tenant`, the client that created the task (for a browser user,
-    /// `{app}/{sub}`).
-    pub fn webhook_body(&self, link_copies: impl FnOnce(&mut Value)) -> Vec<u8> {
-        let mut data = self.data_with_copies();
-        link_copies(&mut data);
+    /// The body of the webhook: Kling's data and its copies, as `render` makes them JSON
+    /// (with links, see `crate::links::result_links::render`), or for a useapi.net-style
+    /// task useapi's answer around it, with its `replyRef`; plus `tenant`, the client that
+    /// created the task (for a browser user, `{app}/{sub}`).
+    pub fn webhook_body(&self, render: impl FnOnce(&TaskAnswer) -> Value) -> Vec<u8> {
+        let data = render(&TaskAnswer { data: self.data.clone(), copies: self.copies.clone() });
         let mut body = match self.style.as_deref() {
             Some(USEAPI_STYLE) => api::useapi::reply_body(&data, self.reply_ref.as_deref()),
             _ => data,
@@ -402,8 +402,8 @@ mod tests {
         let Some(Write::Put { value, digest }) = task.edge_copy_write(NOW) else { panic!("a put") };
         let copy: EdgeCopy = serde_json::from_str(&value).unwrap();
         assert_eq!(copy.tenant, "web/alice");
-        assert_eq!(copy.task["delivery"]["state"], "delivered");
-        assert_eq!(copy.task["task_result"]["audios"][0]["id"], "a1");
+        assert_eq!(copy.task.data["delivery"]["state"], "delivered");
+        assert_eq!(copy.task.data["task_result"]["audios"][0]["id"], "a1");
         task.edge_copy_digest = Some(digest);
         assert_eq!(task.edge_copy_write(NOW), None, "written once");
         assert!(!task.edge_copy_due(NOW));
@@ -438,11 +438,11 @@ mod tests {
     fn answers_and_webhooks_carry_what_the_client_needs() {
         let mut task = record(true);
         task.apply_report(&report("failed", 2), NOW, &poll());
-        let answer = task.answer();
+        let answer = task.answer().data;
         assert_eq!(answer["task_status"], "failed");
         assert_eq!(answer["delivery"]["state"], "pending");
-        assert_eq!(record(false).answer().get("delivery"), None);
-        let body: Value = serde_json::from_slice(&task.webhook_body(|_| ())).unwrap();
+        assert_eq!(record(false).answer().data.get("delivery"), None);
+        let body: Value = serde_json::from_slice(&task.webhook_body(|answer| answer.data.clone())).unwrap();
         assert_eq!(body["tenant"], "web/alice");
         assert_eq!(body.get("delivery"), None);
         assert_eq!(task.app(), Some("web"));
@@ -454,7 +454,7 @@ mod tests {
         task.style = Some(USEAPI_STYLE.into());
         task.reply_ref = Some("my-id-1234".into());
         task.apply_report(&with_audios(report("succeed", 2)), NOW, &poll());
-        let body: Value = serde_json::from_slice(&task.webhook_body(|_| ())).unwrap();
+        let body: Value = serde_json::from_slice(&task.webhook_body(|answer| answer.data.clone())).unwrap();
         assert_eq!(body["replyRef"], "my-id-1234");
         assert_eq!(body["task"]["id"], "t1");
         assert_eq!(body["status_final"], true);
@@ -476,6 +476,6 @@ mod tests {
             !record(false).expired(NOW + RETENTION_MS + 1, RETENTION_MS),
             "a running task is never forgotten"
         );
-        assert!(edge_copy::key("00ff", "t1").starts_with("task:v2:00ff:"));
+        assert!(edge_copy::key("00ff", "t1").starts_with("task:v3:00ff:"));
     }
 }
