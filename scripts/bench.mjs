@@ -433,7 +433,8 @@ async function measure({ limiters, persisted, countLife, profile = false }) {
   let inspector;
   if (profile) {
     const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json();
-    inspector = targets.find((target) => target.webSocketDebuggerUrl.endsWith('/kling-edge'))?.webSocketDebuggerUrl;
+    inspector = targets.find((target) => /[/:]kling-edge$/.test(target.webSocketDebuggerUrl))?.webSocketDebuggerUrl;
+    if (!inspector) throw new Error('kling-edge\'s isolate is not among the inspector\'s targets');
   }
   for (const mode of ['fast', 'slow']) {
     setMode(mode);

@@ -38,3 +38,13 @@ if ! .venv/bin/schemathesis --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSI
   "$python" -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+
+# The PyPI Python Kling client `klingai-api`, for its end-to-end test, into the same .venv.
+# It declares Python >= 3.14 but runs on 3.11+; of its dependencies, its API client needs
+# only PyJWT and requests-toolbelt (the others serve its CLI and MCP server).
+KLINGAI_API_VERSION=0.1.0
+if [ "$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("klingai-api"))' 2>/dev/null)" != "$KLINGAI_API_VERSION" ]; then
+  say "installing the Python Kling client klingai-api $KLINGAI_API_VERSION into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --ignore-requires-python "klingai-api==$KLINGAI_API_VERSION"
+  .venv/bin/pip install --quiet --disable-pip-version-check "pyjwt>=2.8" "requests-toolbelt>=1.0.0"
+fi

@@ -25,6 +25,7 @@ use crate::record::copies::CopyOutcome;
 use crate::record::delivery::Attempt;
 use crate::record::edge_copy::EdgeCopy;
 use crate::record::TaskRecord;
+use crate::validate::CostsQuery;
 
 /// One tenant's tasks (a coordinator owns exactly one tenant).
 pub trait TaskStore {
@@ -106,11 +107,14 @@ pub struct KlingReply {
     pub body: Vec<u8>,
 }
 
-/// Kling, as a create reaches it: sent exactly once (a second send could cost a second
-/// credit), with the worker's credentials. A connection that fails or an answer that does
-/// not come in time is an error (502, 504) saying the task may or may not exist.
-pub trait KlingCreates {
+/// Kling, as the request path calls it. A create is sent exactly once (a second send could
+/// cost a second credit), with the worker's credentials; a connection that fails or an
+/// answer that does not come in time is an error (502, 504) saying the task may or may not
+/// exist. Reading the account's costs is free and read-only.
+pub trait KlingApi {
     async fn create(&self, endpoint: &Endpoint, body: &Map<String, Value>) -> Result<KlingReply, ApiError>;
+    /// `GET /account/costs?{query}`: the account's resource packs, Kling's answer unchanged.
+    async fn account_costs(&self, query: &CostsQuery) -> Result<KlingReply, ApiError>;
 }
 
 /// The tenants' coordinators, as the edge calls them: `shard` names the object.
@@ -135,7 +139,7 @@ pub trait RateLimiter {
 
 /// Measuring a video at its URL before Kling is paid to fetch it.
 pub trait VideoProbe {
-    async fn measure(&self, url: &str) -> video_check::Outcome;
+    async fn measure(&self, url: &str) -> video_check::Probed;
 }
 
 /// The edge copies of finished tasks (Workers KV, see `crate::record::edge_copy`): the

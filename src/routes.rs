@@ -61,6 +61,8 @@ pub enum ClientRoute {
     ListTasks(&'static Surface),
     /// `GET /v1/kling/tasks/{id}`: one add-sound task, useapi.net's way.
     UseApiTask(String),
+    /// `GET /account/costs`: the Kling account's resource packs, for a server key.
+    AccountCosts,
 }
 
 /// The copy a result link names (each part already checked for form).
@@ -95,6 +97,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     }
     if path == "/v1/webhook-secret" {
         return only(method, GET, Route::Client(ClientRoute::WebhookSecret));
+    }
+    if path == "/account/costs" {
+        return only(method, GET, Route::Client(ClientRoute::AccountCosts));
     }
     if let Some(token) = path.strip_prefix(KLING_CALLBACK_PATH).and_then(|rest| rest.strip_prefix('/')) {
         // Any token-shaped segment reaches the receiver, which refuses (and counts against

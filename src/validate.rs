@@ -122,9 +122,87 @@ pub fn page(query: Option<&str>) -> Result<Page, ApiError> {
     Ok(Page { num: num.unwrap_or(1), size: size.unwrap_or(DEFAULT_PAGE_SIZE) })
 }
 
+/// The query of `GET /account/costs`: Kling's `start_time` and `end_time` (epoch ms, both
+/// required, start first) and an optional `resource_pack_name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CostsQuery {
+    pub start_time: u64,
+    pub end_time: u64,
+    pub resource_pack_name: Option<String>,
+}
+
+impl CostsQuery {
+    /// The query string sent on to Kling, rebuilt from the checked values.
+    pub fn to_query(&self) -> String {
+        let mut query = format!("start_time={}&end_time={}", self.start_time, self.end_time);
+        if let Some(name) = &self.resource_pack_name {
+            query.push_str("&resource_pack_name=");
+            query.extend(url::form_urlencoded::byte_serialize(name.as_bytes()));
+        }
+        query
+    }
+}
+
+/// Parses the query string of `GET /account/costs`.
+pub fn costs_query(query: Option<&str>) -> Result<CostsQuery, ApiError> {
+    let (mut start, mut end, mut name) = (None, None, None);
+    for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let time = || {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|ms| *ms <= 99_999_999_999_999)
+                .ok_or_else(|| ApiError::bad_param(&key, "must be epoch milliseconds (a whole number)"))
+        };
+        match key.as_ref() {
+            "start_time" if start.is_none() => start = Some(time()?),
+            "end_time" if end.is_none() => end = Some(time()?),
+            "resource_pack_name" if name.is_none() && value.chars().count() <= 128 => {
+                name = Some(value.to_string())
+            }
+            "resource_pack_name" => {
+                return Err(ApiError::bad_param(&key, "must be given once, at most 128 characters"))
+            }
+            "start_time" | "end_time" => return Err(ApiError::bad_param(&key, "must be given at most once")),
+            other => {
+                let shown: String = other.chars().take(40).collect();
+                return Err(ApiError::bad_param(
+                    &shown,
+                    "unknown query parameter (expected start_time, end_time, resource_pack_name)",
+                ));
+            }
+        }
+    }
+    let start_time =
+        start.ok_or_else(|| ApiError::bad_param("start_time", "is required (epoch milliseconds)"))?;
+    let end_time = end.ok_or_else(|| ApiError::bad_param("end_time", "is required (epoch milliseconds)"))?;
+    if start_time > end_time {
+        return Err(ApiError::bad_param("start_time", "must not be after end_time"));
+    }
+    Ok(CostsQuery { start_time, end_time, resource_pack_name: name })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_costs_query_needs_both_times_in_order_and_nothing_else() {
+        let query = costs_query(Some("start_time=1&end_time=2&resource_pack_name=Video%20pack")).unwrap();
+        assert_eq!(query.to_query(), "start_time=1&end_time=2&resource_pack_name=Video+pack");
+        for (raw, field) in [
+            ("end_time=2", "start_time"),
+            ("start_time=1", "end_time"),
+            ("start_time=3&end_time=2", "start_time"),
+            ("start_time=x&end_time=2", "start_time"),
+            ("start_time=1&end_time=2&debug=1", "debug"),
+            ("start_time=1&start_time=1&end_time=2", "start_time"),
+        ] {
+            let error = costs_query(Some(raw)).unwrap_err();
+            assert_eq!(error.status, 400);
+            assert!(error.message.starts_with(&format!("{field}:")), "{raw}: {error}");
+        }
+    }
 
     const PUBLIC: UrlPolicy = UrlPolicy { allow_private: false };
 

@@ -126,6 +126,9 @@ pub struct Body {
     pub checks: &'static [Check],
     /// Bodies above this are refused with 413 before they are read in full.
     pub max_bytes: usize,
+    /// Fields Kling's own clients send to this endpoint that Kling does not take here:
+    /// dropped, never refused, and named to the caller in `X-Kling-Edge-Ignored`.
+    pub ignored: &'static [&'static str],
 }
 
 impl Body {
@@ -157,6 +160,8 @@ pub struct Validated {
     pub webhook: Option<String>,
     /// What the worker keeps for itself.
     pub options: EdgeOptions,
+    /// The body's fields that were dropped (`Body::ignored`).
+    pub ignored: Vec<&'static str>,
 }
 
 /// The fields a create body gives the worker itself (`Target::Edge`), never sent to Kling.
@@ -207,15 +212,21 @@ const CAMERA_AXES: &[&str] = &["horizontal", "vertical", "pan", "tilt", "roll", 
 pub fn validate(body: &Body, raw: &[u8], policy: UrlPolicy) -> Result<Validated, ApiError> {
     let mut given = parse_object(raw)?;
     let allowed: Vec<&str> = body.fields.iter().map(|field| field.name).collect();
-    if let Some(unknown) = given.keys().find(|key| !allowed.contains(&key.as_str())) {
-        let shown: String = unknown.chars().take(40).collect();
-        return Err(ApiError::bad_param(
-            &shown,
-            format!("unknown field (expected one of {})", allowed.join(", ")),
-        ));
+    let mut ignored = Vec::new();
+    for key in given.keys().filter(|key| !allowed.contains(&key.as_str())) {
+        if let Some(name) = body.ignored.iter().find(|name| **name == key) {
+            ignored.push(*name);
+            continue;
+        }
+        let shown: String = key.chars().take(40).collect();
+        let rule = match closest(key, &allowed) {
+            Some(near) => format!("unknown field; did you mean `{near}`?"),
+            None => format!("unknown field (expected one of {})", allowed.join(", ")),
+        };
+        return Err(ApiError::bad_param(&shown, rule));
     }
     // `null` counts as absent, as Kling's own SDKs send it for unset optional fields.
-    given.retain(|_, value| !value.is_null());
+    given.retain(|name, value| !value.is_null() && !ignored.contains(&name.as_str()));
     let mut checked = Map::new();
     for field in body.fields {
         match given.remove(field.name) {
@@ -229,7 +240,7 @@ pub fn validate(body: &Body, raw: &[u8], policy: UrlPolicy) -> Result<Validated,
     for check in body.checks {
         apply_check(*check, &checked)?;
     }
-    let mut validated = Validated::default();
+    let mut validated = Validated { ignored, ..Validated::default() };
     for field in body.fields {
         let Some(value) = checked.remove(field.name) else { continue };
         match field.target {
@@ -248,6 +259,48 @@ pub fn validate(body: &Body, raw: &[u8], policy: UrlPolicy) -> Result<Validated,
         }
     }
     Ok(validated)
+}
+
+/// The field `name` most likely meant, if it is a near miss of one: the same but for case,
+/// `_` or `-` (`asmrMode`), or one or two edits away (`asmr_mod`, `video_ulr`, `sounds`),
+/// one for short names.
+fn closest<'a>(name: &str, fields: &[&'a str]) -> Option<&'a str> {
+    let plain = |s: &str| {
+        s.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect::<Vec<_>>()
+    };
+    let given = plain(name);
+    if given.is_empty() || given.len() > 64 {
+        return None;
+    }
+    let allowed_edits = if given.len() <= 4 { 1 } else { 2 };
+    fields
+        .iter()
+        .map(|field| (edits(&given, &plain(field)), *field))
+        .filter(|(distance, _)| *distance <= allowed_edits)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, field)| field)
+}
+
+/// Edits (insert, delete, substitute, swap two neighbours) between `a` and `b`.
+fn edits(a: &[char], b: &[char]) -> usize {
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (rows[i - 1][j] + 1).min(rows[i][j - 1] + 1).min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = best;
+        }
+    }
+    rows[a.len()][b.len()]
 }
 
 fn parse_object(raw: &[u8]) -> Result<Map<String, Value>, ApiError> {

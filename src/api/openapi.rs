@@ -167,9 +167,15 @@ fn body_schema(surface: &Surface) -> Value {
             required.push(Value::String(field.name.to_owned()));
         }
     }
+    for name in surface.body.ignored {
+        properties.insert(
+            (*name).to_owned(),
+            json!({"description": "Sent by Kling's own clients, but not taken by Kling here: accepted, dropped, and named in the X-Kling-Edge-Ignored header."}),
+        );
+    }
     let rules: Vec<String> = surface.body.checks.iter().map(check_text).collect();
     let mut description = format!(
-        "{}. Unknown fields are refused; null counts as absent. Kling's endpoint: POST {}.",
+        "{}. Unknown fields are refused (a near miss of a field is named: did you mean ...?); null counts as absent. Kling's endpoint: POST {}.",
         surface.summary, surface.endpoint.kling_path
     );
     if !rules.is_empty() {

@@ -132,6 +132,7 @@ static V2A_OFFICIAL: Body = Body {
     ],
     checks: &[Check::ExactlyOne(&["video_id", "video_url"])],
     max_bytes: 64 * 1024,
+    ignored: &[],
 };
 
 static V2A_SIMPLIFIED: Body = Body {
@@ -149,6 +150,7 @@ static V2A_SIMPLIFIED: Body = Body {
     ],
     checks: &[],
     max_bytes: 64 * 1024,
+    ignored: &[],
 };
 
 static TEXT2VIDEO_BODY: Body = Body {
@@ -182,6 +184,7 @@ static TEXT2VIDEO_BODY: Body = Body {
         Check::VideoDurationByModel(LONG_DURATION_MODELS),
     ],
     max_bytes: 64 * 1024,
+    ignored: &[],
 };
 
 static IMAGE2VIDEO_BODY: Body = Body {
@@ -220,6 +223,9 @@ static IMAGE2VIDEO_BODY: Body = Body {
     ],
     // Two images of 10 MB in Base64, and the rest.
     max_bytes: 28 * 1024 * 1024,
+    // Kling's own clients send their text-to-video default here too (the PyPI `klingai-api`
+    // sends `aspect_ratio: "16:9"` in every image2video body); an image sets the shape.
+    ignored: &["aspect_ratio"],
 };
 
 static TEXT_TO_AUDIO_BODY: Body = Body {
@@ -239,6 +245,7 @@ static TEXT_TO_AUDIO_BODY: Body = Body {
     ],
     checks: &[],
     max_bytes: 64 * 1024,
+    ignored: &[],
 };
 
 static ADD_SOUND_BODY: Body = Body {
@@ -283,6 +290,7 @@ static ADD_SOUND_BODY: Body = Body {
         "cannot be true: Kling's API has no way to keep the original sound (its video to audio replaces it)",
     )],
     max_bytes: 64 * 1024,
+    ignored: &[],
 };
 
 /// The simpler video-to-audio body some write-ups describe, mapped onto Kling's official call.
@@ -721,11 +729,10 @@ mod tests {
             "image",
             "private or local",
         );
-        assert_rejected(
-            create(&I2V, json!({"image": PNG_BASE64, "aspect_ratio": "1:1"})),
-            "aspect_ratio",
-            "unknown field",
-        );
+        // Kling's clients send text-to-video's aspect_ratio here too: dropped and named, not refused.
+        let validated = create(&I2V, json!({"image": PNG_BASE64, "aspect_ratio": "16:9"})).unwrap();
+        assert_eq!(validated.ignored, ["aspect_ratio"]);
+        assert!(!validated.upstream.contains_key("aspect_ratio"));
     }
 
     #[test]
@@ -837,6 +844,32 @@ mod tests {
             create(&ADD_SOUND, json!({"video": VIDEO, "maxJobs": 0})),
             "maxJobs",
             "from 1 to 100",
+        );
+    }
+
+    #[test]
+    fn near_misses_of_a_field_are_refused_with_the_field_meant() {
+        for (surface, body, field, meant) in [
+            (&V2A, json!({"video_url": VIDEO, "asmr_mod": true}), "asmr_mod", "asmr_mode"),
+            (&V2A, json!({"video_url": VIDEO, "asmrMode": true}), "asmrMode", "asmr_mode"),
+            (&V2A, json!({"video_ulr": VIDEO}), "video_ulr", "video_url"),
+            (&T2V, json!({"prompt": "x", "sounds": "on"}), "sounds", "sound"),
+            (&T2V, json!({"prompt": "x", "sund": "on"}), "sund", "sound"),
+            (&ADD_SOUND, json!({"video": VIDEO, "replyurl": "https://a.example/h"}), "replyurl", "replyUrl"),
+        ] {
+            assert_rejected(create(surface, body), field, &format!("unknown field; did you mean `{meant}`?"));
+        }
+        // Neither near nor ignored: refused, listing the fields.
+        assert_rejected(
+            create(&V2A, json!({"video_url": VIDEO, "sounds": 1})),
+            "sounds",
+            "expected one of video_id",
+        );
+        // A text-to-video field on text to audio is no near miss and not ignored there.
+        assert_rejected(
+            create(&T2A, json!({"prompt": "x", "duration": 5, "aspect_ratio": "16:9"})),
+            "aspect_ratio",
+            "unknown field",
         );
     }
 

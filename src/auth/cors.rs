@@ -13,7 +13,7 @@ pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, OPTIONS";
 pub const ALLOWED_HEADERS: &str = "Authorization, Content-Type, Range, If-None-Match";
 /// Headers a page may read from an answer (the last four from a result copy's).
 pub const EXPOSED_HEADERS: &str =
-    "X-Request-Id, Retry-After, Content-Range, Content-Length, Accept-Ranges, ETag";
+    "X-Request-Id, Retry-After, Content-Range, Content-Length, Accept-Ranges, ETag, X-Kling-Edge-Ignored";
 /// How long a browser may cache a preflight (Chromium caps this at 2 hours).
 pub const MAX_AGE_SECS: u32 = 7200;
 

@@ -15,7 +15,7 @@ use crate::config::{Config, KlingCredentials};
 use crate::error::ApiError;
 use crate::jwt::KlingTokenCache;
 use crate::kling::task;
-use crate::ports::{KlingCreates, KlingReply, Upstream};
+use crate::ports::{KlingApi, KlingReply, Upstream};
 
 use super::clock;
 use super::http::{fetch_with_deadline, FetchFailure};
@@ -136,17 +136,21 @@ impl Upstream for Kling {
     }
 }
 
-/// Kling for the request path: the client (and its token) is made only when a create is sent.
-pub struct KlingForCreates<'a> {
+/// Kling for the request path: the client (and its token) is made only when a call is sent.
+pub struct KlingForRequests<'a> {
     pub config: &'a Config,
 }
 
-impl KlingCreates for KlingForCreates<'_> {
+impl KlingApi for KlingForRequests<'_> {
     async fn create(
         &self,
         endpoint: &Endpoint,
         body: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<KlingReply, ApiError> {
         Kling::new(self.config).create(endpoint, body).await
+    }
+
+    async fn account_costs(&self, query: &crate::validate::CostsQuery) -> Result<KlingReply, ApiError> {
+        Kling::new(self.config).get(&format!("/account/costs?{}", query.to_query())).await
     }
 }

@@ -44,7 +44,7 @@ use crate::validate;
 use self::clock::WorkerRuntime;
 use self::coordinator::DurableCoordinators;
 use self::edge_copy::KvEdgeCopies;
-use self::kling::KlingForCreates;
+use self::kling::KlingForRequests;
 use self::limits::Bindings;
 use self::probe::FetchProbe;
 
@@ -61,10 +61,13 @@ pub struct Call<'a> {
     pub coordinator_calls: &'a Cell<u32>,
 }
 
+/// Names the body's fields a create dropped (`crate::api::fields::Body::ignored`).
+pub const IGNORED_HEADER: &str = "X-Kling-Edge-Ignored";
+
 /// The flows' view of the deployment, with the Workers runtime's ports.
 type WorkerEdge<'a> = Edge<
     'a,
-    KlingForCreates<'a>,
+    KlingForRequests<'a>,
     DurableCoordinators<'a>,
     Bindings<'a>,
     FetchProbe<'a>,
@@ -100,7 +103,7 @@ impl Runtime for RequestRuntime<'_> {
 struct WorkerPorts<'a> {
     config: &'a Config,
     origin: &'a str,
-    kling: KlingForCreates<'a>,
+    kling: KlingForRequests<'a>,
     coordinators: DurableCoordinators<'a>,
     limiter: Bindings<'a>,
     probe: FetchProbe<'a>,
@@ -119,7 +122,7 @@ impl<'a> WorkerPorts<'a> {
         WorkerPorts {
             config,
             origin,
-            kling: KlingForCreates { config },
+            kling: KlingForRequests { config },
             coordinators: DurableCoordinators { env, calls },
             limiter: Bindings { env },
             probe: FetchProbe { config },
@@ -266,6 +269,7 @@ async fn handle(
 
     let ports = WorkerPorts::new(env, &call.config, &call.origin, request_id, call.coordinator_calls);
     let edge = ports.edge();
+    let mut ignored = Vec::new();
     let answer = match client_route {
         ClientRoute::MintToken => {
             let body = http::read_body(request, http::MAX_BODY_BYTES).await?;
@@ -275,6 +279,7 @@ async fn handle(
         ClientRoute::CreateTask(surface) => {
             let body = http::read_body(request, surface.body.max_bytes).await?;
             let created = edge.create(&client, surface, &body).await?;
+            ignored = created.ignored;
             if let Some(recording) = created.record {
                 let (env, config, origin, request_id) =
                     (env.clone(), call.config.clone(), call.origin.clone(), request_id.to_owned());
@@ -292,8 +297,14 @@ async fn handle(
             edge.list(&client, surface.endpoint.code, page).await?
         }
         ClientRoute::UseApiTask(id) => edge.useapi_task(&client, &id).await?,
+        ClientRoute::AccountCosts => edge.account_costs(&client, url.query()).await?,
     };
-    Ok(http::answer(answer, request_id))
+    let response = http::answer(answer, request_id);
+    if !ignored.is_empty() {
+        // Fields Kling's own clients send where Kling does not take them: dropped, and named.
+        let _ = response.headers().set(IGNORED_HEADER, &ignored.join(", "));
+    }
+    Ok(response)
 }
 
 /// `POST /v1/callbacks/kling/{capability}`: Kling's callback, with its signature headers.

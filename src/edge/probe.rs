@@ -18,7 +18,7 @@ use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{web_sys, AbortController, Cache, Response};
 
 use crate::config::Config;
-use crate::probe::video_check::{self, Outcome};
+use crate::probe::video_check::{self, Outcome, Probed};
 use crate::probe::{Probe, Problem, Step, HEAD_BYTES, MAX_BYTES};
 use crate::url_safety;
 
@@ -41,22 +41,18 @@ pub struct FetchProbe<'a> {
 }
 
 impl crate::ports::VideoProbe for FetchProbe<'_> {
-    async fn measure(&self, url: &str) -> Outcome {
-        measure(self.config, url).await
+    /// What probing `url` comes to: reused from the cache for a while, else measured.
+    async fn measure(&self, url: &str) -> Probed {
+        let key = cache_key(url, self.config.allow_private_urls);
+        if let Some(outcome) = remembered(&key).await {
+            return Probed { outcome, reused: true };
+        }
+        let outcome = run(self.config, url).await;
+        if outcome.is_settled() {
+            remember(&key, &outcome).await;
+        }
+        Probed { outcome, reused: false }
     }
-}
-
-/// What probing `url` comes to: reused from the cache for a while, else measured.
-pub async fn measure(config: &Config, url: &str) -> Outcome {
-    let key = cache_key(url, config.allow_private_urls);
-    if let Some(outcome) = remembered(&key).await {
-        return outcome;
-    }
-    let outcome = run(config, url).await;
-    if outcome.is_settled() {
-        remember(&key, &outcome).await;
-    }
-    outcome
 }
 
 async fn remembered(key: &str) -> Option<Outcome> {

@@ -35,6 +35,8 @@ const SCHEMA: &[&str] = &[
 
 pub struct SqlStore {
     sql: SqlStorage,
+    /// What `meta` holds, as read or written through this store (the object's only writer).
+    meta: std::cell::RefCell<std::collections::HashMap<String, Option<String>>>,
 }
 
 fn failed(error: worker::Error) -> ApiError {
@@ -77,7 +79,7 @@ impl SqlStore {
         for statement in SCHEMA {
             sql.exec(statement, None).map_err(failed)?;
         }
-        Ok(SqlStore { sql })
+        Ok(SqlStore { sql, meta: Default::default() })
     }
 
     fn records(&self, query: &str, bindings: Vec<SqlStorageValue>) -> Result<Vec<TaskRecord>, ApiError> {
@@ -191,12 +193,17 @@ impl TaskStore for SqlStore {
     }
 
     fn meta(&self, name: &str) -> Result<Option<String>, ApiError> {
+        if let Some(known) = self.meta.borrow().get(name) {
+            return Ok(known.clone());
+        }
         let rows: Vec<ValueRow> = self
             .sql
             .exec("SELECT value FROM meta WHERE name = ?", vec![name.into()])
             .and_then(|c| c.to_array())
             .map_err(failed)?;
-        Ok(rows.into_iter().next().map(|row| row.value))
+        let value = rows.into_iter().next().map(|row| row.value);
+        self.meta.borrow_mut().insert(name.to_owned(), value.clone());
+        Ok(value)
     }
 
     fn set_meta(&self, name: &str, value: &str) -> Result<(), ApiError> {
@@ -206,6 +213,7 @@ impl TaskStore for SqlStore {
                 vec![name.into(), value.into()],
             )
             .map_err(failed)?;
+        self.meta.borrow_mut().insert(name.to_owned(), Some(value.to_owned()));
         Ok(())
     }
 }

@@ -15,14 +15,14 @@ use crate::error::{code, ApiError};
 use crate::kling::task;
 use crate::links::capability::Capability;
 use crate::links::webhook::SignatureHeaders;
-use crate::ports::{Coordinators, EdgeCopies, KlingCreates, RateLimiter, Runtime, VideoProbe};
+use crate::ports::{Coordinators, EdgeCopies, KlingApi, RateLimiter, Runtime, VideoProbe};
 
 use super::edge::{Answer, Edge};
 use super::protocol;
 
 impl<K, C, L, P, M, T> Edge<'_, K, C, L, P, M, T>
 where
-    K: KlingCreates,
+    K: KlingApi,
     C: Coordinators,
     L: RateLimiter,
     P: VideoProbe,

@@ -19,10 +19,8 @@ use crate::api::{fields::Target, useapi};
 use crate::auth::Client;
 use crate::error::{code, ApiError};
 use crate::links::capability::Capability;
-use crate::ports::{
-    Coordinators, EdgeCopies, KlingCreates, KlingReply, Limit, RateLimiter, Runtime, VideoProbe,
-};
-use crate::probe::video_check::{self, Policy};
+use crate::ports::{Coordinators, EdgeCopies, KlingApi, KlingReply, Limit, RateLimiter, Runtime, VideoProbe};
+use crate::probe::video_check::{self, Policy, Probed};
 use crate::record::USEAPI_STYLE;
 use crate::validate::UrlPolicy;
 use crate::{kling::task, routes};
@@ -34,11 +32,13 @@ use super::protocol;
 /// Tries of recording a create with its coordinator (after the answer), and the waits before each.
 pub const RECORD_RETRY_MS: [u64; 3] = [0, 200, 1_000];
 
-/// A create's outcome: the answer, and the task to record once it is sent.
+/// A create's outcome: the answer, the task to record once it is sent, and the body's
+/// fields that were dropped (for `X-Kling-Edge-Ignored`).
 #[derive(Debug)]
 pub struct Created {
     pub answer: Answer,
     pub record: Option<Recording>,
+    pub ignored: Vec<&'static str>,
 }
 
 /// A create Kling accepted, for its tenant's coordinator.
@@ -50,7 +50,7 @@ pub struct Recording {
 
 impl<K, C, L, P, M, T> Edge<'_, K, C, L, P, M, T>
 where
-    K: KlingCreates,
+    K: KlingApi,
     C: Coordinators,
     L: RateLimiter,
     P: VideoProbe,
@@ -137,7 +137,7 @@ where
             (Style::UseApi, Some(data)) => Answer::UseApi(useapi::task_answer(&data)),
             (Style::UseApi, None) => return Err(kling_refusal(&reply)),
         };
-        Ok(Created { answer, record })
+        Ok(Created { answer, record, ignored: validated.ignored })
     }
 
     /// Records a create Kling accepted with its coordinator, trying again a couple of times:
@@ -175,10 +175,14 @@ where
             return video_check::hint_rule(hint);
         };
         let started_ms = self.runtime.now_ms();
-        let outcome = self.probe.measure(url).await;
+        let Probed { outcome, reused } = self.probe.measure(url).await;
         let field = surface.body.client_name_of_upstream("video_url").unwrap_or("video_url");
         let judged = video_check::judge(&outcome, policy, hint, field);
-        // The URL is not logged: it may carry a signature.
+        // A reused outcome was logged when it was measured. The URL is not logged: it may
+        // carry a signature.
+        if reused {
+            return judged.map(drop);
+        }
         self.runtime.log(json!({
             "event": "video_probe",
             "outcome": outcome,

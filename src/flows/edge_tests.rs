@@ -360,7 +360,7 @@ fn a_create_gives_kling_the_workers_callback_and_keeps_the_clients_webhook() {
     let client = server("web");
     let body = json!({"video_url": VIDEO, "callback_url": "https://app.example.com/hook", "external_task_id": "mine-1"});
     let created = world.create_and_record(&client, &V2A, body);
-    let created_answer = Created { answer: created.answer.clone(), record: None };
+    let created_answer = Created { answer: created.answer.clone(), record: None, ignored: Vec::new() };
     let sent = world.kling.created.borrow()[0].1.clone();
     let callback = sent["callback_url"].as_str().unwrap();
     assert!(callback.starts_with(&format!("{ORIGIN}/v1/callbacks/kling/")), "{callback}");
@@ -530,6 +530,25 @@ fn only_a_server_key_mints_tokens_and_reads_its_webhook_secret() {
     assert_eq!(secret["client"], "ops");
     assert!(secret["secret"].as_str().unwrap().starts_with("whsec_"));
     world.assert_nothing_spent("tokens");
+}
+
+#[test]
+fn the_accounts_costs_are_kling_s_answer_for_a_server_key_only() {
+    let world = World::new();
+    let query = Some("start_time=1&end_time=2");
+    let refused = world.edge(|edge| block_on(edge.account_costs(&browser("web", "alice", None), query)));
+    assert_eq!(refused.unwrap_err().status, 403);
+    let malformed =
+        world.edge(|edge| block_on(edge.account_costs(&server("web"), Some("start_time=2&end_time=1"))));
+    assert_eq!(malformed.unwrap_err().status, 400);
+    assert!(world.kling.costs_queries.borrow().is_empty(), "refused before Kling");
+    let Answer::Kling(reply) =
+        world.edge(|edge| block_on(edge.account_costs(&server("web"), query))).unwrap()
+    else {
+        panic!("Kling's answer")
+    };
+    assert_eq!(reply.status, 200);
+    assert_eq!(*world.kling.costs_queries.borrow(), ["start_time=1&end_time=2"]);
 }
 
 #[test]

@@ -13,7 +13,7 @@ use crate::auth::Client;
 use crate::error::ApiError;
 use crate::kling::task;
 use crate::links::result_links::{self, Minter};
-use crate::ports::{Coordinators, EdgeCopies, KlingCreates, RateLimiter, Runtime, VideoProbe};
+use crate::ports::{Coordinators, EdgeCopies, KlingApi, RateLimiter, Runtime, VideoProbe};
 use crate::record::TaskAnswer;
 use crate::validate::Page;
 
@@ -22,7 +22,7 @@ use super::protocol;
 
 impl<K, C, L, P, M, T> Edge<'_, K, C, L, P, M, T>
 where
-    K: KlingCreates,
+    K: KlingApi,
     C: Coordinators,
     L: RateLimiter,
     P: VideoProbe,

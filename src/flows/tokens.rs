@@ -1,19 +1,22 @@
 //! What only an app's server may ask for: `POST /v1/tokens` (a short-lived browser token for
-//! one of its users) and `GET /v1/webhook-secret` (the secret its webhooks are signed with).
+//! one of its users), `GET /v1/webhook-secret` (the secret its webhooks are signed with) and
+//! `GET /account/costs` (the Kling account's resource packs, which Kling's clients read to
+//! check their credentials when a session opens).
 
 use serde_json::json;
 
 use crate::auth::browser_token;
 use crate::auth::Client;
 use crate::error::{code, ApiError};
-use crate::ports::{Coordinators, EdgeCopies, KlingCreates, RateLimiter, Runtime, VideoProbe};
+use crate::ports::{Coordinators, EdgeCopies, KlingApi, RateLimiter, Runtime, VideoProbe};
+use crate::validate;
 use crate::validate::UrlPolicy;
 
 use super::edge::{Answer, Edge};
 
 impl<K, C, L, P, M, T> Edge<'_, K, C, L, P, M, T>
 where
-    K: KlingCreates,
+    K: KlingApi,
     C: Coordinators,
     L: RateLimiter,
     P: VideoProbe,
@@ -56,5 +59,13 @@ where
             ));
         };
         Ok(Answer::Success(json!({"client": client.app, "secret": key.for_client(&client.app).to_secret()})))
+    }
+
+    /// `GET /account/costs?start_time=&end_time=[&resource_pack_name=]`: Kling's answer,
+    /// unchanged. A browser token may not read the account's packs.
+    pub async fn account_costs(&self, client: &Client, query: Option<&str>) -> Result<Answer, ApiError> {
+        client.require_server_key("read the Kling account's costs")?;
+        let query = validate::costs_query(query)?;
+        self.kling.account_costs(&query).await.map(Answer::Kling)
     }
 }

@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::flows::coordinator::{Coordinator, Settings};
 use crate::flows::protocol::{self, Call};
 use crate::ports::{
-    Coordinators, EdgeCopies, KlingCreates, KlingReply, Limit, RateLimiter, ResultBucket, Runtime, TaskStore,
+    Coordinators, EdgeCopies, KlingApi, KlingReply, Limit, RateLimiter, ResultBucket, Runtime, TaskStore,
     Upstream, VideoProbe, Webhooks,
 };
 use crate::probe::video_check;
@@ -212,6 +212,8 @@ pub struct ScriptedKling {
     pub created: RefCell<Vec<(u8, Map<String, Value>)>>,
     /// The answers of the next creates, in order (then Kling accepts each).
     pub create_scripts: RefCell<VecDeque<CreateScript>>,
+    /// Every `GET /account/costs` query Kling was sent.
+    pub costs_queries: RefCell<Vec<String>>,
 }
 
 impl ScriptedKling {
@@ -425,7 +427,7 @@ pub enum CreateScript {
     Fail(ApiError),
 }
 
-impl KlingCreates for ScriptedKling {
+impl KlingApi for ScriptedKling {
     /// Records the body; answers the next scripted answer, else accepts the task as Kling
     /// does (`submitted`, a fresh id), which later queries then find.
     async fn create(&self, endpoint: &Endpoint, body: &Map<String, Value>) -> Result<KlingReply, ApiError> {
@@ -444,6 +446,15 @@ impl KlingCreates for ScriptedKling {
             data["task_info"] = serde_json::json!({"external_task_id": external});
         }
         self.set(data.clone());
+        let envelope =
+            serde_json::json!({"code": 0, "message": "SUCCEED", "request_id": "kling-req", "data": data});
+        Ok(KlingReply { status: 200, body: envelope.to_string().into_bytes() })
+    }
+
+    async fn account_costs(&self, query: &crate::validate::CostsQuery) -> Result<KlingReply, ApiError> {
+        self.costs_queries.borrow_mut().push(query.to_query());
+        yield_once().await;
+        let data = serde_json::json!({"resource_pack_subscribe_infos": [{"resource_pack_name": "Video", "remaining_quantity": 10}]});
         let envelope =
             serde_json::json!({"code": 0, "message": "SUCCEED", "request_id": "kling-req", "data": data});
         Ok(KlingReply { status: 200, body: envelope.to_string().into_bytes() })
@@ -485,14 +496,15 @@ pub struct ScriptedProbe {
 }
 
 impl VideoProbe for ScriptedProbe {
-    async fn measure(&self, url: &str) -> video_check::Outcome {
+    async fn measure(&self, url: &str) -> video_check::Probed {
         self.calls.set(self.calls.get() + 1);
         yield_once().await;
-        self.outcomes.borrow().get(url).cloned().unwrap_or(video_check::Outcome::Measured {
+        let outcome = self.outcomes.borrow().get(url).cloned().unwrap_or(video_check::Outcome::Measured {
             container: "mp4".into(),
             seconds: 8.0,
             bytes: Some(1_000_000),
-        })
+        });
+        video_check::Probed { outcome, reused: false }
     }
 }
 

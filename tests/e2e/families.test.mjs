@@ -33,6 +33,7 @@ before(async () => {
     PROXY_WEBHOOK_SECRET,
     ALLOW_PRIVATE_URLS: 'true',
     KLING_ACCOUNT_EMAIL: 'Team@Example.com',
+    PROXY_TOKEN_SECRET: 'families-token-secret-0123456789abcdef',
   }));
 });
 
@@ -98,6 +99,45 @@ describe('text to video with sound', () => {
     await refused(T2V, { model_name: 'kling-v2-master', prompt: 'x', cfg_scale: 0.5 }, { field: 'cfg_scale', words: 'does not support' });
     await refused(T2V, { prompt: 'x', camera_control: { type: 'simple' } }, { field: 'camera_control.config' });
     await refused(T2V, { prompt: 'x', sund: 'on' }, { field: 'sund', words: 'unknown field' });
+    await refused(T2V, { prompt: 'x', sounds: 'on' }, { field: 'sounds', words: 'did you mean `sound`?' });
+  });
+});
+
+describe("fields Kling's own clients send where Kling does not take them", () => {
+  it('drops aspect_ratio on image to video, says so in X-Kling-Edge-Ignored, and never refuses it', async () => {
+    const created = await call(worker, 'POST', I2V, { key: WEB_KEY, body: { image: PNG, aspect_ratio: '16:9', mode: 'std' } });
+    assert.equal(created.status, 200, created.text);
+    assert.equal(created.headers.get('x-kling-edge-ignored'), 'aspect_ratio');
+    const sent = upstream(I2V).at(-1).body;
+    assert.equal(sent.aspect_ratio, undefined);
+    assert.equal(sent.mode, 'std');
+    const plain = await call(worker, 'POST', I2V, { key: WEB_KEY, body: { image: PNG } });
+    assert.equal(plain.headers.get('x-kling-edge-ignored'), null, 'nothing dropped, no header');
+  });
+
+  it('refuses a near miss of a real field, naming the field meant', async () => {
+    await refused('/v1/audio/video-to-audio', { video_url: VIDEO, asmr_mod: true }, { field: 'asmr_mod', words: 'did you mean `asmr_mode`?' });
+    await refused(T2V, { prompt: 'x', aspectRatio: '16:9' }, { field: 'aspectRatio', words: 'did you mean `aspect_ratio`?' });
+  });
+});
+
+describe("Kling's account costs, which Kling's clients read when a session opens", () => {
+  it("answers a server key with Kling's own answer, and refuses browser tokens and bad keys", async () => {
+    const query = `/account/costs?start_time=${Date.now() - 1000}&end_time=${Date.now()}`;
+    const costs = await call(worker, 'GET', query, { key: WEB_KEY });
+    assert.equal(costs.status, 200, costs.text);
+    assert.equal(costs.json.data.resource_pack_subscribe_infos[0].status, 'online');
+    assert.equal(fake.apiRequests('GET', '/account/costs').at(-1).path, query, 'sent on as asked');
+    const badKey = await call(worker, 'GET', query, { key: 'not-a-key' });
+    assert.equal(badKey.status, 401, badKey.text);
+    const minted = await call(worker, 'POST', '/v1/tokens', { key: WEB_KEY, body: { sub: 'alice' } });
+    const browser = await call(worker, 'GET', query, { key: minted.json.data.token });
+    assert.equal(browser.status, 403, browser.text);
+    const before = fake.requests.length;
+    const malformed = await call(worker, 'GET', '/account/costs?start_time=2&end_time=1', { key: WEB_KEY });
+    assert.equal(malformed.status, 400, malformed.text);
+    assert.ok(malformed.json.message.startsWith('start_time:'), malformed.json.message);
+    assert.equal(fake.requests.length, before, 'refused before Kling');
   });
 });
 

@@ -302,6 +302,7 @@ export class FakeKling {
       return send(fault.status, fault.body ?? envelope(5000, 'internal error'));
     }
 
+    if (url.pathname === '/account/costs' && req.method === 'GET') return this.#costs(url, send);
     const endpoint = Object.keys(ENDPOINTS).find((p) => url.pathname === p || url.pathname.startsWith(`${p}/`));
     if (!endpoint) return send(404, envelope(1202, 'invalid method'));
     if (url.pathname === endpoint && req.method === 'POST') return this.#create(endpoint, raw, record, send);
@@ -407,6 +408,22 @@ export class FakeKling {
   }
 
   /** A sample file (Range requests honoured); `?delay=MS` answers that much later (a slow server). */
+  /** Kling's resource packs: start_time and end_time (epoch ms) are required, as Kling's are. */
+  #costs(url, send) {
+    const [start, end] = ['start_time', 'end_time'].map((name) => url.searchParams.get(name));
+    if (!/^\d+$/.test(start ?? '') || !/^\d+$/.test(end ?? '') || Number(start) > Number(end)) {
+      return send(400, envelope(1201, 'start_time and end_time are required (epoch ms, start before end)'));
+    }
+    return send(200, envelope(0, 'SUCCEED', {
+      code: 0,
+      msg: 'SUCCEED',
+      resource_pack_subscribe_infos: [{
+        resource_pack_name: 'Video Generation - 10 Credits', resource_pack_id: 'pack-1', resource_pack_type: 'decreasing_total',
+        total_quantity: 200, remaining_quantity: 118, purchase_time: 1, effective_time: 1, invalid_time: 4102444800000, status: 'online',
+      }],
+    }));
+  }
+
   async #sample(req, url, res) {
     const delay = Number(url.searchParams.get('delay') ?? 0);
     if (delay > 0) await new Promise((resolve) => setTimeout(resolve, Math.min(delay, 10_000)));
