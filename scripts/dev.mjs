@@ -125,7 +125,11 @@ const wrangler = spawn(path.join(ROOT, 'node_modules/.bin/wrangler'), [
   'dev', '--port', String(PORT), '--inspector-port', String(await freePort()), '--show-interactive-dev-session=false',
   '--persist-to', PERSIST_TO,
   ...envFiles.flatMap((file) => ['--env-file', file]),
-], { cwd: ROOT, stdio: 'inherit', env: { ...process.env, WRANGLER_SEND_METRICS: 'false' } });
+], { cwd: ROOT, stdio: ['inherit', 'pipe', 'pipe'], env: { ...process.env, WRANGLER_SEND_METRICS: 'false' } });
+// wrangler's output (the build, then its log) passes through; its time tells when it is quiet.
+let lastOutputAt = Date.now();
+wrangler.stdout.on('data', (chunk) => { lastOutputAt = Date.now(); process.stdout.write(chunk); });
+wrangler.stderr.on('data', (chunk) => { lastOutputAt = Date.now(); process.stderr.write(chunk); });
 
 const stop = async () => {
   wrangler.kill('SIGTERM');
@@ -139,11 +143,21 @@ wrangler.on('exit', async (code) => {
 });
 
 const base = `http://localhost:${PORT}`;
-for (let i = 0; i < 600; i += 1) {
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+// However long the first build takes (it compiles the Rust crate: a few minutes on a new
+// machine), wait for the worker to answer, saying now and then that it is still coming.
+const startedAt = Date.now();
+let saidAt = startedAt;
+for (;;) {
   try {
-    if ((await fetch(`${base}/health`)).ok) break;
+    if ((await fetch(`${base}/health`, { signal: AbortSignal.timeout(2000) })).ok) break;
   } catch { /* still starting */ }
-  await new Promise((resolve) => setTimeout(resolve, 250));
+  if (wrangler.exitCode !== null) process.exit(wrangler.exitCode || 1);
+  if (Date.now() - saidAt >= 20_000) {
+    saidAt = Date.now();
+    console.log(`==> waiting for the worker to start (${Math.round((saidAt - startedAt) / 1000)} s; the first build compiles the crate and takes a few minutes)`);
+  }
+  await sleep(250);
 }
 
 const [clientName, ...keyParts] = settings.PROXY_API_KEYS.split(',')[0].split(':');
@@ -167,6 +181,9 @@ try {
 } catch (error) {
   console.log(`(no development token: ${error.message})`);
 }
+
+// The banner is the last thing on screen: it waits for wrangler's own start-up lines.
+for (const quietSince = Date.now(); Date.now() - lastOutputAt < 750 && Date.now() - quietSince < 5_000;) await sleep(100);
 
 console.log(`
 kling-edge is running at ${base}

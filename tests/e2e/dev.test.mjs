@@ -26,7 +26,7 @@ after(async () => {
 });
 
 /** Runs scripts/dev.mjs with `env`; resolves with its output once it printed its banner. */
-async function startDev(env) {
+async function startDev(env, { timeoutMs = 120_000 } = {}) {
   const state = await fs.mkdtemp(path.join(os.tmpdir(), 'kling-edge-dev-'));
   const child = spawn(process.execPath, ['scripts/dev.mjs'], {
     cwd: ROOT,
@@ -38,12 +38,29 @@ async function startDev(env) {
   running.push(dev);
   child.stdout.on('data', (chunk) => { dev.output += chunk; });
   child.stderr.on('data', (chunk) => { dev.output += chunk; });
-  await eventually(() => dev.output.includes('Press Ctrl+C to stop') || child.exitCode !== null, { timeoutMs: 120_000, what: 'the banner' });
+  await eventually(() => dev.output.includes('Press Ctrl+C to stop') || child.exitCode !== null, { timeoutMs, what: 'the banner' });
   assert.equal(child.exitCode, null, dev.output);
   return dev;
 }
 
 describe('make dev', () => {
+  it('waits for a first build however long it takes, and ends with a banner whose link signs in', async () => {
+    // A first build: the stamp that lets scripts/build.sh skip is gone, and the crate is
+    // newer than the last build, so wrangler dev compiles the worker before it answers.
+    await fs.rm(path.join(ROOT, 'build/.built'), { force: true });
+    const now = new Date();
+    await fs.utimes(path.join(ROOT, 'src/lib.rs'), now, now);
+    const dev = await startDev({ PORT: String(await freePort()), STAND_IN_PORT: String(await freePort()) }, { timeoutMs: 900_000 });
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const banner = dev.output.slice(dev.output.lastIndexOf('kling-edge is running at'));
+    assert.ok(banner.trimEnd().endsWith('Press Ctrl+C to stop.'), `the banner is the last thing on screen:\n${dev.output.slice(-2000)}`);
+    assert.ok(!dev.output.includes('no development token'), dev.output.slice(-3000));
+    const link = banner.match(/(http:\/\/localhost:\d+)\/#token=([^&\s]+)/);
+    assert.ok(link, `the link signs in:\n${banner}`);
+    const listed = await fetch(`${link[1]}/v1/audio/video-to-audio`, { headers: { authorization: `Bearer ${link[2]}` } });
+    assert.equal(listed.status, 200, 'the link\'s token is a working browser token');
+  });
+
   it('moves to free ports when its ports are taken, says why, and prints the real ones', async () => {
     const [port, standInPort] = [await freePort(), await freePort()];
     const squatter = http.createServer((req, res) => res.end('not kling-edge'));
