@@ -67,9 +67,36 @@ pub fn content_range(offset: u64, length: u64, size: u64) -> String {
     format!("bytes {offset}-{}/{size}", offset + length - 1)
 }
 
+/// The entity tags of an `If-None-Match` header, as R2 compares them: each one's opaque
+/// part, without `W/` or quotes (`*` for any). `"a", W/"b"` gives `a` and `b`.
+pub fn if_none_match(header: &str) -> Vec<String> {
+    header
+        .split(',')
+        .map(|tag| tag.trim().trim_start_matches("W/").trim_matches('"').to_owned())
+        .filter(|tag| !tag.is_empty())
+        .take(32)
+        .collect()
+}
+
+/// Whether an object with `etag` (its HTTP form, quoted) is among `tags` (see [`if_none_match`]).
+pub fn etag_listed(tags: &[String], etag: &str) -> bool {
+    let etag = etag.trim_start_matches("W/").trim_matches('"');
+    tags.iter().any(|tag| tag == "*" || tag == etag)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_none_match_lists_every_tag() {
+        let tags = if_none_match(r#""abc", W/"def" , "ghi""#);
+        assert_eq!(tags, ["abc", "def", "ghi"]);
+        assert!(etag_listed(&tags, "\"def\""));
+        assert!(!etag_listed(&tags, "\"xyz\""));
+        assert!(etag_listed(&if_none_match("*"), "\"anything\""));
+        assert!(if_none_match(" , ").is_empty());
+    }
 
     #[test]
     fn single_ranges_parse_and_resolve() {

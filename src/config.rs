@@ -82,6 +82,13 @@ impl ClientKeys {
             if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err("is malformed: a key must be non-empty, without spaces");
             }
+            // A key also signs its client's Kling-style JWTs, and carries server powers: a
+            // short one can be recovered from a single token offline.
+            if key.chars().count() < MIN_CLIENT_KEY_CHARS {
+                return Err(
+                    "is malformed: a key must be at least 16 characters (openssl rand -hex 24 makes one)",
+                );
+            }
             let key_digest = digest(key);
             if clients.iter().any(|client| client.name == name) {
                 return Err("is malformed: a name appears twice");
@@ -315,6 +322,9 @@ pub fn settings_table() -> String {
     table
 }
 
+/// A client key's shortest length (`PROXY_API_KEYS`).
+pub const MIN_CLIENT_KEY_CHARS: usize = 16;
+
 /// Browser tokens are HS256: a shorter secret could be guessed offline from one token.
 pub const MIN_TOKEN_SECRET_CHARS: usize = 32;
 
@@ -501,7 +511,7 @@ mod tests {
     const BASE: &[(&str, &str)] = &[
         ("KLING_ACCESS_KEY", "ak-example"),
         ("KLING_SECRET_KEY", "sk-example"),
-        ("PROXY_API_KEYS", "web:k_1,ops:k_2"),
+        ("PROXY_API_KEYS", "web:k_1_web_example_key,ops:k_2_ops_example_key"),
     ];
 
     fn with(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
@@ -530,11 +540,12 @@ mod tests {
 
     #[test]
     fn missing_credentials_name_the_setting() {
-        let error = config(&[("PROXY_API_KEYS", "web:k_1")]).unwrap_err();
+        let error = config(&[("PROXY_API_KEYS", "web:k_1_web_example_key")]).unwrap_err();
         assert_eq!(error.status, 500);
         assert!(error.message.contains("KLING_API_KEY"), "{}", error.message);
 
-        let error = config(&[("PROXY_API_KEYS", "web:k_1"), ("KLING_ACCESS_KEY", "ak")]).unwrap_err();
+        let error =
+            config(&[("PROXY_API_KEYS", "web:k_1_web_example_key"), ("KLING_ACCESS_KEY", "ak")]).unwrap_err();
         assert!(error.message.contains("KLING_SECRET_KEY"), "{}", error.message);
     }
 
@@ -551,6 +562,7 @@ mod tests {
             ("PROXY_API_KEYS", "we b:secret-value"),
             ("PROXY_API_KEYS", "web:secret-value,web:secret-value-2"),
             ("PROXY_API_KEYS", "a:secret-value,b:secret-value"),
+            ("PROXY_API_KEYS", "web:secret-value"),
             ("KLING_API_BASE", "ftp://secret-value.example"),
             ("KLING_API_BASE", "https://user:secret-value@example.com"),
             ("ALLOW_PRIVATE_URLS", "secret-value"),
@@ -599,18 +611,25 @@ mod tests {
 
     #[test]
     fn client_keys_find_their_tenant() {
-        let keys = ClientKeys::parse(" web:k_1 , ops:k_2,").unwrap();
-        assert_eq!(keys.tenant_for("k_1"), Some("web"));
-        assert_eq!(keys.tenant_for("k_2"), Some("ops"));
-        assert_eq!(keys.tenant_for("k_3"), None);
+        let keys = ClientKeys::parse(" web:k_1_web_example_key , ops:k_2_ops_example_key,").unwrap();
+        assert_eq!(keys.tenant_for("k_1_web_example_key"), Some("web"));
+        assert_eq!(keys.tenant_for("k_2_ops_example_key"), Some("ops"));
+        assert_eq!(keys.tenant_for("k_3_unknown_example"), None);
         assert_eq!(keys.tenant_for(""), None);
         assert_eq!(keys.names().collect::<Vec<_>>(), ["web", "ops"]);
     }
 
     #[test]
+    fn a_key_shorter_than_16_characters_is_refused() {
+        let error = ClientKeys::parse("web:0123456789abcde").unwrap_err();
+        assert!(error.contains("at least 16 characters"), "{error}");
+        assert!(ClientKeys::parse("web:0123456789abcdef").is_ok());
+    }
+
+    #[test]
     fn a_key_may_contain_colons() {
-        let keys = ClientKeys::parse("web:k:with:colons").unwrap();
-        assert_eq!(keys.tenant_for("k:with:colons"), Some("web"));
+        let keys = ClientKeys::parse("web:k:with:colons:and-long-enough").unwrap();
+        assert_eq!(keys.tenant_for("k:with:colons:and-long-enough"), Some("web"));
     }
 
     #[test]
@@ -618,7 +637,7 @@ mod tests {
         let config = config(&with(&[("KLING_API_KEY", "api-example")])).unwrap();
         let printed = format!("{config:?}");
         assert!(!printed.contains("api-example"), "{printed}");
-        assert!(!printed.contains("k_1"), "{printed}");
+        assert!(!printed.contains("k_1_web_example_key"), "{printed}");
         assert!(printed.contains("web"), "{printed}");
     }
 

@@ -24,6 +24,9 @@ pub fn redirect_target(current: &Url, location: Option<&str>, allow_private: boo
             matches!(next.scheme(), "http" | "https") && next.host_str().is_some_and(|h| !h.is_empty())
         })
         .ok_or_else(|| "redirects to something that is not an http(s) URL".to_owned())?;
+    if !next.username().is_empty() || next.password().is_some() {
+        return Err("redirects to a URL with credentials in it (user info)".to_owned());
+    }
     if !allow_private {
         check_public(&next)
             .map_err(|reason| format!("redirects to a private or local address ({reason})"))?;
@@ -48,7 +51,7 @@ pub fn check_public(url: &Url) -> Result<(), String> {
 }
 
 const LOCAL_SUFFIXES: &[&str] =
-    &["localhost", "local", "internal", "localdomain", "home.arpa", "lan", "intranet", "corp"];
+    &["localhost", "local", "internal", "localdomain", "home.arpa", "lan", "intranet", "corp", "svc"];
 
 fn check_name(name: &str) -> Result<(), String> {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -313,6 +316,16 @@ mod tests {
     }
 
     #[test]
+    fn redirects_with_user_info_are_not_followed() {
+        let from = Url::parse("https://cdn.example.com/a.mp4").unwrap();
+        for location in ["https://user:secret@cdn.example.com/b.mp4", "https://user@cdn.example.com/b.mp4"] {
+            let refused = redirect_target(&from, Some(location), true).unwrap_err();
+            assert!(refused.contains("user info"), "{location}: {refused}");
+        }
+        assert!(redirect_target(&from, Some("/b.mp4"), false).is_ok());
+    }
+
+    #[test]
     fn local_names_are_caught() {
         for raw in [
             "http://localhost/",
@@ -324,6 +337,7 @@ mod tests {
             "http://nas.home.arpa/",
             "http://metadata/",
             "http://intranet/",
+            "http://kubernetes.default.svc/",
         ] {
             assert!(verdict(raw).is_err(), "{raw}");
         }

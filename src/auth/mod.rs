@@ -139,7 +139,10 @@ mod tests {
     const NOW: i64 = 1_800_000_000;
 
     fn config(token_secret: bool) -> Config {
-        let mut settings = vec![("KLING_API_KEY", "kling-example"), ("PROXY_API_KEYS", "web:k_1,ops:k_2")];
+        let mut settings = vec![
+            ("KLING_API_KEY", "kling-example"),
+            ("PROXY_API_KEYS", "web:k_1_web_example_key,ops:k_2_ops_example_key"),
+        ];
         if token_secret {
             settings.push(("PROXY_TOKEN_SECRET", SECRET));
         }
@@ -162,26 +165,29 @@ mod tests {
 
     #[test]
     fn known_key_names_its_tenant() {
-        let client = authenticate(&config(false), Some("Bearer k_1"), NOW).unwrap();
+        let client = authenticate(&config(false), Some("Bearer k_1_web_example_key"), NOW).unwrap();
         assert_eq!((client.tenant.as_str(), client.kind), ("web", ClientKind::ServerKey));
-        assert_eq!(authenticate(&config(false), Some("bearer  k_2 "), NOW).unwrap().tenant, "ops");
+        assert_eq!(
+            authenticate(&config(false), Some("bearer  k_2_ops_example_key "), NOW).unwrap().tenant,
+            "ops"
+        );
     }
 
     #[test]
     fn browser_tokens_are_their_own_tenants() {
-        let header = format!("Bearer {}", token("web", "k_1", "alice"));
+        let header = format!("Bearer {}", token("web", "k_1_web_example_key", "alice"));
         let client = authenticate(&config(true), Some(&header), NOW + 1).unwrap();
         assert_eq!(client.tenant, "web/alice");
         assert_eq!(client.app, "web");
         assert_eq!(client.kind, ClientKind::BrowserToken);
         assert!(client.require_server_key("mint tokens").is_err());
-        let server = authenticate(&config(true), Some("Bearer k_1"), NOW).unwrap();
+        let server = authenticate(&config(true), Some("Bearer k_1_web_example_key"), NOW).unwrap();
         assert!(server.require_server_key("mint tokens").is_ok());
     }
 
     #[test]
     fn browser_tokens_need_the_secret_and_the_key_that_minted_them() {
-        let header = format!("Bearer {}", token("web", "k_1", "alice"));
+        let header = format!("Bearer {}", token("web", "k_1_web_example_key", "alice"));
         let error = authenticate(&config(false), Some(&header), NOW).unwrap_err();
         assert_eq!((error.status, error.code), (401, 1002));
         let removed = format!("Bearer {}", token("gone", "k_9", "alice"));
@@ -201,7 +207,12 @@ mod tests {
 
     #[test]
     fn wrong_credentials_are_1002_and_do_not_echo_the_key() {
-        for header in ["Bearer k_3", "Basic d2ViOmtfMQ==", "Bearer k_1x", "Token k_1"] {
+        for header in [
+            "Bearer k_3_unknown_example",
+            "Basic d2ViOmtfMQ==",
+            "Bearer k_1_web_example_keyx",
+            "Token k_1_web_example_key",
+        ] {
             let error = authenticate(&config(true), Some(header), NOW).unwrap_err();
             assert_eq!((error.status, error.code), (401, 1002), "{header}");
             assert!(!error.message.contains("k_"), "{}", error.message);
@@ -211,11 +222,11 @@ mod tests {
     #[test]
     fn only_a_server_key_chooses_a_webhook() {
         let hook = "https://app.example.com/hook".to_owned();
-        let server = authenticate(&config(true), Some("Bearer k_1"), NOW).unwrap();
+        let server = authenticate(&config(true), Some("Bearer k_1_web_example_key"), NOW).unwrap();
         assert_eq!(server.webhook_for_create(Some(hook.clone())), Ok(Some(hook.clone())));
         assert_eq!(server.webhook_for_create(None), Ok(None));
 
-        let header = format!("Bearer {}", token("web", "k_1", "alice"));
+        let header = format!("Bearer {}", token("web", "k_1_web_example_key", "alice"));
         let mut browser = authenticate(&config(true), Some(&header), NOW).unwrap();
         assert_eq!(browser.webhook_for_create(None), Ok(None));
         let error = browser.webhook_for_create(Some("https://victim.example.com/hook".into())).unwrap_err();
@@ -230,10 +241,10 @@ mod tests {
 
     #[test]
     fn kling_style_tokens_authenticate_as_their_client() {
-        let token = crate::jwt::sign_kling_token("ops", "k_2", NOW);
+        let token = crate::jwt::sign_kling_token("ops", "k_2_ops_example_key", NOW);
         let client = authenticate(&config(true), Some(&format!("Bearer {token}")), NOW).unwrap();
         assert_eq!((client.tenant.as_str(), client.kind), ("ops", ClientKind::ServerKey));
-        let forged = crate::jwt::sign_kling_token("ops", "k_1", NOW);
+        let forged = crate::jwt::sign_kling_token("ops", "k_1_web_example_key", NOW);
         assert_eq!(
             authenticate(&config(false), Some(&format!("Bearer {forged}")), NOW).unwrap_err().code,
             1002

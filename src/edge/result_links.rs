@@ -51,15 +51,19 @@ pub async fn serve(
 
     let range = ByteRange::parse(request.headers().get("Range").ok().flatten().as_deref());
     let if_none_match = request.headers().get("If-None-Match").ok().flatten();
+    let listed_tags = if_none_match.as_deref().map(byte_range::if_none_match).unwrap_or_default();
     let object = if head_only {
         bucket.head(&key).await.map_err(unavailable)?
     } else {
         let mut get = bucket.get(&key);
-        if let Some(etag) = &if_none_match {
-            get = get.only_if(Conditional {
-                etag_does_not_match: Some(etag.trim().trim_start_matches("W/").trim_matches('"').to_owned()),
-                ..Conditional::default()
-            });
+        // R2 compares one tag; a list (or `*`) is compared below, once the object is known.
+        if let [tag] = listed_tags.as_slice() {
+            if tag != "*" {
+                get = get.only_if(Conditional {
+                    etag_does_not_match: Some(tag.clone()),
+                    ..Conditional::default()
+                });
+            }
         }
         if let Some(range) = range {
             get = get.range(match range {
@@ -103,7 +107,11 @@ pub async fn serve(
         let _ = headers.set("Content-Length", &size.to_string());
         return Ok(Response::builder().with_status(200).with_headers(headers).empty());
     }
-    let Some(body) = object.body() else {
+    let already_held = listed_tags.len() > 1 || listed_tags.first().is_some_and(|tag| tag == "*");
+    let body = object
+        .body()
+        .filter(|_| !(already_held && byte_range::etag_listed(&listed_tags, &object.http_etag())));
+    let Some(body) = body else {
         // The condition failed: the client has these bytes.
         return Ok(Response::builder().with_status(304).with_headers(headers).empty());
     };

@@ -136,6 +136,14 @@ describe('copies of the results', () => {
     await first.arrayBuffer();
     const again = await fetch(link, { headers: { 'If-None-Match': first.headers.get('etag') } });
     assert.equal(again.status, 304);
+    // A list of tags (as a cache holding several versions sends) and the wildcard.
+    const listed = await fetch(link, { headers: { 'If-None-Match': `"other", W/${first.headers.get('etag')}` } });
+    assert.equal(listed.status, 304);
+    const any = await fetch(link, { headers: { 'If-None-Match': '*' } });
+    assert.equal(any.status, 304);
+    const stale = await fetch(link, { headers: { 'If-None-Match': '"other", "older"' } });
+    assert.equal(stale.status, 200);
+    await stale.arrayBuffer();
     const head = await fetch(link, { method: 'HEAD' });
     assert.equal(head.status, 200);
     assert.equal(head.headers.get('content-type'), 'audio/wav');
