@@ -94,7 +94,9 @@ impl ApiError {
     }
 
     pub fn payload_too_large(limit_bytes: usize) -> Self {
-        Self::new(413, code::INVALID_REQUEST, format!("body: must be at most {limit_bytes} bytes"))
+        // Only image-to-video bodies may be this large: their images can go as URLs instead.
+        let hint = if limit_bytes > 1024 * 1024 { "; send large images as http(s) URLs" } else { "" };
+        Self::new(413, code::INVALID_REQUEST, format!("body: must be at most {limit_bytes} bytes{hint}"))
     }
 
     pub fn rate_limited(retry_after_seconds: u32) -> Self {

@@ -11,7 +11,11 @@
 //! Every refusal is a 400 in Kling's envelope whose message starts with the field's name and
 //! states the rule: `"sound: is only for kling-v2-6 and later models (model_name is kling-v1)"`.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use base64ct::{Base64, Encoding};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
@@ -209,12 +213,19 @@ const CAMERA_TYPES: &[&str] =
 const CAMERA_AXES: &[&str] = &["horizontal", "vertical", "pan", "tilt", "roll", "zoom"];
 
 /// Checks `raw` against `body`.
+///
+/// The body is read as a map of each field's raw JSON, borrowed from `raw`; a field is
+/// parsed only once it is known to be small enough to parse: a field whose rule takes a
+/// string must be one (seen from its first character, before anything is built), and no
+/// field holds more than [`MAX_VALUES`] JSON values. So a 14 MiB array where an image
+/// belongs is refused for what it is without ever being built, and no body can make the
+/// isolate hold more than a small multiple of its own size.
 pub fn validate(body: &Body, raw: &[u8], policy: UrlPolicy) -> Result<Validated, ApiError> {
-    let mut given = parse_object(raw)?;
+    let given = parse_object(raw)?;
     let allowed: Vec<&str> = body.fields.iter().map(|field| field.name).collect();
     let mut ignored = Vec::new();
-    for key in given.keys().filter(|key| !allowed.contains(&key.as_str())) {
-        if let Some(name) = body.ignored.iter().find(|name| **name == key) {
+    for key in given.keys().filter(|key| !allowed.contains(&key.as_ref())) {
+        if let Some(name) = body.ignored.iter().find(|name| **name == key.as_ref()) {
             ignored.push(*name);
             continue;
         }
@@ -225,12 +236,12 @@ pub fn validate(body: &Body, raw: &[u8], policy: UrlPolicy) -> Result<Validated,
         };
         return Err(ApiError::bad_param(&shown, rule));
     }
-    // `null` counts as absent, as Kling's own SDKs send it for unset optional fields.
-    given.retain(|name, value| !value.is_null() && !ignored.contains(&name.as_str()));
     let mut checked = Map::new();
     for field in body.fields {
-        match given.remove(field.name) {
-            Some(value) => {
+        // `null` counts as absent, as Kling's own SDKs send it for unset optional fields.
+        match given.get(field.name).filter(|raw| raw.get() != "null") {
+            Some(raw) => {
+                let value = parse_field(field.name, field.rule, raw)?;
                 checked.insert(field.name.to_owned(), apply(field.name, field.rule, value, policy)?);
             }
             None if field.required => return Err(ApiError::bad_param(field.name, "is required")),
@@ -303,16 +314,91 @@ fn edits(a: &[char], b: &[char]) -> usize {
     rows[a.len()][b.len()]
 }
 
-fn parse_object(raw: &[u8]) -> Result<Map<String, Value>, ApiError> {
+/// The most JSON values (each string, number, array or object counts) one field may hold.
+/// Kling's largest fields hold a few hundred (dynamic masks: 6 groups of 77 points).
+pub const MAX_VALUES: usize = 10_000;
+
+/// The body as each field's raw JSON, borrowed from `raw` (nothing is copied but keys that
+/// hold escapes).
+fn parse_object(raw: &[u8]) -> Result<BTreeMap<Cow<'_, str>, &RawValue>, ApiError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("body: must be a JSON object; the body is empty"));
     }
-    let value: Value = serde_json::from_slice(raw)
-        .map_err(|e| ApiError::bad_request(format!("body: must be valid JSON ({e})")))?;
-    match value {
-        Value::Object(map) => Ok(map),
-        other => Err(ApiError::bad_request(format!("body: must be a JSON object, not {}", kind(&other)))),
+    let text = std::str::from_utf8(raw)
+        .map_err(|_| ApiError::bad_request("body: must be valid JSON (it is not UTF-8)"))?;
+    let first = text.trim_start().as_bytes().first().copied();
+    if first != Some(b'{') {
+        return Err(ApiError::bad_request(format!(
+            "body: must be a JSON object, not {}",
+            kind_of_raw(first)
+        )));
     }
+    serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("body: must be valid JSON ({e})")))
+}
+
+/// What a JSON text is, from its first character (`{"a"...` is an object).
+fn kind_of_raw(first: Option<u8>) -> &'static str {
+    match first {
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        Some(b'-' | b'0'..=b'9') => "a number",
+        _ => "valid JSON",
+    }
+}
+
+/// How many JSON values a (valid) JSON text holds, counted without building any.
+pub(crate) fn values_in(text: &str) -> usize {
+    let (mut values, mut in_string, mut escaped, mut in_scalar) = (0usize, false, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => {
+                in_string = true;
+                values += 1;
+                in_scalar = false;
+            }
+            b'[' | b'{' => {
+                values += 1;
+                in_scalar = false;
+            }
+            b',' | b':' | b']' | b'}' | b' ' | b'\n' | b'\r' | b'\t' => in_scalar = false,
+            _ if !in_scalar => {
+                values += 1;
+                in_scalar = true;
+            }
+            _ => {}
+        }
+    }
+    values
+}
+
+/// Whether a rule takes a JSON string.
+fn takes_string(rule: Rule) -> bool {
+    matches!(rule, Rule::Text { .. } | Rule::OneOf(_) | Rule::Identifier | Rule::Url { .. } | Rule::Image)
+}
+
+/// One field's raw JSON, parsed once it is known to be fit to parse (see [`validate`]).
+fn parse_field(name: &str, rule: Rule, raw: &RawValue) -> Result<Value, ApiError> {
+    let text = raw.get();
+    let first = text.as_bytes().first().copied();
+    if takes_string(rule) && first != Some(b'"') {
+        return Err(ApiError::bad_param(name, format!("must be a string, not {}", kind_of_raw(first))));
+    }
+    if first != Some(b'"') && values_in(text) > MAX_VALUES {
+        return Err(ApiError::bad_param(name, format!("must hold at most {MAX_VALUES} values")));
+    }
+    serde_json::from_str(text).map_err(|e| ApiError::bad_param(name, format!("must be valid JSON ({e})")))
 }
 
 pub fn kind(value: &Value) -> &'static str {
@@ -340,7 +426,7 @@ fn text(name: &str, value: Value, max: usize, nonempty: bool) -> Result<String, 
         return Err(ApiError::bad_param(name, format!("must be at most {max} characters (got {chars})")));
     }
     if nonempty && s.trim().is_empty() {
-        return Err(ApiError::bad_param(name, "must not be empty"));
+        return Err(ApiError::bad_param(name, "must not be empty or only spaces"));
     }
     Ok(s)
 }
@@ -484,9 +570,18 @@ fn image(name: &str, raw: String, policy: UrlPolicy) -> Result<String, ApiError>
     if raw.len() > IMAGE_MAX_BYTES.div_ceil(3) * 4 + 4 {
         return Err(ApiError::bad_param(name, "must be at most 10 MB (Kling's limit for an image)"));
     }
-    let bytes = Base64::decode_vec(raw.trim()).map_err(|_| {
-        ApiError::bad_param(name, "must be an http(s) URL or raw Base64 of a JPG or PNG image")
-    })?;
+    // Checked without decoding the whole image (it may be 10 MB): the alphabet and padding
+    // of all of it, and the file's signature from its first bytes.
+    let encoded = raw.trim();
+    let invalid = || ApiError::bad_param(name, "must be an http(s) URL or raw Base64 of a JPG or PNG image");
+    let body = encoded.trim_end_matches('=');
+    let padding = encoded.len() - body.len();
+    let alphabet = body.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/');
+    if !alphabet || padding > 2 || !encoded.len().is_multiple_of(4) || encoded.is_empty() {
+        return Err(invalid());
+    }
+    let head = &encoded[..encoded.len().min(16)];
+    let bytes = Base64::decode_vec(head).map_err(|_| invalid())?;
     let png = bytes.starts_with(b"\x89PNG\r\n\x1a\n");
     let jpeg = bytes.starts_with(&[0xff, 0xd8, 0xff]);
     if !png && !jpeg {
@@ -703,10 +798,12 @@ fn apply_check(check: Check, checked: &Map<String, Value>) -> Result<(), ApiErro
         Check::PromptUnlessCustomShots => {
             let custom = checked.get("multi_shot").and_then(Value::as_bool) == Some(true)
                 && checked.get("shot_type").and_then(Value::as_str) == Some("customize");
-            if !custom && !present(checked, "prompt") {
+            let blank =
+                checked.get("prompt").and_then(Value::as_str).is_some_and(|prompt| prompt.trim().is_empty());
+            if !custom && (!present(checked, "prompt") || blank) {
                 return Err(ApiError::bad_param(
                     "prompt",
-                    "is required (unless multi_shot is true with shot_type customize)",
+                    "is required and must not be empty or only spaces (unless multi_shot is true with shot_type customize)",
                 ));
             }
             Ok(())

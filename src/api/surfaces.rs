@@ -222,7 +222,10 @@ static IMAGE2VIDEO_BODY: Body = Body {
         Check::VideoDurationByModel(LONG_DURATION_MODELS),
     ],
     // Two images of 10 MB in Base64, and the rest.
-    max_bytes: 28 * 1024 * 1024,
+    // One image at Kling's 10 MB limit in Base64 (13.4 MiB), or two of about 5 MB; larger
+    // images go as http(s) URLs. Two 10 MB images (25 MiB) took the isolate's peak 157 MiB
+    // up, past the 128 MB an isolate has at the edge (tests/e2e/memory.test.mjs measures it).
+    max_bytes: 14 * 1024 * 1024,
     // Kling's own clients send their text-to-video default here too (the PyPI `klingai-api`
     // sends `aspect_ratio: "16:9"` in every image2video body); an image sets the shape.
     ignored: &["aspect_ratio"],
@@ -845,6 +848,50 @@ mod tests {
             "maxJobs",
             "from 1 to 100",
         );
+    }
+
+    #[test]
+    fn a_body_too_big_to_build_is_refused_for_what_it_is_before_it_is_built() {
+        // A 28 MiB array where an image belongs: refused from its first character.
+        let zeros = format!("{{\"image\": [{}0]}}", "0,".repeat(1_000_000));
+        let error = I2V.validate(zeros.as_bytes(), PUBLIC).unwrap_err();
+        assert_eq!(error.message, "image: must be a string, not an array");
+        // Where a list belongs, a list with too many values is refused before it is built.
+        let masks = format!("{{\"image\": \"{PNG_BASE64}\", \"dynamic_masks\": [{}0]}}", "0,".repeat(20_000));
+        assert_rejected(I2V.validate(masks.as_bytes(), PUBLIC), "dynamic_masks", "at most 10000 values");
+        for (text, values) in
+            [(r#""a,[b]""#, 1), (r#"[1, 2.5e3, -3, true, null, "x\"y", {"k": [ ]}]"#, 10), ("[[[]]]", 3)]
+        {
+            assert_eq!(super::super::fields::values_in(text), values, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_required_prompt_of_only_spaces_is_no_prompt_on_every_endpoint() {
+        for blank in ["", "   ", "\n\t "] {
+            assert_rejected(
+                create(&T2V, json!({"prompt": blank})),
+                "prompt",
+                "must not be empty or only spaces",
+            );
+            assert_rejected(
+                create(&T2A, json!({"prompt": blank, "duration": 5})),
+                "prompt",
+                "must not be empty or only spaces",
+            );
+            // The video endpoints' prompts are optional: image to video needs an image, and
+            // video to audio's prompts steer a sound Kling makes from the video alone.
+            assert!(create(&I2V, json!({"image": PNG_BASE64, "prompt": blank})).is_ok());
+            assert!(create(&V2A, json!({"video_url": VIDEO, "sound_effect_prompt": blank})).is_ok());
+        }
+        // Custom shots carry their own prompts.
+        let shots = json!([{"index": 1, "prompt": "a wave", "duration": "5"}]);
+        assert!(create(
+            &T2V,
+            json!({"model_name": "kling-v3", "multi_shot": true, "shot_type": "customize",
+            "multi_prompt": shots, "prompt": " ", "duration": "5"})
+        )
+        .is_ok());
     }
 
     #[test]

@@ -278,7 +278,7 @@ async fn handle(
         ClientRoute::WebhookSecret => edge.webhook_secret(&client)?,
         ClientRoute::CreateTask(surface) => {
             let body = http::read_body(request, surface.body.max_bytes).await?;
-            let created = edge.create(&client, surface, &body).await?;
+            let created = edge.create(&client, surface, body).await?;
             ignored = created.ignored;
             if let Some(recording) = created.record {
                 let (env, config, origin, request_id) =

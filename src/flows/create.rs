@@ -57,16 +57,18 @@ where
     M: EdgeCopies,
     T: Runtime,
 {
-    /// `POST` on a surface's path, with its body read: validate, call Kling, answer.
+    /// `POST` on a surface's path, with its body read: validate, call Kling, answer. The
+    /// body is dropped once validated (an image-to-video body may be 14 MiB).
     pub async fn create(
         &self,
         client: &Client,
         surface: &'static Surface,
-        body: &[u8],
+        body: Vec<u8>,
     ) -> Result<Created, ApiError> {
         let config = self.config;
         let policy = UrlPolicy { allow_private: config.allow_private_urls };
-        let mut validated = surface.validate(body, policy)?;
+        let mut validated = surface.validate(&body, policy)?;
+        drop(body);
         let client_webhook = client.webhook_for_create(validated.webhook.take())?;
         if client_webhook.is_some() && config.proxy_webhook_key.is_none() {
             let field = surface.body.client_name(Target::Webhook).unwrap_or("callback_url");

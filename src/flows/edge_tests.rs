@@ -118,7 +118,7 @@ impl World {
     }
 
     fn create(&self, client: &Client, surface: &'static Surface, body: Value) -> Result<Created, ApiError> {
-        self.edge(|edge| block_on(edge.create(client, surface, body.to_string().as_bytes())))
+        self.edge(|edge| block_on(edge.create(client, surface, body.to_string().into_bytes())))
     }
 
     /// A create, answered and then recorded with its coordinator (as `wait_until` does).
@@ -446,7 +446,8 @@ fn the_create_cut_off_at_any_await_spends_at_most_once_and_loses_no_task_kling_c
         let world = World::new();
         let client = server("web");
         let body = json!({"video_url": VIDEO}).to_string();
-        let finished = world.edge(|edge| run_until_crash(edge.create(&client, &V2A, body.as_bytes()), cut));
+        let finished =
+            world.edge(|edge| run_until_crash(edge.create(&client, &V2A, body.clone().into_bytes()), cut));
         let sent = world.kling.created.borrow().len();
         assert!(sent <= 1, "cut after {cut} polls: {sent} creates");
         if sent == 0 {

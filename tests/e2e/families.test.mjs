@@ -100,6 +100,10 @@ describe('text to video with sound', () => {
     await refused(T2V, { prompt: 'x', camera_control: { type: 'simple' } }, { field: 'camera_control.config' });
     await refused(T2V, { prompt: 'x', sund: 'on' }, { field: 'sund', words: 'unknown field' });
     await refused(T2V, { prompt: 'x', sounds: 'on' }, { field: 'sounds', words: 'did you mean `sound`?' });
+    for (const blank of ['', '   ']) {
+      await refused(T2V, { prompt: blank }, { field: 'prompt', words: 'must not be empty or only spaces' });
+      await refused(T2A, { prompt: blank, duration: 5 }, { field: 'prompt', words: 'must not be empty or only spaces' });
+    }
   });
 });
 
