@@ -137,15 +137,22 @@ pub fn judge(
         }
         Outcome::Status { status } => Err(refuse(format!("answered {status}"))),
         Outcome::NotVideo { content_type } => Err(refuse(match content_type {
-            Some(kind) => format!("is not an MP4 or MOV video ({kind})"),
-            None => "is not an MP4 or MOV video".to_owned(),
+            Some(kind) => format!("is not an MP4 or MOV video ({kind}); give a direct link to the .mp4 or .mov file itself, not to a page that plays it"),
+            None => "is not an MP4 or MOV video; give a direct link to the .mp4 or .mov file itself".to_owned(),
         })),
         Outcome::TooLarge { .. } => Err(refuse("is larger than Kling accepts (100 MB)".to_owned())),
         Outcome::Refused { why } => Err(refuse(why.clone())),
         Outcome::Unmeasured { why } => match policy {
-            Policy::Strict => Err(refuse(format!(
-                "could not be measured ({why}); the deployment refuses videos it cannot check (VIDEO_PROBE=strict)"
-            ))),
+            Policy::Strict => {
+                let advice = if why.contains("ignores Range") {
+                    "move its index to the front (ffmpeg -i in.mp4 -c copy -movflags +faststart out.mp4) or host it where Range requests work"
+                } else {
+                    "host it where it answers quickly, or try again"
+                };
+                Err(refuse(format!(
+                    "could not be measured ({why}), and this deployment only accepts videos it can measure: {advice}"
+                )))
+            }
             Policy::Lenient | Policy::Off => {
                 hint_rule(hint)?;
                 Ok(Judgement { seconds: hint, note: Some(format!("not measured ({why}); let through")) })
@@ -193,7 +200,7 @@ mod tests {
                 None,
                 "video_url"
             )),
-            "video_url: is not an MP4 or MOV video (text/html)"
+            "video_url: is not an MP4 or MOV video (text/html); give a direct link to the .mp4 or .mov file itself, not to a page that plays it"
         );
         assert!(judge(&measured(3.0, Some(MAX_BYTES)), Policy::Strict, None, "video_url").is_ok());
         let private = Outcome::Refused { why: "redirects to a private or local address".into() };

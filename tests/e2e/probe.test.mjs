@@ -112,7 +112,7 @@ describe('videos Kling would refuse are refused before Kling, with the measured 
   });
 
   it('an HTML page named .mp4', async () => {
-    await refused(strict, { video_url: mediaUrl('beach.mp4', { as: 'html' }).url }, 'video_url: is not an MP4 or MOV video (text/html; charset=utf-8)');
+    await refused(strict, { video_url: mediaUrl('beach.mp4', { as: 'html' }).url }, 'video_url: is not an MP4 or MOV video (text/html; charset=utf-8); give a direct link to the .mp4 or .mov file itself, not to a page that plays it');
   });
 
   it('a 404', async () => {
@@ -140,7 +140,7 @@ describe('videos Kling would refuse are refused before Kling, with the measured 
   it('a video that cannot be measured, under VIDEO_PROBE=strict: unreachable or too slow', async () => {
     const closed = await freePort();
     await refused(strict, { video_url: `http://127.0.0.1:${closed}/clip.mp4` },
-      'video_url: could not be measured (its server could not be reached); the deployment refuses videos it cannot check (VIDEO_PROBE=strict)');
+      'video_url: could not be measured (its server could not be reached), and this deployment only accepts videos it can measure: host it where it answers quickly, or try again');
     await refused(strict, { video_url: mediaUrl('ten-seconds-tail-indexed.mp4', { delay: '4000' }).url },
       /^video_url: could not be measured \(no answer within 1500 ms\)/);
   });
@@ -191,7 +191,7 @@ describe('the probe reads only what it needs', () => {
     await accepted(strict, { video_url: fast.url });
     const tail = mediaUrl('ten-seconds-tail-indexed.mp4', { pad: String(pad), range: 'ignore' });
     await refused(strict, { video_url: tail.url },
-      'video_url: could not be measured (its server ignores Range requests and its movie header is beyond the first 512 KiB); the deployment refuses videos it cannot check (VIDEO_PROBE=strict)');
+      'video_url: could not be measured (its server ignores Range requests and its movie header is beyond the first 512 KiB), and this deployment only accepts videos it can measure: move its index to the front (ffmpeg -i in.mp4 -c copy -movflags +faststart out.mp4) or host it where Range requests work');
     for (const { key } of [fast, tail]) {
       // What the server pushed into the connection before the worker hung up; the worker
       // itself took at most 512 KiB of it.
