@@ -239,7 +239,7 @@ pub const SETTINGS: &[Setting] = &[
     var("KLING_TIMEOUT_MS", Rule::Whole { default: 30_000, min: 100, max: 120_000 }, "the deadline of one call to Kling, in milliseconds"),
     secret("PROXY_API_KEYS", "your clients: `name:key,name:key`; the name is the client's tenant"),
     var("ALLOW_PRIVATE_URLS", Rule::Flag { default: false }, "`true` only for local development: lets URLs point at private addresses"),
-    var("PUBLIC_BASE_URL", TEXT, "the worker's public origin (`https://host[:port]`, no path), used in the callback URLs given to Kling and in result links; unset, the origin of each request. Set it in production: behind a proxy that rewrites `Host`, the request's origin is not the worker's"),
+    var("PUBLIC_BASE_URL", TEXT, "the worker's public origin (`https://host[:port]`, no path), used in the callback URLs given to Kling and in result links. Required outside local development: unset, the request's origin stands in only on a loopback address or `localhost`, and elsewhere creates, queries and lists answer 500 naming it (a client that controls `Host` would otherwise be handed its own callback capability)"),
     secret("KLING_WEBHOOK_SECRET", "`whsec_...` from Kling's console: when set, callbacks must carry a valid Standard Webhooks signature"),
     secret("PROXY_WEBHOOK_SECRET", "`whsec_...` of your choice (`echo whsec_$(openssl rand -base64 32)`): the root of every client's webhook secret (each client signs with its own, derived from this; see \"Webhook secrets\"); without it, a create with `callback_url` is refused"),
     var("ALLOWED_ORIGINS", TEXT, "comma-separated exact origins granted CORS; unset grants none"),
@@ -464,6 +464,31 @@ impl Config {
                 }
             },
         })
+    }
+}
+
+/// The origin the worker gives out in callback URLs and result links: `PUBLIC_BASE_URL`, or
+/// the request's own origin in local development only (a loopback address or `localhost`).
+/// Elsewhere a client that controls `Host` would be handed its own callback capability, so
+/// a deployment without `PUBLIC_BASE_URL` refuses what would give one out.
+pub fn own_origin(public_base_url: Option<&str>, request_origin: &str) -> Result<String, ApiError> {
+    if let Some(origin) = public_base_url {
+        return Ok(origin.to_owned());
+    }
+    let host = url::Url::parse(request_origin).ok().and_then(|url| url.host().map(|host| host.to_owned()));
+    let local = match host {
+        Some(url::Host::Domain(name)) => name == "localhost" || name.ends_with(".localhost"),
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        None => false,
+    };
+    if local {
+        Ok(request_origin.to_owned())
+    } else {
+        Err(ApiError::config(
+            "PUBLIC_BASE_URL",
+            "is not set: outside local development the worker needs its own origin for the callback URLs it gives Kling",
+        ))
     }
 }
 
@@ -739,6 +764,24 @@ mod tests {
         let example = include_str!("../.dev.vars.example");
         for setting in SETTINGS {
             assert!(example.contains(&format!("{}=", setting.name)), "{} is missing", setting.name);
+        }
+    }
+
+    #[test]
+    fn the_requests_origin_stands_in_for_public_base_url_only_locally() {
+        assert_eq!(
+            own_origin(Some("https://edge.example.com"), "https://evil.example").unwrap(),
+            "https://edge.example.com"
+        );
+        for local in
+            ["http://localhost:8787", "http://127.0.0.1:9000", "http://[::1]:8787", "http://app.localhost"]
+        {
+            assert_eq!(own_origin(None, local).unwrap(), local);
+        }
+        for remote in ["https://kling-edge.example.workers.dev", "https://evil.example", "http://10.0.0.1"] {
+            let error = own_origin(None, remote).unwrap_err();
+            assert_eq!(error.status, 500);
+            assert!(error.message.contains("PUBLIC_BASE_URL is not set"), "{error}");
         }
     }
 

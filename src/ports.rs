@@ -129,6 +129,8 @@ pub enum Limit {
     Requests,
     /// Creates of a tenant that passed validation.
     Creates,
+    /// Videos an app's creates had measured at their URL (all its tenants together).
+    Probes,
 }
 
 /// The rate limiter: one more request under `key`, or 429 with `Retry-After`. A limiter
@@ -139,7 +141,11 @@ pub trait RateLimiter {
 
 /// Measuring a video at its URL before Kling is paid to fetch it.
 pub trait VideoProbe {
-    async fn measure(&self, url: &str) -> video_check::Probed;
+    /// What an earlier measurement of `url` found, if it is still fresh.
+    async fn remembered(&self, url: &str) -> Option<video_check::Outcome>;
+    /// Measures the video at `url` (a few ranged reads of someone else's file), and
+    /// remembers a measurement for a while.
+    async fn measure(&self, url: &str) -> video_check::Outcome;
 }
 
 /// The edge copies of finished tasks (Workers KV, see `crate::record::edge_copy`): the

@@ -16,6 +16,8 @@ use super::clock;
 pub const REQUESTS: &str = "REQUEST_LIMITER";
 /// Creates of a tenant (default 10 per minute).
 pub const CREATES: &str = "CREATE_LIMITER";
+/// Videos measured for an app's creates (default 60 per minute).
+pub const PROBES: &str = "PROBE_LIMITER";
 /// The period of the bindings in `wrangler.toml`; `Retry-After` runs to its next window.
 const PERIOD_SECS: i64 = 60;
 
@@ -48,6 +50,7 @@ impl RateLimiter for Bindings<'_> {
         let binding = match limit {
             Limit::Requests => REQUESTS,
             Limit::Creates => CREATES,
+            Limit::Probes => PROBES,
         };
         check(self.env, binding, key, clock::now_secs()).await
     }

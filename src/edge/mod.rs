@@ -224,7 +224,10 @@ async fn handle(
         return Ok(health(request_id));
     }
     let config = config::read(env)?;
-    let origin = config.public_base_url.clone().unwrap_or_else(|| url.origin().ascii_serialization());
+    let request_origin = url.origin().ascii_serialization();
+    // Checked by the routes that give out URLs on it (creates, queries, lists).
+    let own_origin = crate::config::own_origin(config.public_base_url.as_deref(), &request_origin);
+    let origin = own_origin.clone().unwrap_or(request_origin);
     let call = Call { env, ctx, config, request_id, origin, coordinator_calls: &seen.coordinator_calls };
     // From here on, even a refusal carries the CORS grant, so a page can read why.
     seen.allowed_origins = Some(call.config.allowed_origins.clone());
@@ -267,6 +270,15 @@ async fn handle(
     seen.tenant = Some(client.tenant.clone());
     limits::check(env, limits::REQUESTS, &tenant_key(&client.tenant), now_secs).await?;
 
+    if matches!(
+        client_route,
+        ClientRoute::CreateTask(_)
+            | ClientRoute::QueryTask(..)
+            | ClientRoute::ListTasks(_)
+            | ClientRoute::UseApiTask(_)
+    ) {
+        own_origin?;
+    }
     let ports = WorkerPorts::new(env, &call.config, &call.origin, request_id, call.coordinator_calls);
     let edge = ports.edge();
     let mut ignored = Vec::new();

@@ -18,7 +18,7 @@ use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::{web_sys, AbortController, Cache, Response};
 
 use crate::config::Config;
-use crate::probe::video_check::{self, Outcome, Probed};
+use crate::probe::video_check::{self, Outcome};
 use crate::probe::{Probe, Problem, Step, HEAD_BYTES, MAX_BYTES};
 use crate::url_safety;
 
@@ -41,17 +41,19 @@ pub struct FetchProbe<'a> {
 }
 
 impl crate::ports::VideoProbe for FetchProbe<'_> {
-    /// What probing `url` comes to: reused from the cache for a while, else measured.
-    async fn measure(&self, url: &str) -> Probed {
-        let key = cache_key(url, self.config.allow_private_urls);
-        if let Some(outcome) = remembered(&key).await {
-            return Probed { outcome, reused: true };
-        }
+    async fn remembered(&self, url: &str) -> Option<Outcome> {
+        remembered(&cache_key(url, self.config.allow_private_urls)).await
+    }
+
+    /// Only measurements are remembered: a refusal (a 404, a page that is not a video) is
+    /// about the moment and the asker (one tenant probing a URL not yet uploaded must not
+    /// make it "answered 404" for everyone).
+    async fn measure(&self, url: &str) -> Outcome {
         let outcome = run(self.config, url).await;
-        if outcome.is_settled() {
-            remember(&key, &outcome).await;
+        if matches!(outcome, Outcome::Measured { .. }) {
+            remember(&cache_key(url, self.config.allow_private_urls), &outcome).await;
         }
-        Probed { outcome, reused: false }
+        outcome
     }
 }
 

@@ -16,17 +16,17 @@ use serde_json::{json, Value};
 
 use crate::api::surfaces::{Style, Surface};
 use crate::api::{fields::Target, useapi};
-use crate::auth::Client;
+use crate::auth::{Client, ClientKind};
 use crate::error::{code, ApiError};
 use crate::links::capability::Capability;
 use crate::ports::{Coordinators, EdgeCopies, KlingApi, KlingReply, Limit, RateLimiter, Runtime, VideoProbe};
-use crate::probe::video_check::{self, Policy, Probed};
+use crate::probe::video_check::{self, Policy};
 use crate::record::USEAPI_STYLE;
-use crate::validate::UrlPolicy;
+use crate::validate::{self, UrlPolicy};
 use crate::{kling::task, routes};
 
 use super::coordinator::Registration;
-use super::edge::{tenant_key, Answer, Edge};
+use super::edge::{app_key, tenant_key, Answer, Edge};
 use super::protocol;
 
 /// Tries of recording a create with its coordinator (after the answer), and the waits before each.
@@ -70,6 +70,18 @@ where
         let mut validated = surface.validate(&body, policy)?;
         drop(body);
         let client_webhook = client.webhook_for_create(validated.webhook.take())?;
+        // A browser token's webhook was checked when it was minted, perhaps where private
+        // addresses were allowed, or before an operator stopped allowing them: check it again.
+        if let (ClientKind::BrowserToken, Some(url)) = (client.kind, &client_webhook) {
+            let field = surface.body.client_name(Target::Webhook).unwrap_or("callback_url");
+            validate::http_url(field, url, policy).map_err(|refusal| {
+                ApiError::new(
+                    403,
+                    code::NO_PERMISSION,
+                    format!("{} (the webhook this browser token was minted with)", refusal.message),
+                )
+            })?;
+        }
         if client_webhook.is_some() && config.proxy_webhook_key.is_none() {
             let field = surface.body.client_name(Target::Webhook).unwrap_or("callback_url");
             return Err(ApiError::bad_param(
@@ -83,6 +95,7 @@ where
         let endpoint = surface.endpoint;
         if endpoint.video_input {
             self.video_rules(
+                client,
                 surface,
                 validated.upstream.get("video_url").and_then(Value::as_str),
                 validated.options.video_duration,
@@ -168,6 +181,7 @@ where
     /// else judged by the client's `video_duration` hint. A Kling video (`video_id`) is not probed.
     async fn video_rules(
         &self,
+        client: &Client,
         surface: &Surface,
         url: Option<&str>,
         hint: Option<f64>,
@@ -176,15 +190,18 @@ where
         let (Some(url), false) = (url, policy == Policy::Off) else {
             return video_check::hint_rule(hint);
         };
-        let started_ms = self.runtime.now_ms();
-        let Probed { outcome, reused } = self.probe.measure(url).await;
         let field = surface.body.client_name_of_upstream("video_url").unwrap_or("video_url");
-        let judged = video_check::judge(&outcome, policy, hint, field);
-        // A reused outcome was logged when it was measured. The URL is not logged: it may
-        // carry a signature.
-        if reused {
-            return judged.map(drop);
+        // A measurement still fresh was logged when it was made.
+        if let Some(outcome) = self.probe.remembered(url).await {
+            return video_check::judge(&outcome, policy, hint, field).map(drop);
         }
+        // A measurement fetches someone else's file: it counts against the app's probes
+        // (all its browser users together) before it starts.
+        self.limiter.check(Limit::Probes, &app_key(&client.app)).await?;
+        let started_ms = self.runtime.now_ms();
+        let outcome = self.probe.measure(url).await;
+        let judged = video_check::judge(&outcome, policy, hint, field);
+        // The URL is not logged: it may carry a signature.
         self.runtime.log(json!({
             "event": "video_probe",
             "outcome": outcome,

@@ -44,3 +44,8 @@ pub struct Edge<'a, K, C, L, P, M, T> {
 pub fn tenant_key(tenant: &str) -> String {
     format!("tenant:{tenant}")
 }
+
+/// The rate-limit key of what an app's tenants share (the videos measured for them).
+pub fn app_key(app: &str) -> String {
+    format!("app:{app}")
+}

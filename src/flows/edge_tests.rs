@@ -309,12 +309,60 @@ fn a_video_kling_would_refuse_is_refused_with_the_measured_fact_and_costs_nothin
     assert!(refusal.message.starts_with("video_url:") && refusal.message.contains("1.0"), "{refusal}");
     assert_eq!(world.probe.calls.get(), 1);
     world.assert_nothing_spent("a 1 s video");
-    // useapi.net's field is named as its client knows it.
+    // useapi.net's field is named as its client knows it; the measurement is remembered.
     let refusal = world.create(&server("web"), &ADD_SOUND, json!({"video": VIDEO})).unwrap_err();
     assert!(refusal.message.starts_with("video:"), "{refusal}");
+    assert_eq!(world.probe.calls.get(), 1, "measured once");
     // A Kling video (video_id) is Kling's to measure: no probe.
     world.create(&server("web"), &V2A, json!({"video_id": "kling-video-1"})).unwrap();
+    assert_eq!(world.probe.calls.get(), 1);
+    assert_eq!(world.limiter.count(Limit::Probes), 1, "each measurement counted against the app");
+}
+
+#[test]
+fn a_browser_tokens_pinned_webhook_is_checked_again_at_each_create() {
+    let world = World::new();
+    let pinned = browser("web", "alice", Some("http://127.0.0.1:9/hook"));
+    let refused = world.create(&pinned, &V2A, json!({"video_url": VIDEO})).unwrap_err();
+    assert_eq!(refused.status, 403, "{refused}");
+    assert!(
+        refused.message.starts_with("callback_url:") && refused.message.contains("minted with"),
+        "{refused}"
+    );
+    world.assert_nothing_spent("a pinned private webhook");
+    let public = browser("web", "bob", Some("https://app.example.com/hook"));
+    let created = world.create(&public, &V2A, json!({"video_url": VIDEO})).unwrap();
+    assert_eq!(
+        created.record.unwrap().registration.client_callback_url.as_deref(),
+        Some("https://app.example.com/hook")
+    );
+}
+
+#[test]
+fn measurements_count_against_the_app_before_they_fetch_and_refusals_are_not_remembered() {
+    let world = World::new();
+    world.limiter.allowance.borrow_mut().insert(Limit::Probes, 2);
+    let missing = "https://cdn.example.com/clips/not-yet-uploaded.mp4";
+    world.probe.outcomes.borrow_mut().insert(missing.into(), Outcome::Status { status: 404 });
+    // One browser user's 404 is not remembered for the others: the next asker measures again.
+    let first =
+        world.create(&browser("web", "alice", None), &V2A, json!({"video_url": missing})).unwrap_err();
+    assert!(first.message.contains("answered 404"), "{first}");
+    assert!(world.probe.remembered.borrow().is_empty());
+    world.probe.outcomes.borrow_mut().remove(missing);
+    world.create(&browser("web", "bob", None), &V2A, json!({"video_url": missing})).unwrap();
     assert_eq!(world.probe.calls.get(), 2);
+    // The app's probes are spent, whichever of its users asks: refused before any fetch.
+    let other = "https://cdn.example.com/clips/other.mp4";
+    let refused =
+        world.create(&browser("web", "carol", None), &V2A, json!({"video_url": other})).unwrap_err();
+    assert_eq!(refused.status, 429, "{refused}");
+    assert_eq!(world.probe.calls.get(), 2, "no fetch past the limit");
+    // A remembered measurement needs no fetch, so it costs no probe.
+    world.create(&browser("web", "dave", None), &V2A, json!({"video_url": missing})).unwrap();
+    // Another app has its own.
+    world.create(&browser("ops", "erin", None), &V2A, json!({"video_url": other})).unwrap();
+    assert_eq!(world.probe.calls.get(), 3);
 }
 
 #[test]

@@ -73,14 +73,6 @@ impl Outcome {
     }
 }
 
-/// What the probe port answers: the outcome, and whether it was reused from the cache (a
-/// reused outcome was logged when it was measured).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Probed {
-    pub outcome: Outcome,
-    pub reused: bool,
-}
-
 /// The judgement: the length to go by, if known, and a note to log if the policy let an
 /// unmeasured video through.
 #[derive(Debug, Clone, PartialEq)]
