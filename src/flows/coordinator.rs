@@ -131,8 +131,13 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         if let Some(bound) = self.store.find_nonce(&nonce)?.filter(|bound| *bound != task_id) {
             // Only a forged callback (with a leaked URL) could have bound this fresh nonce
             // to another task before the create's answer: the create's answer wins.
+            // It is dropped, to be forgotten by the alarm with its copies and edge copy, and
+            // its capability unbound.
             self.runtime.log(json!({"event": "nonce_rebound", "task_id": task_id, "dropped": bound}));
-            self.store.delete(&bound)?;
+            self.store.update(&bound, |forged| {
+                forged.dropped = true;
+                forged.nonce = format!("dropped:{}", forged.nonce);
+            })?;
         }
         let mut record = match self.store.load(&task_id)? {
             Some(existing) if existing.nonce == nonce => existing,
@@ -205,7 +210,9 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
 
     fn find(&self, tenant: &str, endpoint: u8, id: &str) -> Result<Option<TaskRecord>, ApiError> {
         let mine = |record: &TaskRecord| {
-            record.tenant.as_deref().is_none_or(|owner| owner == tenant) && record.endpoint == endpoint
+            record.tenant.as_deref().is_none_or(|owner| owner == tenant)
+                && record.endpoint == endpoint
+                && !record.dropped
         };
         if let Some(record) = self.store.load(id)?.filter(mine) {
             return self.adopt(record, tenant).map(Some);
@@ -218,12 +225,13 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
     }
 
     /// Every task in a coordinator is its tenant's: the object is named by the tenant's
-    /// shard, and so is every capability that reaches it. A task a callback recorded before
-    /// the coordinator knew its tenant, and whose create's record never landed, is the
-    /// tenant's from its first read on (and then copied to the edge like any other).
+    /// shard, and so is every capability that reaches it. A task only a callback recorded
+    /// (its create's record never landed) is claimed by its tenant's first read of it, and
+    /// from then on copied and published like any other.
     fn adopt(&self, mut record: TaskRecord, tenant: &str) -> Result<TaskRecord, ApiError> {
-        if record.tenant.is_none() {
+        if record.tenant.is_none() || !record.registered {
             record.tenant = Some(tenant.to_owned());
+            record.registered = true;
             self.store.save(&record)?;
         }
         Ok(record)
@@ -240,7 +248,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         let offset = page_num.saturating_sub(1).saturating_mul(page_size);
         let mut answers = Vec::new();
         for record in self.store.page(endpoint, offset, page_size)? {
-            if record.tenant.as_deref().is_none_or(|owner| owner == tenant) {
+            if record.tenant.as_deref().is_none_or(|owner| owner == tenant) && !record.dropped {
                 answers.push(self.adopt(record, tenant)?.answer());
             }
         }
@@ -260,6 +268,10 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
     pub async fn run_due(&self) -> Result<(), ApiError> {
         let now = self.runtime.now_ms();
         for task_id in self.store.due(now, DUE_BATCH)? {
+            if self.store.load(&task_id)?.is_some_and(|record| record.dropped) {
+                self.forget(&task_id).await?;
+                continue;
+            }
             if self
                 .store
                 .load(&task_id)?
@@ -283,12 +295,16 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
     async fn forget(&self, task_id: &str) -> Result<(), ApiError> {
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         let keys = copies::stored_keys(&record.copies, self.shard, task_id);
-        if !keys.is_empty() {
-            if let Err(problem) = self.bucket.delete(&keys).await {
-                // Kept, to try again with the next sweep.
-                self.runtime.log(json!({"event": "forget", "task_id": task_id, "problem": problem.message}));
-                return Ok(());
-            }
+        let problem = if keys.is_empty() { None } else { self.bucket.delete(&keys).await.err() };
+        // A dropped task's edge copy goes with it (a forgotten one's expires in KV by itself).
+        let problem = match (problem, record.dropped && record.edge_copy_digest.is_some()) {
+            (None, true) => self.edge_copies.delete(&edge_copy::key(self.shard, task_id)).await.err(),
+            (problem, _) => problem,
+        };
+        if let Some(problem) = problem {
+            // Kept, to try again with the next sweep.
+            self.runtime.log(json!({"event": "forget", "task_id": task_id, "problem": problem.message}));
+            return Ok(());
         }
         self.store.delete(task_id)
     }

@@ -788,3 +788,47 @@ fn copies_are_kept_for_their_retention_and_forgotten_with_the_task() {
     assert!(world.store.load("t1").unwrap().is_none(), "forgotten after 60 days");
     assert!(world.bucket.objects.borrow().is_empty(), "with its copies");
 }
+
+#[test]
+fn a_forged_callback_that_beats_the_create_leaves_nothing_behind() {
+    let world = world_with_bucket(false);
+    world.coordinator().learn_tenant(Some(TENANT)).unwrap();
+    // A leaked callback URL reports a task of the forger's, with files, before the create's
+    // answer is recorded: nothing is copied or published for a task no create recorded.
+    let forged = world.data("forged-1", "succeed", START + 5, true);
+    world.callback("n1", &forged).unwrap();
+    world.run_alarms_for(60_000);
+    assert!(world.bucket.objects.borrow().is_empty(), "nothing copied for it");
+    assert!(world.edge_copy("forged-1").is_none(), "nothing published for it");
+    // The create's answer binds its capability: the forged task is dropped and forgotten.
+    world.register("t1", "n1", false);
+    assert_eq!(block_on(world.coordinator().query(TENANT, V2A, "forged-1")).unwrap(), None);
+    world.run_alarms_for(1_000);
+    use crate::ports::TaskStore;
+    assert!(world.store.load("forged-1").unwrap().is_none(), "forgotten");
+    let listed = world.coordinator().list(TENANT, V2A, 1, 30).unwrap();
+    assert_eq!(listed.iter().map(|task| task.data["task_id"].clone()).collect::<Vec<_>>(), [json!("t1")]);
+    // The real task's callbacks still land.
+    world.kling_moves("t1", "n1", "succeed", START + 9, true, false);
+    world.run_alarms_for(1_000);
+    assert!(world.edge_copy("t1").is_some());
+    assert!(!world.bucket.objects.borrow().keys().any(|key| key.contains("forged-1")));
+}
+
+#[test]
+fn a_dropped_task_that_was_published_has_its_edge_copy_and_copies_removed() {
+    use crate::ports::TaskStore;
+    let world = world_with_bucket(false);
+    world.coordinator().learn_tenant(Some(TENANT)).unwrap();
+    world.callback("n1", &world.data("forged-1", "succeed", START + 5, true)).unwrap();
+    // Claimed by a read (as a task whose create's record was lost would be), then published.
+    block_on(world.coordinator().query(TENANT, V2A, "forged-1")).unwrap().unwrap();
+    world.run_alarms_for(60_000);
+    assert!(world.edge_copy("forged-1").is_some());
+    assert!(world.bucket.objects.borrow().keys().any(|key| key.contains("forged-1")));
+    world.register("t1", "n1", false);
+    world.run_alarms_for(1_000);
+    assert!(world.store.load("forged-1").unwrap().is_none());
+    assert!(world.edge_copy("forged-1").is_none(), "its edge copy is removed");
+    assert!(!world.bucket.objects.borrow().keys().any(|key| key.contains("forged-1")), "and its copies");
+}

@@ -72,7 +72,8 @@ impl TaskRecord {
     }
 
     fn edge_copy_pending(&self, now: u64) -> Option<Due> {
-        if self.edge_copy_retry_at.is_some_and(|at| at > now) || self.tenant.is_none() {
+        // Nothing is copied to the edge for a task no create recorded (see `queue_copies`).
+        if self.edge_copy_retry_at.is_some_and(|at| at > now) || self.tenant.is_none() || !self.registered {
             return None;
         }
         if !self.is_complete() {

@@ -76,6 +76,11 @@ pub struct TaskRecord {
     /// The deployment's copies of the result files (`crate::record::copies`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<Copy>,
+    /// Replaced by the create whose callback capability it had bound (only a forged callback
+    /// can bind a fresh capability first): it is forgotten at the next alarm, with its copies
+    /// and its edge copy, and never answered meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dropped: bool,
 }
 
 /// A task as its client reads it, before the links to its copies are minted: Kling's data
@@ -114,6 +119,7 @@ impl TaskRecord {
             edge_copy_digest: None,
             edge_copy_retry_at: None,
             copies: Vec::new(),
+            dropped: false,
         }
     }
 
@@ -128,7 +134,9 @@ impl TaskRecord {
     /// Queues a copy of each result file of a task that succeeded with them (a no-op once
     /// queued). Returns whether anything was queued.
     pub fn queue_copies(&mut self, now: u64) -> bool {
-        if !self.is_complete() || task::status_of(&self.data) != Some("succeed") {
+        // Nothing is copied for a task no create recorded (a callback's alone, which may be
+        // forged) until its tenant has claimed it (see `flows::coordinator`).
+        if !self.registered || !self.is_complete() || task::status_of(&self.data) != Some("succeed") {
             return false;
         }
         let files = copies::result_files(&self.data);
@@ -243,6 +251,9 @@ impl TaskRecord {
         let delivery = (self.delivery.state == DeliveryState::Pending && self.tenant.is_some())
             .then_some(self.delivery.next_attempt_at)
             .flatten();
+        if self.dropped {
+            return Some(0);
+        }
         let edge_copy = self.edge_copy_due(u64::MAX).then(|| self.edge_copy_retry_at.unwrap_or(0));
         [self.next_poll_at, delivery, copies::next_due(&self.copies), edge_copy].into_iter().flatten().min()
     }
