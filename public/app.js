@@ -69,7 +69,7 @@ async function tryToken(value) {
   try {
     await api('GET', `${familyPath()}?pageNum=1&pageSize=1`, undefined, candidate);
   } catch (error) {
-    note.textContent = `The worker refused that token: ${error.message}`
+    note.textContent = `The worker refused that token: ${error.message.replace(/[.!?]?$/, '.')}`
       + (token ? ' You are still signed in with your previous token.' : '');
     return;
   }
@@ -85,7 +85,8 @@ function showWhoami() {
   const expires = new Date(claims.exp * 1000);
   const expired = expires < new Date();
   $('whoami').textContent = `${expired ? 'Expired token for' : 'Signed in as'} ${claims.sub} (app ${claims.app}), `
-    + `${expired ? 'expired' : 'valid until'} ${expires.toLocaleTimeString()}.`;
+    + `${expired ? 'expired' : 'valid until'} ${expires.toLocaleTimeString()}.`
+    + (expired ? ' Paste a new token below (your server mints one with POST /v1/tokens; `make dev` prints a fresh link).' : '');
 }
 
 // The `make dev` link carries a development token (and the stand-in's sample video) in the
@@ -200,7 +201,8 @@ async function createBody() {
     return { model_name: 'kling-v2-6', mode: 'pro', sound: 'on', prompt, duration: form.get('video_duration'), aspect_ratio: form.get('aspect_ratio') };
   }
   if (family === 't2a') {
-    return { prompt, duration: Number($('audio-duration').value) };
+    const seconds = $('audio-duration').value.trim();
+    return { prompt, duration: seconds === '' ? undefined : Number(seconds) };
   }
   const body = { video_url: $('video-url').value.trim() };
   const kind = form.get('kind');
@@ -346,11 +348,15 @@ function showTask(task, videoUrl) {
     clearPlayers();
     return;
   }
-  const video = family === 't2v' ? made : videoUrl ?? task.task_info?.parent_video?.url ?? made;
+  // The result, when Kling made one (a video with sound, or with its new sound), else the input.
+  const video = made ?? videoUrl ?? task.task_info?.parent_video?.url;
   $('video-figure').hidden = !plays.includes('video');
   $('audio-figure').hidden = !plays.includes('audio');
-  $('play-together').hidden = plays.length < 2;
-  $('video-caption').textContent = family === 't2v' ? 'Your video, with its sound' : 'Your video';
+  // Playing the sound over the input makes sense only while the input is what plays.
+  $('play-together').hidden = plays.length < 2 || Boolean(made);
+  $('video-caption').textContent = !made ? 'Your video' : family === 't2v' ? 'Your video, with its sound' : 'Your video, with its new sound';
+  $('video-download').hidden = !made;
+  if (made) $('video-download').href = made;
   if (plays.includes('video') && !samePlace($('video-player').getAttribute('src'), video)) $('video-player').src = video;
   if (audio && !samePlace($('audio-player').getAttribute('src'), sound)) $('audio-player').src = sound;
   if (audio) $('audio-wav').href = audio.copy_url_wav ?? audio.url_wav ?? sound;
@@ -495,6 +501,8 @@ $('task-form').addEventListener('submit', submit);
 $('video-url').addEventListener('change', probeDuration);
 $('prompt').addEventListener('input', updatePromptCount);
 $('play-together').addEventListener('click', playTogether);
+// The browser's own bubble says what is wrong with a field: an older error must not stay beside it.
+$('task-form').addEventListener('invalid', () => showError(null), true);
 $('refresh').addEventListener('click', refreshList);
 for (const tab of document.querySelectorAll('.tabs [data-family]')) {
   tab.addEventListener('click', () => chooseFamily(tab.dataset.family));

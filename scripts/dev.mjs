@@ -187,7 +187,7 @@ for (const quietSince = Date.now(); Date.now() - lastOutputAt < 750 && Date.now(
 
 console.log(`
 kling-edge is running at ${base}
-  Kling: ${realKling ? `the real Kling (${settings.KLING_API_BASE ?? 'https://api-singapore.klingai.com'})` : `the local stand-in at ${standIn.url} (tasks succeed after a few seconds; a video URL containing "fail" fails)`}
+  Kling: ${realKling ? `the real Kling (${settings.KLING_API_BASE ?? 'https://api-singapore.klingai.com'})` : `the local stand-in at ${standIn.url} (tasks succeed after a few seconds; add ?case=fail to the sample video's URL to see one fail)`}
   Client key (from ${devVars.PROXY_API_KEYS ? '.dev.vars' : 'target/dev/local.env'}): ${clientKey}
   Secrets (browser tokens, webhooks) are in target/dev/local.env; reset local state with \`make reset\`.
   CORS: ${fromEnvironment.ALLOWED_ORIGINS || settings.ALLOWED_ORIGINS || 'no origin allowed (start with ALLOWED_ORIGINS=http://localhost:5173 make dev)'}

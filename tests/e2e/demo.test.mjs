@@ -123,6 +123,13 @@ describe('the demo page in Chromium', () => {
     const audioSrc = await page.getByTestId('audio-player').getAttribute('src');
     assert.match(audioSrc, new RegExp(`^${worker.url}/v1/results/[0-9a-f]{32}/\\d+/audio-0\\.mp3\\?expires=\\d+&signature=`));
     assert.ok(await ready('#video-player') >= 2);
+    // The video that plays is the result, with its new sound (the worker's copy of Kling's
+    // videos[0]), offered for download; the input is not what plays.
+    const videoSrc = await page.getByTestId('video-player').getAttribute('src');
+    assert.match(videoSrc, new RegExp(`^${worker.url}/v1/results/[0-9a-f]{32}/\\d+/video-0\\.mp4\\?expires=`));
+    assert.equal(await page.getByTestId('video-download').getAttribute('href'), videoSrc);
+    assert.ok(await page.getByTestId('video-download').isVisible());
+    assert.equal(await page.locator('#video-caption').textContent(), 'Your video, with its new sound');
     assert.ok(await ready('#audio-player') >= 2, 'the copy decodes in the audio element');
     const durations = await page.evaluate(() => [document.querySelector('#video-player').duration, document.querySelector('#audio-player').duration]);
     assert.ok(durations.every((d) => d > 4 && d < 6), `${durations}`);
