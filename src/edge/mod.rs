@@ -35,7 +35,7 @@ use crate::auth;
 use crate::auth::cors::{self, AllowedOrigins};
 use crate::config::Config;
 use crate::error::ApiError;
-use crate::flows::edge::{tenant_key, Edge};
+use crate::flows::edge::{tenant_key, Edge, EdgePorts};
 use crate::links::webhook::SignatureHeaders;
 use crate::ports::Runtime;
 use crate::routes::{self, ClientRoute, Route};
@@ -64,16 +64,20 @@ pub struct Call<'a> {
 /// Names the body's fields a create dropped (`crate::api::fields::Body::ignored`).
 pub const IGNORED_HEADER: &str = "X-Kling-Edge-Ignored";
 
+/// The request path's ports with the Workers runtime.
+struct WorkerPortTypes<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'a> EdgePorts for WorkerPortTypes<'a> {
+    type Kling = KlingForRequests<'a>;
+    type Coordinators = DurableCoordinators<'a>;
+    type Limiter = Bindings<'a>;
+    type Probe = FetchProbe<'a>;
+    type EdgeCopies = KvEdgeCopies<'a>;
+    type Runtime = RequestRuntime<'a>;
+}
+
 /// The flows' view of the deployment, with the Workers runtime's ports.
-type WorkerEdge<'a> = Edge<
-    'a,
-    KlingForRequests<'a>,
-    DurableCoordinators<'a>,
-    Bindings<'a>,
-    FetchProbe<'a>,
-    KvEdgeCopies<'a>,
-    RequestRuntime<'a>,
->;
+type WorkerEdge<'a> = Edge<'a, WorkerPortTypes<'a>>;
 
 /// The runtime as one request's flows see it: every log line names the request.
 pub struct RequestRuntime<'a> {

@@ -15,20 +15,12 @@ use crate::error::{code, ApiError};
 use crate::kling::task;
 use crate::links::capability::Capability;
 use crate::links::webhook::SignatureHeaders;
-use crate::ports::{Coordinators, EdgeCopies, KlingApi, RateLimiter, Runtime, VideoProbe};
+use crate::ports::{Coordinators, Runtime};
 
-use super::edge::{Answer, Edge};
+use super::edge::{Answer, Edge, EdgePorts};
 use super::protocol;
 
-impl<K, C, L, P, M, T> Edge<'_, K, C, L, P, M, T>
-where
-    K: KlingApi,
-    C: Coordinators,
-    L: RateLimiter,
-    P: VideoProbe,
-    M: EdgeCopies,
-    T: Runtime,
-{
+impl<P: EdgePorts> Edge<'_, P> {
     /// A callback with its capability (the URL's last segment), signature headers and body.
     pub async fn callback(
         &self,

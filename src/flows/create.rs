@@ -19,14 +19,14 @@ use crate::api::{fields::Target, useapi};
 use crate::auth::{Client, ClientKind};
 use crate::error::{code, ApiError};
 use crate::links::capability::Capability;
-use crate::ports::{Coordinators, EdgeCopies, KlingApi, KlingReply, Limit, RateLimiter, Runtime, VideoProbe};
+use crate::ports::{Coordinators, KlingApi, KlingReply, Limit, RateLimiter, Runtime, VideoProbe};
 use crate::probe::video_check::{self, Policy};
 use crate::record::USEAPI_STYLE;
 use crate::validate::{self, UrlPolicy};
 use crate::{kling::task, routes};
 
 use super::coordinator::Registration;
-use super::edge::{app_key, tenant_key, Answer, Edge};
+use super::edge::{app_key, tenant_key, Answer, Edge, EdgePorts};
 use super::protocol;
 
 /// Tries of recording a create with its coordinator (after the answer), and the waits before each.
@@ -48,15 +48,7 @@ pub struct Recording {
     pub registration: Registration,
 }
 
-impl<K, C, L, P, M, T> Edge<'_, K, C, L, P, M, T>
-where
-    K: KlingApi,
-    C: Coordinators,
-    L: RateLimiter,
-    P: VideoProbe,
-    M: EdgeCopies,
-    T: Runtime,
-{
+impl<P: EdgePorts> Edge<'_, P> {
     /// `POST` on a surface's path, with its body read: validate, call Kling, answer. The
     /// body is dropped once validated (an image-to-video body may be 14 MiB).
     pub async fn create(

@@ -9,7 +9,7 @@
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::ports::KlingReply;
+use crate::ports::{Coordinators, EdgeCopies, KlingApi, KlingReply, RateLimiter, Runtime, VideoProbe};
 
 /// What a flow answers a client with (the Worker adds the envelope's `request_id` and the
 /// headers every answer carries).
@@ -25,19 +25,30 @@ pub enum Answer {
     Acknowledged,
 }
 
+/// The request path's ports, named once: the Worker's set (`crate::edge`) and the tests'
+/// (`crate::flows::edge_tests`) each implement it.
+pub trait EdgePorts {
+    type Kling: KlingApi;
+    type Coordinators: Coordinators;
+    type Limiter: RateLimiter;
+    type Probe: VideoProbe;
+    type EdgeCopies: EdgeCopies;
+    type Runtime: Runtime;
+}
+
 /// One request's view of the deployment: its settings, the origin of the URLs it gives out,
 /// and its ports.
-pub struct Edge<'a, K, C, L, P, M, T> {
+pub struct Edge<'a, P: EdgePorts> {
     pub config: &'a Config,
     /// The worker's origin for the URLs it gives out (callbacks, result links):
-    /// `PUBLIC_BASE_URL`, or the request's.
+    /// `PUBLIC_BASE_URL`, or the request's (in local development).
     pub origin: &'a str,
-    pub kling: &'a K,
-    pub coordinators: &'a C,
-    pub limiter: &'a L,
-    pub probe: &'a P,
-    pub edge_copies: &'a M,
-    pub runtime: &'a T,
+    pub kling: &'a P::Kling,
+    pub coordinators: &'a P::Coordinators,
+    pub limiter: &'a P::Limiter,
+    pub probe: &'a P::Probe,
+    pub edge_copies: &'a P::EdgeCopies,
+    pub runtime: &'a P::Runtime,
 }
 
 /// The rate-limit key of a tenant's requests and creates.

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::coordinator::{LinkSettings, Settings};
 use super::create::Created;
-use super::edge::{Answer, Edge};
+use super::edge::{Answer, Edge, EdgePorts};
 use crate::api::surfaces::{Surface, ADD_SOUND, I2V, T2A, T2V, V2A, V2A_SIMPLE};
 use crate::api::VIDEO_TO_AUDIO;
 use crate::auth::{Client, ClientKind};
@@ -49,8 +49,19 @@ struct World {
     probe: ScriptedProbe,
 }
 
-type TestEdge<'a> =
-    Edge<'a, ScriptedKling, MemoryCoordinators<'a>, MemoryLimiter, ScriptedProbe, MemoryKv, TestRuntime>;
+/// The request path's ports in memory.
+struct TestPorts<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'a> EdgePorts for TestPorts<'a> {
+    type Kling = ScriptedKling;
+    type Coordinators = MemoryCoordinators<'a>;
+    type Limiter = MemoryLimiter;
+    type Probe = ScriptedProbe;
+    type EdgeCopies = MemoryKv;
+    type Runtime = TestRuntime;
+}
+
+type TestEdge<'a> = Edge<'a, TestPorts<'a>>;
 
 impl World {
     fn new() -> World {

@@ -13,22 +13,14 @@ use crate::auth::Client;
 use crate::error::ApiError;
 use crate::kling::task;
 use crate::links::result_links::{self, Minter};
-use crate::ports::{Coordinators, EdgeCopies, KlingApi, RateLimiter, Runtime, VideoProbe};
+use crate::ports::{Coordinators, EdgeCopies, Runtime};
 use crate::record::TaskAnswer;
 use crate::validate::Page;
 
-use super::edge::{Answer, Edge};
+use super::edge::{Answer, Edge, EdgePorts};
 use super::protocol;
 
-impl<K, C, L, P, M, T> Edge<'_, K, C, L, P, M, T>
-where
-    K: KlingApi,
-    C: Coordinators,
-    L: RateLimiter,
-    P: VideoProbe,
-    M: EdgeCopies,
-    T: Runtime,
-{
+impl<P: EdgePorts> Edge<'_, P> {
     /// `GET {path}/{id}`: one of the caller's tasks of `endpoint_code`, by task id or
     /// external task id.
     pub async fn query(&self, client: &Client, endpoint_code: u8, id: &str) -> Result<Answer, ApiError> {

@@ -8,21 +8,13 @@ use serde_json::json;
 use crate::auth::browser_token;
 use crate::auth::Client;
 use crate::error::{code, ApiError};
-use crate::ports::{Coordinators, EdgeCopies, KlingApi, RateLimiter, Runtime, VideoProbe};
+use crate::ports::{KlingApi, Runtime};
 use crate::validate;
 use crate::validate::UrlPolicy;
 
-use super::edge::{Answer, Edge};
+use super::edge::{Answer, Edge, EdgePorts};
 
-impl<K, C, L, P, M, T> Edge<'_, K, C, L, P, M, T>
-where
-    K: KlingApi,
-    C: Coordinators,
-    L: RateLimiter,
-    P: VideoProbe,
-    M: EdgeCopies,
-    T: Runtime,
-{
+impl<P: EdgePorts> Edge<'_, P> {
     /// `POST /v1/tokens`, with its body read.
     pub fn mint_token(&self, client: &Client, body: &[u8]) -> Result<Answer, ApiError> {
         client.require_server_key("mint tokens")?;
