@@ -276,6 +276,9 @@ pub fn validate(body: &Body, raw: &[u8], policy: UrlPolicy) -> Result<Validated,
 /// `_` or `-` (`asmrMode`), or one or two edits away (`asmr_mod`, `video_ulr`, `sounds`),
 /// one for short names.
 fn closest<'a>(name: &str, fields: &[&'a str]) -> Option<&'a str> {
+    if name.len() > 64 {
+        return None;
+    }
     let plain = |s: &str| {
         s.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect::<Vec<_>>()
     };
@@ -318,8 +321,7 @@ fn edits(a: &[char], b: &[char]) -> usize {
 /// Kling's largest fields hold a few hundred (dynamic masks: 6 groups of 77 points).
 pub const MAX_VALUES: usize = 10_000;
 
-/// The body as each field's raw JSON, borrowed from `raw` (nothing is copied but keys that
-/// hold escapes).
+/// The body as each field's raw JSON, borrowed from `raw` (nothing is copied but the keys).
 fn parse_object(raw: &[u8]) -> Result<BTreeMap<Cow<'_, str>, &RawValue>, ApiError> {
     if raw.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("body: must be a JSON object; the body is empty"));

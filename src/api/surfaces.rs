@@ -906,6 +906,9 @@ mod tests {
         ] {
             assert_rejected(create(surface, body), field, &format!("unknown field; did you mean `{meant}`?"));
         }
+        // A huge unknown name is refused as it is, without being compared letter by letter.
+        let huge = format!("{{\"video_url\": \"{VIDEO}\", \"{}\": 1}}", "a".repeat(1_000_000));
+        assert_rejected(V2A.validate(huge.as_bytes(), PUBLIC), &"a".repeat(40), "expected one of video_id");
         // Neither near nor ignored: refused, listing the fields.
         assert_rejected(
             create(&V2A, json!({"video_url": VIDEO, "sounds": 1})),

@@ -217,17 +217,17 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         if let Some(record) = self.store.load(id)?.filter(mine) {
             return self.adopt(record, tenant).map(Some);
         }
+        // By external id only a claimed task is found: an unclaimed one (a callback's alone,
+        // perhaps forged) is claimed only by its own task id.
         let Some(task_id) = self.store.find_external(id)? else { return Ok(None) };
-        match self.store.load(&task_id)?.filter(mine) {
-            Some(record) => self.adopt(record, tenant).map(Some),
-            None => Ok(None),
-        }
+        Ok(self.store.load(&task_id)?.filter(mine).filter(TaskRecord::claimed))
     }
 
     /// Every task in a coordinator is its tenant's: the object is named by the tenant's
     /// shard, and so is every capability that reaches it. A task only a callback recorded
-    /// (its create's record never landed) is claimed by its tenant's first read of it, and
-    /// from then on copied and published like any other.
+    /// (its create's record never landed) is listed, and claimed by its tenant's first query
+    /// of its task id (the id Kling gave the create); from then on it is copied and published
+    /// like any other.
     fn adopt(&self, mut record: TaskRecord, tenant: &str) -> Result<TaskRecord, ApiError> {
         if record.tenant.is_none() || !record.registered {
             record.tenant = Some(tenant.to_owned());
@@ -248,8 +248,10 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         let offset = page_num.saturating_sub(1).saturating_mul(page_size);
         let mut answers = Vec::new();
         for record in self.store.page(endpoint, offset, page_size)? {
+            // An unclaimed task (a callback's alone) is listed, so its tenant can find it, but a
+            // list does not claim it: a query of its task id does.
             if record.tenant.as_deref().is_none_or(|owner| owner == tenant) && !record.dropped {
-                answers.push(self.adopt(record, tenant)?.answer());
+                answers.push(record.answer());
             }
         }
         Ok(answers)
@@ -294,16 +296,21 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
     /// could not be removed is kept until they are.
     async fn forget(&self, task_id: &str) -> Result<(), ApiError> {
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
+        // A dropped task's edge copy goes first, whatever its record says was written (a
+        // forgotten one's expires in KV by itself).
+        let mut problem = None;
+        if record.dropped {
+            problem = self.edge_copies.delete(&edge_copy::key(self.shard, task_id)).await.err();
+        }
         let keys = copies::stored_keys(&record.copies, self.shard, task_id);
-        let problem = if keys.is_empty() { None } else { self.bucket.delete(&keys).await.err() };
-        // A dropped task's edge copy goes with it (a forgotten one's expires in KV by itself).
-        let problem = match (problem, record.dropped && record.edge_copy_digest.is_some()) {
-            (None, true) => self.edge_copies.delete(&edge_copy::key(self.shard, task_id)).await.err(),
-            (problem, _) => problem,
-        };
+        if problem.is_none() && !keys.is_empty() {
+            problem = self.bucket.delete(&keys).await.err();
+        }
         if let Some(problem) = problem {
-            // Kept, to try again with the next sweep.
+            // Kept, to try again: with the next sweep, or a dropped one after a while.
             self.runtime.log(json!({"event": "forget", "task_id": task_id, "problem": problem.message}));
+            let retry_at = self.runtime.now_ms().saturating_add(edge_copy::RETRY_MS);
+            self.store.update(task_id, |record| record.edge_copy_retry_at = Some(retry_at))?;
             return Ok(());
         }
         self.store.delete(task_id)

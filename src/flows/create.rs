@@ -94,8 +94,6 @@ impl<P: EdgePorts> Edge<'_, P> {
             )
             .await?;
         }
-        // Only a create that passed every rule counts against the create limit.
-        self.limiter.check(Limit::Creates, &tenant_key(&client.tenant)).await?;
         let shard = task::tenant_shard(&client.tenant);
         if let Some(max_jobs) = validated.options.max_jobs {
             let running =
@@ -109,6 +107,8 @@ impl<P: EdgePorts> Edge<'_, P> {
             }
         }
 
+        // Only a create that passed every rule counts against the create limit.
+        self.limiter.check(Limit::Creates, &tenant_key(&client.tenant)).await?;
         let now_secs = (self.runtime.now_ms() / 1000) as i64;
         let capability = Capability::issue(&shard, self.runtime.random_16()?, endpoint.code, now_secs);
         let mut upstream = validated.upstream;

@@ -832,3 +832,48 @@ fn a_dropped_task_that_was_published_has_its_edge_copy_and_copies_removed() {
     assert!(world.edge_copy("forged-1").is_none(), "its edge copy is removed");
     assert!(!world.bucket.objects.borrow().keys().any(|key| key.contains("forged-1")), "and its copies");
 }
+
+#[test]
+fn a_dropped_task_whose_edge_copy_cannot_be_removed_waits_and_never_jams_the_alarm() {
+    use crate::ports::TaskStore;
+    let world = World::new();
+    world.coordinator().learn_tenant(Some(TENANT)).unwrap();
+    world.callback("n1", &world.data("forged-1", "succeed", START + 5, true)).unwrap();
+    world.register("t1", "n1", false);
+    world.kv.broken.set(true);
+    block_on(world.coordinator().run_due()).unwrap();
+    let kept = world.record("forged-1");
+    assert!(kept.dropped);
+    assert_eq!(
+        kept.due_at(),
+        Some(world.now() + crate::record::edge_copy::RETRY_MS),
+        "it waits, it does not spin"
+    );
+    // Meanwhile the real task's work goes on; once KV is back, the dropped one goes.
+    world.kling_moves("t1", "n1", "failed", START + 9, false, false);
+    world.kv.broken.set(false);
+    world.run_alarms_for(60_000);
+    assert!(world.store.load("forged-1").unwrap().is_none());
+    assert!(world.edge_copy("t1").is_some());
+}
+
+#[test]
+fn an_unclaimed_task_is_listed_but_claimed_only_by_its_own_task_id_and_never_dated_ahead() {
+    let world = World::new();
+    world.coordinator().learn_tenant(Some(TENANT)).unwrap();
+    // A callback's alone, dated far ahead (it would top every list and never expire).
+    let mut report = world.data("lone-1", "succeed", START + 5, true);
+    report["created_at"] = json!(START + 10 * 365 * 24 * 3_600_000);
+    world.callback("n1", &report).unwrap();
+    assert!(world.record("lone-1").created_at <= world.now());
+    let listed = world.coordinator().list(TENANT, V2A, 1, 30).unwrap();
+    assert_eq!(listed.len(), 1, "listed, so its tenant can find it");
+    assert!(!world.record("lone-1").claimed(), "a list does not claim it");
+    assert_eq!(
+        block_on(world.coordinator().query(TENANT, V2A, "ext-lone-1")).unwrap(),
+        None,
+        "nor its external id"
+    );
+    assert!(block_on(world.coordinator().query(TENANT, V2A, "lone-1")).unwrap().is_some());
+    assert!(world.record("lone-1").claimed(), "its task id does");
+}

@@ -73,7 +73,7 @@ impl TaskRecord {
 
     fn edge_copy_pending(&self, now: u64) -> Option<Due> {
         // Nothing is copied to the edge for a task no create recorded (see `queue_copies`).
-        if self.edge_copy_retry_at.is_some_and(|at| at > now) || self.tenant.is_none() || !self.registered {
+        if self.edge_copy_retry_at.is_some_and(|at| at > now) || self.tenant.is_none() || !self.claimed() {
             return None;
         }
         if !self.is_complete() {

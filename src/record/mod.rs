@@ -98,7 +98,9 @@ impl TaskRecord {
     /// A task first heard of at `now`, from a create answer or a callback. It is listed by
     /// Kling's own `created_at` when the report has one.
     pub fn new(task_id: &str, endpoint: u8, nonce: &str, data: Value, now: u64) -> TaskRecord {
-        let created_at = data.get("created_at").and_then(Value::as_u64).filter(|at| *at > 0).unwrap_or(now);
+        // Never later than now: a report's future time would top every list and never expire.
+        let created_at =
+            data.get("created_at").and_then(Value::as_u64).filter(|at| *at > 0).unwrap_or(now).min(now);
         TaskRecord {
             task_id: task_id.to_owned(),
             endpoint,
@@ -136,11 +138,17 @@ impl TaskRecord {
     pub fn queue_copies(&mut self, now: u64) -> bool {
         // Nothing is copied for a task no create recorded (a callback's alone, which may be
         // forged) until its tenant has claimed it (see `flows::coordinator`).
-        if !self.registered || !self.is_complete() || task::status_of(&self.data) != Some("succeed") {
+        if !self.claimed() || !self.is_complete() || task::status_of(&self.data) != Some("succeed") {
             return false;
         }
         let files = copies::result_files(&self.data);
         copies::queue(&mut self.copies, files, now)
+    }
+
+    /// Whether a create recorded the task, or its tenant claimed it (records of the previous
+    /// version that already have copies or an edge copy count as claimed).
+    pub fn claimed(&self) -> bool {
+        self.registered || self.edge_copy_digest.is_some() || !self.copies.is_empty()
     }
 
     /// The `PROXY_API_KEYS` name behind the tenant (`web` for `web` and for `web/alice`):
@@ -252,7 +260,7 @@ impl TaskRecord {
             .then_some(self.delivery.next_attempt_at)
             .flatten();
         if self.dropped {
-            return Some(0);
+            return Some(self.edge_copy_retry_at.unwrap_or(0));
         }
         let edge_copy = self.edge_copy_due(u64::MAX).then(|| self.edge_copy_retry_at.unwrap_or(0));
         [self.next_poll_at, delivery, copies::next_due(&self.copies), edge_copy].into_iter().flatten().min()
