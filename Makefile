@@ -1,6 +1,6 @@
 # The two commands of the README's quick start are `make dev` and `make test`;
 # each installs whatever is missing first (scripts/setup.sh).
-.PHONY: dev test setup build bench fuzz deploy reset clean openapi
+.PHONY: dev test setup build bench fuzz deploy reset clean openapi readme
 
 ## Run the worker locally (workerd, local KV, the local Kling stand-in unless .dev.vars has Kling credentials).
 dev:
@@ -37,6 +37,10 @@ deploy: setup
 ## Regenerate public/openapi.json from the endpoint tables (src/api); a test checks it is current.
 openapi:
 	UPDATE_OPENAPI=1 cargo test --quiet --lib api::openapi
+
+## Regenerate the README's settings table from src/config.rs; a test checks it is current.
+readme:
+	UPDATE_README=1 cargo test --quiet --lib config::tests::the_readme
 
 ## Forget every local task (local KV, Durable Objects and R2 under .wrangler/state); keeps the keys in target/dev.
 reset:

@@ -260,17 +260,11 @@ pub fn setting(name: &str) -> &'static Setting {
 }
 
 /// A whole-number setting's default.
-pub const fn default_whole(name: &str) -> u64 {
-    let mut i = 0;
-    while i < SETTINGS.len() {
-        if const_eq(SETTINGS[i].name, name) {
-            if let Rule::Whole { default, .. } = SETTINGS[i].rule {
-                return default;
-            }
-        }
-        i += 1;
+pub fn default_whole(name: &str) -> u64 {
+    match setting(name).rule {
+        Rule::Whole { default, .. } => default,
+        _ => 0,
     }
-    panic!("not a whole-number setting")
 }
 
 /// A delays setting's default, parsed.
@@ -281,21 +275,6 @@ pub fn default_delays(name: &str) -> Schedule {
         }
         _ => Schedule::parse("60").unwrap(),
     }
-}
-
-const fn const_eq(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut i = 0;
-    while i < a.len() {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 /// The README's table of settings ("Configuration"), from [`SETTINGS`].
@@ -742,7 +721,7 @@ mod tests {
     }
 
     /// The README's "Configuration" table is generated from the settings table:
-    /// `UPDATE_README=1 cargo test --lib config` rewrites it.
+    /// `make readme` (`UPDATE_README=1`) rewrites it.
     #[test]
     fn the_readme_lists_every_setting_as_the_table_says() {
         const BEGIN: &str = "<!-- settings table: generated from src/config.rs, do not edit -->\n";
@@ -755,7 +734,7 @@ mod tests {
         if std::env::var_os("UPDATE_README").is_some() {
             std::fs::write(path, format!("{}{table}{}", &readme[..start], &readme[end..])).unwrap();
         } else {
-            assert_eq!(readme[start..end], table, "run UPDATE_README=1 cargo test --lib config");
+            assert_eq!(readme[start..end], table, "run make readme");
         }
     }
 

@@ -223,7 +223,11 @@ fn browser(app: &str, sub: &str, callback: Option<&str>) -> Client {
 }
 
 fn kling_task_id(created: &Created) -> String {
-    let Answer::Kling(reply) = &created.answer else { panic!("Kling's answer: {:?}", created.answer) };
+    kling_task_id_of(&created.answer)
+}
+
+fn kling_task_id_of(answer: &Answer) -> String {
+    let Answer::Kling(reply) = answer else { panic!("Kling's answer: {answer:?}") };
     task::envelope_data(&reply.body).unwrap()["task_id"].as_str().unwrap().to_owned()
 }
 
@@ -419,7 +423,7 @@ fn a_create_gives_kling_the_workers_callback_and_keeps_the_clients_webhook() {
     let client = server("web");
     let body = json!({"video_url": VIDEO, "callback_url": "https://app.example.com/hook", "external_task_id": "mine-1"});
     let created = world.create_and_record(&client, &V2A, body);
-    let created_answer = Created { answer: created.answer.clone(), record: None, ignored: Vec::new() };
+    let task_id = kling_task_id_of(&created.answer);
     let sent = world.kling.created.borrow()[0].1.clone();
     let callback = sent["callback_url"].as_str().unwrap();
     assert!(callback.starts_with(&format!("{ORIGIN}/v1/callbacks/kling/")), "{callback}");
@@ -427,7 +431,7 @@ fn a_create_gives_kling_the_workers_callback_and_keeps_the_clients_webhook() {
     let recording = created.record.unwrap();
     assert_eq!(recording.shard, task::tenant_shard("web"));
     assert_eq!(recording.registration.client_callback_url.as_deref(), Some("https://app.example.com/hook"));
-    assert_eq!(world.query(&client, "mine-1").unwrap()["task_id"], kling_task_id(&created_answer));
+    assert_eq!(world.query(&client, "mine-1").unwrap()["task_id"], task_id);
 }
 
 #[test]
