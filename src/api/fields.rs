@@ -175,7 +175,8 @@ pub struct EdgeOptions {
     pub video_duration: Option<f64>,
     /// useapi.net's `replyRef`: passed back in the webhook.
     pub reply_ref: Option<String>,
-    /// useapi.net's `maxJobs`: refuse when this many of the tenant's tasks are running.
+    /// useapi.net's `maxJobs`: refuse when this many of the tenant's tasks are running or
+    /// starting (a slot is held for each create in flight: `crate::record::max_jobs`).
     pub max_jobs: Option<u32>,
     /// useapi.net's `email`: the Kling account to use.
     pub email: Option<String>,

@@ -23,6 +23,7 @@ use crate::ports::{EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webho
 use crate::record::copies::{self, CopySettings};
 use crate::record::delivery::{self, Attempt};
 use crate::record::edge_copy::{self, Write};
+use crate::record::max_jobs::{self, HoldOutcome, Holds};
 use crate::record::{TaskAnswer, TaskRecord, RETENTION_MS};
 use crate::schedule::Schedule;
 
@@ -79,6 +80,10 @@ pub struct Registration {
     pub origin: Option<String>,
     /// Kling's answer to the create (`data`).
     pub data: Value,
+    /// The `maxJobs` hold the create took (`crate::record::max_jobs`): released as the task
+    /// is recorded, since it then counts as running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_jobs_hold: Option<String>,
 }
 
 pub struct Coordinator<'a, S, K, W, R, B, T> {
@@ -127,6 +132,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
             reply_ref,
             origin,
             data,
+            max_jobs_hold,
         } = registration;
         if let Some(bound) = self.store.find_nonce(&nonce)?.filter(|bound| *bound != task_id) {
             // Only a forged callback (with a leaked URL) could have bound this fresh nonce
@@ -162,7 +168,11 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
             record.schedule_poll(now, &self.settings.poll);
         }
         record.queue_delivery(now);
-        self.store.save(&record)
+        self.store.save(&record)?;
+        match max_jobs_hold {
+            Some(hold_id) => self.release_job(&hold_id),
+            None => Ok(()),
+        }
     }
 
     /// Records a callback from Kling, whose capability named this coordinator, `nonce` and
@@ -257,10 +267,32 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         Ok(answers)
     }
 
-    /// How many of the tenant's tasks Kling is still working on (useapi.net's `maxJobs`).
-    pub fn running(&self, tenant: &str) -> Result<u32, ApiError> {
+    /// useapi.net's `maxJobs`: holds a job slot for a create about to call Kling, if the
+    /// tenant's running tasks and the holds of other creates in flight leave one.
+    pub fn hold_job(
+        &self,
+        tenant: &str,
+        max_jobs: u32,
+        hold_id: &str,
+        hold_ms: u64,
+    ) -> Result<HoldOutcome, ApiError> {
         let _ = tenant; // a coordinator holds one tenant's tasks
-        self.store.running()
+        let mut holds = Holds::read(self.store.meta(max_jobs::META)?.as_deref());
+        let outcome = holds.take(hold_id, self.store.running()?, max_jobs, self.runtime.now_ms(), hold_ms);
+        if outcome == HoldOutcome::Held {
+            self.store.set_meta(max_jobs::META, &holds.write())?;
+        }
+        Ok(outcome)
+    }
+
+    /// Gives a job slot back (its create was refused, or its task is now recorded).
+    pub fn release_job(&self, hold_id: &str) -> Result<(), ApiError> {
+        let Some(stored) = self.store.meta(max_jobs::META)? else { return Ok(()) };
+        let mut holds = Holds::read(Some(&stored));
+        if holds.release(hold_id) {
+            self.store.set_meta(max_jobs::META, &holds.write())?;
+        }
+        Ok(())
     }
 
     /// The alarm: for each task with something due, in this order, ask Kling about it, copy

@@ -3,9 +3,10 @@
 //!
 //! In order, and each step only if every one before it passed: the body's rules, the
 //! client's webhook, useapi.net's `email`, the video measured at its URL (for an endpoint
-//! whose create names one), the create limit, useapi.net's `maxJobs`, then Kling, once. So
-//! every refusal costs nothing: it reaches no port that spends (Kling), and none that counts
-//! against the client (the create limit) unless the create was valid.
+//! whose create names one), useapi.net's `maxJobs` (a slot held in the tenant's coordinator:
+//! `crate::record::max_jobs`), the create limit, then Kling, once. So every refusal costs
+//! nothing: it reaches no port that spends (Kling), and none that counts against the client
+//! (the create limit) unless the create was valid. A refused create gives its slot back.
 //!
 //! The client gets Kling's answer as soon as Kling gives it. The task is recorded with its
 //! tenant's coordinator only after that ([`Edge::record_created`], run after the answer): a
@@ -14,13 +15,16 @@
 
 use serde_json::{json, Value};
 
+use crate::api::fields::{Target, Validated};
 use crate::api::surfaces::{Style, Surface};
-use crate::api::{fields::Target, useapi};
+use crate::api::useapi;
 use crate::auth::{Client, ClientKind};
 use crate::error::{code, ApiError};
+use crate::ids::hex;
 use crate::links::capability::Capability;
 use crate::ports::{Coordinators, KlingApi, KlingReply, Limit, RateLimiter, Runtime, VideoProbe};
 use crate::probe::video_check::{self, Policy};
+use crate::record::max_jobs::HoldOutcome;
 use crate::record::USEAPI_STYLE;
 use crate::validate::{self, UrlPolicy};
 use crate::{kling::task, routes};
@@ -31,6 +35,9 @@ use super::protocol;
 
 /// Tries of recording a create with its coordinator (after the answer), and the waits before each.
 pub const RECORD_RETRY_MS: [u64; 3] = [0, 200, 1_000];
+/// A `maxJobs` hold lasts the Kling call's deadline plus this: the tries of recording it,
+/// with room to spare.
+const MAX_JOBS_HOLD_MARGIN_MS: u64 = 10_000;
 
 /// A create's outcome: the answer, the task to record once it is sent, and the body's
 /// fields that were dropped (for `X-Kling-Edge-Ignored`).
@@ -95,31 +102,47 @@ impl<P: EdgePorts> Edge<'_, P> {
             .await?;
         }
         let shard = task::tenant_shard(&client.tenant);
-        if let Some(max_jobs) = validated.options.max_jobs {
-            let running =
-                self.coordinators.call(&shard, protocol::Running { tenant: client.tenant.clone() }).await?;
-            if running >= max_jobs {
-                return Err(ApiError::new(
-                    429,
-                    code::RATE_LIMITED,
-                    format!("maxJobs: {running} of your tasks are running, the most you allowed ({max_jobs}); retry when one finishes"),
-                ));
+        let max_jobs_hold = match validated.options.max_jobs {
+            Some(max_jobs) => Some(self.hold_job(client, &shard, max_jobs).await?),
+            None => None,
+        };
+        let spent =
+            self.spend(client, surface, validated, &shard, client_webhook, max_jobs_hold.clone()).await;
+        // A create that will not be recorded gives its slot back at once (else it would
+        // count until the hold expires).
+        if let Some(hold_id) = max_jobs_hold {
+            if !matches!(&spent, Ok(Created { record: Some(_), .. })) {
+                self.release_job(&shard, hold_id).await;
             }
         }
+        spent
+    }
 
+    /// The create limit, then Kling, once: what a create that passed every rule spends.
+    async fn spend(
+        &self,
+        client: &Client,
+        surface: &'static Surface,
+        validated: Validated,
+        shard: &str,
+        client_webhook: Option<String>,
+        max_jobs_hold: Option<String>,
+    ) -> Result<Created, ApiError> {
+        let endpoint = surface.endpoint;
         // Only a create that passed every rule counts against the create limit.
         self.limiter.check(Limit::Creates, &tenant_key(&client.tenant)).await?;
         let now_secs = (self.runtime.now_ms() / 1000) as i64;
-        let capability = Capability::issue(&shard, self.runtime.random_16()?, endpoint.code, now_secs);
+        let capability = Capability::issue(shard, self.runtime.random_16()?, endpoint.code, now_secs);
         let mut upstream = validated.upstream;
-        let callback = routes::kling_callback_url(self.origin, &capability.encode(&config.capability_key));
+        let callback =
+            routes::kling_callback_url(self.origin, &capability.encode(&self.config.capability_key));
         upstream.insert("callback_url".into(), Value::String(callback));
         let reply = self.kling.create(endpoint, &upstream).await?;
 
         let data = task::envelope_data(&reply.body).filter(|_| reply.status == 200);
         let record = match data.as_ref().map(|data| (data, task::task_id_of(data))) {
             Some((data, Some(task_id))) => Some(Recording {
-                shard,
+                shard: shard.to_owned(),
                 registration: Registration {
                     task_id: task_id.to_owned(),
                     endpoint: endpoint.code,
@@ -130,6 +153,7 @@ impl<P: EdgePorts> Edge<'_, P> {
                     reply_ref: validated.options.reply_ref,
                     origin: Some(self.origin.to_owned()),
                     data: data.clone(),
+                    max_jobs_hold,
                 },
             }),
             Some((_, None)) => {
@@ -145,6 +169,30 @@ impl<P: EdgePorts> Edge<'_, P> {
             (Style::UseApi, None) => return Err(kling_refusal(&reply)),
         };
         Ok(Created { answer, record, ignored: validated.ignored })
+    }
+
+    /// useapi.net's `maxJobs`: holds one of the tenant's job slots in its coordinator, or
+    /// refuses the create (`crate::record::max_jobs`). The hold outlasts the longest create.
+    async fn hold_job(&self, client: &Client, shard: &str, max_jobs: u32) -> Result<String, ApiError> {
+        let hold_id = hex(&self.runtime.random_16()?);
+        let hold_ms = u64::from(self.config.kling_timeout_ms) + MAX_JOBS_HOLD_MARGIN_MS;
+        let call =
+            protocol::HoldJob { tenant: client.tenant.clone(), max_jobs, hold_id: hold_id.clone(), hold_ms };
+        match self.coordinators.call(shard, call).await? {
+            HoldOutcome::Held => Ok(hold_id),
+            HoldOutcome::Full { counted } => Err(ApiError::new(
+                429,
+                code::RATE_LIMITED,
+                format!("maxJobs: {counted} of your tasks are running or starting, the most you allowed ({max_jobs}); retry when one finishes"),
+            )),
+        }
+    }
+
+    /// Gives a refused create's job slot back; if that fails, the hold expires by itself.
+    async fn release_job(&self, shard: &str, hold_id: String) {
+        if let Err(error) = self.coordinators.call(shard, protocol::ReleaseJob { hold_id }).await {
+            self.runtime.log(json!({"event": "release_job", "problem": error.message}));
+        }
     }
 
     /// Records a create Kling accepted with its coordinator, trying again a couple of times:
@@ -189,7 +237,10 @@ impl<P: EdgePorts> Edge<'_, P> {
         }
         // A measurement fetches someone else's file: it counts against the app's probes
         // (all its browser users together) before it starts.
-        self.limiter.check(Limit::Probes, &app_key(&client.app)).await?;
+        self.limiter.check(Limit::Probes, &app_key(&client.app)).await.map_err(|mut refusal| {
+            refusal.message = format!("{field}: too many videos measured for this app this minute ({})", refusal.message);
+            refusal
+        })?;
         let started_ms = self.runtime.now_ms();
         let outcome = self.probe.measure(url).await;
         let judged = video_check::judge(&outcome, policy, hint, field);

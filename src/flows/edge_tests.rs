@@ -22,9 +22,10 @@ use crate::links::result_links::LinkKey;
 use crate::links::webhook::SignatureHeaders;
 use crate::ports::{KlingReply, Limit, TaskStore};
 use crate::probe::video_check::Outcome;
+use crate::record::max_jobs::{self, Holds};
 use crate::testing::{
-    block_on, config, run_until_crash, CreateScript, MemoryBucket, MemoryCoordinators, MemoryKv,
-    MemoryLimiter, MemoryStore, Receiver, ScriptedKling, ScriptedProbe, TestRuntime,
+    block_on, config, run_together, run_until_crash, CreateScript, MemoryBucket, MemoryCoordinators,
+    MemoryKv, MemoryLimiter, MemoryStore, Receiver, ScriptedKling, ScriptedProbe, TestRuntime,
 };
 use crate::validate::Page;
 
@@ -77,7 +78,7 @@ impl World {
                 webhook_key: config.proxy_webhook_key.clone(),
                 copies: None,
                 links: LinkSettings {
-                    key: LinkKey::derive("sk-example"),
+                    key: LinkKey::derive("sk-example", ""),
                     ttl_secs: 3600,
                     public_base_url: None,
                 },
@@ -498,8 +499,73 @@ fn max_jobs_counts_the_tenants_running_tasks_before_kling_is_called() {
     world.create_and_record(&client, &ADD_SOUND, json!({"video": VIDEO, "maxJobs": 1}));
     let refusal = world.create(&client, &ADD_SOUND, json!({"video": VIDEO, "maxJobs": 1})).unwrap_err();
     assert_eq!(refusal.status, 429);
-    assert!(refusal.message.starts_with("maxJobs: 1 of your tasks are running"), "{refusal}");
+    assert!(refusal.message.starts_with("maxJobs: 1 of your tasks are running or starting"), "{refusal}");
     assert_eq!(world.kling.created.borrow().len(), 1);
+    assert_eq!(world.limiter.count(Limit::Creates), 1, "a create refused by maxJobs is not counted");
+}
+
+#[test]
+fn max_jobs_is_a_reservation_concurrent_creates_cannot_all_take_the_last_slot() {
+    let world = World::new();
+    let client = server("web");
+    let body = json!({"video": VIDEO, "maxJobs": 1}).to_string();
+    let outcomes = world.edge(|edge| {
+        run_together((0..8).map(|_| edge.create(&client, &ADD_SOUND, body.clone().into_bytes())).collect())
+    });
+    let accepted: Vec<_> = outcomes.into_iter().filter_map(Result::ok).collect();
+    assert_eq!(accepted.len(), 1, "one of eight at once");
+    assert_eq!(world.kling.created.borrow().len(), 1, "Kling is called once");
+    // The accepted create holds its slot until its record lands, and then counts as running.
+    let refused = world.create(&client, &ADD_SOUND, json!({"video": VIDEO, "maxJobs": 1})).unwrap_err();
+    assert_eq!(refused.status, 429);
+    let recording = accepted.into_iter().next().and_then(|created| created.record).unwrap();
+    world.edge(|edge| block_on(edge.record_created(recording))).unwrap();
+    assert!(world.create(&client, &ADD_SOUND, json!({"video": VIDEO, "maxJobs": 1})).is_err());
+    assert!(world.create(&client, &ADD_SOUND, json!({"video": VIDEO, "maxJobs": 2})).is_ok());
+}
+
+#[test]
+fn a_create_refused_after_its_max_jobs_hold_gives_the_slot_back() {
+    let world = World::new();
+    let client = server("web");
+    world.limiter.allowance.borrow_mut().insert(Limit::Creates, 2);
+    world.kling.create_scripts.borrow_mut().push_back(CreateScript::Fail(ApiError::unavailable("Kling")));
+    assert!(world.create(&client, &ADD_SOUND, json!({"video": VIDEO, "maxJobs": 1})).is_err());
+    assert!(
+        world.create(&client, &ADD_SOUND, json!({"video": VIDEO, "maxJobs": 1})).is_ok(),
+        "slot given back"
+    );
+    // Over the create limit: the slot held for it is given back too, so the next create
+    // counts one task starting, not two.
+    for max_jobs in [5, 2] {
+        let refusal =
+            world.create(&client, &ADD_SOUND, json!({"video": VIDEO, "maxJobs": max_jobs})).unwrap_err();
+        assert!(!refusal.message.starts_with("maxJobs"), "{refusal}");
+    }
+    assert_eq!(world.kling.created.borrow().len(), 2);
+}
+
+#[test]
+fn a_max_jobs_hold_whose_create_died_expires() {
+    let client = server("web");
+    let body = json!({"video": VIDEO, "maxJobs": 1}).to_string();
+    // Cut off right after the hold: the isolate died before Kling was called.
+    for cut in 1.. {
+        let world = World::new();
+        world.edge(|edge| run_until_crash(edge.create(&client, &ADD_SOUND, body.clone().into_bytes()), cut));
+        let store = world.coordinators().store(&task::tenant_shard(&client.tenant));
+        if store.meta(max_jobs::META).unwrap().is_none_or(|holds| Holds::read(Some(&holds)).is_empty()) {
+            continue;
+        }
+        assert!(world.kling.created.borrow().is_empty(), "cut before Kling");
+        assert_eq!(
+            world.create(&client, &ADD_SOUND, json!({"video": VIDEO, "maxJobs": 1})).unwrap_err().status,
+            429
+        );
+        world.runtime.advance(u64::from(world.config.kling_timeout_ms) + 10_000);
+        assert!(world.create(&client, &ADD_SOUND, json!({"video": VIDEO, "maxJobs": 1})).is_ok());
+        return;
+    }
 }
 
 #[test]

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::ports::{EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::record::max_jobs::HoldOutcome;
 use crate::record::TaskAnswer;
 
 use super::coordinator::{Coordinator, Registration};
@@ -54,10 +55,21 @@ pub struct List {
     pub page_size: u32,
 }
 
-/// How many of the tenant's tasks Kling is still working on.
+/// useapi.net's `maxJobs`: hold one of the tenant's job slots for a create about to call
+/// Kling, if its running tasks and the other holds leave one (`crate::record::max_jobs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Running {
+pub struct HoldJob {
     pub tenant: String,
+    pub max_jobs: u32,
+    pub hold_id: String,
+    /// How long the hold lasts unless released (at least as long as the create can take).
+    pub hold_ms: u64,
+}
+
+/// Gives a job slot back: the create it was held for was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseJob {
+    pub hold_id: String,
 }
 
 impl Call for Register {
@@ -72,8 +84,11 @@ impl Call for Query {
 impl Call for List {
     type Answer = Vec<TaskAnswer>;
 }
-impl Call for Running {
-    type Answer = u32;
+impl Call for HoldJob {
+    type Answer = HoldOutcome;
+}
+impl Call for ReleaseJob {
+    type Answer = ();
 }
 
 /// Every request, as it crosses to the object: `{"op": "query", ...its fields}`.
@@ -84,7 +99,8 @@ pub enum Request {
     Report(Report),
     Query(Query),
     List(List),
-    Running(Running),
+    HoldJob(HoldJob),
+    ReleaseJob(ReleaseJob),
 }
 
 macro_rules! into_request {
@@ -96,7 +112,7 @@ macro_rules! into_request {
         }
     )*};
 }
-into_request!(Register, Report, Query, List, Running);
+into_request!(Register, Report, Query, List, HoldJob, ReleaseJob);
 
 impl Request {
     /// The tenant the request speaks for, if it is a client's.
@@ -105,8 +121,8 @@ impl Request {
             Request::Register(Register(registration)) => Some(&registration.tenant),
             Request::Query(Query { tenant, .. })
             | Request::List(List { tenant, .. })
-            | Request::Running(Running { tenant }) => Some(tenant),
-            Request::Report(_) => None,
+            | Request::HoldJob(HoldJob { tenant, .. }) => Some(tenant),
+            Request::Report(_) | Request::ReleaseJob(_) => None,
         }
     }
 
@@ -116,7 +132,8 @@ impl Request {
             Request::Report(_) => "report",
             Request::Query(_) => "query",
             Request::List(_) => "list",
-            Request::Running(_) => "running",
+            Request::HoldJob(_) => "hold_job",
+            Request::ReleaseJob(_) => "release_job",
         }
     }
 }
@@ -199,7 +216,10 @@ where
         Request::List(List { tenant, endpoint, page_num, page_size }) => {
             answer(coordinator.list(&tenant, endpoint, page_num, page_size))
         }
-        Request::Running(Running { tenant }) => answer(coordinator.running(&tenant)),
+        Request::HoldJob(HoldJob { tenant, max_jobs, hold_id, hold_ms }) => {
+            answer(coordinator.hold_job(&tenant, max_jobs, &hold_id, hold_ms))
+        }
+        Request::ReleaseJob(ReleaseJob { hold_id }) => answer(coordinator.release_job(&hold_id)),
     }
 }
 
@@ -228,9 +248,9 @@ mod tests {
         let page = serde_json::to_string(&WireAnswer::Ok(vec![task.clone()])).unwrap();
         assert_eq!(decode::<List>(page.as_bytes()).unwrap(), vec![task]);
         let error = ApiError::not_found("task t1");
-        let crossed = serde_json::to_string(&WireAnswer::<u32>::from(Err(error.clone()))).unwrap();
-        assert_eq!(decode::<Running>(crossed.as_bytes()), Err(error));
-        let unreadable = decode::<Running>(b"{\"ok\":\"three\"}").unwrap_err();
+        let crossed = serde_json::to_string(&WireAnswer::<()>::from(Err(error.clone()))).unwrap();
+        assert_eq!(decode::<ReleaseJob>(crossed.as_bytes()), Err(error));
+        let unreadable = decode::<HoldJob>(b"{\"ok\":\"three\"}").unwrap_err();
         assert_eq!(unreadable.status, 500);
     }
 }

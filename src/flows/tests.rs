@@ -52,7 +52,7 @@ impl World {
                 webhook_key: Some(deployment_key()),
                 copies: None,
                 links: LinkSettings {
-                    key: LinkKey::derive("sk-example"),
+                    key: LinkKey::derive("sk-example", ""),
                     ttl_secs: 3600,
                     public_base_url: None,
                 },
@@ -113,6 +113,7 @@ impl World {
                 reply_ref: None,
                 origin: Some("https://edge.example.com".into()),
                 data,
+                max_jobs_hold: None,
             })
             .unwrap();
         self.record(task_id).answer().data
@@ -602,13 +603,19 @@ fn a_storage_outage_is_an_error_not_a_loss() {
 }
 
 #[test]
-fn running_tasks_are_counted_for_max_jobs() {
+fn running_tasks_and_held_slots_are_counted_for_max_jobs() {
+    use crate::record::max_jobs::HoldOutcome;
     let world = World::new();
     world.register("t1", "n1", false);
     world.register("t2", "n2", false);
-    assert_eq!(world.coordinator().running(TENANT).unwrap(), 2);
+    let coordinator = world.coordinator();
+    assert_eq!(coordinator.hold_job(TENANT, 2, "h1", 1_000).unwrap(), HoldOutcome::Full { counted: 2 });
     world.kling_moves("t1", "n1", "failed", START + 3, false, false);
-    assert_eq!(world.coordinator().running(TENANT).unwrap(), 1);
+    let coordinator = world.coordinator();
+    assert_eq!(coordinator.hold_job(TENANT, 2, "h1", 1_000).unwrap(), HoldOutcome::Held);
+    assert_eq!(coordinator.hold_job(TENANT, 2, "h2", 1_000).unwrap(), HoldOutcome::Full { counted: 2 });
+    coordinator.release_job("h1").unwrap();
+    assert_eq!(coordinator.hold_job(TENANT, 2, "h2", 1_000).unwrap(), HoldOutcome::Held);
 }
 
 #[test]

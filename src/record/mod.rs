@@ -8,6 +8,7 @@
 pub mod copies;
 pub mod delivery;
 pub mod edge_copy;
+pub mod max_jobs;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

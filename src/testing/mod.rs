@@ -51,6 +51,24 @@ pub fn run_until_crash<F: Future>(future: F, polls: usize) -> Option<F::Output> 
     None
 }
 
+/// Runs `futures` concurrently on one thread, as requests in one isolate are: each is
+/// polled in turn, so they interleave at every `await`. The outputs, in order.
+pub fn run_together<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    let mut context = Context::from_waker(Waker::noop());
+    while outputs.iter().any(Option::is_none) {
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                if let Poll::Ready(done) = future.as_mut().poll(&mut context) {
+                    *output = Some(done);
+                }
+            }
+        }
+    }
+    outputs.into_iter().flatten().collect()
+}
+
 /// Polls once: returns the output if done, else leaves the future at its first `await`.
 pub fn poll_once<F: Future>(future: Pin<&mut F>) -> Option<F::Output> {
     let mut context = Context::from_waker(Waker::noop());

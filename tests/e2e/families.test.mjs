@@ -274,9 +274,25 @@ describe("useapi.net's add-sound", () => {
     assert.equal(ok.status, 200, ok.text);
     const jobs = await call(worker, 'POST', ADD_SOUND, { key: OPS_KEY, body: { video: VIDEO, maxJobs: 1 } });
     assert.equal(jobs.status, 429, jobs.text);
-    assert.match(jobs.json.error, /^maxJobs: 1 of your tasks are running/);
+    assert.match(jobs.json.error, /^maxJobs: 1 of your tasks are running or starting/);
     await fake.advance(ok.json.task.id, 'failed');
     await eventually(async () => (await call(worker, 'POST', ADD_SOUND, { key: OPS_KEY, body: { video: VIDEO, maxJobs: 1 } })).status === 200, { what: 'a free slot' });
+  });
+
+  it('reserves maxJobs: of eight concurrent creates with maxJobs 1, one reaches Kling', async () => {
+    // A tenant of its own, with nothing running (the trial's reproduction: 8 of 8 were accepted).
+    const token = await call(worker, 'POST', '/v1/tokens', { key: OPS_KEY, body: { sub: 'max-jobs-race' } });
+    assert.equal(token.status, 200, token.text);
+    const creates = () => fake.requests.filter((r) => r.method === 'POST' && r.path.startsWith('/v1/audio/')).length;
+    const before = creates();
+    const answers = await Promise.all(Array.from({ length: 8 }, () =>
+      call(worker, 'POST', ADD_SOUND, { key: token.json.data.token, body: { video: VIDEO, maxJobs: 1 } })));
+    const statuses = answers.map((a) => a.status).sort();
+    assert.deepEqual(statuses, [200, 429, 429, 429, 429, 429, 429, 429], answers.map((a) => a.text).join('\n'));
+    assert.equal(creates(), before + 1, 'Kling was called once');
+    for (const refused of answers.filter((a) => a.status === 429)) {
+      assert.match(refused.json.error, /^maxJobs: 1 of your tasks are running or starting/);
+    }
   });
 });
 
