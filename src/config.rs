@@ -396,8 +396,11 @@ impl Config {
             KlingCredentials::ApiKey(key) => key.expose(),
             KlingCredentials::AccessKey { secret_key, .. } => secret_key.expose(),
         };
-        let capability_key = CapabilityKey::derive(kling_secret);
-        let link_key = LinkKey::derive(kling_secret);
+        // Bound to the deployment too: another deployment on the same Kling account (staging
+        // beside production) must not accept these callback URLs and result links.
+        let deployment = public_base_url.as_deref().unwrap_or_default();
+        let capability_key = CapabilityKey::derive(kling_secret, deployment);
+        let link_key = LinkKey::derive(kling_secret, deployment);
         let copies = CopySettings {
             max_bytes: whole("RESULT_COPY_MAX_BYTES")?,
             retention_ms: copies::days_ms(whole("RESULT_RETENTION_DAYS")? as u32),
@@ -656,12 +659,21 @@ mod tests {
     }
 
     #[test]
-    fn the_capability_key_follows_the_kling_credential() {
+    fn the_capability_and_link_keys_follow_the_kling_credential_and_the_deployment() {
         let access = config(BASE).unwrap().capability_key;
-        assert_eq!(access, CapabilityKey::derive("sk-example"));
+        assert_eq!(access, CapabilityKey::derive("sk-example", ""));
         let api = config(&with(&[("KLING_API_KEY", "api-example")])).unwrap().capability_key;
-        assert_eq!(api, CapabilityKey::derive("api-example"));
-        assert_eq!(config(BASE).unwrap().link_key, LinkKey::derive("sk-example"));
+        assert_eq!(api, CapabilityKey::derive("api-example", ""));
+        assert_eq!(config(BASE).unwrap().link_key, LinkKey::derive("sk-example", ""));
+        // Another deployment on the same Kling account signs with other keys.
+        let staging = config(&with(&[("PUBLIC_BASE_URL", "https://staging.example.com")])).unwrap();
+        assert_eq!(
+            staging.capability_key,
+            CapabilityKey::derive("sk-example", "https://staging.example.com")
+        );
+        assert_ne!(staging.capability_key, access);
+        assert_eq!(staging.link_key, LinkKey::derive("sk-example", "https://staging.example.com"));
+        assert_ne!(staging.link_key, config(BASE).unwrap().link_key);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //!
 //! 71 characters in all. A forged, altered, truncated or expired capability is refused
 //! before anything is read or stored. The key is derived from the deployment's Kling
-//! credential (see [`CapabilityKey::derive`]), which every deployment has.
+//! credential, which every deployment has, and its origin (see [`CapabilityKey::derive`]).
 
 use base64ct::{Base64UrlUnpadded, Encoding};
 use hmac::{Hmac, Mac};
@@ -43,12 +43,15 @@ impl std::fmt::Debug for CapabilityKey {
 
 impl CapabilityKey {
     /// Derives the key from a secret the deployment already holds (Kling's secret key or API
-    /// key): `HMAC-SHA256(secret, "kling-edge callback capability key v1")`. Rotating that
-    /// credential retires the URLs of running tasks; their results still arrive by polling.
-    pub fn derive(secret: &str) -> CapabilityKey {
+    /// key) and the deployment's own origin (`PUBLIC_BASE_URL`, empty when unset):
+    /// `HMAC-SHA256(secret, "kling-edge callback capability key v1" || origin)`. So staging
+    /// and production on one Kling account refuse each other's callback URLs. Rotating either
+    /// retires the URLs of running tasks; their results still arrive by polling.
+    pub fn derive(secret: &str, deployment: &str) -> CapabilityKey {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
         mac.update(b"kling-edge callback capability key v1");
+        mac.update(deployment.as_bytes());
         CapabilityKey(mac.finalize().into_bytes().into())
     }
 
@@ -160,7 +163,7 @@ mod tests {
     const SHARD: &str = "00112233445566778899aabbccddeeff";
 
     fn key() -> CapabilityKey {
-        CapabilityKey::derive("sk-example")
+        CapabilityKey::derive("sk-example", "")
     }
 
     fn issued() -> Capability {
@@ -190,7 +193,7 @@ mod tests {
     fn forged_altered_and_expired_ones_are_refused() {
         let encoded = issued().encode(&key());
         assert_eq!(
-            Capability::verify(&encoded, &CapabilityKey::derive("another"), NOW),
+            Capability::verify(&encoded, &CapabilityKey::derive("another", ""), NOW),
             Err(Refusal::BadMac)
         );
         // Every single-character change is caught (the MAC covers every byte).

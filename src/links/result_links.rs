@@ -11,8 +11,8 @@
 //! The shard is the tenant's (`crate::kling::task::tenant_shard`) and names the copy's key, so a
 //! link opens one tenant's file and no other; it is minted only into answers the tenant
 //! gets, and lasts `RESULT_LINK_TTL_SECONDS` (an hour by default; each answer mints fresh
-//! ones). The key is derived from the deployment's Kling credential, like the callback
-//! capabilities' (with another label).
+//! ones). The key is derived from the deployment's Kling credential and origin, like the
+//! callback capabilities' (with another label).
 
 use base64ct::{Base64UrlUnpadded, Encoding};
 use hmac::{Hmac, Mac};
@@ -40,11 +40,14 @@ impl std::fmt::Debug for LinkKey {
 }
 
 impl LinkKey {
-    /// `HMAC-SHA256(secret, "kling-edge result link key v1")`, from Kling's secret key or API key.
-    pub fn derive(secret: &str) -> LinkKey {
+    /// `HMAC-SHA256(secret, "kling-edge result link key v1" || origin)`, from Kling's secret
+    /// key or API key and the deployment's origin (`PUBLIC_BASE_URL`, empty when unset), so
+    /// a link works on the deployment that minted it only.
+    pub fn derive(secret: &str, deployment: &str) -> LinkKey {
         let mut mac =
             Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
         mac.update(b"kling-edge result link key v1");
+        mac.update(deployment.as_bytes());
         LinkKey(mac.finalize().into_bytes().into())
     }
 
@@ -184,7 +187,7 @@ mod tests {
     const SHARD: &str = "0123456789abcdef0123456789abcdef";
 
     fn key() -> LinkKey {
-        LinkKey::derive("sk-example")
+        LinkKey::derive("sk-example", "")
     }
 
     fn minter(key: &LinkKey, now_ms: u64) -> Minter<'_> {
@@ -277,7 +280,7 @@ mod tests {
         assert!(
             refusal(SHARD, "t1", "audio-0.mp3", Some("expires=x&signature=y"), now).contains("epoch seconds")
         );
-        let other_key = LinkKey::derive("another-secret");
+        let other_key = LinkKey::derive("another-secret", "");
         assert!(verify(&other_key, SHARD, "t1", "audio-0.mp3", Some(query), now).is_err());
     }
 
