@@ -227,6 +227,30 @@ describe('forged callbacks', () => {
     assert.ok(!response.text.includes('evil.example.com'));
   });
 
+  it("for another task id, beating the create's record, leave nothing behind once the create is recorded", async () => {
+    // A leaked callback URL, used before the create's answer is recorded: the forged report
+    // names a task Kling never made, with the attacker's file as its result.
+    let forgedId;
+    fake.beforeAnswering = async (task) => {
+      forgedId = `${task.data.task_id}7`;
+      const now = Date.now();
+      const forged = {
+        task_id: forgedId, task_status: 'succeed', task_status_msg: '', created_at: now, updated_at: now,
+        task_result: { audios: [{ id: 'x', url_mp3: `${fake.url}/samples/sample-audio.mp3`, duration: '5' }] },
+      };
+      const answer = await fake.sendCallback(task.data.task_id, { url: task.callbackUrl, data: forged });
+      assert.equal(answer.status, 200, 'the capability is valid, so the report is taken for now');
+    };
+    const { taskId } = await createTask();
+    await eventually(async () => (await call(worker, 'GET', `${OFFICIAL}/${forgedId}`, { key: WEB_KEY })).status === 404,
+      { what: 'the forged task forgotten' });
+    const listed = await call(worker, 'GET', `${OFFICIAL}?pageSize=100`, { key: WEB_KEY });
+    assert.ok(!listed.text.includes(forgedId), 'not listed');
+    const own = await call(worker, 'GET', `${OFFICIAL}/${taskId}`, { key: WEB_KEY });
+    assert.equal(own.status, 200, own.text);
+    assert.equal(own.json.data.task_id, taskId, 'the real task is recorded');
+  });
+
   it('with a malformed body answer 400 and change nothing', async () => {
     const { taskId, callbackUrl } = await createTask();
     for (const rawBody of ['not json', '[]', '{}', JSON.stringify({ task_id: taskId, task_status: 'done' }), JSON.stringify({ task_status: 'succeed' })]) {

@@ -357,6 +357,12 @@ export class FakeKling {
       this.callbackBeforeAnswering = null;
       await this.advance(taskId, status, { updatedAt: now + 1 });
     }
+    if (this.beforeAnswering) {
+      // A test's own step between Kling taking the task and its answer (once).
+      const step = this.beforeAnswering;
+      this.beforeAnswering = null;
+      await step(task);
+    }
     send(200, envelope(0, 'SUCCEED', {
       task_id: taskId,
       task_status: 'submitted',

@@ -7,6 +7,7 @@
 // prefix: the stand-in's samples, as Kling's CDN), shaped by query parameters:
 //   ?range=ignore       answer every request 200 with the whole file
 //   ?redirects=N        answer with N redirects (302) before the file
+//   ?location=URL       answer with one redirect (302) to URL
 //   ?claim=BYTES        answer a range with the file's bytes but claim a total of BYTES
 //   ?pad=BYTES          the file with its `mdat` box padded by BYTES (still a valid MP4)
 //   ?as=html            an HTML page instead, whatever the name says
@@ -150,6 +151,11 @@ export class MediaServer {
       const next = new URL(url);
       next.searchParams.set('redirects', String(redirects - 1));
       res.writeHead(302, { location: next.pathname + next.search });
+      return res.end();
+    }
+    const location = url.searchParams.get('location');
+    if (location) {
+      res.writeHead(302, { location });
       return res.end();
     }
     if (url.searchParams.get('as') === 'html') {
