@@ -321,6 +321,8 @@ fn edits(a: &[char], b: &[char]) -> usize {
 /// The most JSON values (each string, number, array or object counts) one field may hold.
 /// Kling's largest fields hold a few hundred (dynamic masks: 6 groups of 77 points).
 pub const MAX_VALUES: usize = 10_000;
+/// The most fields a body may have (Kling's largest body has about 25).
+pub const MAX_MEMBERS: usize = 256;
 
 /// The body as each field's raw JSON, borrowed from `raw` (nothing is copied but the keys).
 fn parse_object(raw: &[u8]) -> Result<BTreeMap<Cow<'_, str>, &RawValue>, ApiError> {
@@ -336,7 +338,47 @@ fn parse_object(raw: &[u8]) -> Result<BTreeMap<Cow<'_, str>, &RawValue>, ApiErro
             kind_of_raw(first)
         )));
     }
-    serde_json::from_str(text).map_err(|e| ApiError::bad_request(format!("body: must be valid JSON ({e})")))
+    let members: Members<'_> = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request(format!("body: must be valid JSON ({e})")))?;
+    if members.too_many {
+        return Err(ApiError::bad_request(format!("body: must have at most {MAX_MEMBERS} fields")));
+    }
+    Ok(members.fields)
+}
+
+/// A body's fields, at most [`MAX_MEMBERS`] of them: past that, the rest is read to check
+/// it is JSON but not kept (a body of a million short keys would otherwise build a map
+/// several times its own size before its first unknown key is refused).
+struct Members<'a> {
+    fields: BTreeMap<Cow<'a, str>, &'a RawValue>,
+    too_many: bool,
+}
+
+impl<'de> serde::Deserialize<'de> for Members<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = Members<'de>;
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members<'de>, A::Error> {
+                let mut fields = BTreeMap::new();
+                while fields.len() < MAX_MEMBERS {
+                    let Some((name, value)) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? else {
+                        return Ok(Members { fields, too_many: false });
+                    };
+                    fields.insert(name, value);
+                }
+                let mut too_many = false;
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {
+                    too_many = true;
+                }
+                Ok(Members { fields, too_many })
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
 }
 
 /// What a JSON text is, from its first character (`{"a"...` is an object).
@@ -583,6 +625,8 @@ fn image(name: &str, raw: String, policy: UrlPolicy) -> Result<String, ApiError>
     if !alphabet || padding > 2 || !encoded.len().is_multiple_of(4) || encoded.is_empty() {
         return Err(invalid());
     }
+    // The last block is decoded too: its padding bits must be zero, as Kling's decoder wants.
+    Base64::decode(&encoded[encoded.len() - 4..], &mut [0u8; 3]).map_err(|_| invalid())?;
     let head = &encoded[..encoded.len().min(16)];
     let bytes = Base64::decode_vec(head).map_err(|_| invalid())?;
     let png = bytes.starts_with(b"\x89PNG\r\n\x1a\n");

@@ -856,6 +856,23 @@ mod tests {
         let zeros = format!("{{\"image\": [{}0]}}", "0,".repeat(1_000_000));
         let error = I2V.validate(zeros.as_bytes(), PUBLIC).unwrap_err();
         assert_eq!(error.message, "image: must be a string, not an array");
+        // A body of many short keys is refused, its map never past 256 fields.
+        let keys: Vec<String> = (0..30_000).map(|i| format!("\"k{i}\": 0")).collect();
+        let many = format!("{{{}}}", keys.join(","));
+        assert_eq!(
+            V2A.validate(many.as_bytes(), PUBLIC).unwrap_err().message,
+            "body: must have at most 256 fields"
+        );
+        let broken = format!("{{{}, \"x\": }}", keys.join(","));
+        assert!(V2A
+            .validate(broken.as_bytes(), PUBLIC)
+            .unwrap_err()
+            .message
+            .starts_with("body: must be valid JSON"));
+        // A Base64 image whose last block has stray padding bits is refused, as Kling would.
+        let stray = format!("{{\"image\": \"{}\"}}", PNG_BASE64.replace("ggg==", "ggh=="));
+        assert_ne!(stray, format!("{{\"image\": \"{PNG_BASE64}\"}}"), "the fixture ends in ggg==");
+        assert_rejected(I2V.validate(stray.as_bytes(), PUBLIC), "image", "raw Base64");
         // Where a list belongs, a list with too many values is refused before it is built.
         let masks = format!("{{\"image\": \"{PNG_BASE64}\", \"dynamic_masks\": [{}0]}}", "0,".repeat(20_000));
         assert_rejected(I2V.validate(masks.as_bytes(), PUBLIC), "dynamic_masks", "at most 10000 values");

@@ -238,7 +238,8 @@ impl<P: EdgePorts> Edge<'_, P> {
         // A measurement fetches someone else's file: it counts against the app's probes
         // (all its browser users together) before it starts.
         self.limiter.check(Limit::Probes, &app_key(&client.app)).await.map_err(|mut refusal| {
-            refusal.message = format!("{field}: too many videos measured for this app this minute ({})", refusal.message);
+            refusal.message =
+                format!("{field}: too many videos measured for this app this minute ({})", refusal.message);
             refusal
         })?;
         let started_ms = self.runtime.now_ms();
