@@ -7,9 +7,12 @@
 // A local client key, browser-token secret and webhook secret are generated once and kept in
 // target/dev/local.env. Ports: PORT (default 8787) for the worker, STAND_IN_PORT (default
 // 8790) for the stand-in; a port in use is reported and a free one taken instead.
-// ALLOWED_ORIGINS from the environment grants CORS to your own local app.
+// ALLOWED_ORIGINS from the environment grants CORS to your own local app. HTTPS=1 serves
+// the worker over https, for clients that insist on it (npm kling-api), with a certificate
+// made once for this machine (target/dev/cert.pem; Node clients trust it with
+// NODE_EXTRA_CA_CERTS, and so does this script, which runs itself again that way).
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -23,6 +26,27 @@ const STATE = path.join(ROOT, 'target/dev');
 // Where wrangler keeps local KV, Durable Objects and R2 (`make reset` clears the default).
 const PERSIST_TO = process.env.KLING_EDGE_STATE ?? path.join(ROOT, '.wrangler/state');
 const WANTED_PORT = Number(process.env.PORT ?? 8787);
+const HTTPS = process.env.HTTPS === '1';
+const CERT = path.join(STATE, 'cert.pem');
+const CERT_KEY = path.join(STATE, 'cert-key.pem');
+
+if (HTTPS && process.env.NODE_EXTRA_CA_CERTS !== CERT) {
+  fs.mkdirSync(STATE, { recursive: true });
+  if (!fs.existsSync(CERT) || !fs.existsSync(CERT_KEY)) {
+    execFileSync('openssl', [
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '825',
+      '-keyout', CERT_KEY, '-out', CERT, '-subj', '/CN=kling-edge local development',
+      '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    ], { stdio: 'ignore' });
+  }
+  // Trusting the certificate takes effect only at start-up: run again, trusting it.
+  const again = spawn(process.execPath, process.argv.slice(1), {
+    stdio: 'inherit', env: { ...process.env, NODE_EXTRA_CA_CERTS: CERT },
+  });
+  for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => again.kill(signal));
+  again.on('exit', (code) => process.exit(code ?? 0));
+  await new Promise(() => {});
+}
 const WANTED_STAND_IN_PORT = Number(process.env.STAND_IN_PORT ?? 8790);
 
 /** Whether something already listens on `port` (on any local address). */
@@ -125,6 +149,7 @@ const wrangler = spawn(path.join(ROOT, 'node_modules/.bin/wrangler'), [
   'dev', '--port', String(PORT), '--inspector-port', String(await freePort()), '--show-interactive-dev-session=false',
   '--persist-to', PERSIST_TO,
   ...envFiles.flatMap((file) => ['--env-file', file]),
+  ...(HTTPS ? ['--local-protocol', 'https', '--https-key-path', CERT_KEY, '--https-cert-path', CERT] : []),
 ], { cwd: ROOT, stdio: ['inherit', 'pipe', 'pipe'], env: { ...process.env, WRANGLER_SEND_METRICS: 'false' } });
 // wrangler's output (the build, then its log) passes through; its time tells when it is quiet.
 let lastOutputAt = Date.now();
@@ -142,7 +167,7 @@ wrangler.on('exit', async (code) => {
   process.exit(code ?? 0);
 });
 
-const base = `http://localhost:${PORT}`;
+const base = `${HTTPS ? 'https' : 'http'}://localhost:${PORT}`;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 // However long the first build takes (it compiles the Rust crate: a few minutes on a new
 // machine), wait for the worker to answer, saying now and then that it is still coming.
@@ -204,5 +229,8 @@ which belong to the tenant "${clientName.trim()}/developer"):
   curl -s ${base}/v1/tokens -H 'Authorization: Bearer ${clientKey}' \\
     -H 'Content-Type: application/json' -d '{"sub": "developer"}'      # a new browser token
 
-API document: ${base}/openapi.json · Press Ctrl+C to stop.
+${HTTPS ? `Over https with a certificate made for this machine: trust ${path.relative(ROOT, CERT)}, e.g.
+  NODE_EXTRA_CA_CERTS=${path.relative(ROOT, CERT)} node your-app.mjs    (npm kling-api: accessKey '${clientName.trim()}', baseUrl '${base}')
+
+` : ''}API document: ${base}/openapi.json · Press Ctrl+C to stop.
 `);

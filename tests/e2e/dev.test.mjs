@@ -90,6 +90,44 @@ describe('make dev', () => {
   });
 });
 
+describe('HTTPS=1 make dev', () => {
+  it('serves the worker over https with a certificate Node trusts by NODE_EXTRA_CA_CERTS, for the npm SDK as the README shows', async () => {
+    const dev = await startDev({ HTTPS: '1', PORT: String(await freePort()), STAND_IN_PORT: String(await freePort()) });
+    const banner = dev.output.slice(dev.output.lastIndexOf('kling-edge is running at'));
+    const base = banner.match(/kling-edge is running at (https:\/\/localhost:\d+)/)?.[1];
+    assert.ok(base, banner);
+    assert.match(banner, /NODE_EXTRA_CA_CERTS=target\/dev\/cert\.pem node your-app\.mjs/);
+    assert.match(banner, /#token=/, 'the page link signs in over https too');
+    const clientKey = banner.match(/Client key \(from [^)]+\): (\S+)/)[1];
+    const accessKey = banner.match(/npm kling-api: accessKey '([^']+)'/)[1];
+    // The README's SDK example, in its own Node process, verifying the certificate.
+    const script = `
+      import { KlingAPI } from ${JSON.stringify(path.join(ROOT, 'node_modules/kling-api/dist/api.js'))};
+      const kling = new KlingAPI({ accessKey: ${JSON.stringify(accessKey)}, secretKey: ${JSON.stringify(clientKey)}, baseUrl: ${JSON.stringify(base)} });
+      const task = await kling.textToVideo({ model_name: 'kling-v2-6', prompt: 'Ocean waves', mode: 'pro', sound: 'on' });
+      let done;
+      for (let i = 0; i < 60 && done?.data?.task_status !== 'succeed'; i += 1) {
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        done = await kling.queryTextToVideoTask(task.data.task_id);
+      }
+      console.log(JSON.stringify(done));
+    `;
+    const output = await new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+        cwd: ROOT, env: { ...process.env, NODE_EXTRA_CA_CERTS: path.join(ROOT, 'target/dev/cert.pem') },
+      });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (chunk) => { out += chunk; });
+      child.stderr.on('data', (chunk) => { err += chunk; });
+      child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${code}: ${err}`))));
+    });
+    const done = JSON.parse(output);
+    assert.equal(done.data.task_status, 'succeed', output);
+    assert.ok(done.data.task_result.videos[0].url, 'with its video');
+  });
+});
+
 describe('the Kling stand-in', () => {
   it('never hands out a task id twice, across restarts too', async () => {
     const ids = [];
