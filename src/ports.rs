@@ -43,6 +43,9 @@ pub trait TaskStore {
     fn running(&self) -> Result<u32, ApiError>;
     /// Up to `limit` tasks with something due at or before `now`, most overdue first.
     fn due(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError>;
+    /// Up to `limit` tasks whose poll of Kling is due at or before `now`, most overdue first
+    /// (so a due poll is never queued behind a backlog of webhooks).
+    fn due_polls(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError>;
     /// The earliest time anything is due, if anything is.
     fn next_due(&self) -> Result<Option<u64>, ApiError>;
     /// Tasks that may be forgotten (see `TaskRecord::expired`, with `keep_ms`), at most

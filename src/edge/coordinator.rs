@@ -32,7 +32,7 @@ use super::config;
 use super::copies::R2Results;
 use super::delivery::FetchWebhooks;
 use super::edge_copy::KvEdgeCopies;
-use super::kling::{Kling, QUERY_REFRESH_TIMEOUT_MS};
+use super::kling::{Kling, ALARM_POLL_TIMEOUT_MS, QUERY_REFRESH_TIMEOUT_MS};
 use super::sql_store::SqlStore;
 
 /// The Durable Object binding in `wrangler.toml`.
@@ -110,8 +110,9 @@ impl TaskCoordinator {
         Ok(self.shard.get_or_init(|| shard))
     }
 
-    /// The real ports the flows run with. A call a client waits on gives Kling a shorter
-    /// deadline (`QUERY_REFRESH_TIMEOUT_MS`) than the alarm does.
+    /// The real ports the flows run with. Kling's answers to polls have a deadline shorter
+    /// than `KLING_TIMEOUT_MS`: `QUERY_REFRESH_TIMEOUT_MS` when a client waits, else
+    /// `ALARM_POLL_TIMEOUT_MS`.
     fn ports(&self, client_waits: bool) -> Result<Ports<'_>, ApiError> {
         let config = config::read(&self.env)?;
         let bucket = R2Results::open(&self.env, config.allow_private_urls);
@@ -166,11 +167,11 @@ impl crate::ports::Upstream for LazyKling {
     ) -> Result<serde_json::Value, ApiError> {
         let kling = self.kling.get_or_init(|| {
             let kling = Kling::new(&self.config);
-            if self.client_waits {
-                kling.with_timeout_ms(QUERY_REFRESH_TIMEOUT_MS)
+            kling.with_timeout_ms(if self.client_waits {
+                QUERY_REFRESH_TIMEOUT_MS
             } else {
-                kling
-            }
+                ALARM_POLL_TIMEOUT_MS
+            })
         });
         kling.current_task(endpoint, task_id).await
     }

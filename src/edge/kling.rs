@@ -33,6 +33,10 @@ const CREATE_OUTCOME_UNKNOWN: &str = "so the task may or may not exist; if you g
 /// A query a client waits on gets a shorter deadline than the default: its answer can fall
 /// back on what the coordinator already knows.
 pub const QUERY_REFRESH_TIMEOUT_MS: u32 = 5_000;
+/// The alarm's polls get their own deadline too: a hung Kling holds one of the alarm's
+/// lanes this long at most, not `KLING_TIMEOUT_MS` (a failed poll is tried again on
+/// `KLING_POLL_SECONDS`).
+pub const ALARM_POLL_TIMEOUT_MS: u32 = 10_000;
 
 pub struct Kling {
     base: String,

@@ -11,6 +11,9 @@
 //! concurrent callbacks, queries and alarms all converge. Work that falls due is done by
 //! the alarm, which the runtime runs at least once: every step is safe to repeat.
 
+use std::collections::{HashMap, VecDeque};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -28,7 +31,13 @@ use crate::record::{TaskAnswer, TaskRecord, RETENTION_MS};
 use crate::schedule::Schedule;
 
 /// How many due tasks one alarm handles before scheduling itself again.
-pub const DUE_BATCH: u32 = 25;
+pub const DUE_BATCH: u32 = 60;
+/// How many due tasks one alarm works on at once. A Worker invocation keeps at most six
+/// connections open at once (more wait for one to close), and each task's step holds one.
+pub const DUE_PARALLEL: usize = 6;
+/// How many of the tasks in flight may be waiting on one receiver (its origin): a slow one
+/// takes two of the six lanes, never all of them.
+pub const PER_RECEIVER: usize = 2;
 
 /// The settings the flows follow.
 #[derive(Debug, Clone)]
@@ -295,32 +304,76 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         Ok(())
     }
 
-    /// The alarm: for each task with something due, in this order, ask Kling about it, copy
-    /// its result files, try its webhook, write its edge copy (so the webhook and the edge
-    /// copy link the result copies from the start); then forget what retention allows, with
-    /// its result copies.
+    /// The alarm: works on up to [`DUE_BATCH`] due tasks, [`DUE_PARALLEL`] at once, due
+    /// polls first (so a backlog of webhooks never holds them back); then forgets what
+    /// retention allows, with its result copies. Each task's steps run in order ([`Self::work_on`]);
+    /// no more than [`PER_RECEIVER`] of the tasks in flight wait on one receiver, so a slow
+    /// receiver holds back its own webhooks only. A task that fails does not stop the others;
+    /// the first failure is the alarm's outcome (the runtime retries it).
     pub async fn run_due(&self) -> Result<(), ApiError> {
         let now = self.runtime.now_ms();
+        let mut due = self.store.due_polls(now, DUE_BATCH / 2)?;
         for task_id in self.store.due(now, DUE_BATCH)? {
-            if self.store.load(&task_id)?.is_some_and(|record| record.dropped) {
-                self.forget(&task_id).await?;
-                continue;
+            if due.len() as u32 >= DUE_BATCH {
+                break;
             }
-            if self
-                .store
-                .load(&task_id)?
-                .is_some_and(|record| record.next_poll_at.is_some_and(|at| at <= now))
-            {
-                self.poll(&task_id).await?;
+            if !due.contains(&task_id) {
+                due.push(task_id);
             }
-            self.copy_results(&task_id).await?;
-            self.deliver(&task_id).await?;
-            self.write_edge_copy(&task_id).await?;
+        }
+        let mut waiting: VecDeque<(String, Option<String>)> = VecDeque::new();
+        for task_id in due {
+            let receiver = self.store.load(&task_id)?.and_then(|record| record.receiver_origin());
+            waiting.push_back((task_id, receiver));
+        }
+        let mut first_failure = None;
+        let mut busy: HashMap<String, usize> = HashMap::new();
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < DUE_PARALLEL {
+                let free = |receiver: &Option<String>| {
+                    receiver
+                        .as_ref()
+                        .is_none_or(|origin| busy.get(origin).copied().unwrap_or(0) < PER_RECEIVER)
+                };
+                let Some(next) = waiting.iter().position(|(_, receiver)| free(receiver)) else { break };
+                let Some((task_id, receiver)) = waiting.remove(next) else { break };
+                if let Some(origin) = &receiver {
+                    *busy.entry(origin.clone()).or_default() += 1;
+                }
+                in_flight.push(async move { (self.work_on(&task_id, now).await, receiver) });
+            }
+            let Some((outcome, receiver)) = in_flight.next().await else { break };
+            if let Some(count) = receiver.and_then(|origin| busy.get_mut(&origin)) {
+                *count -= 1;
+            }
+            if let Err(error) = outcome {
+                first_failure.get_or_insert(error);
+            }
+        }
+        if let Some(error) = first_failure {
+            return Err(error);
         }
         for task_id in self.store.expired(now, self.settings.keep_ms(), DUE_BATCH)? {
             self.forget(&task_id).await?;
         }
         Ok(())
+    }
+
+    /// One due task's steps, in this order: ask Kling about it (if its poll is due), copy its
+    /// result files, try its webhook, write its edge copy (so the webhook and the edge copy
+    /// link the result copies from the start); a dropped task is forgotten instead.
+    async fn work_on(&self, task_id: &str, now: u64) -> Result<(), ApiError> {
+        let Some(record) = self.store.load(task_id)? else { return Ok(()) };
+        if record.dropped {
+            return self.forget(task_id).await;
+        }
+        if record.next_poll_at.is_some_and(|at| at <= now) {
+            self.poll(task_id).await?;
+        }
+        self.copy_results(task_id).await?;
+        self.deliver(task_id).await?;
+        self.write_edge_copy(task_id).await
     }
 
     /// Removes a task's record, and its result copies from the bucket (the bucket's lifecycle

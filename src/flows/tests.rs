@@ -98,6 +98,10 @@ impl World {
     }
 
     fn register(&self, task_id: &str, nonce: &str, webhook: bool) -> Value {
+        self.register_with(task_id, nonce, webhook.then_some(HOOK))
+    }
+
+    fn register_with(&self, task_id: &str, nonce: &str, hook: Option<&str>) -> Value {
         let coordinator = self.coordinator();
         coordinator.learn_tenant(Some(TENANT)).unwrap();
         let data = self.data(task_id, "submitted", START, false);
@@ -108,7 +112,7 @@ impl World {
                 endpoint: V2A,
                 nonce: nonce.into(),
                 tenant: TENANT.into(),
-                client_callback_url: webhook.then(|| HOOK.to_owned()),
+                client_callback_url: hook.map(str::to_owned),
                 style: None,
                 reply_ref: None,
                 origin: Some("https://edge.example.com".into()),
@@ -883,4 +887,56 @@ fn an_unclaimed_task_is_listed_but_claimed_only_by_its_own_task_id_and_never_dat
     );
     assert!(block_on(world.coordinator().query(TENANT, V2A, "lone-1")).unwrap().is_some());
     assert!(world.record("lone-1").claimed(), "its task id does");
+}
+
+#[test]
+fn a_receiver_that_never_answers_holds_back_only_its_own_webhooks() {
+    use super::coordinator::PER_RECEIVER;
+    let world = World::new();
+    let slow = "https://slow.example.com/hooks/kling";
+    // The slow receiver's tasks come first in the alarm's order.
+    for i in 0..12 {
+        world.register_with(&format!("a-slow-{i}"), &format!("ns{i}"), Some(slow));
+        world.kling_moves(&format!("a-slow-{i}"), &format!("ns{i}"), "succeed", START + 3, true, false);
+        world.register_with(&format!("b-fast-{i}"), &format!("nf{i}"), Some(HOOK));
+        world.kling_moves(&format!("b-fast-{i}"), &format!("nf{i}"), "succeed", START + 3, true, false);
+    }
+    world.receiver.stalled.borrow_mut().push("https://slow.example.com/".into());
+    let coordinator = world.coordinator();
+    assert!(
+        run_until_crash(coordinator.run_due(), 10_000).is_none(),
+        "the alarm still waits on the slow receiver"
+    );
+    let delivered = world.receiver.deliveries.borrow().iter().filter(|d| d.url == HOOK).count();
+    assert_eq!(delivered, 12, "every webhook of the other receiver went out meanwhile");
+    let started_slow = world.receiver.started.borrow().iter().filter(|url| url.as_str() == slow).count();
+    assert_eq!(started_slow, PER_RECEIVER, "the slow receiver holds its lanes, no more");
+    // Cut off there (the runtime's deadline on each POST ends it in the Worker), the slow
+    // receiver's webhooks are still due, and go out once it answers.
+    world.receiver.stalled.borrow_mut().clear();
+    world.run_alarms_for(60_000);
+    let slow_delivered = world.receiver.deliveries.borrow().iter().filter(|d| d.url == slow).count();
+    assert_eq!(slow_delivered, 12);
+}
+
+#[test]
+fn a_due_poll_is_not_queued_behind_a_backlog_of_webhooks() {
+    use super::coordinator::DUE_BATCH;
+    let world = World::new();
+    // More finished tasks than one alarm takes, each with its webhook due.
+    for i in 0..DUE_BATCH + 10 {
+        world.register(&format!("a-done-{i}"), &format!("nd{i}"), true);
+        world.kling_moves(&format!("a-done-{i}"), &format!("nd{i}"), "succeed", START + 3, true, false);
+    }
+    world.receiver.down.set(true);
+    block_on(world.coordinator().run_due()).unwrap();
+    // A task Kling says nothing about: its poll falls due behind the webhooks' retries.
+    world.register("z-quiet", "nq", false);
+    world.advance(10 * 60 * 1000);
+    let polls_before = world.kling.calls.get();
+    block_on(world.coordinator().run_due()).unwrap();
+    assert!(
+        world.kling.calls.get() > polls_before,
+        "the quiet task was polled in the first alarm after its poll fell due"
+    );
 }

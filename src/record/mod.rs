@@ -9,6 +9,7 @@ pub mod copies;
 pub mod delivery;
 pub mod edge_copy;
 pub mod max_jobs;
+pub mod table;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -265,6 +266,19 @@ impl TaskRecord {
         }
         let edge_copy = self.edge_copy_due(u64::MAX).then(|| self.edge_copy_retry_at.unwrap_or(0));
         [self.next_poll_at, delivery, copies::next_due(&self.copies), edge_copy].into_iter().flatten().min()
+    }
+
+    /// The origin of the client's webhook receiver (`https://host:port`), if it gave one: the
+    /// alarm bounds how many deliveries wait on one receiver at once.
+    pub fn receiver_origin(&self) -> Option<String> {
+        let url = url::Url::parse(self.client_callback_url.as_deref()?).ok()?;
+        Some(url.origin().ascii_serialization())
+    }
+
+    /// When the task's next poll of Kling is due (none for a dropped task, which is only
+    /// forgotten).
+    pub fn poll_due_at(&self) -> Option<u64> {
+        self.next_poll_at.filter(|_| !self.dropped)
     }
 
     /// Whether the record may be forgotten at `now`: nothing left to do, no news for longer

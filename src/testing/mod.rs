@@ -187,6 +187,20 @@ impl TaskStore for MemoryStore {
         Ok(due.into_iter().take(limit as usize).map(|(_, id)| id).collect())
     }
 
+    fn due_polls(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {
+        self.check()?;
+        let mut due: Vec<(u64, String)> = self
+            .tasks
+            .borrow()
+            .values()
+            .filter_map(|record| {
+                record.poll_due_at().filter(|at| *at <= now).map(|at| (at, record.task_id.clone()))
+            })
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(limit as usize).map(|(_, id)| id).collect())
+    }
+
     fn next_due(&self) -> Result<Option<u64>, ApiError> {
         self.check()?;
         Ok(self.tasks.borrow().values().filter_map(TaskRecord::due_at).min())
@@ -271,11 +285,19 @@ pub struct Receiver {
     pub down: Cell<bool>,
     /// The time each delivery is stamped with (shared with the test's clock).
     pub clock: Cell<u64>,
+    /// Receivers (URL prefixes) that never answer: their POSTs stay pending.
+    pub stalled: RefCell<Vec<String>>,
+    /// Every POST started, answered or not.
+    pub started: RefCell<Vec<String>>,
 }
 
 impl Webhooks for Receiver {
     async fn post(&self, url: &str, headers: &[(&str, String)], body: &[u8]) -> Attempt {
+        self.started.borrow_mut().push(url.to_owned());
         yield_once().await;
+        if self.stalled.borrow().iter().any(|prefix| url.starts_with(prefix.as_str())) {
+            std::future::pending::<()>().await;
+        }
         if self.down.get() {
             return Attempt::Retry { status: None, error: "the receiver was unreachable".into() };
         }
