@@ -31,7 +31,10 @@
 //
 // Printed: throughput and latency of a create, a query of a running task and a query of a
 // finished task, through the null Worker and through kling-edge, against both upstreams;
-// KV writes and coordinator calls over one task's life; the wasm size.
+// KV writes and coordinator calls over one task's life; the wasm size; and delivery: how
+// long 1,000 tasks finishing at once take to reach their webhooks, from one tenant and from
+// 16, as a multiple of the time their callbacks took (BENCH_DELIVERY_TASKS for another count).
+//   BENCH_PHASES (default requests,delivery) picks what to measure.
 //   BENCH_SECONDS (default 5) per figure, BENCH_CONNECTIONS (default 16).
 //   BENCH_PROFILE=1 (`make bench PROFILE=1`) also samples kling-edge's isolate with the
 //   V8 profiler (through Miniflare's inspector) during each zero-latency case of the "as
@@ -461,8 +464,108 @@ async function measure({ limiters, persisted, countLife, profile = false }) {
   return { results, cases: cases.map(([name]) => name), life, profiles };
 }
 
-const configured = await measure({ limiters: true, persisted: true, countLife: true, profile: PROFILE });
-const bare = await measure({ limiters: false, persisted: false, countLife: false });
+// --- delivery: many tasks finishing at once ----------------------------------------------
+
+/** Runs `work` on every item, `width` at a time. */
+async function pool(items, width, work) {
+  let next = 0;
+  await Promise.all(Array.from({ length: width }, async () => {
+    while (next < items.length) await work(items[next++]);
+  }));
+}
+
+const percentile = (values, p) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
+};
+
+/**
+ * `count` tasks of `tenants` tenants (one server key, or browser users of one app, each its
+ * own tenant and coordinator), each with a webhook, all finishing at once: Kling's `succeed`
+ * callbacks are sent as fast as the worker takes them (32 at a time), and the coordinators
+ * copy each task's three result files into R2, post its webhook (verified by the receiver)
+ * and write its edge copy. Storage in memory; no rate limiters; the video probe off.
+ */
+async function deliveryPhase(tenants, count) {
+  const port = await freePort();
+  const state = fs.mkdtempSync('/dev/shm/kling-edge-bench-delivery-');
+  const receiver = await new Receiver(clientWebhookSecret(PROXY_WEBHOOK_SECRET, 'web')).listen();
+  const edge = `http://127.0.0.1:${port}`;
+  const mf = new Miniflare(convertV4MiniflareOptions({
+    resourcePersistencePath: state,
+    handleStructuredLogs: () => {},
+    workers: [{
+      name: 'kling-edge',
+      modulesRoot: path.join(ROOT, 'build'),
+      modules: [
+        { type: 'ESModule', path: path.join(ROOT, 'build/index.js') },
+        { type: 'CompiledWasm', path: path.join(ROOT, 'build/index_bg.wasm') },
+      ],
+      compatibilityDate: COMPATIBILITY_DATE,
+      bindings: {
+        KLING_ACCESS_KEY: ACCESS_KEY,
+        KLING_SECRET_KEY: SECRET_KEY,
+        KLING_API_BASE: fake.url,
+        PROXY_API_KEYS: `web:${WEB_KEY}`,
+        PROXY_WEBHOOK_SECRET,
+        PROXY_TOKEN_SECRET: 'bench-browser-token-secret-0123456789abcdef',
+        ALLOW_PRIVATE_URLS: 'true',
+        VIDEO_PROBE: 'off',
+        PUBLIC_BASE_URL: edge,
+      },
+      kvNamespaces: ['TASKS'],
+      r2Buckets: ['RESULTS'],
+      durableObjects: { COORDINATOR: { className: 'TaskCoordinator', useSQLite: true } },
+      unsafeDirectSockets: [{ host: '127.0.0.1', port }],
+    }],
+  }));
+  await mf.ready;
+  const hook = `${receiver.url}/delivery`;
+  const headers = (key) => ({ authorization: `Bearer ${key}`, 'content-type': 'application/json' });
+  let keys = [WEB_KEY];
+  if (tenants > 1) {
+    keys = await Promise.all(Array.from({ length: tenants }, async (_, i) => {
+      const minted = await fetch(`${edge}/v1/tokens`, { method: 'POST', headers: headers(WEB_KEY), body: JSON.stringify({ sub: `bench-${i}`, callback_url: hook }) });
+      return (await minted.json()).data.token;
+    }));
+  }
+  const ids = [];
+  await pool(Array.from({ length: count }, (_, i) => i), 16, async (i) => {
+    const key = keys[i % keys.length];
+    const body = { video_url: `${fake.url}/samples/sample-video.mp4`, ...(tenants > 1 ? {} : { callback_url: hook }) };
+    const created = await (await fetch(`${edge}${API}`, { method: 'POST', headers: headers(key), body: JSON.stringify(body) })).json();
+    if (created.code !== 0) throw new Error(`create refused: ${JSON.stringify(created)}`);
+    ids.push(created.data.task_id);
+  });
+  await sleep(2_000); // the creates' records land after their answers
+  const sentAt = new Map();
+  const started = Date.now();
+  await pool(ids, 32, async (id) => {
+    sentAt.set(id, Date.now());
+    const answer = await fake.advance(id, 'succeed');
+    if (answer.status !== 200) throw new Error(`callback answered ${answer.status}: ${answer.body}`);
+  });
+  const callbacksMs = Date.now() - started;
+  const delivered = () => receiver.deliveries.filter((d) => d.status === 200);
+  const deadline = Date.now() + 20 * 60_000;
+  while (delivered().length < count && Date.now() < deadline) await sleep(200);
+  const done = delivered();
+  const lags = done.map((d) => d.receivedAt - (sentAt.get(d.json.task_id) ?? started));
+  const lastMs = Math.max(...done.map((d) => d.receivedAt)) - started;
+  await mf.dispose();
+  await receiver.close();
+  fs.rmSync(state, { recursive: true, force: true });
+  return { tenants, count, delivered: done.length, callbacksMs, lastMs, p50: percentile(lags, 50), p99: percentile(lags, 99) };
+}
+
+const PHASES = (process.env.BENCH_PHASES ?? 'requests,delivery').split(',');
+const DELIVERY_TASKS = Number(process.env.BENCH_DELIVERY_TASKS ?? 1000);
+const deliveries = PHASES.includes('delivery')
+  ? [await deliveryPhase(1, DELIVERY_TASKS), await deliveryPhase(16, DELIVERY_TASKS)] : [];
+
+const requests = PHASES.includes('requests');
+const configured = requests ? await measure({ limiters: true, persisted: true, countLife: true, profile: PROFILE }) : undefined;
+const bare = requests ? await measure({ limiters: false, persisted: false, countLife: false }) : undefined;
 
 // --- the report ------------------------------------------------------------------------
 
@@ -471,7 +574,7 @@ console.log('kling-edge benchmark (measured; read the ratios, not the absolute f
 console.log(`  machine: ${os.cpus().length} × ${os.cpus()[0].model.trim()}, node ${process.version}, wrk ${CONNECTIONS} connections × ${SECONDS} s per figure`);
 console.log(`  wasm (build/index_bg.wasm): ${wasm.length.toLocaleString('en')} B raw, ${gzipped.toLocaleString('en')} B gzip -9`);
 console.log('  workerd through Miniflare, each Worker on its own socket; the null Worker forwards to the same upstream');
-for (const [title, { results, cases }] of [
+for (const [title, { results, cases }] of !requests ? [] : [
   ['As configured (rate limiters and storage on disk, as Miniflare provides them locally)', configured],
   ['Without local service overheads (no rate limiter bindings, in-memory storage)', bare],
 ]) {
@@ -486,15 +589,26 @@ for (const [title, { results, cases }] of [
     }
   }
 }
-const { life } = configured;
-console.log('\nOne task\'s life (a create with a webhook, 3 callbacks, 9 queries, the webhook delivered, its files copied):');
-console.log(`  KV writes: ${life.kvWrites}`);
-console.log(`  coordinator calls: ${life.coordinatorCalls} (the create's record, the 3 callbacks, and the queries asked before the edge copy existed)`);
-console.log(`  calls to Kling: ${life.klingCalls} (the create; the callbacks came, so nothing was polled)`);
-console.log(`  webhooks delivered: ${life.webhooks}`);
-console.log(`  result files copied into R2: ${life.copies} (the video, the MP3 and the WAV, before the webhook and the KV write)`);
+if (requests) {
+  const { life } = configured;
+  console.log('\nOne task\'s life (a create with a webhook, 3 callbacks, 9 queries, the webhook delivered, its files copied):');
+  console.log(`  KV writes: ${life.kvWrites}`);
+  console.log(`  coordinator calls: ${life.coordinatorCalls} (the create's record, the 3 callbacks, and the queries asked before the edge copy existed)`);
+  console.log(`  calls to Kling: ${life.klingCalls} (the create; the callbacks came, so nothing was polled)`);
+  console.log(`  webhooks delivered: ${life.webhooks}`);
+  console.log(`  result files copied into R2: ${life.copies} (the video, the MP3 and the WAV, before the webhook and the KV write)`);
+}
 
-if (PROFILE) {
+if (deliveries.length) {
+  console.log(`\nDelivery: ${DELIVERY_TASKS} tasks finishing at once, each with a webhook and three result files copied into R2:`);
+  for (const run of deliveries) {
+    const who = run.tenants === 1 ? 'one tenant' : `${run.tenants} tenants`;
+    console.log(`  ${who.padEnd(11)} callbacks took ${(run.callbacksMs / 1000).toFixed(1)} s; last webhook after ${(run.lastMs / 1000).toFixed(1)} s (${(run.lastMs / run.callbacksMs).toFixed(2)}x the callbacks); lag p50 ${(run.p50 / 1000).toFixed(1)} s, p99 ${(run.p99 / 1000).toFixed(1)} s; delivered ${run.delivered}/${run.count}`);
+  }
+  console.log(`  one tenant's last webhook vs 16 tenants': ${(deliveries[0].lastMs / deliveries[1].lastMs).toFixed(2)}x`);
+}
+
+if (PROFILE && requests) {
   console.log('\nWhere the time goes (V8 samples of kling-edge\'s isolate, as configured, zero-latency upstream;');
   console.log('the profiler slows what it samples, so these figures are shares, not costs):');
   for (const [name, text] of Object.entries(configured.profiles)) console.log(`  ${name}:\n${text}`);
