@@ -23,7 +23,7 @@ use worker::{durable_object, js_sys, web_sys, Env, Request, Response, ScheduledT
 
 use crate::config::Config;
 use crate::error::{code, ApiError};
-use crate::flows::coordinator::{Coordinator, LinkSettings, Settings};
+use crate::flows::coordinator::{Coordinator, LinkSettings, Settings, DUE_BATCH};
 use crate::flows::protocol::{self, Call};
 use crate::ports::{Coordinators, TaskStore};
 
@@ -38,8 +38,17 @@ use super::sql_store::SqlStore;
 /// The Durable Object binding in `wrangler.toml`.
 pub const BINDING: &str = "COORDINATOR";
 /// An alarm never reschedules itself sooner than this, so a task that stays due (a store
-/// that cannot save) cannot spin.
+/// that cannot save) cannot spin; unless it worked on a full batch, which leaves a backlog.
 const ALARM_FLOOR_MS: u64 = 500;
+
+/// When the next alarm may run.
+#[derive(Clone, Copy)]
+enum Reschedule {
+    /// As soon as something is due (after a request, or a full batch).
+    Now,
+    /// Not sooner than `ALARM_FLOOR_MS` from now.
+    AfterAlarm,
+}
 
 #[durable_object]
 pub struct TaskCoordinator {
@@ -70,7 +79,7 @@ impl worker::DurableObject for TaskCoordinator {
             Ok(ports) => protocol::serve(&ports.coordinator(), &body).await,
             Err(error) => serde_json::to_string(&protocol::WireAnswer::<()>::from(Err(error)))?,
         };
-        self.reschedule(false).await;
+        self.reschedule(Reschedule::Now).await;
         Response::ok(answer)
     }
 
@@ -83,7 +92,9 @@ impl worker::DurableObject for TaskCoordinator {
         if let Err(error) = &outcome {
             WorkerRuntime.log_problem("alarm", &error.message);
         }
-        self.reschedule(true).await;
+        // A full batch that went well leaves a backlog: the next alarm starts at once.
+        let backlog = outcome.is_ok_and(|worked| worked >= DUE_BATCH);
+        self.reschedule(if backlog { Reschedule::Now } else { Reschedule::AfterAlarm }).await;
         Response::ok("done")
     }
 }
@@ -127,11 +138,14 @@ impl TaskCoordinator {
     }
 
     /// Sets the alarm for the next thing due, unless an earlier alarm is already set.
-    async fn reschedule(&self, from_alarm: bool) {
+    async fn reschedule(&self, when: Reschedule) {
         let Ok(store) = self.store() else { return };
         let Ok(Some(due)) = store.next_due() else { return };
         let now = clock::now_ms();
-        let at = if from_alarm { due.max(now + ALARM_FLOOR_MS) } else { due.max(now) };
+        let at = match when {
+            Reschedule::Now => due.max(now),
+            Reschedule::AfterAlarm => due.max(now + ALARM_FLOOR_MS),
+        };
         let storage = self.state.storage();
         let current = match self.alarm_at.get() {
             Some(known) => known,

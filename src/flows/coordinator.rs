@@ -309,8 +309,9 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
     /// retention allows, with its result copies. Each task's steps run in order ([`Self::work_on`]);
     /// no more than [`PER_RECEIVER`] of the tasks in flight wait on one receiver, so a slow
     /// receiver holds back its own webhooks only. A task that fails does not stop the others;
-    /// the first failure is the alarm's outcome (the runtime retries it).
-    pub async fn run_due(&self) -> Result<(), ApiError> {
+    /// the first failure is the alarm's outcome (the runtime retries it). Answers how many
+    /// due tasks it worked on: a full batch means more may be waiting.
+    pub async fn run_due(&self) -> Result<u32, ApiError> {
         let now = self.runtime.now_ms();
         let mut due = self.store.due_polls(now, DUE_BATCH / 2)?;
         for task_id in self.store.due(now, DUE_BATCH)? {
@@ -321,6 +322,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
                 due.push(task_id);
             }
         }
+        let worked = due.len() as u32;
         let mut waiting: VecDeque<(String, Option<String>)> = VecDeque::new();
         for task_id in due {
             let receiver = self.store.load(&task_id)?.and_then(|record| record.receiver_origin());
@@ -357,7 +359,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         for task_id in self.store.expired(now, self.settings.keep_ms(), DUE_BATCH)? {
             self.forget(&task_id).await?;
         }
-        Ok(())
+        Ok(worked)
     }
 
     /// One due task's steps, in this order: ask Kling about it (if its poll is due), copy its

@@ -456,6 +456,28 @@ describe('forwarding to the client webhook', () => {
     assert.equal(task.delivery.message_id, `msg_${taskId}_succeed`);
   });
 
+  it('is not held back by another receiver that answers after 1 s', async () => {
+    const slow = await new Receiver(clientWebhookSecret(PROXY_WEBHOOK_SECRET, 'web')).listen();
+    slow.answerAfter(1000);
+    try {
+      const tasks = [];
+      for (let i = 0; i < 12; i += 1) {
+        tasks.push({ ...(await createTask(worker, { body: { callback_url: `${slow.url}/slow` } })), to: 'slow' });
+        tasks.push({ ...(await createTask(worker, { body: { callback_url: `${receiver.url}/beside-slow` } })), to: 'fast' });
+      }
+      await Promise.all(tasks.map(({ taskId }) => fake.advance(taskId, 'succeed')));
+      await eventually(() => receiver.at('/beside-slow').length === 12, { what: "the fast receiver's webhooks", timeoutMs: 20_000 });
+      await eventually(() => slow.at('/slow').length === 12, { what: "the slow receiver's webhooks", timeoutMs: 60_000 });
+      // The slow receiver takes its webhooks two at a time, a second each: the other
+      // receiver's all arrived before the slow one had been sent its fifth.
+      const lastFast = Math.max(...receiver.at('/beside-slow').map((d) => d.receivedAt));
+      const slowArrivals = slow.at('/slow').map((d) => d.receivedAt).sort((a, b) => a - b);
+      assert.ok(lastFast < slowArrivals[4], `the last fast webhook came ${lastFast - slowArrivals[0]} ms after the first slow one; the fifth slow one at ${slowArrivals[4] - slowArrivals[0]} ms`);
+    } finally {
+      await slow.close();
+    }
+  });
+
   it('reaches a receiver that answers 503 for its first 12 seconds, on FORWARD_RETRY_SECONDS', async () => {
     const hook = '/hooks/flaky';
     receiver.failFor(hook, 12_000, 503);

@@ -36,6 +36,7 @@ export class Receiver {
       const until = this.failingUntil.get(req.url);
       const planned = this.failures.get(req.url)?.shift() ?? (until && Date.now() < until[0] ? until[1] : undefined);
       const status = verdict ? 401 : (planned ?? 200);
+      if (this.answerAfterMs) await new Promise((resolve) => setTimeout(resolve, this.answerAfterMs));
       this.deliveries.push({ path: req.url, headers: req.headers, body, json: JSON.parse(body), verdict, status, receivedAt: Date.now() });
       res.writeHead(status);
       res.end();
@@ -51,6 +52,12 @@ export class Receiver {
   /** The next answers to deliveries on `path` (then 200). */
   failNext(path, ...statuses) {
     this.failures.set(path, statuses);
+  }
+
+  /** Answers every delivery only after `ms` (a slow receiver). */
+  answerAfter(ms) {
+    this.answerAfterMs = ms;
+    return this;
   }
 
   /** Answers `status` to every delivery on `path` for the next `ms`. */
