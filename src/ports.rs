@@ -24,6 +24,7 @@ use crate::probe::video_check;
 use crate::record::copies::CopyOutcome;
 use crate::record::delivery::Attempt;
 use crate::record::edge_copy::EdgeCopy;
+use crate::record::intent::Intent;
 use crate::record::TaskRecord;
 use crate::validate::CostsQuery;
 
@@ -46,7 +47,12 @@ pub trait TaskStore {
     /// Up to `limit` tasks whose poll of Kling is due at or before `now`, most overdue first
     /// (so a due poll is never queued behind a backlog of webhooks).
     fn due_polls(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError>;
-    /// The earliest time anything is due, if anything is.
+    /// Records a create on its way to Kling (or its next check), by its nonce.
+    fn save_intent(&self, intent: &Intent) -> Result<(), ApiError>;
+    fn delete_intent(&self, nonce: &str) -> Result<(), ApiError>;
+    /// Up to `limit` intents whose check is due at or before `now`, most overdue first.
+    fn due_intents(&self, now: u64, limit: u32) -> Result<Vec<Intent>, ApiError>;
+    /// The earliest time anything is due (a task's step or an intent's check), if anything is.
     fn next_due(&self) -> Result<Option<u64>, ApiError>;
     /// Tasks that may be forgotten (see `TaskRecord::expired`, with `keep_ms`), at most
     /// `limit` of them.
@@ -75,6 +81,12 @@ pub trait TaskStore {
 pub trait Upstream {
     /// The task's `data` as Kling reports it now (by task id only), or why Kling did not say.
     async fn current_task(&self, endpoint: &Endpoint, task_id: &str) -> Result<Value, ApiError>;
+    /// The task Kling knows by this `external_task_id`, or why Kling did not say (404: none).
+    async fn task_by_external_id(
+        &self,
+        endpoint: &Endpoint,
+        external_task_id: &str,
+    ) -> Result<Value, ApiError>;
 }
 
 /// A signed webhook POST to a client's receiver.

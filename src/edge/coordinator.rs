@@ -173,21 +173,34 @@ struct LazyKling {
     kling: OnceCell<Kling>,
 }
 
-impl crate::ports::Upstream for LazyKling {
-    async fn current_task(
-        &self,
-        endpoint: &crate::api::Endpoint,
-        task_id: &str,
-    ) -> Result<serde_json::Value, ApiError> {
-        let kling = self.kling.get_or_init(|| {
+impl LazyKling {
+    fn kling(&self) -> &Kling {
+        self.kling.get_or_init(|| {
             let kling = Kling::new(&self.config);
             kling.with_timeout_ms(if self.client_waits {
                 QUERY_REFRESH_TIMEOUT_MS
             } else {
                 ALARM_POLL_TIMEOUT_MS
             })
-        });
-        kling.current_task(endpoint, task_id).await
+        })
+    }
+}
+
+impl crate::ports::Upstream for LazyKling {
+    async fn current_task(
+        &self,
+        endpoint: &crate::api::Endpoint,
+        task_id: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.kling().current_task(endpoint, task_id).await
+    }
+
+    async fn task_by_external_id(
+        &self,
+        endpoint: &crate::api::Endpoint,
+        external_task_id: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        self.kling().task_by_external_id(endpoint, external_task_id).await
     }
 }
 

@@ -125,22 +125,45 @@ impl Kling {
     }
 }
 
+impl Kling {
+    /// A task's `data` as Kling answers a query of `id` (a task id or an external id).
+    async fn query_task(&self, endpoint: &Endpoint, id: &str) -> Result<serde_json::Value, ApiError> {
+        let reply = self.get(&endpoint.query_path(id)).await?;
+        if reply.status == 404 {
+            return Err(ApiError::not_found(&format!("Kling's task {id}")));
+        }
+        task::envelope_data(&reply.body)
+            .filter(|_| reply.status == 200)
+            .ok_or_else(|| ApiError::upstream_unreachable(&format!("Kling answered {}", reply.status)))
+    }
+}
+
 impl Upstream for Kling {
     /// The task's `data` as Kling reports it now, or why Kling did not say. An answer about
     /// another task (Kling may resolve the id as someone's external id) is refused.
     async fn current_task(&self, endpoint: &Endpoint, task_id: &str) -> Result<serde_json::Value, ApiError> {
-        let reply = self.get(&endpoint.query_path(task_id)).await?;
-        let data = task::envelope_data(&reply.body)
-            .filter(|_| reply.status == 200)
-            .ok_or_else(|| ApiError::upstream_unreachable(&format!("Kling answered {}", reply.status)))?;
+        let data = self.query_task(endpoint, task_id).await?;
         if task::task_id_of(&data) != Some(task_id) {
+            return Err(ApiError::upstream_unreachable("Kling answered about another task"));
+        }
+        Ok(data)
+    }
+
+    /// An answer that does not echo the external id (Kling may resolve it as a task id) is
+    /// refused.
+    async fn task_by_external_id(
+        &self,
+        endpoint: &Endpoint,
+        external_task_id: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let data = self.query_task(endpoint, external_task_id).await?;
+        if task::external_task_id_of(&data) != Some(external_task_id) {
             return Err(ApiError::upstream_unreachable("Kling answered about another task"));
         }
         Ok(data)
     }
 }
 
-/// Kling for the request path: the client (and its token) is made only when a call is sent.
 /// The create body's JSON, in a buffer sized for it up front: an image-to-video body may be
 /// 14 MiB, and growing a buffer by doubling would hold 1.5 times that in the isolate.
 fn encode_create(body: &serde_json::Map<String, serde_json::Value>) -> Result<String, ApiError> {
@@ -151,6 +174,7 @@ fn encode_create(body: &serde_json::Map<String, serde_json::Value>) -> Result<St
     String::from_utf8(json).map_err(|_| ApiError::internal("encoding the create body"))
 }
 
+/// Kling for the request path: the client (and its token) is made only when a call is sent.
 pub struct KlingForRequests<'a> {
     pub config: &'a Config,
 }

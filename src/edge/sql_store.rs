@@ -7,6 +7,7 @@ use worker::{SqlStorage, SqlStorageValue};
 
 use crate::error::{code, ApiError};
 use crate::ports::TaskStore;
+use crate::record::intent::Intent;
 use crate::record::table;
 use crate::record::TaskRecord;
 
@@ -33,6 +34,11 @@ struct RecordRow {
 #[derive(Deserialize)]
 struct IdRow {
     task_id: String,
+}
+
+#[derive(Deserialize)]
+struct IntentRow {
+    intent: String,
 }
 
 #[derive(Deserialize)]
@@ -146,10 +152,36 @@ impl TaskStore for SqlStore {
         self.ids(table::DUE_POLLS, vec![int(now), SqlStorageValue::Integer(i64::from(limit))])
     }
 
+    fn save_intent(&self, intent: &Intent) -> Result<(), ApiError> {
+        let json = serde_json::to_string(intent).map_err(|_| ApiError::internal("encoding an intent"))?;
+        self.sql
+            .exec(table::SAVE_INTENT, vec![intent.nonce.as_str().into(), int(intent.check_at), json.into()])
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    fn delete_intent(&self, nonce: &str) -> Result<(), ApiError> {
+        self.sql.exec(table::DELETE_INTENT, vec![nonce.into()]).map_err(failed)?;
+        Ok(())
+    }
+
+    fn due_intents(&self, now: u64, limit: u32) -> Result<Vec<Intent>, ApiError> {
+        let rows: Vec<IntentRow> = self
+            .sql
+            .exec(table::DUE_INTENTS, vec![int(now), SqlStorageValue::Integer(i64::from(limit))])
+            .and_then(|c| c.to_array())
+            .map_err(failed)?;
+        Ok(rows.iter().filter_map(|row| serde_json::from_str(&row.intent).ok()).collect())
+    }
+
     fn next_due(&self) -> Result<Option<u64>, ApiError> {
-        let rows: Vec<DueRow> =
-            self.sql.exec(table::NEXT_DUE, None).and_then(|c| c.to_array()).map_err(failed)?;
-        Ok(rows.first().and_then(|row| row.due_at).map(|at| at.max(0.0) as u64))
+        let mut earliest = None;
+        for query in [table::NEXT_DUE, table::NEXT_INTENT] {
+            let rows: Vec<DueRow> = self.sql.exec(query, None).and_then(|c| c.to_array()).map_err(failed)?;
+            let at = rows.first().and_then(|row| row.due_at).map(|at| at.max(0.0) as u64);
+            earliest = earliest.into_iter().chain(at).min();
+        }
+        Ok(earliest)
     }
 
     fn expired(&self, now: u64, keep_ms: u64, limit: u32) -> Result<Vec<String>, ApiError> {

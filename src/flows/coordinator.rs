@@ -26,6 +26,7 @@ use crate::ports::{EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webho
 use crate::record::copies::{self, CopySettings};
 use crate::record::delivery::{self, Attempt};
 use crate::record::edge_copy::{self, Write};
+use crate::record::intent::Intent;
 use crate::record::max_jobs::{self, HoldOutcome, Holds};
 use crate::record::{TaskAnswer, TaskRecord, RETENTION_MS};
 use crate::schedule::Schedule;
@@ -178,6 +179,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         }
         record.queue_delivery(now);
         self.store.save(&record)?;
+        self.store.delete_intent(&nonce)?;
         match max_jobs_hold {
             Some(hold_id) => self.release_job(&hold_id),
             None => Ok(()),
@@ -276,6 +278,57 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         Ok(answers)
     }
 
+    /// Records a create on its way to Kling (`crate::record::intent`), unless its record
+    /// came first.
+    pub fn intend(&self, intent: Intent) -> Result<(), ApiError> {
+        if self.store.find_nonce(&intent.nonce)?.is_some_and(|task_id| {
+            self.store.load(&task_id).ok().flatten().is_some_and(|record| record.registered)
+        }) {
+            return Ok(());
+        }
+        self.store.save_intent(&intent)
+    }
+
+    /// Asks Kling about a create whose record never came, by the external id it was given:
+    /// a task found is recorded as the create's record would have recorded it; none found is
+    /// asked about again later, and in the end forgotten.
+    async fn check_intent(&self, mut intent: Intent) -> Result<(), ApiError> {
+        let Some(endpoint) = api::by_code(intent.endpoint) else {
+            return self.store.delete_intent(&intent.nonce);
+        };
+        let answer = self.kling.task_by_external_id(endpoint, &intent.external_task_id).await;
+        let found = answer.as_ref().ok().and_then(task::task_id_of).map(str::to_owned);
+        match (found, answer) {
+            (Some(task_id), Ok(data)) => {
+                self.runtime
+                    .log(json!({"event": "intent", "task_id": task_id, "outcome": "recorded from Kling"}));
+                self.register(Registration {
+                    task_id,
+                    endpoint: intent.endpoint,
+                    nonce: intent.nonce,
+                    tenant: intent.tenant,
+                    client_callback_url: intent.client_callback_url,
+                    style: intent.style,
+                    reply_ref: intent.reply_ref,
+                    origin: intent.origin,
+                    data,
+                    max_jobs_hold: None,
+                })
+            }
+            (_, answer) => {
+                let problem = answer.err().map(|error| error.message);
+                if intent.found_nothing(self.runtime.now_ms()) {
+                    self.store.save_intent(&intent)
+                } else {
+                    self.runtime.log(
+                        json!({"event": "intent", "outcome": "Kling has no such task", "problem": problem}),
+                    );
+                    self.store.delete_intent(&intent.nonce)
+                }
+            }
+        }
+    }
+
     /// useapi.net's `maxJobs`: holds a job slot for a create about to call Kling, if the
     /// tenant's running tasks and the holds of other creates in flight leave one.
     pub fn hold_job(
@@ -320,6 +373,13 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
             }
             if !due.contains(&task_id) {
                 due.push(task_id);
+            }
+        }
+        // Creates whose record never came are checked first (few, and each one may be a task
+        // nobody else will ever report).
+        for intent in self.store.due_intents(now, DUE_BATCH / 4)? {
+            if let Err(error) = self.check_intent(intent).await {
+                self.runtime.log(json!({"event": "intent", "problem": error.message}));
             }
         }
         let worked = due.len() as u32;

@@ -24,6 +24,7 @@ use crate::ids::hex;
 use crate::links::capability::Capability;
 use crate::ports::{Coordinators, KlingApi, KlingReply, Limit, RateLimiter, Runtime, VideoProbe};
 use crate::probe::video_check::{self, Policy};
+use crate::record::intent::Intent;
 use crate::record::max_jobs::HoldOutcome;
 use crate::record::USEAPI_STYLE;
 use crate::validate::{self, UrlPolicy};
@@ -38,6 +39,8 @@ pub const RECORD_RETRY_MS: [u64; 3] = [0, 200, 1_000];
 /// A `maxJobs` hold lasts the Kling call's deadline plus this: the tries of recording it,
 /// with room to spare.
 const MAX_JOBS_HOLD_MARGIN_MS: u64 = 10_000;
+/// A create's intent is first checked at Kling this long after the create's deadline.
+pub const INTENT_MARGIN_MS: u64 = 10_000;
 
 /// A create's outcome: the answer, the task to record once it is sent, and the body's
 /// fields that were dropped (for `X-Kling-Edge-Ignored`).
@@ -137,7 +140,40 @@ impl<P: EdgePorts> Edge<'_, P> {
         let callback =
             routes::kling_callback_url(self.origin, &capability.encode(&self.config.capability_key));
         upstream.insert("callback_url".into(), Value::String(callback));
-        let reply = self.kling.create(endpoint, &upstream).await?;
+        // What Kling can be asked by if this create's record never comes (`Intent`): the
+        // client's own external id, or one the worker gives it.
+        let external_task_id = match upstream.get("external_task_id").and_then(Value::as_str) {
+            Some(own) if !own.is_empty() => own.to_owned(),
+            _ => {
+                let edge_id = Intent::edge_external_id(&capability.nonce);
+                upstream.insert("external_task_id".into(), Value::String(edge_id.clone()));
+                edge_id
+            }
+        };
+        let intent = Intent {
+            nonce: capability.nonce.clone(),
+            endpoint: endpoint.code,
+            tenant: client.tenant.clone(),
+            external_task_id,
+            client_callback_url: client_webhook.clone(),
+            style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
+            reply_ref: validated.options.reply_ref.clone(),
+            origin: Some(self.origin.to_owned()),
+            check_at: self.runtime.now_ms() + u64::from(self.config.kling_timeout_ms) + INTENT_MARGIN_MS,
+            checks: 0,
+        };
+        // Recorded while Kling is called, so the create answers as fast as Kling does.
+        let (intended, reply) = futures_util::future::join(
+            self.coordinators.call(shard, protocol::Intend(intent)),
+            self.kling.create(endpoint, &upstream),
+        )
+        .await;
+        if let Err(error) = &intended {
+            self.runtime.log(json!({"event": "intend", "problem": error.message}));
+        }
+        // A create whose outcome is unknown (no answer in time) keeps its intent: Kling may
+        // have the task.
+        let reply = reply?;
 
         let data = task::envelope_data(&reply.body).filter(|_| reply.status == 200);
         let record = match data.as_ref().map(|data| (data, task::task_id_of(data))) {
@@ -146,7 +182,7 @@ impl<P: EdgePorts> Edge<'_, P> {
                 registration: Registration {
                     task_id: task_id.to_owned(),
                     endpoint: endpoint.code,
-                    nonce: capability.nonce,
+                    nonce: capability.nonce.clone(),
                     tenant: client.tenant.clone(),
                     client_callback_url: client_webhook,
                     style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
@@ -163,6 +199,13 @@ impl<P: EdgePorts> Edge<'_, P> {
             }
             None => None,
         };
+        if record.is_none() && intended.is_ok() {
+            // Kling refused it: there is no task to look for.
+            let abandon = protocol::Abandon { nonce: capability.nonce.clone() };
+            if let Err(error) = self.coordinators.call(shard, abandon).await {
+                self.runtime.log(json!({"event": "abandon", "problem": error.message}));
+            }
+        }
         let answer = match (surface.style, data) {
             (Style::Kling, _) => Answer::Kling(reply),
             (Style::UseApi, Some(data)) => Answer::UseApi(useapi::task_answer(&data)),

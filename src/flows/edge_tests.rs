@@ -389,7 +389,7 @@ fn a_valid_create_over_the_create_limit_reaches_no_coordinator_and_no_kling() {
     let refusal = world.create(&server("web"), &T2A, json!({"prompt": "rain", "duration": 5})).unwrap_err();
     assert_eq!((refusal.status, refusal.header.as_ref().map(|h| h.0)), (429, Some("Retry-After")));
     assert_eq!(world.kling.created.borrow().len(), 1, "only the first reached Kling");
-    assert_eq!(world.calls(), ["register"], "only the first was recorded");
+    assert_eq!(world.calls(), ["intend", "register"], "only the first was recorded");
 }
 
 #[test]
@@ -415,7 +415,11 @@ fn kling_refusing_a_create_is_passed_on_and_records_nothing() {
         .push_back(CreateScript::Fail(ApiError::upstream_timeout("no answer")));
     let refusal = world.create(&server("web"), &T2V, json!({"prompt": "a cat"})).unwrap_err();
     assert_eq!(refusal.status, 504);
-    assert!(world.calls().is_empty(), "nothing to record: {:?}", world.calls());
+    // A refusal abandons its intent; a create with no answer keeps it (Kling may have the task).
+    assert_eq!(world.calls(), ["intend", "abandon", "intend", "abandon", "intend"], "nothing recorded");
+    let store = world.coordinators().store(&task::tenant_shard("web"));
+    let kept = store.due_intents(u64::MAX, 10).unwrap();
+    assert_eq!(kept.len(), 1, "the create that got no answer is still intended");
 }
 
 #[test]
@@ -483,7 +487,7 @@ fn a_coordinator_that_is_down_costs_no_accepted_task() {
     let started = world.runtime.now.get();
     let recorded = world.edge(|edge| block_on(edge.record_created(created.record.unwrap())));
     assert_eq!(recorded.unwrap_err().status, 503);
-    assert_eq!(world.calls(), ["register", "register", "register"], "tried three times");
+    assert_eq!(world.calls(), ["intend", "register", "register", "register"], "tried three times");
     assert_eq!(world.runtime.now.get() - started, 1_200, "waiting 200 ms, then 1 s");
     assert_eq!(world.query(&client, &task_id).unwrap_err().status, 503, "a query says it is unavailable");
     // Back up: Kling's next callback records the task, and its tenant's next call names it.
@@ -704,4 +708,73 @@ fn no_randomness_refuses_the_create_before_kling() {
     assert!(world.kling.created.borrow().is_empty());
     let store = world.coordinators().store(&task::tenant_shard("web"));
     assert!(store.all().is_empty() && store.load("task-1").unwrap().is_none());
+}
+
+#[test]
+fn a_create_whose_record_and_callbacks_are_all_lost_is_found_at_kling_by_its_external_id() {
+    // The runtime stops after Kling took the create, at any point; Kling's callbacks land
+    // while it is down and are never repeated. Once the intent had landed, the task is known
+    // after the create's deadline, with its webhook.
+    let hook = "https://app.example.com/hooks/kling";
+    let mut adopted = 0;
+    for cut in 0.. {
+        let world = World::new();
+        let client = server("web");
+        let body = json!({"video_url": VIDEO, "callback_url": hook}).to_string();
+        let finished =
+            world.edge(|edge| run_until_crash(edge.create(&client, &V2A, body.clone().into_bytes()), cut));
+        let store = world.coordinators().store(&task::tenant_shard("web"));
+        let intended = !store.due_intents(u64::MAX, 10).unwrap().is_empty();
+        if world.kling.created.borrow().len() == 1 && intended {
+            // Kling finishes the task; its callbacks are lost.
+            let task_id = "task-1";
+            let mut done = report(task_id, "succeed", START + 5, true);
+            done["task_info"] = world.kling.tasks.borrow()[task_id]["task_info"].clone();
+            world.kling.set(done);
+            world.run_alarms_for(60_000);
+            let listed = world.list(&client);
+            assert_eq!(listed.len(), 1, "cut after {cut}: {listed:?}");
+            assert_eq!(listed[0]["task_status"], "succeed");
+            let delivered = world.receiver.deliveries.borrow().iter().filter(|d| d.url == hook).count();
+            assert_eq!(delivered, 1, "cut after {cut}: the client's webhook went out");
+            assert!(store.due_intents(u64::MAX, 10).unwrap().is_empty(), "the intent is gone");
+            adopted += 1;
+        }
+        if finished.is_some() {
+            break;
+        }
+    }
+    assert!(adopted >= 1, "some cut fell after the intent landed");
+}
+
+#[test]
+fn an_intent_gives_way_to_the_creates_record_and_is_dropped_when_kling_never_had_the_task() {
+    let world = World::new();
+    let client = server("web");
+    // Recorded as usual: the record removes the intent, and Kling is never asked by it.
+    let created =
+        world.create_and_record(&client, &V2A, json!({"video_url": VIDEO, "external_task_id": "mine-7"}));
+    let sent = world.kling.created.borrow()[0].1.clone();
+    assert_eq!(sent["external_task_id"], "mine-7", "a client's own external id is kept");
+    let store = world.coordinators().store(&task::tenant_shard("web"));
+    assert!(store.due_intents(u64::MAX, 10).unwrap().is_empty());
+    assert!(created.record.is_some());
+    // A create that got no answer, at a Kling that never had it: asked a few times, then dropped.
+    world
+        .kling
+        .create_scripts
+        .borrow_mut()
+        .push_back(CreateScript::Fail(ApiError::upstream_timeout("no answer")));
+    world.kling.tasks.borrow_mut().clear();
+    assert_eq!(world.create(&client, &V2A, json!({"video_url": VIDEO})).unwrap_err().status, 504);
+    let sent = world.kling.created.borrow()[1].1.clone();
+    assert!(sent["external_task_id"].as_str().unwrap().starts_with("kling-edge-"), "{sent:?}");
+    let before = world.kling.calls.get();
+    world.run_alarms_for(3 * 3_600_000);
+    assert_eq!(
+        world.kling.calls.get() - before,
+        4,
+        "checked at the deadline, then after 1 min, 10 min and 1 h"
+    );
+    assert!(store.due_intents(u64::MAX, 10).unwrap().is_empty(), "then dropped");
 }

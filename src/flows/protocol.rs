@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::ports::{EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::record::intent::Intent;
 use crate::record::max_jobs::HoldOutcome;
 use crate::record::TaskAnswer;
 
@@ -66,6 +67,16 @@ pub struct HoldJob {
     pub hold_ms: u64,
 }
 
+/// A create on its way to Kling (`crate::record::intent`), sent while Kling is called.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Intend(pub Intent);
+
+/// A create Kling refused: its intent is dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Abandon {
+    pub nonce: String,
+}
+
 /// Gives a job slot back: the create it was held for was refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseJob {
@@ -90,6 +101,12 @@ impl Call for HoldJob {
 impl Call for ReleaseJob {
     type Answer = ();
 }
+impl Call for Intend {
+    type Answer = ();
+}
+impl Call for Abandon {
+    type Answer = ();
+}
 
 /// Every request, as it crosses to the object: `{"op": "query", ...its fields}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +118,8 @@ pub enum Request {
     List(List),
     HoldJob(HoldJob),
     ReleaseJob(ReleaseJob),
+    Intend(Intend),
+    Abandon(Abandon),
 }
 
 macro_rules! into_request {
@@ -112,17 +131,18 @@ macro_rules! into_request {
         }
     )*};
 }
-into_request!(Register, Report, Query, List, HoldJob, ReleaseJob);
+into_request!(Register, Report, Query, List, HoldJob, ReleaseJob, Intend, Abandon);
 
 impl Request {
     /// The tenant the request speaks for, if it is a client's.
     pub fn tenant(&self) -> Option<&str> {
         match self {
             Request::Register(Register(registration)) => Some(&registration.tenant),
+            Request::Intend(Intend(intent)) => Some(&intent.tenant),
             Request::Query(Query { tenant, .. })
             | Request::List(List { tenant, .. })
             | Request::HoldJob(HoldJob { tenant, .. }) => Some(tenant),
-            Request::Report(_) | Request::ReleaseJob(_) => None,
+            Request::Report(_) | Request::ReleaseJob(_) | Request::Abandon(_) => None,
         }
     }
 
@@ -134,6 +154,8 @@ impl Request {
             Request::List(_) => "list",
             Request::HoldJob(_) => "hold_job",
             Request::ReleaseJob(_) => "release_job",
+            Request::Intend(_) => "intend",
+            Request::Abandon(_) => "abandon",
         }
     }
 }
@@ -220,6 +242,8 @@ where
             answer(coordinator.hold_job(&tenant, max_jobs, &hold_id, hold_ms))
         }
         Request::ReleaseJob(ReleaseJob { hold_id }) => answer(coordinator.release_job(&hold_id)),
+        Request::Intend(Intend(intent)) => answer(coordinator.intend(intent)),
+        Request::Abandon(Abandon { nonce }) => answer(coordinator.store.delete_intent(&nonce)),
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod copies;
 pub mod delivery;
 pub mod edge_copy;
+pub mod intent;
 pub mod max_jobs;
 pub mod table;
 

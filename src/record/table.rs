@@ -5,6 +5,7 @@
 //! by: the external task id, the capability nonce, the creation time (the list, newest
 //! first), the next time anything is due (the alarm), the next poll (so a poll is never
 //! queued behind a backlog of webhooks) and whether Kling is still working on the task.
+//! Beside them, the creates on their way to Kling (`crate::record::intent`).
 //!
 //! Every query the alarm and the create path make is answered from an index, never by a
 //! scan of the table: a tenant keeps 90 days of tasks, and a scan would grow with its age.
@@ -29,6 +30,8 @@ pub const SCHEMA: &[&str] = &[
     )",
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', '2')",
+    // Creates on their way to Kling (`crate::record::intent`), by their capability's nonce.
+    "CREATE TABLE IF NOT EXISTS intents (nonce TEXT PRIMARY KEY, check_at INTEGER NOT NULL, intent TEXT NOT NULL)",
 ];
 
 /// From version 1 (no `poll_at`, scanned sweeps) to 2, once, for an object created before.
@@ -48,6 +51,7 @@ pub const INDEXES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS tasks_running ON tasks (running) WHERE running = 1",
     "CREATE INDEX IF NOT EXISTS tasks_external ON tasks (external_id) WHERE external_id IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS tasks_nonce ON tasks (nonce)",
+    "CREATE INDEX IF NOT EXISTS intents_check ON intents (check_at)",
 ];
 
 pub const SCHEMA_VERSION: &str = "SELECT value FROM meta WHERE name = 'schema'";
@@ -73,6 +77,11 @@ pub const NEXT_DUE: &str = "SELECT MIN(due_at) AS due_at FROM tasks WHERE due_at
 /// Candidates for forgetting by age (the record's own rule decides): settled tasks only.
 pub const EXPIRED: &str =
     "SELECT record FROM tasks WHERE due_at IS NULL AND created_at < ? ORDER BY created_at LIMIT ?";
+pub const SAVE_INTENT: &str = "INSERT INTO intents (nonce, check_at, intent) VALUES (?, ?, ?)
+     ON CONFLICT (nonce) DO UPDATE SET check_at = excluded.check_at, intent = excluded.intent";
+pub const DELETE_INTENT: &str = "DELETE FROM intents WHERE nonce = ?";
+pub const DUE_INTENTS: &str = "SELECT intent FROM intents WHERE check_at <= ? ORDER BY check_at LIMIT ?";
+pub const NEXT_INTENT: &str = "SELECT MIN(check_at) AS due_at FROM intents";
 pub const META: &str = "SELECT value FROM meta WHERE name = ?";
 pub const SET_META: &str =
     "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value";
@@ -145,6 +154,9 @@ mod tests {
             (DUE_POLLS, "tasks_poll"),
             (NEXT_DUE, "tasks_due"),
             (EXPIRED, "tasks_settled"),
+            (DUE_INTENTS, "intents_check"),
+            (NEXT_INTENT, "intents_check"),
+            (DELETE_INTENT, "sqlite_autoindex_intents_1"),
         ] {
             let plan = plan(&db, query);
             assert!(plan.contains(index), "{query}\n  plan: {plan}");

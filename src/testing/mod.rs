@@ -25,6 +25,7 @@ use crate::probe::video_check;
 use crate::record::copies::CopyOutcome;
 use crate::record::delivery::Attempt;
 use crate::record::edge_copy::{self, EdgeCopy};
+use crate::record::intent::Intent;
 use crate::record::TaskRecord;
 
 /// Polls `future` to completion (the flows only ever wait on the fakes here, which wake at once).
@@ -103,6 +104,7 @@ async fn yield_once() {
 pub struct MemoryStore {
     tasks: RefCell<BTreeMap<String, TaskRecord>>,
     meta: RefCell<HashMap<String, String>>,
+    intents: RefCell<BTreeMap<String, Intent>>,
     /// Makes every call fail, as a storage outage would.
     pub broken: Cell<bool>,
 }
@@ -201,9 +203,32 @@ impl TaskStore for MemoryStore {
         Ok(due.into_iter().take(limit as usize).map(|(_, id)| id).collect())
     }
 
+    fn save_intent(&self, intent: &Intent) -> Result<(), ApiError> {
+        self.check()?;
+        self.intents.borrow_mut().insert(intent.nonce.clone(), intent.clone());
+        Ok(())
+    }
+
+    fn delete_intent(&self, nonce: &str) -> Result<(), ApiError> {
+        self.check()?;
+        self.intents.borrow_mut().remove(nonce);
+        Ok(())
+    }
+
+    fn due_intents(&self, now: u64, limit: u32) -> Result<Vec<Intent>, ApiError> {
+        self.check()?;
+        let mut due: Vec<Intent> =
+            self.intents.borrow().values().filter(|intent| intent.check_at <= now).cloned().collect();
+        due.sort_by_key(|intent| intent.check_at);
+        due.truncate(limit as usize);
+        Ok(due)
+    }
+
     fn next_due(&self) -> Result<Option<u64>, ApiError> {
         self.check()?;
-        Ok(self.tasks.borrow().values().filter_map(TaskRecord::due_at).min())
+        let tasks = self.tasks.borrow().values().filter_map(TaskRecord::due_at).min();
+        let intents = self.intents.borrow().values().map(|intent| intent.check_at).min();
+        Ok(tasks.into_iter().chain(intents).min())
     }
 
     fn expired(&self, now: u64, keep_ms: u64, limit: u32) -> Result<Vec<String>, ApiError> {
@@ -264,6 +289,23 @@ impl Upstream for ScriptedKling {
         }
         let id = self.answer_with.borrow().clone().unwrap_or_else(|| task_id.to_owned());
         self.tasks.borrow().get(&id).cloned().ok_or_else(|| ApiError::not_found("Kling answered 404"))
+    }
+
+    async fn task_by_external_id(
+        &self,
+        _endpoint: &Endpoint,
+        external_task_id: &str,
+    ) -> Result<Value, ApiError> {
+        self.calls.set(self.calls.get() + 1);
+        yield_once().await;
+        if let Some(fault) = self.faults.borrow_mut().pop_front() {
+            return Err(ApiError::upstream_unreachable(&fault));
+        }
+        let tasks = self.tasks.borrow();
+        let found = tasks
+            .values()
+            .find(|data| crate::kling::task::external_task_id_of(data) == Some(external_task_id));
+        found.cloned().ok_or_else(|| ApiError::not_found("Kling answered 404"))
     }
 }
 

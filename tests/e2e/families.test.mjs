@@ -10,7 +10,7 @@ import { after, before, describe, it } from 'node:test';
 import { startFakeKling } from '../support/fake-kling.mjs';
 import { Receiver } from '../support/receiver.mjs';
 import {
-  ACCESS_KEY, baseSettings, CALLBACK_URL, clientWebhookSecret, OPS_KEY, SECRET_KEY, VIDEO, WEB_KEY, webhookSecret,
+  ACCESS_KEY, baseSettings, CALLBACK_URL, clientFields, clientWebhookSecret, OPS_KEY, SECRET_KEY, VIDEO, WEB_KEY, webhookSecret,
 } from '../support/settings.mjs';
 import { call, eventually, freshRateLimitWindow, startWorker } from '../support/worker.mjs';
 
@@ -168,7 +168,7 @@ describe('text to audio', () => {
     const created = await call(worker, 'POST', T2A, { key: WEB_KEY, body: { prompt: 'rain on a tin roof', duration: 5.5 } });
     assert.equal(created.status, 200, created.text);
     const taskId = created.json.data.task_id;
-    const { callback_url: _ours, ...sent } = upstream(T2A).at(-1).body;
+    const sent = clientFields(upstream(T2A).at(-1).body);
     assert.deepEqual(sent, { prompt: 'rain on a tin roof', duration: 5.5 });
     await fake.advance(taskId, 'succeed');
     const task = await eventually(async () => {
@@ -219,7 +219,7 @@ describe("useapi.net's add-sound", () => {
     assert.equal(task.status_name, 'submitted');
     assert.equal(task.status_final, false);
     assert.equal(created.json.status_final, false);
-    const { callback_url: _ours, ...sent } = fake.requests.filter((r) => r.path === '/v1/audio/video-to-audio' && r.method === 'POST').at(-1).body;
+    const sent = clientFields(fake.requests.filter((r) => r.path === '/v1/audio/video-to-audio' && r.method === 'POST').at(-1).body);
     assert.deepEqual(sent, { video_url: VIDEO }, 'video became video_url, nothing else went to Kling');
 
     await fake.advance(task.id, 'succeed');

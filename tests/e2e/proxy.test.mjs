@@ -9,7 +9,7 @@ import { after, before, describe, it } from 'node:test';
 
 import { startFakeKling } from '../support/fake-kling.mjs';
 import {
-  ACCESS_KEY, baseSettings, CALLBACK_URL, KLING_API_KEY, OFFICIAL, OPS_KEY, QUERY_REFRESH_MS, SECRET_KEY, SECRETS,
+  ACCESS_KEY, baseSettings, CALLBACK_URL, clientFields, KLING_API_KEY, OFFICIAL, OPS_KEY, QUERY_REFRESH_MS, SECRET_KEY, SECRETS,
   SIMPLIFIED, VIDEO, WEB_KEY,
 } from '../support/settings.mjs';
 import { call, startWorker, transcript } from '../support/worker.mjs';
@@ -37,9 +37,8 @@ function decodeJwt(token) {
 
 /** The body Kling received, less the callback URL the worker put in (checked for form). */
 function upstreamBody(received) {
-  const { callback_url: callbackUrl, ...rest } = received.body;
-  assert.match(callbackUrl, CALLBACK_URL(worker.url));
-  return rest;
+  assert.match(received.body.callback_url, CALLBACK_URL(worker.url));
+  return clientFields(received.body);
 }
 
 /** Asserts a rejection in Kling's envelope that names `field`, and that Kling saw nothing. */

@@ -592,6 +592,57 @@ describe('a restart of the runtime', () => {
   });
 });
 
+describe('a runtime killed with creates in flight', () => {
+  it('loses no task Kling took: those whose callbacks landed while it was down are found, listed and delivered', async () => {
+    const state = await fs.mkdtemp(path.join(os.tmpdir(), 'kling-edge-killed-'));
+    const port = await freePort();
+    const settings = baseSettings(fake, { PROXY_WEBHOOK_SECRET, ALLOW_PRIVATE_URLS: 'true', KLING_TIMEOUT_MS: '2000' });
+    let w = await startWorker(settings, { persistTo: state, port });
+    const hook = '/hooks/killed-in-flight';
+    const creates = 5;
+    const taken = [];
+    let release;
+    const gate = new Promise((resolve) => { release = resolve; });
+    let allTaken;
+    const tookAll = new Promise((resolve) => { allTaken = resolve; });
+    // Kling takes each create and holds its answer; meanwhile the runtime is killed.
+    const hold = async (task) => {
+      taken.push(task.data.task_id);
+      if (taken.length < creates) fake.beforeAnswering = hold;
+      else allTaken();
+      await gate;
+    };
+    fake.beforeAnswering = hold;
+    try {
+      const inFlight = Array.from({ length: creates }, (_, i) => call(w, 'POST', OFFICIAL, {
+        key: WEB_KEY, body: { video_url: VIDEO, callback_url: `${receiver.url}${hook}`, ...(i === 0 ? { external_task_id: `own-${Date.now()}` } : {}) },
+      }).catch((error) => error));
+      await tookAll;
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await w.kill();
+      const answers = await Promise.all(inFlight);
+      assert.ok(answers.every((answer) => answer instanceof Error || answer.status >= 500), 'no client got its answer');
+      // Kling finishes every task and calls back while the worker is down; it never retries.
+      for (const taskId of taken) {
+        await fake.advance(taskId, 'succeed').catch(() => {});
+      }
+      release();
+      w = await startWorker(settings, { persistTo: state, port });
+      await eventually(() => new Set(receiver.at(hook).map((d) => d.json.task_id)).size === creates,
+        { timeoutMs: 60_000, what: 'a webhook for every task Kling took' });
+      assert.deepEqual(new Set(receiver.at(hook).map((d) => d.json.task_id)), new Set(taken));
+      assert.ok(receiver.at(hook).every((d) => d.verdict === null && d.json.task_status === 'succeed'));
+      const listed = await call(w, 'GET', `${OFFICIAL}?pageSize=500`, { key: WEB_KEY });
+      for (const taskId of taken) assert.ok(listed.json.data.some((t) => t.task_id === taskId), `${taskId} is listed`);
+    } finally {
+      fake.beforeAnswering = null;
+      release();
+      await w.stop();
+      await fs.rm(state, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('an upstream that hands out a task id again (a restarted stand-in)', () => {
   it('gets the new task recorded in place of the old one, never merged into it', async () => {
     fake.reuseIdsFrom = '870000000000000000';

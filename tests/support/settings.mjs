@@ -52,3 +52,19 @@ export const CALLBACK_URL = (origin) => new RegExp(`^${origin}/v1/callbacks/klin
 
 /** A query answered by a task's coordinator asks Kling once nothing was heard for this long. */
 export const QUERY_REFRESH_MS = 5_000;
+
+/** The external task id the worker gives a create that has none (src/record/intent.rs). */
+export const EDGE_EXTERNAL_ID = /^kling-edge-[0-9a-f]{32}$/;
+
+/**
+ * What a create sent to Kling carried of the client's own: its body without the worker's
+ * `callback_url` and the worker's own `external_task_id` (each checked for its form).
+ */
+export function clientFields(body) {
+  const { callback_url: callbackUrl, ...rest } = body;
+  if (typeof callbackUrl !== 'string' || !/\/v1\/callbacks\/kling\/[A-Za-z0-9_-]{71}$/.test(callbackUrl)) {
+    throw new Error(`not the worker's callback URL: ${callbackUrl}`);
+  }
+  if (EDGE_EXTERNAL_ID.test(rest.external_task_id ?? '')) delete rest.external_task_id;
+  return rest;
+}

@@ -88,6 +88,15 @@ export class WorkerProcess {
     if (code !== 0) throw new Error(`wrangler kv key put ${key} failed`);
   }
 
+  /** Kills the runtime at once (SIGKILL), requests in flight and all, as a crash would. */
+  async kill() {
+    if (!this.child || this.child.exitCode !== null) return;
+    const exited = new Promise((resolve) => this.child.once('exit', resolve));
+    process.kill(-this.child.pid, 'SIGKILL');
+    await exited;
+    await fs.rm(this.dir, { recursive: true, force: true });
+  }
+
   async stop() {
     if (!this.child || this.child.exitCode !== null) return;
     const exited = new Promise((resolve) => this.child.once('exit', resolve));
