@@ -64,7 +64,7 @@ const CALLBACK_URL: Field = Field {
 const EXTERNAL_TASK_ID: Field = field(
     "external_task_id",
     Rule::Identifier,
-    "Your own id for the task (unique per Kling account); queries accept it in place of the task id.",
+    "Your own id for the task (unique per Kling account); queries accept it in place of the task id. Without one, the worker gives Kling kling-edge-<32 hex digits>, by which it can find the task at Kling if the create's record is lost.",
 );
 const VIDEO_DURATION: Field = edge(
     "video_duration",

@@ -1,8 +1,8 @@
 //! The callback capability: the secret part of the callback URL the worker gives Kling for
 //! one create, checked without any storage.
 //!
-//! A create stores nothing before Kling answers, so the URL itself must say where a callback
-//! belongs and prove that the worker issued it. It carries the tenant's shard (which
+//! A create's record is written only after Kling answers, so the URL itself must say where a
+//! callback belongs and prove that the worker issued it. It carries the tenant's shard (which
 //! coordinator owns the task), the endpoint (which Kling path to ask about the task), a
 //! fresh nonce (which create it was: the coordinator binds the nonce to the task it
 //! reports), an expiry, and a MAC over all of them:
