@@ -50,6 +50,9 @@ pub trait TaskStore {
     /// Records a create on its way to Kling (or its next check), by its nonce.
     fn save_intent(&self, intent: &Intent) -> Result<(), ApiError>;
     fn delete_intent(&self, nonce: &str) -> Result<(), ApiError>;
+    /// Saves an intent's next check, if the intent is still there (its record may have come
+    /// meanwhile, and removed it).
+    fn reschedule_intent(&self, intent: &Intent) -> Result<(), ApiError>;
     /// Up to `limit` intents whose check is due at or before `now`, most overdue first.
     fn due_intents(&self, now: u64, limit: u32) -> Result<Vec<Intent>, ApiError>;
     /// The earliest time anything is due (a task's step or an intent's check), if anything is.

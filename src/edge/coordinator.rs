@@ -38,14 +38,18 @@ use super::sql_store::SqlStore;
 /// The Durable Object binding in `wrangler.toml`.
 pub const BINDING: &str = "COORDINATOR";
 /// An alarm never reschedules itself sooner than this, so a task that stays due (a store
-/// that cannot save) cannot spin; unless it worked on a full batch, which leaves a backlog.
+/// that cannot save) cannot spin; after a full batch, which leaves a backlog, the floor is
+/// `BACKLOG_FLOOR_MS`.
 const ALARM_FLOOR_MS: u64 = 500;
+const BACKLOG_FLOOR_MS: u64 = 50;
 
 /// When the next alarm may run.
 #[derive(Clone, Copy)]
 enum Reschedule {
-    /// As soon as something is due (after a request, or a full batch).
+    /// As soon as something is due (after a request).
     Now,
+    /// After a full batch: not sooner than `BACKLOG_FLOOR_MS` from now.
+    Backlog,
     /// Not sooner than `ALARM_FLOOR_MS` from now.
     AfterAlarm,
 }
@@ -92,9 +96,9 @@ impl worker::DurableObject for TaskCoordinator {
         if let Err(error) = &outcome {
             WorkerRuntime.log_problem("alarm", &error.message);
         }
-        // A full batch that went well leaves a backlog: the next alarm starts at once.
+        // A full batch that went well leaves a backlog: the next alarm starts almost at once.
         let backlog = outcome.is_ok_and(|worked| worked >= DUE_BATCH);
-        self.reschedule(if backlog { Reschedule::Now } else { Reschedule::AfterAlarm }).await;
+        self.reschedule(if backlog { Reschedule::Backlog } else { Reschedule::AfterAlarm }).await;
         Response::ok("done")
     }
 }
@@ -144,6 +148,7 @@ impl TaskCoordinator {
         let now = clock::now_ms();
         let at = match when {
             Reschedule::Now => due.max(now),
+            Reschedule::Backlog => due.max(now + BACKLOG_FLOOR_MS),
             Reschedule::AfterAlarm => due.max(now + ALARM_FLOOR_MS),
         };
         let storage = self.state.storage();

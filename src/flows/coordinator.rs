@@ -281,52 +281,69 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
     /// Records a create on its way to Kling (`crate::record::intent`), unless its record
     /// came first.
     pub fn intend(&self, intent: Intent) -> Result<(), ApiError> {
-        if self.store.find_nonce(&intent.nonce)?.is_some_and(|task_id| {
-            self.store.load(&task_id).ok().flatten().is_some_and(|record| record.registered)
-        }) {
+        if self.recorded(&intent.nonce)? {
             return Ok(());
         }
         self.store.save_intent(&intent)
     }
 
     /// Asks Kling about a create whose record never came, by the external id it was given:
-    /// a task found is recorded as the create's record would have recorded it; none found is
-    /// asked about again later, and in the end forgotten.
+    /// a task found that can be this create's is recorded as the create's record would have
+    /// recorded it; none found is asked about again later, and in the end forgotten.
     async fn check_intent(&self, mut intent: Intent) -> Result<(), ApiError> {
         let Some(endpoint) = api::by_code(intent.endpoint) else {
             return self.store.delete_intent(&intent.nonce);
         };
-        let answer = self.kling.task_by_external_id(endpoint, &intent.external_task_id).await;
-        let found = answer.as_ref().ok().and_then(task::task_id_of).map(str::to_owned);
-        match (found, answer) {
-            (Some(task_id), Ok(data)) => {
-                self.runtime
-                    .log(json!({"event": "intent", "task_id": task_id, "outcome": "recorded from Kling"}));
-                self.register(Registration {
-                    task_id,
-                    endpoint: intent.endpoint,
-                    nonce: intent.nonce,
-                    tenant: intent.tenant,
-                    client_callback_url: intent.client_callback_url,
-                    style: intent.style,
-                    reply_ref: intent.reply_ref,
-                    origin: intent.origin,
-                    data,
-                    max_jobs_hold: None,
-                })
-            }
-            (_, answer) => {
-                let problem = answer.err().map(|error| error.message);
-                if intent.found_nothing(self.runtime.now_ms()) {
-                    self.store.save_intent(&intent)
-                } else {
-                    self.runtime.log(
-                        json!({"event": "intent", "outcome": "Kling has no such task", "problem": problem}),
-                    );
-                    self.store.delete_intent(&intent.nonce)
-                }
-            }
+        if self.recorded(&intent.nonce)? {
+            return self.store.delete_intent(&intent.nonce);
         }
+        let answer = self.kling.task_by_external_id(endpoint, &intent.external_task_id).await;
+        // The create's record may have come meanwhile (and removed the intent).
+        if self.recorded(&intent.nonce)? {
+            return self.store.delete_intent(&intent.nonce);
+        }
+        let now = self.runtime.now_ms();
+        let data = match answer {
+            Ok(data) => data,
+            Err(error) => {
+                let absent = error.status == 404;
+                if intent.not_found(now, absent) {
+                    return self.store.reschedule_intent(&intent);
+                }
+                self.runtime.log(json!({"event": "intent", "outcome": "dropped", "problem": error.message}));
+                return self.store.delete_intent(&intent.nonce);
+            }
+        };
+        let Some(task_id) = task::task_id_of(&data).map(str::to_owned) else {
+            return self.store.delete_intent(&intent.nonce);
+        };
+        // A task this coordinator knows from another create, or one Kling made before this
+        // create (a client's own external id reused), is not this create's.
+        let another_creates = self.store.load(&task_id)?.is_some_and(|record| record.nonce != intent.nonce);
+        if another_creates || !intent.may_be(&data) {
+            self.runtime.log(json!({"event": "intent", "task_id": task_id,
+                "outcome": "dropped: Kling's task by that external id is another create's"}));
+            return self.store.delete_intent(&intent.nonce);
+        }
+        self.runtime.log(json!({"event": "intent", "task_id": task_id, "outcome": "recorded from Kling"}));
+        self.register(Registration {
+            task_id,
+            endpoint: intent.endpoint,
+            nonce: intent.nonce,
+            tenant: intent.tenant,
+            client_callback_url: intent.client_callback_url,
+            style: intent.style,
+            reply_ref: intent.reply_ref,
+            origin: intent.origin,
+            data,
+            max_jobs_hold: None,
+        })
+    }
+
+    /// Whether a create's record (not a callback's alone) is bound to this nonce.
+    fn recorded(&self, nonce: &str) -> Result<bool, ApiError> {
+        let Some(task_id) = self.store.find_nonce(nonce)? else { return Ok(false) };
+        Ok(self.store.load(&task_id)?.is_some_and(|record| record.registered))
     }
 
     /// useapi.net's `maxJobs`: holds a job slot for a create about to call Kling, if the
@@ -362,8 +379,8 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
     /// retention allows, with its result copies. Each task's steps run in order ([`Self::work_on`]);
     /// no more than [`PER_RECEIVER`] of the tasks in flight wait on one receiver, so a slow
     /// receiver holds back its own webhooks only. A task that fails does not stop the others;
-    /// the first failure is the alarm's outcome (the runtime retries it). Answers how many
-    /// due tasks it worked on: a full batch means more may be waiting.
+    /// the first failure is the alarm's outcome (logged; the next alarm tries again). Answers
+    /// how many due tasks it worked on: a full batch means more may be waiting.
     pub async fn run_due(&self) -> Result<u32, ApiError> {
         let now = self.runtime.now_ms();
         let mut due = self.store.due_polls(now, DUE_BATCH / 2)?;
@@ -375,10 +392,15 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
                 due.push(task_id);
             }
         }
-        // Creates whose record never came are checked first (few, and each one may be a task
-        // nobody else will ever report).
-        for intent in self.store.due_intents(now, DUE_BATCH / 4)? {
-            if let Err(error) = self.check_intent(intent).await {
+        // Creates whose record never came are checked first, a lane's worth at once (each
+        // may be a task nobody else will ever report; each check has the poll's deadline).
+        let checks = self
+            .store
+            .due_intents(now, DUE_PARALLEL as u32)?
+            .into_iter()
+            .map(|intent| self.check_intent(intent));
+        for outcome in futures_util::future::join_all(checks).await {
+            if let Err(error) = outcome {
                 self.runtime.log(json!({"event": "intent", "problem": error.message}));
             }
         }

@@ -111,10 +111,12 @@ impl<P: EdgePorts> Edge<'_, P> {
         };
         let spent =
             self.spend(client, surface, validated, &shard, client_webhook, max_jobs_hold.clone()).await;
-        // A create that will not be recorded gives its slot back at once (else it would
-        // count until the hold expires).
+        // A create Kling refused (or that never reached it) gives its slot back at once. One
+        // whose outcome is unknown (no answer in time, a broken connection) keeps it until it
+        // expires: Kling may be running the task.
         if let Some(hold_id) = max_jobs_hold {
-            if !matches!(&spent, Ok(Created { record: Some(_), .. })) {
+            let outcome_unknown = matches!(&spent, Err(error) if error.status == 502 || error.status == 504);
+            if !outcome_unknown && !matches!(&spent, Ok(Created { record: Some(_), .. })) {
                 self.release_job(&shard, hold_id).await;
             }
         }
@@ -159,6 +161,7 @@ impl<P: EdgePorts> Edge<'_, P> {
             style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
             reply_ref: validated.options.reply_ref.clone(),
             origin: Some(self.origin.to_owned()),
+            created_at: self.runtime.now_ms(),
             check_at: self.runtime.now_ms() + u64::from(self.config.kling_timeout_ms) + INTENT_MARGIN_MS,
             checks: 0,
         };
@@ -199,7 +202,7 @@ impl<P: EdgePorts> Edge<'_, P> {
             }
             None => None,
         };
-        if record.is_none() && intended.is_ok() {
+        if record.is_none() {
             // Kling refused it: there is no task to look for.
             let abandon = protocol::Abandon { nonce: capability.nonce.clone() };
             if let Err(error) = self.coordinators.call(shard, abandon).await {

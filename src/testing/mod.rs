@@ -215,6 +215,14 @@ impl TaskStore for MemoryStore {
         Ok(())
     }
 
+    fn reschedule_intent(&self, intent: &Intent) -> Result<(), ApiError> {
+        self.check()?;
+        if let Some(kept) = self.intents.borrow_mut().get_mut(&intent.nonce) {
+            *kept = intent.clone();
+        }
+        Ok(())
+    }
+
     fn due_intents(&self, now: u64, limit: u32) -> Result<Vec<Intent>, ApiError> {
         self.check()?;
         let mut due: Vec<Intent> =
