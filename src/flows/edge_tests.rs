@@ -577,7 +577,11 @@ fn a_max_jobs_hold_whose_create_died_expires() {
 fn a_create_whose_outcome_is_unknown_keeps_its_max_jobs_slot() {
     let world = World::new();
     let client = server("web");
-    world.kling.create_scripts.borrow_mut().push_back(CreateScript::Fail(ApiError::upstream_timeout("no answer")));
+    world
+        .kling
+        .create_scripts
+        .borrow_mut()
+        .push_back(CreateScript::Fail(ApiError::upstream_timeout("no answer")));
     let unknown = world.create(&client, &ADD_SOUND, json!({"video": VIDEO, "maxJobs": 1})).unwrap_err();
     assert_eq!(unknown.status, 504);
     // Kling may be running it: the slot stays held until the hold expires.
@@ -799,19 +803,36 @@ fn an_intent_never_takes_a_task_that_is_another_creates() {
     let world = World::new();
     let client = server("web");
     // An earlier task with the client's own external id, recorded as usual.
-    let first = world.create_and_record(&client, &V2A, json!({"video_url": VIDEO, "external_task_id": "order-42"}));
+    let first =
+        world.create_and_record(&client, &V2A, json!({"video_url": VIDEO, "external_task_id": "order-42"}));
     let first_id = kling_task_id(&first);
     world.runtime.advance(60_000);
     // The id again: Kling refuses it as taken, but that answer is lost (no answer in time).
-    world.kling.create_scripts.borrow_mut().push_back(CreateScript::Fail(ApiError::upstream_timeout("no answer")));
+    world
+        .kling
+        .create_scripts
+        .borrow_mut()
+        .push_back(CreateScript::Fail(ApiError::upstream_timeout("no answer")));
     assert_eq!(
-        world.create(&client, &V2A, json!({"video_url": VIDEO, "external_task_id": "order-42"})).unwrap_err().status,
+        world
+            .create(&client, &V2A, json!({"video_url": VIDEO, "external_task_id": "order-42"}))
+            .unwrap_err()
+            .status,
         504
     );
     let before = world.coordinators().store(&task::tenant_shard("web")).load(&first_id).unwrap().unwrap();
     world.run_alarms_for(3 * 3_600_000);
     let after = world.coordinators().store(&task::tenant_shard("web")).load(&first_id).unwrap().unwrap();
-    assert_eq!((after.nonce, after.created_at), (before.nonce, before.created_at), "the first task is untouched");
+    assert_eq!(
+        (after.nonce, after.created_at),
+        (before.nonce, before.created_at),
+        "the first task is untouched"
+    );
     assert_eq!(world.list(&client).len(), 1);
-    assert!(world.coordinators().store(&task::tenant_shard("web")).due_intents(u64::MAX, 10).unwrap().is_empty());
+    assert!(world
+        .coordinators()
+        .store(&task::tenant_shard("web"))
+        .due_intents(u64::MAX, 10)
+        .unwrap()
+        .is_empty());
 }
