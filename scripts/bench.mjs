@@ -33,7 +33,9 @@
 // finished task, through the null Worker and through kling-edge, against both upstreams;
 // KV writes and coordinator calls over one task's life; the wasm size; and delivery: how
 // long 1,000 tasks finishing at once take to reach their webhooks, from one tenant and from
-// 16, as a multiple of the time their callbacks took (BENCH_DELIVERY_TASKS for another count).
+// 16, as a multiple of the time their callbacks took (BENCH_DELIVERY_TASKS for another count),
+// and the webhook lag of one tenant under a steady 50 creates and 150 callbacks a second
+// (BENCH_STEADY_SECONDS, default 120).
 //   BENCH_PHASES (default requests,delivery) picks what to measure.
 //   BENCH_SECONDS (default 5) per figure, BENCH_CONNECTIONS (default 16).
 //   BENCH_PROFILE=1 (`make bench PROFILE=1`) also samples kling-edge's isolate with the
@@ -480,13 +482,11 @@ const percentile = (values, p) => {
 };
 
 /**
- * `count` tasks of `tenants` tenants (one server key, or browser users of one app, each its
- * own tenant and coordinator), each with a webhook, all finishing at once: Kling's `succeed`
- * callbacks are sent as fast as the worker takes them (32 at a time), and the coordinators
- * copy each task's three result files into R2, post its webhook (verified by the receiver)
- * and write its edge copy. Storage in memory; no rate limiters; the video probe off.
+ * kling-edge alone in workerd for the delivery phases, talking to the fake Kling directly,
+ * with a receiver that verifies every webhook: storage in memory, no rate limiters, the
+ * video probe off.
  */
-async function deliveryPhase(tenants, count) {
+async function startDeliveryWorker() {
   const port = await freePort();
   const state = fs.mkdtempSync('/dev/shm/kling-edge-bench-delivery-');
   const receiver = await new Receiver(clientWebhookSecret(PROXY_WEBHOOK_SECRET, 'web')).listen();
@@ -520,22 +520,46 @@ async function deliveryPhase(tenants, count) {
     }],
   }));
   await mf.ready;
-  const hook = `${receiver.url}/delivery`;
   const headers = (key) => ({ authorization: `Bearer ${key}`, 'content-type': 'application/json' });
+  const hook = `${receiver.url}/delivery`;
+  return {
+    edge,
+    receiver,
+    hook,
+    headers,
+    async create(key, withHook) {
+      const body = { video_url: `${fake.url}/samples/sample-video.mp4`, ...(withHook ? { callback_url: hook } : {}) };
+      const created = await (await fetch(`${edge}${API}`, { method: 'POST', headers: headers(key), body: JSON.stringify(body) })).json();
+      if (created.code !== 0) throw new Error(`create refused: ${JSON.stringify(created)}`);
+      return created.data.task_id;
+    },
+    delivered: () => receiver.deliveries.filter((d) => d.status === 200),
+    async close() {
+      await mf.dispose();
+      await receiver.close();
+      fs.rmSync(state, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * `count` tasks of `tenants` tenants (one server key, or browser users of one app, each its
+ * own tenant and coordinator), each with a webhook, all finishing at once: Kling's `succeed`
+ * callbacks are sent as fast as the worker takes them (32 at a time), and the coordinators
+ * copy each task's three result files into R2, post its webhook and write its edge copy.
+ */
+async function deliveryPhase(tenants, count) {
+  const w = await startDeliveryWorker();
   let keys = [WEB_KEY];
   if (tenants > 1) {
     keys = await Promise.all(Array.from({ length: tenants }, async (_, i) => {
-      const minted = await fetch(`${edge}/v1/tokens`, { method: 'POST', headers: headers(WEB_KEY), body: JSON.stringify({ sub: `bench-${i}`, callback_url: hook }) });
+      const minted = await fetch(`${w.edge}/v1/tokens`, { method: 'POST', headers: w.headers(WEB_KEY), body: JSON.stringify({ sub: `bench-${i}`, callback_url: w.hook }) });
       return (await minted.json()).data.token;
     }));
   }
   const ids = [];
   await pool(Array.from({ length: count }, (_, i) => i), 16, async (i) => {
-    const key = keys[i % keys.length];
-    const body = { video_url: `${fake.url}/samples/sample-video.mp4`, ...(tenants > 1 ? {} : { callback_url: hook }) };
-    const created = await (await fetch(`${edge}${API}`, { method: 'POST', headers: headers(key), body: JSON.stringify(body) })).json();
-    if (created.code !== 0) throw new Error(`create refused: ${JSON.stringify(created)}`);
-    ids.push(created.data.task_id);
+    ids.push(await w.create(keys[i % keys.length], tenants === 1));
   });
   await sleep(2_000); // the creates' records land after their answers
   const sentAt = new Map();
@@ -546,22 +570,64 @@ async function deliveryPhase(tenants, count) {
     if (answer.status !== 200) throw new Error(`callback answered ${answer.status}: ${answer.body}`);
   });
   const callbacksMs = Date.now() - started;
-  const delivered = () => receiver.deliveries.filter((d) => d.status === 200);
   const deadline = Date.now() + 20 * 60_000;
-  while (delivered().length < count && Date.now() < deadline) await sleep(200);
-  const done = delivered();
+  while (w.delivered().length < count && Date.now() < deadline) await sleep(200);
+  const done = w.delivered();
   const lags = done.map((d) => d.receivedAt - (sentAt.get(d.json.task_id) ?? started));
   const lastMs = Math.max(...done.map((d) => d.receivedAt)) - started;
-  await mf.dispose();
-  await receiver.close();
-  fs.rmSync(state, { recursive: true, force: true });
+  await w.close();
   return { tenants, count, delivered: done.length, callbacksMs, lastMs, p50: percentile(lags, 50), p99: percentile(lags, 99) };
+}
+
+/**
+ * One tenant under a steady load for `seconds`: 50 creates a second, each task called back
+ * three times (submitted, processing, succeed, 0.5 s apart: 150 callbacks a second), each
+ * with a webhook. The lag from the `succeed` callback to its webhook, p50 and p99, per
+ * 30-second window of callbacks, shows whether it grows.
+ */
+async function steadyPhase(seconds) {
+  const w = await startDeliveryWorker();
+  const sentAt = new Map();
+  const inFlight = [];
+  const started = Date.now();
+  let creates = 0;
+  while (Date.now() - started < seconds * 1000) {
+    const due = Math.floor(((Date.now() - started) / 1000) * 50);
+    for (; creates < due; creates += 1) {
+      inFlight.push((async () => {
+        const id = await w.create(WEB_KEY, true);
+        await sleep(500);
+        await fake.advance(id, 'submitted');
+        await sleep(500);
+        await fake.advance(id, 'processing');
+        await sleep(500);
+        sentAt.set(id, Date.now());
+        await fake.advance(id, 'succeed');
+      })());
+    }
+    await sleep(20);
+  }
+  await Promise.all(inFlight);
+  const deadline = Date.now() + 10 * 60_000;
+  while (w.delivered().length < sentAt.size && Date.now() < deadline) await sleep(200);
+  const windows = [];
+  for (const d of w.delivered()) {
+    const at = sentAt.get(d.json.task_id);
+    if (at === undefined) continue;
+    const window = Math.floor((at - started) / 30_000);
+    (windows[window] ??= []).push(d.receivedAt - at);
+  }
+  const delivered = w.delivered().length;
+  await w.close();
+  return { seconds, tasks: sentAt.size, delivered, windows: windows.map((lags) => ({ p50: percentile(lags, 50), p99: percentile(lags, 99) })) };
 }
 
 const PHASES = (process.env.BENCH_PHASES ?? 'requests,delivery').split(',');
 const DELIVERY_TASKS = Number(process.env.BENCH_DELIVERY_TASKS ?? 1000);
 const deliveries = PHASES.includes('delivery')
   ? [await deliveryPhase(1, DELIVERY_TASKS), await deliveryPhase(16, DELIVERY_TASKS)] : [];
+const STEADY_SECONDS = Number(process.env.BENCH_STEADY_SECONDS ?? 120);
+const steady = PHASES.includes('delivery') ? await steadyPhase(STEADY_SECONDS) : undefined;
 
 const requests = PHASES.includes('requests');
 const configured = requests ? await measure({ limiters: true, persisted: true, countLife: true, profile: PROFILE }) : undefined;
@@ -606,6 +672,9 @@ if (deliveries.length) {
     console.log(`  ${who.padEnd(11)} callbacks took ${(run.callbacksMs / 1000).toFixed(1)} s; last webhook after ${(run.lastMs / 1000).toFixed(1)} s (${(run.lastMs / run.callbacksMs).toFixed(2)}x the callbacks); lag p50 ${(run.p50 / 1000).toFixed(1)} s, p99 ${(run.p99 / 1000).toFixed(1)} s; delivered ${run.delivered}/${run.count}`);
   }
   console.log(`  one tenant's last webhook vs 16 tenants': ${(deliveries[0].lastMs / deliveries[1].lastMs).toFixed(2)}x`);
+  console.log(`\nSteady load, one tenant, ${steady.seconds} s: 50 creates/s, 150 callbacks/s, a webhook per task (${steady.delivered}/${steady.tasks} delivered);`);
+  console.log('  lag from the succeed callback to its webhook, per 30 s of the run:');
+  steady.windows.forEach((w, i) => console.log(`    ${String(i * 30).padStart(4)}-${String((i + 1) * 30).padEnd(4)} s  p50 ${(w.p50 / 1000).toFixed(1)} s, p99 ${(w.p99 / 1000).toFixed(1)} s`));
 }
 
 if (PROFILE && requests) {
