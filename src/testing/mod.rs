@@ -110,6 +110,24 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
+    /// Up to `limit` task ids whose time (by `at`) is at or before `now`, earliest first.
+    fn due_by(
+        &self,
+        now: u64,
+        limit: u32,
+        at: fn(&TaskRecord) -> Option<u64>,
+    ) -> Result<Vec<String>, ApiError> {
+        self.check()?;
+        let mut due: Vec<(u64, String)> = self
+            .tasks
+            .borrow()
+            .values()
+            .filter_map(|record| at(record).filter(|at| *at <= now).map(|at| (at, record.task_id.clone())))
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(limit as usize).map(|(_, id)| id).collect())
+    }
+
     fn check(&self) -> Result<(), ApiError> {
         if self.broken.get() {
             Err(ApiError::new(503, 5001, "storage is unavailable"))
@@ -176,31 +194,11 @@ impl TaskStore for MemoryStore {
     }
 
     fn due(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {
-        self.check()?;
-        let mut due: Vec<(u64, String)> = self
-            .tasks
-            .borrow()
-            .values()
-            .filter_map(|record| {
-                record.due_at().filter(|at| *at <= now).map(|at| (at, record.task_id.clone()))
-            })
-            .collect();
-        due.sort();
-        Ok(due.into_iter().take(limit as usize).map(|(_, id)| id).collect())
+        self.due_by(now, limit, TaskRecord::due_at)
     }
 
     fn due_polls(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {
-        self.check()?;
-        let mut due: Vec<(u64, String)> = self
-            .tasks
-            .borrow()
-            .values()
-            .filter_map(|record| {
-                record.poll_due_at().filter(|at| *at <= now).map(|at| (at, record.task_id.clone()))
-            })
-            .collect();
-        due.sort();
-        Ok(due.into_iter().take(limit as usize).map(|(_, id)| id).collect())
+        self.due_by(now, limit, TaskRecord::poll_due_at)
     }
 
     fn save_intent(&self, intent: &Intent) -> Result<(), ApiError> {
