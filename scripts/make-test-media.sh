@@ -14,4 +14,9 @@ make 12 twelve-seconds-fast-start.mp4 -movflags +faststart
 make 25 twenty-five-seconds.mp4 -movflags +faststart
 make 8 eight-seconds.mov -f mov
 make 5 five-seconds-fragmented.mp4 -movflags frag_keyframe+empty_moov
+# Uploads (tests/e2e/assets.test.mjs).
+make 1 one-second.mp4 -movflags +faststart
+make 6 six-seconds.mp4 -movflags +faststart
+make 9 nine-seconds.mov -f mov
+make 30 thirty-seconds.mp4 -movflags +faststart
 ls -l

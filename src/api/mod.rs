@@ -9,6 +9,7 @@
 //! is one entry in each and its tests.
 
 pub mod fields;
+pub mod multipart;
 pub mod openapi;
 pub mod surfaces;
 pub mod useapi;
