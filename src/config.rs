@@ -182,8 +182,12 @@ pub struct Config {
     pub copies: CopySettings,
     /// `RESULT_LINK_TTL_SECONDS`: how long a link to a copy lasts.
     pub result_link_ttl_secs: u32,
-    /// Signs the links to the copies, derived from the Kling credential.
+    /// Signs the links to the copies and to uploads, derived from the Kling credential.
     pub link_key: LinkKey,
+    /// `ASSET_RETENTION_DAYS`, in milliseconds.
+    pub asset_retention_ms: u64,
+    /// `UPLOAD_BYTES_PER_DAY`.
+    pub upload_bytes_per_day: u64,
 }
 
 /// Where a setting is kept: a secret (`wrangler secret put`, `.dev.vars` locally) or a var
@@ -252,6 +256,8 @@ pub const SETTINGS: &[Setting] = &[
     var("RESULT_COPY_MAX_BYTES", Rule::Whole { default: 100 * 1024 * 1024, min: 1024, max: 5 * 1024 * 1024 * 1024 }, "files larger than this are not copied (Kling's link only)"),
     var("RESULT_RETENTION_DAYS", Rule::Whole { default: 90, min: 1, max: 3650 }, "how long result copies (and their tasks' records) are kept; set the bucket's lifecycle rule to match"),
     var("RESULT_LINK_TTL_SECONDS", Rule::Whole { default: 3_600, min: 10, max: 7 * 24 * 3600 }, "how long a link to a result copy works, from the answer that gave it"),
+    var("ASSET_RETENTION_DAYS", Rule::Whole { default: 7, min: 1, max: 365 }, "how long an uploaded video is kept (see \"Uploads\"); set the bucket's lifecycle rule for `assets/` to match"),
+    var("UPLOAD_BYTES_PER_DAY", Rule::Whole { default: 5 * 1024 * 1024 * 1024, min: 1024 * 1024, max: 1024 * 1024 * 1024 * 1024 }, "the bytes one tenant may upload per UTC day (a browser user is a tenant of their own); past it, uploads answer 429 with `Retry-After`"),
 ];
 
 /// The setting named `name` (a name not in the table is a bug, caught by the tests).
@@ -420,6 +426,8 @@ impl Config {
             copies,
             result_link_ttl_secs: whole("RESULT_LINK_TTL_SECONDS")? as u32,
             link_key,
+            asset_retention_ms: copies::days_ms(whole("ASSET_RETENTION_DAYS")? as u32),
+            upload_bytes_per_day: whole("UPLOAD_BYTES_PER_DAY")?,
             kling,
             kling_api_base,
             clients,

@@ -4,7 +4,8 @@
 //!
 //! Two groups: the coordinator's ports (its store, Kling's task queries, clients'
 //! receivers, the result bucket), the request path's (Kling's creates, the coordinators, the
-//! rate limiter, the video probe), and both: the edge copies and the runtime.
+//! rate limiter, the video probe, the bucket uploads go to), and both: the edge copies and
+//! the runtime.
 //! [`Runtime`] serves both. Every port that can fail answers with [`ApiError`], the one
 //! error type of the flows.
 //!
@@ -21,6 +22,7 @@ use crate::api::Endpoint;
 use crate::error::ApiError;
 use crate::flows::protocol::Call;
 use crate::probe::video_check;
+use crate::record::asset::Asset;
 use crate::record::copies::CopyOutcome;
 use crate::record::delivery::Attempt;
 use crate::record::edge_copy::EdgeCopy;
@@ -55,7 +57,8 @@ pub trait TaskStore {
     fn reschedule_intent(&self, intent: &Intent) -> Result<(), ApiError>;
     /// Up to `limit` intents whose check is due at or before `now`, most overdue first.
     fn due_intents(&self, now: u64, limit: u32) -> Result<Vec<Intent>, ApiError>;
-    /// The earliest time anything is due (a task's step or an intent's check), if anything is.
+    /// The earliest time anything is due (a task's step, an intent's check or an asset's
+    /// next step), if anything is.
     fn next_due(&self) -> Result<Option<u64>, ApiError>;
     /// Tasks that may be forgotten (see `TaskRecord::expired`, with `keep_ms`), at most
     /// `limit` of them.
@@ -80,6 +83,19 @@ pub trait TaskStore {
     }
 }
 
+/// One tenant's uploads (`crate::record::asset`), in the same store as its tasks.
+pub trait AssetStore {
+    fn load_asset(&self, asset_id: &str) -> Result<Option<Asset>, ApiError>;
+    /// Inserts or replaces the asset (atomically).
+    fn save_asset(&self, asset: &Asset) -> Result<(), ApiError>;
+    fn delete_asset(&self, asset_id: &str) -> Result<(), ApiError>;
+    /// One page of the stored (measured) assets, newest first.
+    fn asset_page(&self, offset: u32, limit: u32) -> Result<Vec<Asset>, ApiError>;
+    /// Up to `limit` assets due at or before `now` (an upload past its deadline, an expired
+    /// asset, a removal to try), most overdue first.
+    fn due_assets(&self, now: u64, limit: u32) -> Result<Vec<Asset>, ApiError>;
+}
+
 /// Kling, as the coordinator asks it about a task.
 pub trait Upstream {
     /// The task's `data` as Kling reports it now (by task id only), or why Kling did not say.
@@ -102,8 +118,47 @@ pub trait ResultBucket {
     /// Streams the file at `source` into the bucket under `key`, unless it is larger than
     /// `max_bytes` (known from its `Content-Length`, or found while streaming).
     async fn copy(&self, source: &str, key: &str, content_type: &str, max_bytes: u64) -> CopyOutcome;
-    /// Removes copies (those of a task being forgotten).
+    /// Removes objects: the copies of a task being forgotten, an asset being removed.
     async fn delete(&self, keys: &[String]) -> Result<(), ApiError>;
+}
+
+/// Why an upload's bytes did not all reach the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadFault {
+    /// The client's body ended early or broke off.
+    BrokeOff,
+    /// The bucket refused or failed (why).
+    Bucket(String),
+}
+
+/// The deployment's bucket as the request path stores uploads in it (R2): a request body
+/// piped in whole when its length is known, else read chunk by chunk into a multipart
+/// upload; and ranged reads of what was stored, for the probe.
+pub trait AssetBucket {
+    /// A client's request body, as the runtime holds it.
+    type Body;
+    /// A multipart upload under way.
+    type Parts;
+    /// The next bytes of `body`; `None` at its end.
+    async fn next_chunk(&self, body: &mut Self::Body) -> Result<Option<Vec<u8>>, UploadFault>;
+    /// Streams a body that declared `length` into the bucket under `key`, its bytes never
+    /// passing through the flow; one that brings fewer or more is not stored.
+    async fn put_whole(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: Self::Body,
+        length: u64,
+    ) -> Result<(), UploadFault>;
+    async fn begin_parts(&self, key: &str, content_type: &str) -> Result<Self::Parts, UploadFault>;
+    /// Uploads the next part (every part but the last has the same size).
+    async fn put_part(&self, parts: &mut Self::Parts, bytes: Vec<u8>) -> Result<(), UploadFault>;
+    async fn complete(&self, parts: Self::Parts) -> Result<(), UploadFault>;
+    /// Gives a multipart upload up: nothing of it is kept.
+    async fn abort(&self, parts: Self::Parts);
+    /// Up to `length` bytes of the object at `offset` (fewer where it ends).
+    async fn read(&self, key: &str, offset: u64, length: u64) -> Result<Vec<u8>, ApiError>;
+    async fn remove(&self, key: &str) -> Result<(), ApiError>;
 }
 
 /// The time, randomness, waiting, and where a flow's events go.

@@ -6,9 +6,11 @@
 
 use percent_encoding::percent_decode_str;
 
-use crate::api::surfaces::{Surface, SURFACES};
+use crate::api::surfaces::{Style, Surface, SURFACES};
 use crate::error::ApiError;
+use crate::links::asset_links::{self, ASSETS_PATH};
 use crate::links::capability;
+use crate::record::asset;
 use crate::record::copies;
 use crate::validate;
 
@@ -45,6 +47,8 @@ pub enum Route {
     KlingCallback(String),
     /// `GET`/`HEAD` of a result copy, by signed link (no Authorization).
     ResultCopy(ResultCopy),
+    /// `GET`/`HEAD` of an upload, by signed link (no Authorization: Kling fetches it so).
+    AssetFile(AssetFile),
     /// A route for an authenticated client.
     Client(ClientRoute),
 }
@@ -63,7 +67,27 @@ pub enum ClientRoute {
     UseApiTask(String),
     /// `GET /account/costs`: the Kling account's resource packs, for a server key.
     AccountCosts,
+    /// `POST /v1/assets` (Kling's envelope) or `POST /v1/kling/assets` (useapi.net's shape):
+    /// an upload.
+    Upload(Style),
+    /// `GET /v1/assets`: a page of the tenant's uploads.
+    ListAssets,
+    /// `GET /v1/assets/{id}`.
+    GetAsset(String),
+    /// `DELETE /v1/assets/{id}`.
+    DeleteAsset(String),
 }
+
+/// The upload an asset link names (each part already checked for form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetFile {
+    pub shard: String,
+    pub asset_id: String,
+    pub name: String,
+}
+
+/// useapi.net's upload path.
+pub const USEAPI_ASSETS_PATH: &str = "/v1/kling/assets";
 
 /// The copy a result link names (each part already checked for form).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +149,35 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
         let copy = ResultCopy { shard: shard.to_owned(), task_id: task_id.to_owned(), name: name.to_owned() };
         return match method {
             "GET" | "HEAD" => Ok(Route::ResultCopy(copy)),
+            _ => Err(ApiError::method_not_allowed(method, "GET, HEAD")),
+        };
+    }
+    if path == ASSETS_PATH {
+        return match method {
+            "POST" => Ok(Route::Client(ClientRoute::Upload(Style::Kling))),
+            GET => Ok(Route::Client(ClientRoute::ListAssets)),
+            _ => Err(ApiError::method_not_allowed(method, GET_POST)),
+        };
+    }
+    if path == USEAPI_ASSETS_PATH {
+        return only(method, "POST", Route::Client(ClientRoute::Upload(Style::UseApi)));
+    }
+    if let Some(rest) = path.strip_prefix(ASSETS_PATH).and_then(|rest| rest.strip_prefix('/')) {
+        if !rest.contains('/') {
+            if !asset::is_asset_id(rest) {
+                return Err(ApiError::not_found(&format!("asset {}", loggable_path(rest))));
+            }
+            return match method {
+                GET => Ok(Route::Client(ClientRoute::GetAsset(rest.to_owned()))),
+                "DELETE" => Ok(Route::Client(ClientRoute::DeleteAsset(rest.to_owned()))),
+                _ => Err(ApiError::method_not_allowed(method, "GET, DELETE")),
+            };
+        }
+        let Some((shard, asset_id, name)) = asset_links::parse_path(rest) else {
+            return Err(ApiError::not_found("asset"));
+        };
+        return match method {
+            "GET" | "HEAD" => Ok(Route::AssetFile(AssetFile { shard, asset_id, name })),
             _ => Err(ApiError::method_not_allowed(method, "GET, HEAD")),
         };
     }
@@ -200,6 +253,28 @@ mod tests {
             Ok(Route::Client(ClientRoute::UseApiTask("860000000000000001".into())))
         );
         assert_eq!(route("POST", "/v1/kling/tasks/1").unwrap_err().status, 405);
+    }
+
+    #[test]
+    fn uploads_route_by_method_and_their_links_by_form() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(route("POST", "/v1/assets"), Ok(Route::Client(ClientRoute::Upload(Style::Kling))));
+        assert_eq!(route("POST", "/v1/kling/assets"), Ok(Route::Client(ClientRoute::Upload(Style::UseApi))));
+        assert_eq!(route("GET", "/v1/assets"), Ok(Route::Client(ClientRoute::ListAssets)));
+        assert_eq!(
+            route("GET", &format!("/v1/assets/{id}")),
+            Ok(Route::Client(ClientRoute::GetAsset(id.into())))
+        );
+        assert_eq!(
+            route("DELETE", &format!("/v1/assets/{id}")),
+            Ok(Route::Client(ClientRoute::DeleteAsset(id.into())))
+        );
+        assert_eq!(route("PUT", &format!("/v1/assets/{id}")).unwrap_err().status, 405);
+        assert_eq!(route("GET", "/v1/assets/..%2Fx").unwrap_err().status, 404);
+        let file = AssetFile { shard: id.into(), asset_id: id.into(), name: "video.mov".into() };
+        assert_eq!(route("HEAD", &format!("/v1/assets/{id}/{id}/video.mov")), Ok(Route::AssetFile(file)));
+        assert_eq!(route("GET", &format!("/v1/assets/{id}/{id}/audio.mp3")).unwrap_err().status, 404);
+        assert_eq!(route("POST", &format!("/v1/assets/{id}/{id}/video.mp4")).unwrap_err().status, 405);
     }
 
     #[test]

@@ -297,8 +297,16 @@ fn useapi_create(surface: &Surface, schema_name: &str) -> Value {
     json!({"post": {
         "operationId": "addSound",
         "summary": surface.summary,
-        "description": "useapi.net's add-sound call, on the deployment's own Kling account: video becomes Kling's video_url under the same rules; replyUrl receives the finished job (signed like every forwarded webhook) with replyRef as given. Answers and errors come in useapi's shapes.",
-        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}},
+        "description": "useapi.net's add-sound call, on the deployment's own Kling account: video becomes Kling's video_url under the same rules; replyUrl receives the finished job (signed like every forwarded webhook) with replyRef as given. The body may also be multipart/form-data: the same fields as text parts, and video either as a URL or as the file itself, which is stored and measured as an upload (POST /v1/assets) first. Answers and errors come in useapi's shapes.",
+        "requestBody": {"required": true, "content": {
+            "application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}},
+            "multipart/form-data": {"schema": {
+                "type": "object",
+                "required": ["video"],
+                "properties": {"video": {"description": "A URL, or the video file itself (a part with a filename).", "type": "string"}},
+                "additionalProperties": {"type": "string", "description": "The other fields, as text (true/false, whole numbers as digits)."},
+            }},
+        }},
         "responses": useapi_responses("The task, as useapi.net reports a new one."),
     }})
 }

@@ -383,6 +383,12 @@ pub static ADD_SOUND: Surface = Surface {
 pub static SURFACES: &[&Surface] = &[&V2A, &V2A_SIMPLE, &T2V, &I2V, &T2A, &ADD_SOUND];
 
 impl Surface {
+    /// Whether a create may come as `multipart/form-data` (useapi.net's add-sound: its
+    /// fields as text parts, its video as a URL or the file itself).
+    pub fn takes_forms(&self) -> bool {
+        self.style == Style::UseApi && self.endpoint.video_input
+    }
+
     /// Checks a create body and builds Kling's body from it.
     pub fn validate(&self, raw: &[u8], policy: crate::validate::UrlPolicy) -> Result<Validated, ApiError> {
         let mut validated = super::fields::validate(self.body, raw, policy)?;

@@ -8,7 +8,7 @@
 
 use url::Url;
 
-pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, OPTIONS";
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, DELETE, OPTIONS";
 /// `Range` and `If-None-Match` for the result copies (seeking, revalidating).
 pub const ALLOWED_HEADERS: &str = "Authorization, Content-Type, Range, If-None-Match";
 /// Headers a page may read from an answer (the last four from a result copy's).

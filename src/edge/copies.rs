@@ -14,7 +14,7 @@ use worker::wasm_bindgen_futures::JsFuture;
 use worker::{js_sys, web_sys, worker_sys, Bucket, Data, Env, HttpMetadata};
 
 use crate::error::ApiError;
-use crate::ports::ResultBucket;
+use crate::ports::{ResultBucket, UploadFault};
 use crate::record::copies::CopyOutcome;
 use crate::url_safety;
 
@@ -100,19 +100,12 @@ impl R2Results {
         key: &str,
         content_type: &str,
     ) -> Result<(), String> {
-        let fixed = worker_sys::FixedLengthStream::new_big_int(js_sys::BigInt::from(length))
-            .map_err(|_| "no FixedLengthStream".to_owned())?;
-        let transform: &web_sys::TransformStream = fixed.unchecked_ref();
-        let piped = JsFuture::from(body.pipe_to(&transform.writable()));
-        let stored = self
-            .bound()?
-            .put(key, Data::ReadableStream(transform.readable()))
-            .http_metadata(Self::metadata(content_type, key))
-            .execute();
-        let (piped, stored) = futures_util::join!(piped, stored);
-        stored.map_err(|error| format!("the bucket refused the copy ({error})"))?;
-        piped.map_err(|_| "Kling's server broke off the file".to_owned())?;
-        Ok(())
+        pipe_whole(self.bound()?, key, Self::metadata(content_type, key), body, length).await.map_err(
+            |fault| match fault {
+                UploadFault::BrokeOff => "Kling's server broke off the file".to_owned(),
+                UploadFault::Bucket(why) => format!("the bucket refused the copy ({why})"),
+            },
+        )
     }
 
     /// Reads a body of unknown length part by part into a multipart upload.
@@ -188,6 +181,28 @@ impl R2Results {
             }
         }
     }
+}
+
+/// Pipes a body of known length into `bucket` under `key` through a `FixedLengthStream`: its
+/// bytes never enter WebAssembly. A body that ends early (or brings more) is not stored.
+pub(super) async fn pipe_whole(
+    bucket: &Bucket,
+    key: &str,
+    metadata: HttpMetadata,
+    body: web_sys::ReadableStream,
+    length: u64,
+) -> Result<(), UploadFault> {
+    let fixed = worker_sys::FixedLengthStream::new_big_int(js_sys::BigInt::from(length))
+        .map_err(|_| UploadFault::Bucket("no FixedLengthStream".to_owned()))?;
+    let transform: &web_sys::TransformStream = fixed.unchecked_ref();
+    let piped = JsFuture::from(body.pipe_to(&transform.writable()));
+    let stored =
+        bucket.put(key, Data::ReadableStream(transform.readable())).http_metadata(metadata).execute();
+    let (piped, stored) = futures_util::join!(piped, stored);
+    if piped.is_err() {
+        return Err(UploadFault::BrokeOff);
+    }
+    stored.map(drop).map_err(|error| UploadFault::Bucket(error.to_string()))
 }
 
 impl ResultBucket for R2Results {

@@ -7,11 +7,12 @@
 //! (Kling's creates and queries), `coordinator` (the coordinators, and the Durable Object
 //! itself with its `sql_store`), `limits` (the rate limiter), `probe` (the video's reads),
 //! `edge_copy` (KV), `delivery` (webhook POSTs), `copies` (result files into R2),
-//! `result_links` (serving them), `config` (settings once per isolate) and `clock` (the
+//! `result_links` (serving them), `assets` (uploads into R2, and serving them), `config` (settings once per isolate) and `clock` (the
 //! runtime). Each port is built only when a flow first asks it for something. Every
 //! failure is an [`ApiError`] that becomes Kling's envelope in one place ([`fetch`]), and
 //! every response leaves with an `X-Request-Id` and one log line that carries no credential.
 
+mod assets;
 pub mod clock;
 mod config;
 pub mod coordinator;
@@ -36,11 +37,13 @@ use crate::auth::cors::{self, AllowedOrigins};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::flows::edge::{tenant_key, Edge, EdgePorts};
+use crate::flows::upload::Upload;
 use crate::links::webhook::SignatureHeaders;
 use crate::ports::Runtime;
 use crate::routes::{self, ClientRoute, Route};
 use crate::validate;
 
+use self::assets::{R2Assets, UploadBody};
 use self::clock::WorkerRuntime;
 use self::coordinator::DurableCoordinators;
 use self::edge_copy::KvEdgeCopies;
@@ -73,6 +76,7 @@ impl<'a> EdgePorts for WorkerPortTypes<'a> {
     type Limiter = Bindings<'a>;
     type Probe = FetchProbe<'a>;
     type EdgeCopies = KvEdgeCopies<'a>;
+    type Assets = R2Assets<'a>;
     type Runtime = RequestRuntime<'a>;
 }
 
@@ -112,6 +116,7 @@ struct WorkerPorts<'a> {
     limiter: Bindings<'a>,
     probe: FetchProbe<'a>,
     edge_copies: KvEdgeCopies<'a>,
+    assets: R2Assets<'a>,
     runtime: RequestRuntime<'a>,
 }
 
@@ -131,6 +136,7 @@ impl<'a> WorkerPorts<'a> {
             limiter: Bindings { env },
             probe: FetchProbe { config },
             edge_copies: KvEdgeCopies { env },
+            assets: R2Assets { env },
             runtime: RequestRuntime { request_id },
         }
     }
@@ -144,6 +150,7 @@ impl<'a> WorkerPorts<'a> {
             limiter: &self.limiter,
             probe: &self.probe,
             edge_copies: &self.edge_copies,
+            assets: &self.assets,
             runtime: &self.runtime,
         }
     }
@@ -258,6 +265,13 @@ async fn handle(
             }
             return outcome;
         }
+        Route::AssetFile(file) => {
+            let outcome = assets::serve(request, &call, &file, method == "HEAD").await;
+            if outcome.as_ref().is_err_and(|refusal| refusal.status == 403) {
+                limits::check(env, limits::REQUESTS, &limits::ip_key(request), clock::now_secs()).await?;
+            }
+            return outcome;
+        }
         Route::Client(client_route) => client_route,
     };
 
@@ -280,6 +294,9 @@ async fn handle(
             | ClientRoute::QueryTask(..)
             | ClientRoute::ListTasks(_)
             | ClientRoute::UseApiTask(_)
+            | ClientRoute::Upload(_)
+            | ClientRoute::ListAssets
+            | ClientRoute::GetAsset(_)
     ) {
         own_origin?;
     }
@@ -293,8 +310,13 @@ async fn handle(
         }
         ClientRoute::WebhookSecret => edge.webhook_secret(&client)?,
         ClientRoute::CreateTask(surface) => {
-            let body = http::read_body(request, surface.body.max_bytes).await?;
-            let created = edge.create(&client, surface, body).await?;
+            let created =
+                if surface.takes_forms() && upload_of(request).content_type.as_deref().is_some_and(is_form) {
+                    edge.create_from_form(&client, surface, upload_of(request)).await?
+                } else {
+                    let body = http::read_body(request, surface.body.max_bytes).await?;
+                    edge.create(&client, surface, body).await?
+                };
             ignored = created.ignored;
             if let Some(recording) = created.record {
                 let (env, config, origin, request_id) =
@@ -314,6 +336,10 @@ async fn handle(
         }
         ClientRoute::UseApiTask(id) => edge.useapi_task(&client, &id).await?,
         ClientRoute::AccountCosts => edge.account_costs(&client, url.query()).await?,
+        ClientRoute::Upload(style) => edge.upload(&client, style, upload_of(request)).await?,
+        ClientRoute::ListAssets => edge.list_assets(&client, validate::page(url.query())?).await?,
+        ClientRoute::GetAsset(id) => edge.get_asset(&client, &id).await?,
+        ClientRoute::DeleteAsset(id) => edge.delete_asset(&client, &id).await?,
     };
     let response = http::answer(answer, request_id);
     if !ignored.is_empty() {
@@ -321,6 +347,20 @@ async fn handle(
         let _ = response.headers().set(IGNORED_HEADER, &ignored.join(", "));
     }
     Ok(response)
+}
+
+/// An upload's headers and body, as the upload flow takes them.
+fn upload_of(request: &Request) -> Upload<UploadBody> {
+    let header = |name: &str| request.headers().get(name).ok().flatten();
+    Upload {
+        content_type: header("Content-Type"),
+        content_length: header("Content-Length").and_then(|value| value.trim().parse().ok()),
+        body: UploadBody::of(request),
+    }
+}
+
+fn is_form(content_type: &str) -> bool {
+    crate::api::multipart::boundary(content_type).is_some()
 }
 
 /// `POST /v1/callbacks/kling/{capability}`: Kling's callback, with its signature headers.

@@ -35,27 +35,47 @@ pub async fn serve(
         url.query(),
         now_secs,
     )?;
-    let expires = link_expiry(url.query());
-    let gone = || {
-        ApiError::new(
-            404,
-            code::NOT_FOUND,
-            "result: this copy is no longer kept (RESULT_RETENTION_DAYS); Kling's link may still work",
-        )
+    let file = SignedFile {
+        key: copies::object_key(&copy.shard, &copy.task_id, &copy.name),
+        name: &copy.name,
+        content_type: copies::content_type(&copy.name),
+        gone: "result: this copy is no longer kept (RESULT_RETENTION_DAYS); Kling's link may still work",
     };
+    serve_object(request, call, &file, link_expiry(url.query()), head_only).await
+}
+
+/// An object a verified link names: its key, the file name and type to serve it with, and
+/// what to say if it is gone.
+pub(super) struct SignedFile<'a> {
+    pub key: String,
+    pub name: &'a str,
+    pub content_type: &'a str,
+    pub gone: &'static str,
+}
+
+/// Serves the object a verified link (expiring at `expires`) names, as a media server does.
+/// Uploads' links (`super::assets`) are served the same way.
+pub(super) async fn serve_object(
+    request: &Request,
+    call: &Call<'_>,
+    file: &SignedFile<'_>,
+    expires: u64,
+    head_only: bool,
+) -> Result<Response, ApiError> {
+    let now_secs = clock::now_secs().max(0) as u64;
+    let gone = || ApiError::new(404, code::NOT_FOUND, file.gone);
     let results = R2Results::open(call.env, false);
     let bucket = results.bucket().ok_or_else(gone)?;
-    let key = copies::object_key(&copy.shard, &copy.task_id, &copy.name);
-    let unavailable =
-        |_| ApiError::new(503, code::UNAVAILABLE, "result: the bucket is unavailable; retry shortly");
+    let key = &file.key;
+    let unavailable = |_| ApiError::new(503, code::UNAVAILABLE, "the bucket is unavailable; retry shortly");
 
     let range = ByteRange::parse(request.headers().get("Range").ok().flatten().as_deref());
     let if_none_match = request.headers().get("If-None-Match").ok().flatten();
     let listed_tags = if_none_match.as_deref().map(byte_range::if_none_match).unwrap_or_default();
     let object = if head_only {
-        bucket.head(&key).await.map_err(unavailable)?
+        bucket.head(key).await.map_err(unavailable)?
     } else {
-        let mut get = bucket.get(&key);
+        let mut get = bucket.get(key);
         // R2 compares one tag; a list (or `*`) is compared below, once the object is known.
         if let [tag] = listed_tags.as_slice() {
             if tag != "*" {
@@ -79,7 +99,7 @@ pub async fn serve(
             // R2 refuses a range beyond the object: say so with its size (any other failure
             // is the bucket's).
             Err(error) => {
-                let head = bucket.head(&key).await.map_err(unavailable)?.ok_or_else(gone)?;
+                let head = bucket.head(key).await.map_err(unavailable)?.ok_or_else(gone)?;
                 return match range {
                     Some(range) if range.resolve(head.size()).is_none() => Err(unsatisfiable(head.size())),
                     _ => Err(unavailable(error)),
@@ -91,12 +111,11 @@ pub async fn serve(
 
     let size = object.size();
     let headers = Headers::new();
-    let content_type =
-        object.http_metadata().content_type.unwrap_or_else(|| copies::content_type(&copy.name).to_owned());
+    let content_type = object.http_metadata().content_type.unwrap_or_else(|| file.content_type.to_owned());
     let _ = headers.set("Content-Type", &content_type);
     let _ = headers.set("ETag", &object.http_etag());
     let _ = headers.set("Accept-Ranges", "bytes");
-    let _ = headers.set("Content-Disposition", &format!("inline; filename=\"{}\"", copy.name));
+    let _ = headers.set("Content-Disposition", &format!("inline; filename=\"{}\"", file.name));
     // Shared caches may keep it until the link expires (a new link is a new URL).
     let max_age = expires.saturating_sub(now_secs);
     let _ = headers.set("Cache-Control", &format!("public, max-age={max_age}, immutable"));
@@ -128,12 +147,12 @@ pub async fn serve(
             200
         }
     };
-    let body = body.response_body().map_err(|_| ApiError::internal("reading a result copy"))?;
+    let body = body.response_body().map_err(|_| ApiError::internal("reading a stored file"))?;
     Ok(Response::builder().with_status(status).with_headers(headers).body(body))
 }
 
 /// `expires` of a verified link's query.
-fn link_expiry(query: Option<&str>) -> u64 {
+pub(super) fn link_expiry(query: Option<&str>) -> u64 {
     query
         .unwrap_or("")
         .split('&')
@@ -144,7 +163,7 @@ fn link_expiry(query: Option<&str>) -> u64 {
 
 /// 416 for a range that starts past the end.
 fn unsatisfiable(size: u64) -> ApiError {
-    let mut error = ApiError::new(416, code::INVALID_REQUEST, format!("Range: the copy has {size} bytes"));
+    let mut error = ApiError::new(416, code::INVALID_REQUEST, format!("Range: the file has {size} bytes"));
     error.header = Some(("Content-Range", format!("bytes */{size}")));
     error
 }

@@ -1,4 +1,5 @@
-//! A coordinator's tasks in its Durable Object's SQLite database (`crate::ports::TaskStore`),
+//! A coordinator's tasks and uploads in its Durable Object's SQLite database
+//! (`crate::ports::TaskStore`, `crate::ports::AssetStore`),
 //! with the table and queries of `crate::record::table`. SQLite calls are synchronous in a
 //! Durable Object, so a load-merge-save with no `await` between is atomic.
 
@@ -6,7 +7,8 @@ use serde::Deserialize;
 use worker::{SqlStorage, SqlStorageValue};
 
 use crate::error::{code, ApiError};
-use crate::ports::TaskStore;
+use crate::ports::{AssetStore, TaskStore};
+use crate::record::asset::Asset;
 use crate::record::intent::Intent;
 use crate::record::table;
 use crate::record::TaskRecord;
@@ -29,6 +31,11 @@ fn int(value: u64) -> SqlStorageValue {
 #[derive(Deserialize)]
 struct RecordRow {
     record: String,
+}
+
+#[derive(Deserialize)]
+struct AssetRow {
+    asset: String,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +90,12 @@ impl SqlStore {
         let rows: Vec<RecordRow> =
             self.sql.exec(query, bindings).and_then(|c| c.to_array()).map_err(failed)?;
         Ok(rows.iter().filter_map(|row| serde_json::from_str(&row.record).ok()).collect())
+    }
+
+    fn assets(&self, query: &str, bindings: Vec<SqlStorageValue>) -> Result<Vec<Asset>, ApiError> {
+        let rows: Vec<AssetRow> =
+            self.sql.exec(query, bindings).and_then(|c| c.to_array()).map_err(failed)?;
+        Ok(rows.iter().filter_map(|row| serde_json::from_str(&row.asset).ok()).collect())
     }
 
     fn ids(&self, query: &str, bindings: Vec<SqlStorageValue>) -> Result<Vec<String>, ApiError> {
@@ -199,7 +212,7 @@ impl TaskStore for SqlStore {
 
     fn next_due(&self) -> Result<Option<u64>, ApiError> {
         let mut earliest = None;
-        for query in [table::NEXT_DUE, table::NEXT_INTENT] {
+        for query in [table::NEXT_DUE, table::NEXT_INTENT, table::NEXT_ASSET] {
             let rows: Vec<DueRow> = self.sql.exec(query, None).and_then(|c| c.to_array()).map_err(failed)?;
             let at = rows.first().and_then(|row| row.due_at).map(|at| at.max(0.0) as u64);
             earliest = earliest.into_iter().chain(at).min();
@@ -233,5 +246,44 @@ impl TaskStore for SqlStore {
         self.sql.exec(table::SET_META, vec![name.into(), value.into()]).map_err(failed)?;
         self.meta.borrow_mut().insert(name.to_owned(), Some(value.to_owned()));
         Ok(())
+    }
+}
+
+impl AssetStore for SqlStore {
+    fn load_asset(&self, asset_id: &str) -> Result<Option<Asset>, ApiError> {
+        Ok(self.assets(table::LOAD_ASSET, vec![asset_id.into()])?.pop())
+    }
+
+    fn save_asset(&self, asset: &Asset) -> Result<(), ApiError> {
+        let json = serde_json::to_string(asset).map_err(|_| ApiError::internal("encoding an asset"))?;
+        self.sql
+            .exec(
+                table::SAVE_ASSET,
+                vec![
+                    asset.asset_id.as_str().into(),
+                    int(asset.created_at),
+                    int(asset.due_at),
+                    SqlStorageValue::Integer(i64::from(asset.is_stored())),
+                    json.into(),
+                ],
+            )
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    fn delete_asset(&self, asset_id: &str) -> Result<(), ApiError> {
+        self.sql.exec(table::DELETE_ASSET, vec![asset_id.into()]).map_err(failed)?;
+        Ok(())
+    }
+
+    fn asset_page(&self, offset: u32, limit: u32) -> Result<Vec<Asset>, ApiError> {
+        self.assets(
+            table::ASSET_PAGE,
+            vec![SqlStorageValue::Integer(i64::from(limit)), SqlStorageValue::Integer(i64::from(offset))],
+        )
+    }
+
+    fn due_assets(&self, now: u64, limit: u32) -> Result<Vec<Asset>, ApiError> {
+        self.assets(table::DUE_ASSETS, vec![int(now), SqlStorageValue::Integer(i64::from(limit))])
     }
 }

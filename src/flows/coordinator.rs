@@ -22,7 +22,7 @@ use crate::error::{code, ApiError};
 use crate::kling::task;
 use crate::links::result_links::{self, LinkKey, Minter};
 use crate::links::webhook::WebhookKey;
-use crate::ports::{EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::ports::{AssetStore, EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
 use crate::record::copies::{self, CopySettings};
 use crate::record::delivery::{self, Attempt};
 use crate::record::edge_copy::{self, Write};
@@ -113,7 +113,7 @@ fn wrong_task() -> ApiError {
     ApiError::new(403, code::NO_PERMISSION, "callback: this URL belongs to another task")
 }
 
-impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: Runtime>
+impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: Runtime>
     Coordinator<'_, S, K, W, R, B, T>
 {
     /// Remembers which tenant this coordinator serves (every client call says; a callback
@@ -441,6 +441,7 @@ impl<S: TaskStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: 
         for task_id in self.store.expired(now, self.settings.keep_ms(), DUE_BATCH)? {
             self.forget(&task_id).await?;
         }
+        self.sweep_assets(now).await?;
         Ok(worked)
     }
 

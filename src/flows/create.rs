@@ -3,7 +3,8 @@
 //!
 //! In order, and each step only if every one before it passed: the body's rules, the
 //! client's webhook, useapi.net's `email`, the video measured at its URL (for an endpoint
-//! whose create names one), useapi.net's `maxJobs` (a slot held in the tenant's coordinator:
+//! whose create names one; an upload of the tenant's own, measured when it arrived, is
+//! checked to be the tenant's instead), useapi.net's `maxJobs` (a slot held in the tenant's coordinator:
 //! `crate::record::max_jobs`), the create limit, then Kling, once. So every refusal costs
 //! nothing: it reaches no port that spends (Kling), and none that counts against the client
 //! (the create limit) unless the create was valid. A refused create gives its slot back.
@@ -21,6 +22,7 @@ use crate::api::useapi;
 use crate::auth::{Client, ClientKind};
 use crate::error::{code, ApiError};
 use crate::ids::hex;
+use crate::links::asset_links::{self, AssetLink};
 use crate::links::capability::Capability;
 use crate::ports::{Coordinators, KlingApi, KlingReply, Limit, RateLimiter, Runtime, VideoProbe};
 use crate::probe::video_check::{self, Policy};
@@ -33,6 +35,7 @@ use crate::{kling::task, routes};
 use super::coordinator::Registration;
 use super::edge::{app_key, tenant_key, Answer, Edge, EdgePorts};
 use super::protocol;
+use super::upload::MIN_LIFE_FOR_CREATE_MS;
 
 /// Tries of recording a create with its coordinator (after the answer), and the waits before each.
 pub const RECORD_RETRY_MS: [u64; 3] = [0, 200, 1_000];
@@ -96,13 +99,12 @@ impl<P: EdgePorts> Edge<'_, P> {
         }
         let endpoint = surface.endpoint;
         if endpoint.video_input {
-            self.video_rules(
-                client,
-                surface,
-                validated.upstream.get("video_url").and_then(Value::as_str),
-                validated.options.video_duration,
-            )
-            .await?;
+            let url = validated.upstream.get("video_url").and_then(Value::as_str).map(str::to_owned);
+            if let Some(fresh) =
+                self.video_rules(client, surface, url.as_deref(), validated.options.video_duration).await?
+            {
+                validated.upstream.insert("video_url".into(), Value::String(fresh));
+            }
         }
         let shard = task::tenant_shard(&client.tenant);
         let max_jobs_hold = match validated.options.max_jobs {
@@ -264,22 +266,27 @@ impl<P: EdgePorts> Edge<'_, P> {
     }
 
     /// A video to add sound to must be one Kling accepts: measured at its URL (`VIDEO_PROBE`),
-    /// else judged by the client's `video_duration` hint. A Kling video (`video_id`) is not probed.
+    /// else judged by the client's `video_duration` hint. A Kling video (`video_id`) is not
+    /// probed, and neither is one of the tenant's own uploads (measured when it arrived):
+    /// Kling is given a fresh link to it instead (the answer's `Some`).
     async fn video_rules(
         &self,
         client: &Client,
         surface: &Surface,
         url: Option<&str>,
         hint: Option<f64>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<Option<String>, ApiError> {
+        let field = surface.body.client_name_of_upstream("video_url").unwrap_or("video_url");
+        if let Some(link) = url.and_then(|url| asset_links::parse(self.origin, url)) {
+            return self.asset_rules(client, field, &link).await.map(Some);
+        }
         let policy = self.config.video_probe;
         let (Some(url), false) = (url, policy == Policy::Off) else {
-            return video_check::hint_rule(hint);
+            return video_check::hint_rule(hint).map(|()| None);
         };
-        let field = surface.body.client_name_of_upstream("video_url").unwrap_or("video_url");
         // A measurement still fresh was logged when it was made.
         if let Some(outcome) = self.probe.remembered(url).await {
-            return video_check::judge(&outcome, policy, hint, field).map(drop);
+            return video_check::judge(&outcome, policy, hint, field).map(|_| None);
         }
         // A measurement fetches someone else's file: it counts against the app's probes
         // (all its browser users together) before it starts.
@@ -299,7 +306,36 @@ impl<P: EdgePorts> Edge<'_, P> {
             "note": judged.as_ref().ok().and_then(|judgement| judgement.note.clone()),
             "ms": self.runtime.now_ms().saturating_sub(started_ms),
         }));
-        judged.map(drop)
+        judged.map(|_| None)
+    }
+
+    /// A create naming one of this deployment's upload links: the link must be valid and
+    /// the tenant's own (403), and the asset still kept for a while (400). Answers the link
+    /// to give Kling: a fresh one, lasting as long as Kling may take to fetch it.
+    async fn asset_rules(&self, client: &Client, field: &str, link: &AssetLink) -> Result<String, ApiError> {
+        let now_ms = self.runtime.now_ms();
+        asset_links::verify(&self.config.link_key, link, now_ms / 1000).map_err(|refusal| {
+            ApiError::new(refusal.status, refusal.code, format!("{field}: {}", refusal.message))
+        })?;
+        let shard = task::tenant_shard(&client.tenant);
+        if link.shard != shard {
+            return Err(asset_links::not_yours(field));
+        }
+        let call = protocol::GetAsset { tenant: client.tenant.clone(), asset_id: link.asset_id.clone() };
+        let kept = self.coordinators.call(&shard, call).await.map_err(|refusal| match refusal.status {
+            404 => ApiError::bad_param(
+                field,
+                "names an upload that is no longer kept (ASSET_RETENTION_DAYS): upload it again",
+            ),
+            _ => refusal,
+        })?;
+        if kept.due_at < now_ms.saturating_add(MIN_LIFE_FOR_CREATE_MS) {
+            return Err(ApiError::bad_param(
+                field,
+                "names an upload that is removed within the hour, before Kling may fetch it: upload it again",
+            ));
+        }
+        Ok(self.link(&shard, &kept).0)
     }
 
     /// `email` of a useapi.net-style call: the deployment serves one Kling account, the one

@@ -1,6 +1,6 @@
 //! The request path's context: the deployment's settings, the worker's origin, and the
-//! ports every edge flow ([`super::create`], [`super::read`], [`super::callback`],
-//! [`super::tokens`]) is written against, and the [`Answer`] each gives the Worker to send.
+//! ports every edge flow ([`super::create`], [`super::upload`], [`super::read`],
+//! [`super::callback`], [`super::tokens`]) is written against, and the [`Answer`] each gives the Worker to send.
 //!
 //! `crate::edge` implements the ports with the Workers runtime (and builds each only when a
 //! flow first asks it for something); `crate::testing` implements them in memory, so every
@@ -9,7 +9,9 @@
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::ports::{Coordinators, EdgeCopies, KlingApi, KlingReply, RateLimiter, Runtime, VideoProbe};
+use crate::ports::{
+    AssetBucket, Coordinators, EdgeCopies, KlingApi, KlingReply, RateLimiter, Runtime, VideoProbe,
+};
 
 /// What a flow answers a client with (the Worker adds the envelope's `request_id` and the
 /// headers every answer carries).
@@ -33,6 +35,7 @@ pub trait EdgePorts {
     type Limiter: RateLimiter;
     type Probe: VideoProbe;
     type EdgeCopies: EdgeCopies;
+    type Assets: AssetBucket;
     type Runtime: Runtime;
 }
 
@@ -48,6 +51,7 @@ pub struct Edge<'a, P: EdgePorts> {
     pub limiter: &'a P::Limiter,
     pub probe: &'a P::Probe,
     pub edge_copies: &'a P::EdgeCopies,
+    pub assets: &'a P::Assets,
     pub runtime: &'a P::Runtime,
 }
 

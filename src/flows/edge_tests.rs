@@ -59,6 +59,7 @@ impl<'a> EdgePorts for TestPorts<'a> {
     type Limiter = MemoryLimiter;
     type Probe = ScriptedProbe;
     type EdgeCopies = MemoryKv;
+    type Assets = MemoryBucket;
     type Runtime = TestRuntime;
 }
 
@@ -124,6 +125,7 @@ impl World {
             limiter: &self.limiter,
             probe: &self.probe,
             edge_copies: &self.kv,
+            assets: &self.bucket,
             runtime: &self.runtime,
         };
         flow(&edge)
@@ -836,3 +838,6 @@ fn an_intent_never_takes_a_task_that_is_another_creates() {
         .unwrap()
         .is_empty());
 }
+
+#[cfg(test)]
+mod uploads;

@@ -2,12 +2,14 @@
 //! the Worker runs them with the Workers runtime and `cargo test` runs them in memory, with
 //! faults, races and crashes between any two steps (`crate::testing`).
 //!
-//! - The request path ([`edge`]'s context): [`create`], [`read`] (query, list, useapi.net's
-//!   task), [`callback`] (Kling's callbacks), [`tokens`] (browser tokens, webhook secrets).
+//! - The request path ([`edge`]'s context): [`create`], [`upload`] (a user's own video),
+//!   [`read`] (query, list, useapi.net's task), [`callback`] (Kling's callbacks), [`tokens`] (browser tokens, webhook secrets).
 //! - The coordinator's ([`coordinator`]): record a create, take a callback, answer a query
 //!   or a list, and the alarm that polls Kling, copies results, forwards webhooks and
-//!   publishes finished tasks to the edge; and the [`protocol`] the edge speaks to it.
+//!   publishes finished tasks to the edge; [`assets`], its side of the tenant's uploads;
+//!   and the [`protocol`] the edge speaks to it.
 
+pub mod assets;
 pub mod callback;
 pub mod coordinator;
 pub mod create;
@@ -15,6 +17,7 @@ pub mod edge;
 pub mod protocol;
 pub mod read;
 pub mod tokens;
+pub mod upload;
 
 #[cfg(test)]
 mod edge_tests;

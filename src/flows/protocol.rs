@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::ports::{EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::ports::{AssetStore, EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::record::asset::{Admission, Asset, Measured};
 use crate::record::intent::Intent;
 use crate::record::max_jobs::HoldOutcome;
 use crate::record::TaskAnswer;
@@ -83,6 +84,76 @@ pub struct ReleaseJob {
     pub hold_id: String,
 }
 
+/// An upload about to start: counted against the tenant's bytes of the day (`declared`, 0
+/// if unknown) and recorded as uploading, or refused with when the day renews.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BeginUpload {
+    pub tenant: String,
+    pub asset_id: String,
+    pub declared_bytes: u64,
+    /// `UPLOAD_BYTES_PER_DAY`.
+    pub day_limit: u64,
+}
+
+/// An upload stored and measured: kept from now on (`retention_ms` from its start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinishUpload {
+    pub tenant: String,
+    pub asset_id: String,
+    pub measured: Measured,
+    pub retention_ms: u64,
+}
+
+/// An upload refused or broken off: its object (if any) and its record are removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DropUpload {
+    pub tenant: String,
+    pub asset_id: String,
+    /// What arrived, counted against the day instead of what was declared.
+    pub bytes: u64,
+}
+
+/// One stored asset of the tenant, or 404.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetAsset {
+    pub tenant: String,
+    pub asset_id: String,
+}
+
+/// A page of the tenant's stored assets, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListAssets {
+    pub tenant: String,
+    pub page_num: u32,
+    pub page_size: u32,
+}
+
+/// A client's removal of one of its stored assets (404 if there is none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeleteAsset {
+    pub tenant: String,
+    pub asset_id: String,
+}
+
+impl Call for BeginUpload {
+    type Answer = Admission;
+}
+impl Call for FinishUpload {
+    type Answer = Asset;
+}
+impl Call for DropUpload {
+    type Answer = ();
+}
+impl Call for GetAsset {
+    type Answer = Asset;
+}
+impl Call for ListAssets {
+    type Answer = Vec<Asset>;
+}
+impl Call for DeleteAsset {
+    type Answer = ();
+}
+
 impl Call for Register {
     type Answer = ();
 }
@@ -120,6 +191,12 @@ pub enum Request {
     ReleaseJob(ReleaseJob),
     Intend(Intend),
     Abandon(Abandon),
+    BeginUpload(BeginUpload),
+    FinishUpload(FinishUpload),
+    DropUpload(DropUpload),
+    GetAsset(GetAsset),
+    ListAssets(ListAssets),
+    DeleteAsset(DeleteAsset),
 }
 
 macro_rules! into_request {
@@ -131,7 +208,22 @@ macro_rules! into_request {
         }
     )*};
 }
-into_request!(Register, Report, Query, List, HoldJob, ReleaseJob, Intend, Abandon);
+into_request!(
+    Register,
+    Report,
+    Query,
+    List,
+    HoldJob,
+    ReleaseJob,
+    Intend,
+    Abandon,
+    BeginUpload,
+    FinishUpload,
+    DropUpload,
+    GetAsset,
+    ListAssets,
+    DeleteAsset
+);
 
 impl Request {
     /// The tenant the request speaks for, if it is a client's.
@@ -141,7 +233,13 @@ impl Request {
             Request::Intend(Intend(intent)) => Some(&intent.tenant),
             Request::Query(Query { tenant, .. })
             | Request::List(List { tenant, .. })
-            | Request::HoldJob(HoldJob { tenant, .. }) => Some(tenant),
+            | Request::HoldJob(HoldJob { tenant, .. })
+            | Request::BeginUpload(BeginUpload { tenant, .. })
+            | Request::FinishUpload(FinishUpload { tenant, .. })
+            | Request::DropUpload(DropUpload { tenant, .. })
+            | Request::GetAsset(GetAsset { tenant, .. })
+            | Request::ListAssets(ListAssets { tenant, .. })
+            | Request::DeleteAsset(DeleteAsset { tenant, .. }) => Some(tenant),
             Request::Report(_) | Request::ReleaseJob(_) | Request::Abandon(_) => None,
         }
     }
@@ -156,6 +254,12 @@ impl Request {
             Request::ReleaseJob(_) => "release_job",
             Request::Intend(_) => "intend",
             Request::Abandon(_) => "abandon",
+            Request::BeginUpload(_) => "begin_upload",
+            Request::FinishUpload(_) => "finish_upload",
+            Request::DropUpload(_) => "drop_upload",
+            Request::GetAsset(_) => "get_asset",
+            Request::ListAssets(_) => "list_assets",
+            Request::DeleteAsset(_) => "delete_asset",
         }
     }
 }
@@ -203,7 +307,7 @@ pub fn decode<C: Call>(bytes: &[u8]) -> Result<C::Answer, ApiError> {
 /// The object's side: reads a request, runs its flow, and answers in JSON.
 pub async fn serve<S, K, W, R, B, T>(coordinator: &Coordinator<'_, S, K, W, R, B, T>, body: &[u8]) -> String
 where
-    S: TaskStore,
+    S: TaskStore + AssetStore,
     K: Upstream,
     W: Webhooks,
     R: EdgeCopies,
@@ -244,6 +348,22 @@ where
         Request::ReleaseJob(ReleaseJob { hold_id }) => answer(coordinator.release_job(&hold_id)),
         Request::Intend(Intend(intent)) => answer(coordinator.intend(intent)),
         Request::Abandon(Abandon { nonce }) => answer(coordinator.store.delete_intent(&nonce)),
+        Request::BeginUpload(BeginUpload { asset_id, declared_bytes, day_limit, .. }) => {
+            answer(coordinator.begin_upload(&asset_id, declared_bytes, day_limit))
+        }
+        Request::FinishUpload(FinishUpload { asset_id, measured, retention_ms, .. }) => {
+            answer(coordinator.finish_upload(&asset_id, &measured, retention_ms))
+        }
+        Request::DropUpload(DropUpload { asset_id, bytes, .. }) => {
+            answer(coordinator.drop_upload(&asset_id, bytes).await)
+        }
+        Request::GetAsset(GetAsset { asset_id, .. }) => answer(coordinator.stored_asset(&asset_id)),
+        Request::ListAssets(ListAssets { page_num, page_size, .. }) => {
+            answer(coordinator.list_assets(page_num, page_size))
+        }
+        Request::DeleteAsset(DeleteAsset { asset_id, .. }) => {
+            answer(coordinator.delete_asset(&asset_id).await)
+        }
     }
 }
 
@@ -264,6 +384,18 @@ mod tests {
         assert_eq!(report.tenant(), None);
         let text = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), report);
+        let begin = Request::from(BeginUpload {
+            tenant: "web/bob".into(),
+            asset_id: "a".into(),
+            declared_bytes: 5,
+            day_limit: 10,
+        });
+        assert_eq!((begin.tenant(), begin.op()), (Some("web/bob"), "begin_upload"));
+        let text = serde_json::to_string(&begin).unwrap();
+        assert!(text.starts_with(r#"{"op":"begin_upload","tenant":"web/bob""#), "{text}");
+        let spent = Admission::Spent { used: 9, limit: 10, retry_after_secs: 60 };
+        let crossed = serde_json::to_string(&WireAnswer::Ok(spent)).unwrap();
+        assert_eq!(decode::<BeginUpload>(crossed.as_bytes()).unwrap(), spent);
     }
 
     #[test]

@@ -51,10 +51,14 @@ impl LinkKey {
         LinkKey(mac.finalize().into_bytes().into())
     }
 
-    fn signature(&self, shard: &str, task_id: &str, name: &str, expires: u64) -> String {
+    /// `base64url(first 16 bytes of HMAC(key, label part "\0" part "\0" ... expires))`: one
+    /// link's signature; the label says what kind of link it is.
+    pub(crate) fn signature(&self, label: &[u8], parts: &[&str], expires: u64) -> String {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
-        for part in [LABEL, shard.as_bytes(), b"\0", task_id.as_bytes(), b"\0", name.as_bytes(), b"\0"] {
-            mac.update(part);
+        mac.update(label);
+        for part in parts {
+            mac.update(part.as_bytes());
+            mac.update(b"\0");
         }
         mac.update(expires.to_string().as_bytes());
         Base64UrlUnpadded::encode_string(&mac.finalize().into_bytes()[..MAC_BYTES])
@@ -81,7 +85,7 @@ impl Minter<'_> {
 
     /// The link to the copy `name` of `task_id`, valid until `expires`.
     pub fn link(&self, task_id: &str, name: &str, expires: u64) -> String {
-        let signature = self.key.signature(self.shard, task_id, name, expires);
+        let signature = self.key.signature(LABEL, &[self.shard, task_id, name], expires);
         format!(
             "{}/v1/results/{}/{task_id}/{name}?expires={expires}&signature={signature}",
             self.origin, self.shard
@@ -101,6 +105,19 @@ pub fn verify(
     name: &str,
     query: Option<&str>,
     now_secs: u64,
+) -> Result<(), ApiError> {
+    verify_signed(key, LABEL, &[shard, task_id, name], query, now_secs, "ask for the task again")
+}
+
+/// Checks a signed link's query (`expires=...&signature=...`) for what `parts` name, under
+/// `label`, at `now_secs`; `renew` says how to get a fresh link.
+pub(crate) fn verify_signed(
+    key: &LinkKey,
+    label: &[u8],
+    parts: &[&str],
+    query: Option<&str>,
+    now_secs: u64,
+    renew: &str,
 ) -> Result<(), ApiError> {
     let (mut expires, mut signature) = (None, None);
     for pair in query.unwrap_or("").split('&') {
@@ -125,12 +142,12 @@ pub fn verify(
                 && *at > 0
         })
         .ok_or_else(|| refused("expires must be the epoch seconds the link was given with"))?;
-    let expected = key.signature(shard, task_id, name, expires_at);
+    let expected = key.signature(label, parts, expires_at);
     if !bool::from(expected.as_bytes().ct_eq(signature.as_bytes())) {
         return Err(refused("the signature does not match: use the link exactly as an answer gave it"));
     }
     if now_secs >= expires_at {
-        return Err(refused("has expired: ask for the task again for a fresh link"));
+        return Err(refused(&format!("has expired: {renew} for a fresh link")));
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! Every rule here is a plain function of the record and the time, so the flows that drive
 //! them (`crate::flows::coordinator`) stay short and the rules are tested one by one.
 
+pub mod asset;
 pub mod copies;
 pub mod delivery;
 pub mod edge_copy;

@@ -18,10 +18,11 @@ use crate::error::ApiError;
 use crate::flows::coordinator::{Coordinator, Settings};
 use crate::flows::protocol::{self, Call};
 use crate::ports::{
-    Coordinators, EdgeCopies, KlingApi, KlingReply, Limit, RateLimiter, ResultBucket, Runtime, TaskStore,
-    Upstream, VideoProbe, Webhooks,
+    AssetBucket, AssetStore, Coordinators, EdgeCopies, KlingApi, KlingReply, Limit, RateLimiter,
+    ResultBucket, Runtime, TaskStore, UploadFault, Upstream, VideoProbe, Webhooks,
 };
 use crate::probe::video_check;
+use crate::record::asset::Asset;
 use crate::record::copies::CopyOutcome;
 use crate::record::delivery::Attempt;
 use crate::record::edge_copy::{self, EdgeCopy};
@@ -105,6 +106,7 @@ pub struct MemoryStore {
     tasks: RefCell<BTreeMap<String, TaskRecord>>,
     meta: RefCell<HashMap<String, String>>,
     intents: RefCell<BTreeMap<String, Intent>>,
+    assets: RefCell<BTreeMap<String, Asset>>,
     /// Makes every call fail, as a storage outage would.
     pub broken: Cell<bool>,
 }
@@ -234,7 +236,8 @@ impl TaskStore for MemoryStore {
         self.check()?;
         let tasks = self.tasks.borrow().values().filter_map(TaskRecord::due_at).min();
         let intents = self.intents.borrow().values().map(|intent| intent.check_at).min();
-        Ok(tasks.into_iter().chain(intents).min())
+        let assets = self.assets.borrow().values().map(|asset| asset.due_at).min();
+        Ok(tasks.into_iter().chain(intents).chain(assets).min())
     }
 
     fn expired(&self, now: u64, keep_ms: u64, limit: u32) -> Result<Vec<String>, ApiError> {
@@ -258,6 +261,48 @@ impl TaskStore for MemoryStore {
         self.check()?;
         self.meta.borrow_mut().insert(name.to_owned(), value.to_owned());
         Ok(())
+    }
+}
+
+impl MemoryStore {
+    pub fn all_assets(&self) -> Vec<Asset> {
+        self.assets.borrow().values().cloned().collect()
+    }
+}
+
+impl AssetStore for MemoryStore {
+    fn load_asset(&self, asset_id: &str) -> Result<Option<Asset>, ApiError> {
+        self.check()?;
+        Ok(self.assets.borrow().get(asset_id).cloned())
+    }
+
+    fn save_asset(&self, asset: &Asset) -> Result<(), ApiError> {
+        self.check()?;
+        self.assets.borrow_mut().insert(asset.asset_id.clone(), asset.clone());
+        Ok(())
+    }
+
+    fn delete_asset(&self, asset_id: &str) -> Result<(), ApiError> {
+        self.check()?;
+        self.assets.borrow_mut().remove(asset_id);
+        Ok(())
+    }
+
+    fn asset_page(&self, offset: u32, limit: u32) -> Result<Vec<Asset>, ApiError> {
+        self.check()?;
+        let mut stored: Vec<Asset> =
+            self.assets.borrow().values().filter(|a| a.is_stored()).cloned().collect();
+        stored.sort_by(|a, b| (b.created_at, &b.asset_id).cmp(&(a.created_at, &a.asset_id)));
+        Ok(stored.into_iter().skip(offset as usize).take(limit as usize).collect())
+    }
+
+    fn due_assets(&self, now: u64, limit: u32) -> Result<Vec<Asset>, ApiError> {
+        self.check()?;
+        let mut due: Vec<Asset> =
+            self.assets.borrow().values().filter(|a| a.due_at <= now).cloned().collect();
+        due.sort_by_key(|asset| asset.due_at);
+        due.truncate(limit as usize);
+        Ok(due)
     }
 }
 
@@ -414,6 +459,14 @@ pub struct MemoryBucket {
     pub sources: RefCell<HashMap<String, Vec<u8>>>,
     pub objects: RefCell<BTreeMap<String, (String, Vec<u8>)>>,
     pub copies: Cell<u32>,
+    /// Multipart uploads begun and neither completed nor aborted (by key).
+    pub open_uploads: RefCell<Vec<String>>,
+    /// Makes multipart uploads fail, as an R2 outage would.
+    pub refuses_parts: Cell<bool>,
+    /// Ranged reads made (the probe's).
+    pub reads: Cell<u32>,
+    /// Makes removals fail.
+    pub refuses_deletes: Cell<bool>,
 }
 
 impl ResultBucket for MemoryBucket {
@@ -434,10 +487,115 @@ impl ResultBucket for MemoryBucket {
 
     async fn delete(&self, keys: &[String]) -> Result<(), ApiError> {
         yield_once().await;
+        if self.refuses_deletes.get() {
+            return Err(ApiError::unavailable("the bucket"));
+        }
         let mut objects = self.objects.borrow_mut();
         for key in keys {
             objects.remove(key);
         }
+        Ok(())
+    }
+}
+
+/// A request body in memory: its chunks, and whether it breaks off after them (a client
+/// that went away).
+#[derive(Debug, Default)]
+pub struct MemoryBody {
+    pub chunks: VecDeque<Vec<u8>>,
+    pub breaks_off: bool,
+}
+
+impl MemoryBody {
+    /// `bytes` in chunks of `chunk` bytes.
+    pub fn of(bytes: &[u8], chunk: usize) -> MemoryBody {
+        MemoryBody { chunks: bytes.chunks(chunk.max(1)).map(<[u8]>::to_vec).collect(), breaks_off: false }
+    }
+}
+
+/// A multipart upload under way in the memory bucket.
+#[derive(Debug)]
+pub struct MemoryParts {
+    key: String,
+    content_type: String,
+    parts: Vec<Vec<u8>>,
+}
+
+impl AssetBucket for MemoryBucket {
+    type Body = MemoryBody;
+    type Parts = MemoryParts;
+
+    async fn next_chunk(&self, body: &mut MemoryBody) -> Result<Option<Vec<u8>>, UploadFault> {
+        yield_once().await;
+        match body.chunks.pop_front() {
+            Some(chunk) => Ok(Some(chunk)),
+            None if body.breaks_off => Err(UploadFault::BrokeOff),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_whole(
+        &self,
+        key: &str,
+        content_type: &str,
+        mut body: MemoryBody,
+        length: u64,
+    ) -> Result<(), UploadFault> {
+        let mut bytes = Vec::new();
+        while let Some(chunk) = self.next_chunk(&mut body).await? {
+            bytes.extend_from_slice(&chunk);
+        }
+        if bytes.len() as u64 != length {
+            return Err(UploadFault::BrokeOff);
+        }
+        self.objects.borrow_mut().insert(key.to_owned(), (content_type.to_owned(), bytes));
+        Ok(())
+    }
+
+    async fn begin_parts(&self, key: &str, content_type: &str) -> Result<MemoryParts, UploadFault> {
+        yield_once().await;
+        if self.refuses_parts.get() {
+            return Err(UploadFault::Bucket("the bucket is unavailable".into()));
+        }
+        self.open_uploads.borrow_mut().push(key.to_owned());
+        Ok(MemoryParts { key: key.to_owned(), content_type: content_type.to_owned(), parts: Vec::new() })
+    }
+
+    async fn put_part(&self, parts: &mut MemoryParts, bytes: Vec<u8>) -> Result<(), UploadFault> {
+        yield_once().await;
+        if self.refuses_parts.get() {
+            return Err(UploadFault::Bucket("the bucket is unavailable".into()));
+        }
+        parts.parts.push(bytes);
+        Ok(())
+    }
+
+    async fn complete(&self, parts: MemoryParts) -> Result<(), UploadFault> {
+        yield_once().await;
+        self.open_uploads.borrow_mut().retain(|key| *key != parts.key);
+        let whole = parts.parts.concat();
+        self.objects.borrow_mut().insert(parts.key, (parts.content_type, whole));
+        Ok(())
+    }
+
+    async fn abort(&self, parts: MemoryParts) {
+        yield_once().await;
+        self.open_uploads.borrow_mut().retain(|key| *key != parts.key);
+    }
+
+    async fn read(&self, key: &str, offset: u64, length: u64) -> Result<Vec<u8>, ApiError> {
+        yield_once().await;
+        self.reads.set(self.reads.get() + 1);
+        let objects = self.objects.borrow();
+        let Some((_, bytes)) = objects.get(key) else { return Err(ApiError::not_found("object")) };
+        let start = (offset as usize).min(bytes.len());
+        let end = start.saturating_add(length as usize).min(bytes.len());
+        Ok(bytes[start..end].to_vec())
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), ApiError> {
+        yield_once().await;
+        self.objects.borrow_mut().remove(key);
         Ok(())
     }
 }
