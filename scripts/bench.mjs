@@ -55,6 +55,7 @@ import { convertV4MiniflareOptions, Miniflare } from 'miniflare';
 import { startFakeKling } from '../tests/support/fake-kling.mjs';
 import { Receiver } from '../tests/support/receiver.mjs';
 import { ACCESS_KEY, clientWebhookSecret, SECRET_KEY, WEB_KEY, webhookSecret } from '../tests/support/settings.mjs';
+import { cpuMs, workerdPids } from '../tests/support/processes.mjs';
 import { freePort, ROOT } from '../tests/support/worker.mjs';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -196,43 +197,6 @@ async function wrk(url, script, seconds = SECONDS) {
 }
 
 // --- the runtime's CPU time --------------------------------------------------------------
-
-const TICKS_PER_SECOND = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
-
-/** The workerd processes Miniflare started (children of this process, or theirs). */
-function workerdPids() {
-  const parents = new Map();
-  const names = new Map();
-  for (const entry of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const close = stat.lastIndexOf(')');
-      names.set(entry, stat.slice(stat.indexOf('(') + 1, close));
-      parents.set(entry, stat.slice(close + 2).split(' ')[1]);
-    } catch { /* gone */ }
-  }
-  const mine = (pid) => {
-    for (let at = pid, hops = 0; at && hops < 8; at = parents.get(at), hops += 1) {
-      if (at === String(process.pid)) return true;
-    }
-    return false;
-  };
-  return [...names].filter(([pid, name]) => name.startsWith('workerd') && mine(pid)).map(([pid]) => pid);
-}
-
-/** CPU milliseconds (user + system) the processes have used so far. */
-function cpuMs(pids) {
-  let ticks = 0;
-  for (const pid of pids) {
-    try {
-      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      ticks += Number(fields[11]) + Number(fields[12]);
-    } catch { /* gone */ }
-  }
-  return (ticks * 1000) / TICKS_PER_SECOND;
-}
 
 /** wrk against `url`, with workerd's CPU time per request served. */
 async function measured(pids, url, script) {

@@ -241,6 +241,58 @@ describe('the demo page in Chromium', () => {
     await page.getByTestId('family-v2a').click();
   });
 
+  it('uploads a dropped video with a progress bar, creates with its link, and plays the result', async () => {
+    await page.getByTestId('family-v2a').click();
+    const file = await fs.readFile(path.join(ROOT, 'tests/media/six-seconds.mp4'));
+    const uploads = [];
+    const seen = (request) => { if (request.url().endsWith('/v1/assets')) uploads.push(request.method()); };
+    page.on('request', seen);
+    // Dropped on the page, as a person drags it from their desktop.
+    const dropped = await page.evaluateHandle((bytes) => {
+      const transfer = new DataTransfer();
+      transfer.items.add(new File([new Uint8Array(bytes)], 'beach.mp4', { type: 'video/mp4' }));
+      return transfer;
+    }, [...file]);
+    await page.getByTestId('drop-zone').dispatchEvent('drop', { dataTransfer: dropped });
+    await page.getByTestId('duration').filter({ hasText: '6.0 s ✓' }).waitFor();
+    await page.getByTestId('prompt').fill('waves on a beach');
+    await page.getByTestId('kind-sound').check();
+    await page.getByTestId('submit').click();
+    await page.getByTestId('duration').filter({ hasText: 'measured by the worker' }).waitFor();
+    assert.equal(await page.getByTestId('upload-progress').evaluate((bar) => bar.value), 100);
+    await page.getByTestId('status').filter({ hasText: 'Done' }).waitFor({ timeout: 20_000 });
+    const created = fake.apiRequests('POST').at(-1);
+    assert.match(created.body.video_url, new RegExp(`^${worker.url}/v1/assets/[0-9a-f]{32}/[0-9a-f]{32}/video\\.mp4\\?`));
+    const fetched = await [...fake.tasks.values()].find((task) => task.body === created.body).videoFetch;
+    assert.equal(fetched.bytes, file.length, 'Kling fetched the upload through its link');
+    assert.deepEqual(uploads, ['POST'], 'uploaded once');
+    await page.getByTestId('players').waitFor({ state: 'visible' });
+    assert.ok(await ready('#video-player') >= 2);
+    assert.equal(await page.locator('#video-caption').textContent(), 'Your video, with its new sound');
+    page.off('request', seen);
+  });
+
+  it('refuses a 1 s file in the browser before sending it, and shows the worker refusing a file that is no video', async () => {
+    const uploads = [];
+    const seen = (request) => { if (request.url().endsWith('/v1/assets')) uploads.push(request.method()); };
+    page.on('request', seen);
+    await page.getByTestId('video-file').setInputFiles(path.join(ROOT, 'tests/media/one-second.mp4'));
+    await page.getByTestId('duration').filter({ hasText: 'Kling needs 3 to 20 seconds' }).waitFor();
+    await page.getByTestId('submit').click();
+    await page.getByTestId('error').filter({ hasText: 'Your video: the video lasts 1.0 s' }).waitFor();
+    assert.deepEqual(uploads, [], 'nothing was sent');
+
+    // A page saved as .mp4: the browser cannot read a length, so the worker measures it.
+    await page.getByTestId('video-file').setInputFiles({ name: 'clip.mp4', mimeType: 'video/mp4', buffer: Buffer.from('<!doctype html><p>not a video</p>') });
+    await page.getByTestId('submit').click();
+    await page.getByTestId('error').filter({ hasText: 'Your video: is not an MP4 or MOV video' }).waitFor({ timeout: 10_000 });
+    assert.deepEqual(uploads, ['POST']);
+    assert.match(await text('error'), /code 1201/);
+    await page.getByTestId('clear-file').click();
+    assert.equal(await page.getByTestId('video-url').isEnabled(), true);
+    page.off('request', seen);
+  });
+
   it('logged no page errors', () => {
     assert.deepEqual(consoleErrors, []);
   });

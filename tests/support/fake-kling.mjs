@@ -137,6 +137,9 @@ export class FakeKling {
     this.stepMs = stepMs;
     this.requests = [];
     this.callbacks = [];
+    // Kling fetches a task's video when it starts it: the stand-in does for a worker's own
+    // upload links (`/v1/assets/...`), recording what it got (status, bytes, sha256).
+    this.videoFetches = [];
     this.tasks = new Map();
     this.faults = [];
     this.sockets = new Set();
@@ -370,7 +373,29 @@ export class FakeKling {
       created_at: now,
       updated_at: now,
     }));
+    if (typeof body.video_url === 'string' && body.video_url.includes('/v1/assets/')) {
+      task.videoFetch = this.#fetchVideo(body.video_url);
+    }
     if (this.autoProgress) this.#progress(taskId);
+  }
+
+  /** GETs a task's video with no credential, as Kling does. */
+  async #fetchVideo(url) {
+    const fetched = { url, at: Date.now() };
+    try {
+      const response = await fetch(url, { headers: { 'User-Agent': 'kling-fetcher' } });
+      const bytes = Buffer.from(await response.arrayBuffer());
+      Object.assign(fetched, {
+        status: response.status,
+        contentType: response.headers.get('content-type'),
+        bytes: bytes.length,
+        sha256: crypto.createHash('sha256').update(bytes).digest('hex'),
+      });
+    } catch (error) {
+      fetched.error = String(error);
+    }
+    this.videoFetches.push(fetched);
+    return fetched;
   }
 
   /**

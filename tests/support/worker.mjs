@@ -228,3 +228,59 @@ export async function freshRateLimitWindow(needSeconds = 20) {
   const intoWindow = (Date.now() / 1000) % 60;
   if (60 - intoWindow < needSeconds) await new Promise((resolve) => setTimeout(resolve, (60 - intoWindow + 0.5) * 1000));
 }
+
+/**
+ * The built worker in workerd through Miniflare's API, on a socket of its own: no
+ * `wrangler dev` proxy in front. That proxy holds a request whose body declared its
+ * length until the whole body has arrived, so what the worker does before it reads a body
+ * (a 413 by Content-Length, a client that breaks off halfway) is only seen this way. The
+ * bindings are wrangler.toml's (KV, R2, the Durable Object), in a fresh temporary state;
+ * no rate limiters (a limiter that is missing lets every request through). `nullUploader`
+ * adds, beside it, a Worker that only stores a body in the same bucket (the baseline of an
+ * upload's cost).
+ */
+export async function startDirectWorker(settings, { nullUploader = false } = {}) {
+  const { convertV4MiniflareOptions, Miniflare } = await import('miniflare');
+  const port = await freePort();
+  const nullPort = await freePort();
+  const state = await fs.mkdtemp(path.join(os.tmpdir(), 'kling-edge-direct-'));
+  const compatibilityDate = readFileSync(path.join(ROOT, 'wrangler.toml'), 'utf8').match(/^compatibility_date = "([^"]+)"/m)[1];
+  const logs = [];
+  const mf = new Miniflare(convertV4MiniflareOptions({
+    resourcePersistencePath: state,
+    handleStructuredLogs: (log) => logs.push(String(log.message ?? '')),
+    workers: [{
+      name: 'kling-edge',
+      modulesRoot: path.join(ROOT, 'build'),
+      modules: [
+        { type: 'ESModule', path: path.join(ROOT, 'build/index.js') },
+        { type: 'CompiledWasm', path: path.join(ROOT, 'build/index_bg.wasm') },
+      ],
+      compatibilityDate,
+      bindings: settings,
+      kvNamespaces: ['TASKS'],
+      r2Buckets: ['RESULTS'],
+      durableObjects: { COORDINATOR: { className: 'TaskCoordinator', useSQLite: true } },
+      unsafeDirectSockets: [{ host: '127.0.0.1', port }],
+    }, ...(nullUploader ? [{
+      name: 'null-uploader',
+      modules: true,
+      scriptPath: path.join(ROOT, 'tests/support/null-uploader.js'),
+      compatibilityDate,
+      r2Buckets: ['RESULTS'],
+      unsafeDirectSockets: [{ host: '127.0.0.1', port: nullPort }],
+    }] : [])],
+  }));
+  await mf.ready;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    nullUrl: nullUploader ? `http://127.0.0.1:${nullPort}` : undefined,
+    logs,
+    /** The local R2 bucket, to see what is stored. */
+    bucket: () => mf.getR2Bucket('RESULTS'),
+    async stop() {
+      await mf.dispose();
+      await fs.rm(state, { recursive: true, force: true });
+    },
+  };
+}
