@@ -1,6 +1,7 @@
 // The kling-edge demo page: sign in with a browser token, make a task of one of three
-// families (add sound to a video, a video with sound from text, a sound from text), follow
-// it live, play the result, and list earlier tasks. It talks to the worker on its own origin
+// families (add sound to a video, by URL or from the user's own file, uploaded first; a
+// video with sound from text; a sound from text), follow it live, play the result, and
+// list earlier tasks. It talks to the worker on its own origin
 // with Kling's paths, exactly as any web app would, and holds no key.
 
 /** The families the page offers: Kling's path, the prompt's limit, and what the result holds. */
@@ -25,6 +26,7 @@ const STATUS_LABELS = { submitted: 'Submitted', processing: 'Processing', succee
 const FIELD_LABELS = {
   video_url: 'Video URL', sound_effect_prompt: 'Prompt', bgm_prompt: 'Prompt', prompt: 'Prompt',
   video_duration: 'Video length', asmr_mode: 'Sound', Authorization: 'Sign-in', duration: 'Length',
+  file: 'Your video', 'Content-Type': 'Your video',
 };
 
 const $ = (id) => document.getElementById(id);
@@ -32,6 +34,8 @@ let token = sessionStorage.getItem(TOKEN_KEY) ?? '';
 let family = FAMILIES[sessionStorage.getItem(FAMILY_KEY)] ? sessionStorage.getItem(FAMILY_KEY) : 'v2a';
 const familyPath = () => FAMILIES[family].path;
 let following = null; // { taskId, timer, ticker, startedAt }
+/** The user's own video, when one is chosen: it is uploaded (POST /v1/assets) before the create. */
+let chosenFile = null;
 
 const isFinal = (status) => status === 'succeed' || status === 'failed';
 
@@ -151,8 +155,13 @@ function showError(error) {
 /** The video's length as the browser reads it: a promise per URL, null when unreadable. */
 let durationProbe = { url: null, seconds: Promise.resolve(null) };
 
+/** The video the create will name: the chosen file (as a local object URL) or the URL field. */
+function videoSource() {
+  return chosenFile ? chosenFile.objectUrl : $('video-url').value.trim();
+}
+
 function probeDuration() {
-  const url = $('video-url').value.trim();
+  const url = videoSource();
   const hint = $('duration');
   hint.textContent = '';
   hint.classList.remove('bad');
@@ -204,7 +213,12 @@ async function createBody() {
     const seconds = $('audio-duration').value.trim();
     return { prompt, duration: seconds === '' ? undefined : Number(seconds) };
   }
-  const body = { video_url: $('video-url').value.trim() };
+  const seconds = await videoDuration(videoSource());
+  if (chosenFile && seconds !== null && (seconds < 3 || seconds > 20)) {
+    // Checked here, before a byte is sent, as the worker would check it on arrival.
+    throw new WorkerError({ message: `file: the video lasts ${seconds.toFixed(1)} s; Kling needs 3 to 20 seconds` }, 0);
+  }
+  const body = { video_url: chosenFile ? (await uploadChosen()).url : $('video-url').value.trim() };
   const kind = form.get('kind');
   if (kind === 'music') {
     if (prompt) body.bgm_prompt = prompt;
@@ -212,10 +226,59 @@ async function createBody() {
     if (prompt) body.sound_effect_prompt = prompt;
     if (kind === 'asmr') body.asmr_mode = true;
   }
-  // A hint of the length lets the worker refuse a 3-20 s violation before a credit is spent.
-  const seconds = await videoDuration(body.video_url);
-  if (seconds !== null) body.video_duration = seconds;
+  // A hint of the length lets the worker refuse a 3-20 s violation before a credit is spent
+  // (an upload was measured by the worker itself).
+  if (seconds !== null && !chosenFile) body.video_duration = seconds;
   return body;
+}
+
+// --- the user's own video --------------------------------------------------------------
+
+function chooseFile(file) {
+  if (chosenFile) URL.revokeObjectURL(chosenFile.objectUrl);
+  chosenFile = file ? { file, objectUrl: URL.createObjectURL(file), uploaded: null } : null;
+  $('video-url').disabled = Boolean(file);
+  $('clear-file').hidden = !file;
+  if (!file) $('video-file').value = '';
+  $('upload-progress').hidden = true;
+  probeDuration();
+}
+
+/**
+ * Uploads the chosen file (once) with a progress bar: XMLHttpRequest, since fetch reports
+ * no upload progress. Resolves with the worker's asset (its signed `url` names it in a create).
+ */
+function uploadChosen() {
+  if (chosenFile.uploaded) return Promise.resolve(chosenFile.uploaded);
+  const { file } = chosenFile;
+  const bar = $('upload-progress');
+  bar.hidden = false;
+  bar.value = 0;
+  $('duration').textContent = `Uploading ${file.name}…`;
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    request.open('POST', '/v1/assets');
+    request.setRequestHeader('Authorization', `Bearer ${token}`);
+    request.setRequestHeader('Content-Type', file.type || (file.name.toLowerCase().endsWith('.mov') ? 'video/quicktime' : 'video/mp4'));
+    request.upload.onprogress = (event) => {
+      if (event.lengthComputable) bar.value = Math.round((event.loaded / event.total) * 100);
+    };
+    request.onerror = () => reject(new WorkerError({ message: 'Could not reach the worker to upload the video' }, 0));
+    request.onload = () => {
+      let answer = null;
+      try { answer = JSON.parse(request.responseText); } catch { /* not JSON */ }
+      if (request.status !== 200 || answer?.code !== 0) {
+        bar.hidden = true;
+        reject(new WorkerError(answer, request.status));
+        return;
+      }
+      bar.value = 100;
+      chosenFile.uploaded = answer.data;
+      $('duration').textContent = `Uploaded: ${answer.data.duration.toFixed(1)} s, measured by the worker ✓`;
+      resolve(answer.data);
+    };
+    request.send(file);
+  });
 }
 
 function chooseFamily(name) {
@@ -245,6 +308,7 @@ async function submit(event) {
   try {
     const body = await createBody();
     const created = await api('POST', familyPath(), body);
+    // The uploaded video plays from the worker's link (the local file would do as well).
     showTask({ ...created, task_status: created.task_status ?? 'submitted' }, body.video_url);
     follow(created.task_id, body.video_url);
     refreshList();
@@ -499,6 +563,17 @@ $('token-form').addEventListener('submit', async (event) => {
 });
 $('task-form').addEventListener('submit', submit);
 $('video-url').addEventListener('change', probeDuration);
+$('video-file').addEventListener('change', () => chooseFile($('video-file').files[0] ?? null));
+$('clear-file').addEventListener('click', () => chooseFile(null));
+const dropZone = $('drop-zone');
+dropZone.addEventListener('dragover', (event) => { event.preventDefault(); dropZone.classList.add('over'); });
+dropZone.addEventListener('dragleave', () => dropZone.classList.remove('over'));
+dropZone.addEventListener('drop', (event) => {
+  event.preventDefault();
+  dropZone.classList.remove('over');
+  const [file] = event.dataTransfer.files;
+  if (file) chooseFile(file);
+});
 $('prompt').addEventListener('input', updatePromptCount);
 $('play-together').addEventListener('click', playTogether);
 // The browser's own bubble says what is wrong with a field: an older error must not stay beside it.
