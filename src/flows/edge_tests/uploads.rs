@@ -389,3 +389,26 @@ fn an_upload_that_outlives_its_deadline_is_not_kept() {
     assert!(polls > 0);
     world.assert_nothing_kept(&web, "outlived its deadline");
 }
+
+#[test]
+fn concurrent_uploads_cannot_all_take_the_last_bytes_of_the_day() {
+    let limit = 1024 * 1024;
+    let world = World::with(&[("UPLOAD_BYTES_PER_DAY", &limit.to_string())]);
+    let web = server("web");
+    // Four declared uploads of 400 KiB against a day of 1 MiB: two fit, whatever the order.
+    let mut file = SIX_SECONDS.to_vec();
+    let padding = 400 * 1024;
+    file.extend_from_slice(&(padding as u32).to_be_bytes());
+    file.extend_from_slice(b"free");
+    file.resize(SIX_SECONDS.len() + padding, 0);
+    let outcomes = world.edge(|edge| {
+        let uploads =
+            (0..4).map(|_| edge.upload(&web, Style::Kling, raw("video/mp4", &file, true))).collect();
+        run_together(uploads)
+    });
+    let stored = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    let spent = outcomes.iter().filter(|outcome| outcome.as_ref().is_err_and(|e| e.status == 429)).count();
+    assert_eq!((stored, spent), (2, 2), "{outcomes:?}");
+    assert_eq!(world.assets_of(&web).len(), 2);
+    assert_eq!(world.asset_objects().len(), 2, "a refused upload stored nothing");
+}
