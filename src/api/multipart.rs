@@ -200,6 +200,26 @@ impl FormReader {
     }
 }
 
+/// A header value's parameters: split at each `;` that is not inside a quoted string (a
+/// file may be named `a; name=b.mp4`).
+fn split_outside_quotes(value: &str) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (at, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                parts.push(&value[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts
+}
+
 /// A part's header block (the lines before its blank line).
 fn parse_head(block: &[u8]) -> Result<PartHead, ApiError> {
     let text = std::str::from_utf8(block).map_err(|_| malformed("a part's headers are not UTF-8"))?;
@@ -210,7 +230,7 @@ fn parse_head(block: &[u8]) -> Result<PartHead, ApiError> {
         };
         let header = header.trim();
         if header.eq_ignore_ascii_case("content-disposition") {
-            let mut params = value.split(';');
+            let mut params = split_outside_quotes(value).into_iter();
             if !params.next().unwrap_or("").trim().eq_ignore_ascii_case("form-data") {
                 return Err(malformed("a part's Content-Disposition is not form-data"));
             }
@@ -219,8 +239,8 @@ fn parse_head(block: &[u8]) -> Result<PartHead, ApiError> {
                 let raw = raw.trim();
                 let unquoted = raw.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(raw);
                 match key.trim().to_ascii_lowercase().as_str() {
-                    "name" => name = Some(unquoted.to_owned()),
-                    "filename" => filename = Some(unquoted.to_owned()),
+                    "name" if name.is_none() => name = Some(unquoted.to_owned()),
+                    "filename" if filename.is_none() => filename = Some(unquoted.to_owned()),
                     _ => {}
                 }
             }
@@ -338,6 +358,16 @@ mod tests {
         let parts = read(body.as_bytes(), 3).unwrap();
         assert_eq!(parts.len(), 1);
         assert!(parts[0].1.is_empty());
+    }
+
+    #[test]
+    fn a_semicolon_in_a_quoted_file_name_stays_in_the_name() {
+        let body = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"video\"; filename=\"a; name=x.mp4\"\r\n\r\nxy\r\n--{BOUNDARY}--"
+        );
+        let parts = read(body.as_bytes(), 5).unwrap();
+        assert_eq!(parts[0].0.name, "video");
+        assert_eq!(parts[0].0.filename.as_deref(), Some("a; name=x.mp4"));
     }
 
     #[test]

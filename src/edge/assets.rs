@@ -13,8 +13,9 @@ use crate::ports::{AssetBucket, UploadFault};
 use crate::record::asset;
 use crate::routes::AssetFile;
 
+use super::clock::WorkerRuntime;
 use super::copies::{self, pipe_whole};
-use super::result_links::{link_expiry, serve_object, SignedFile};
+use super::result_links::{link_expiry, serve_object, Caching, SignedFile};
 use super::{clock, http, Call};
 
 /// An upload's body: the request's stream, read by the flow or piped whole.
@@ -39,8 +40,12 @@ pub struct R2Assets<'a> {
     pub env: &'a Env,
 }
 
+/// The bucket's failure: logged here in its own words (the client is told only that the
+/// bucket failed).
 fn bucket_fault(error: impl std::fmt::Display) -> UploadFault {
-    UploadFault::Bucket(error.to_string())
+    let why = error.to_string();
+    WorkerRuntime.log_problem("upload", &why);
+    UploadFault::Bucket(why)
 }
 
 impl R2Assets<'_> {
@@ -86,7 +91,11 @@ impl AssetBucket for R2Assets<'_> {
         length: u64,
     ) -> Result<(), UploadFault> {
         let stream = body.stream.ok_or(UploadFault::BrokeOff)?;
-        pipe_whole(&self.bucket()?, key, Self::metadata(content_type), stream, length).await
+        let piped = pipe_whole(&self.bucket()?, key, Self::metadata(content_type), stream, length).await;
+        if let Err(UploadFault::Bucket(why)) = &piped {
+            WorkerRuntime.log_problem("upload", why);
+        }
+        piped
     }
 
     async fn begin_parts(&self, key: &str, content_type: &str) -> Result<R2Parts, UploadFault> {
@@ -161,6 +170,7 @@ pub async fn serve(
         name: &file.name,
         content_type: if file.name.ends_with(".mov") { "video/quicktime" } else { "video/mp4" },
         gone: "asset: this upload is no longer kept (ASSET_RETENTION_DAYS, or deleted)",
+        cache: Caching::Private,
     };
     serve_object(request, call, &signed, link_expiry(url.query()), head_only).await
 }

@@ -40,18 +40,30 @@ pub async fn serve(
         name: &copy.name,
         content_type: copies::content_type(&copy.name),
         gone: "result: this copy is no longer kept (RESULT_RETENTION_DAYS); Kling's link may still work",
+        cache: Caching::UntilExpiry,
     };
     serve_object(request, call, &file, link_expiry(url.query()), head_only).await
 }
 
-/// An object a verified link names: its key, the file name and type to serve it with, and
-/// what to say if it is gone.
+/// An object a verified link names: its key, the file name and type to serve it with, what
+/// to say if it is gone, and who may cache it.
 pub(super) struct SignedFile<'a> {
     pub key: String,
     pub name: &'a str,
     pub content_type: &'a str,
     pub gone: &'static str,
+    pub cache: Caching,
 }
+
+/// Who may keep a served file.
+pub(super) enum Caching {
+    /// Any cache, until the link expires (a result copy does not change).
+    UntilExpiry,
+    /// The browser only, for at most [`PRIVATE_MAX_AGE_SECS`] (an upload may be deleted).
+    Private,
+}
+
+const PRIVATE_MAX_AGE_SECS: u64 = 300;
 
 /// Serves the object a verified link (expiring at `expires`) names, as a media server does.
 /// Uploads' links (`super::assets`) are served the same way.
@@ -116,9 +128,14 @@ pub(super) async fn serve_object(
     let _ = headers.set("ETag", &object.http_etag());
     let _ = headers.set("Accept-Ranges", "bytes");
     let _ = headers.set("Content-Disposition", &format!("inline; filename=\"{}\"", file.name));
-    // Shared caches may keep it until the link expires (a new link is a new URL).
+    // Shared caches may keep a result copy until the link expires (a new link is a new
+    // URL); an upload, which its owner may delete, only the browser, briefly.
     let max_age = expires.saturating_sub(now_secs);
-    let _ = headers.set("Cache-Control", &format!("public, max-age={max_age}, immutable"));
+    let cache_control = match file.cache {
+        Caching::UntilExpiry => format!("public, max-age={max_age}, immutable"),
+        Caching::Private => format!("private, max-age={}", max_age.min(PRIVATE_MAX_AGE_SECS)),
+    };
+    let _ = headers.set("Cache-Control", &cache_control);
     let _ = headers.set("X-Content-Type-Options", "nosniff");
     let _ = headers.set("X-Request-Id", call.request_id);
 

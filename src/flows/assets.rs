@@ -33,15 +33,20 @@ fn no_asset(asset_id: &str) -> ApiError {
 impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: Runtime>
     Coordinator<'_, S, K, W, R, B, T>
 {
-    /// Counts an upload against the day's bytes (`declared`, if it said) and records it as
-    /// uploading, with its deadline; or says when the day renews.
-    pub fn begin_upload(&self, asset_id: &str, declared: u64, day_limit: u64) -> Result<Admission, ApiError> {
+    /// Reserves an upload's bytes against the day's (its declared size, else what is left)
+    /// and records it as uploading, with its deadline; or says when the day renews.
+    pub fn begin_upload(
+        &self,
+        asset_id: &str,
+        declared: Option<u64>,
+        day_limit: u64,
+    ) -> Result<Admission, ApiError> {
         let now = self.runtime.now_ms();
         let mut day = UploadDay::read(self.store.meta(UPLOAD_DAY_META)?.as_deref(), now);
         let admission = day.admit(declared, day_limit, now);
-        if admission == Admission::Admitted {
+        if let Admission::Admitted { reserved } = admission {
             self.store.set_meta(UPLOAD_DAY_META, &day.encode())?;
-            self.store.save_asset(&Asset::begin(asset_id, now, declared))?;
+            self.store.save_asset(&Asset::begin(asset_id, now, reserved))?;
         }
         Ok(admission)
     }
@@ -66,29 +71,44 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
                 ),
             ));
         };
-        self.correct_day(kept.bytes, measured.bytes)?;
+        self.correct_day(&kept, measured.bytes)?;
         kept.store(measured, retention_ms);
         self.store.save_asset(&kept)?;
         Ok(kept)
     }
 
-    /// Removes an upload that was refused or broke off, counting what arrived.
+    /// Removes an upload that was refused or broke off, counting what arrived. One whose
+    /// record is already gone (past its deadline) has its object removed all the same.
     pub async fn drop_upload(&self, asset_id: &str, arrived: u64) -> Result<(), ApiError> {
-        let Some(mut kept) = self.store.load_asset(asset_id)?.filter(|kept| !kept.is_stored()) else {
-            return Ok(());
+        let mut kept = match self.store.load_asset(asset_id)? {
+            Some(kept) if kept.is_stored() => return Ok(()),
+            Some(kept) => kept,
+            None => {
+                let key = asset::object_key(self.shard, asset_id);
+                if let Err(problem) = self.bucket.delete(&[key]).await {
+                    self.runtime
+                        .log(json!({"event": "asset", "asset_id": asset_id, "problem": problem.message}));
+                }
+                return Ok(());
+            }
         };
         if kept.state == AssetState::Uploading {
-            self.correct_day(kept.bytes, arrived)?;
+            self.correct_day(&kept, arrived)?;
         }
         kept.remove(self.runtime.now_ms());
         self.store.save_asset(&kept)?;
         self.remove(&kept).await
     }
 
-    fn correct_day(&self, counted: u64, actual: u64) -> Result<(), ApiError> {
+    /// Replaces an upload's reservation by what it brought, in the count of the day it was
+    /// reserved on (a day since renewed is left alone).
+    fn correct_day(&self, upload: &Asset, actual: u64) -> Result<(), ApiError> {
         let now = self.runtime.now_ms();
         let mut day = UploadDay::read(self.store.meta(UPLOAD_DAY_META)?.as_deref(), now);
-        day.correct(counted, actual);
+        if day.day != upload.counted_on {
+            return Ok(());
+        }
+        day.correct(upload.bytes, actual);
         self.store.set_meta(UPLOAD_DAY_META, &day.encode())
     }
 
@@ -101,10 +121,12 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             .ok_or_else(|| no_asset(asset_id))
     }
 
-    /// A page of the stored assets, newest first.
+    /// A page of the stored assets, newest first (one expired and not yet removed is not
+    /// listed).
     pub fn list_assets(&self, page_num: u32, page_size: u32) -> Result<Vec<Asset>, ApiError> {
         let offset = page_num.saturating_sub(1).saturating_mul(page_size);
-        self.store.asset_page(offset, page_size)
+        let now = self.runtime.now_ms();
+        Ok(self.store.asset_page(offset, page_size)?.into_iter().filter(|kept| kept.due_at > now).collect())
     }
 
     /// A client's removal of a stored asset: gone from the list at once, its object removed

@@ -435,13 +435,16 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
                 first_failure.get_or_insert(error);
             }
         }
+        // Uploads are swept whatever happened to the tasks (a task that fails every time
+        // must not keep a refused upload's object forever).
+        let swept = self.sweep_assets(now).await;
         if let Some(error) = first_failure {
             return Err(error);
         }
+        swept?;
         for task_id in self.store.expired(now, self.settings.keep_ms(), DUE_BATCH)? {
             self.forget(&task_id).await?;
         }
-        self.sweep_assets(now).await?;
         Ok(worked)
     }
 

@@ -277,7 +277,7 @@ impl<P: EdgePorts> Edge<'_, P> {
         hint: Option<f64>,
     ) -> Result<Option<String>, ApiError> {
         let field = surface.body.client_name_of_upstream("video_url").unwrap_or("video_url");
-        if let Some(link) = url.and_then(|url| asset_links::parse(self.origin, url)) {
+        if let Some(link) = url.and_then(|url| asset_links::parse(&self.config.link_key, self.origin, url)) {
             return self.asset_rules(client, field, &link).await.map(Some);
         }
         let policy = self.config.video_probe;

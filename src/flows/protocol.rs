@@ -84,13 +84,15 @@ pub struct ReleaseJob {
     pub hold_id: String,
 }
 
-/// An upload about to start: counted against the tenant's bytes of the day (`declared`, 0
-/// if unknown) and recorded as uploading, or refused with when the day renews.
+/// An upload about to start: its bytes reserved against the tenant's bytes of the day (its
+/// declared size, or what is left) and recorded as uploading; or refused, with when the day
+/// renews.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BeginUpload {
     pub tenant: String,
     pub asset_id: String,
-    pub declared_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_bytes: Option<u64>,
     /// `UPLOAD_BYTES_PER_DAY`.
     pub day_limit: u64,
 }
@@ -387,7 +389,7 @@ mod tests {
         let begin = Request::from(BeginUpload {
             tenant: "web/bob".into(),
             asset_id: "a".into(),
-            declared_bytes: 5,
+            declared_bytes: Some(5),
             day_limit: 10,
         });
         assert_eq!((begin.tenant(), begin.op()), (Some("web/bob"), "begin_upload"));

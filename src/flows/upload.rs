@@ -69,6 +69,8 @@ struct Started<Parts> {
     parts: Option<Parts>,
     /// The bytes that arrived so far.
     bytes: u64,
+    /// The bytes the day's count holds for it: it may bring no more.
+    reserved: u64,
     /// Bytes not yet sent as a part.
     pending: Vec<u8>,
 }
@@ -84,16 +86,26 @@ fn too_large(what: &str) -> ApiError {
     )
 }
 
-fn fault(fault: UploadFault, bytes: u64) -> ApiError {
+/// An upload's fault as the client's error; `arrived` is what is known to have arrived. (The
+/// bucket's own words are logged where it failed, not told.)
+fn fault(fault: UploadFault, arrived: Option<u64>) -> ApiError {
     match fault {
-        UploadFault::BrokeOff => ApiError::new(
-            400,
-            code::INVALID_REQUEST,
-            format!("upload: the body broke off after {bytes} bytes; nothing was kept, send it again"),
-        ),
-        UploadFault::Bucket(why) => {
-            ApiError::new(503, code::UNAVAILABLE, format!("upload: the bucket failed ({why}); retry shortly"))
+        UploadFault::BrokeOff => {
+            let when = match arrived {
+                Some(bytes) => format!("after {bytes} bytes"),
+                None => "before its declared length".to_owned(),
+            };
+            ApiError::new(
+                400,
+                code::INVALID_REQUEST,
+                format!("upload: the body broke off {when}; nothing was kept, send it again"),
+            )
         }
+        UploadFault::Bucket(_) => ApiError::new(
+            503,
+            code::UNAVAILABLE,
+            "upload: the bucket failed; nothing was kept, retry shortly",
+        ),
     }
 }
 
@@ -139,14 +151,31 @@ impl<P: EdgePorts> Edge<'_, P> {
             )
         })?;
         let Received { mut fields, asset } = self.receive_form(client, &boundary, upload).await?;
-        if let Some(asset) = asset {
-            if fields.iter().any(|(name, _)| name == "video") {
-                return Err(ApiError::bad_param("video", "is given twice (as a file and as text)"));
-            }
+        let Some(asset) = asset else {
+            let body = multipart::json_fields(surface.body, fields)?;
+            return self.create(client, surface, body).await;
+        };
+        let created = if fields.iter().any(|(name, _)| name == "video") {
+            Err(ApiError::bad_param("video", "is given twice (as a file and as text)"))
+        } else {
             fields.push(("video".to_owned(), self.link(&task::tenant_shard(&client.tenant), &asset).0));
+            match multipart::json_fields(surface.body, fields) {
+                Ok(body) => self.create(client, surface, body).await,
+                Err(refusal) => Err(refusal),
+            }
+        };
+        // A refused create keeps nothing of its file. One whose outcome is unknown (Kling
+        // did not answer in time) keeps it: Kling may have the task, and fetch the video.
+        if let Err(refusal) = &created {
+            if !matches!(refusal.status, 502 | 504) {
+                if let Err(problem) = self.delete_asset(client, &asset.asset_id).await {
+                    self.runtime.log(
+                        json!({"event": "upload", "asset_id": asset.asset_id, "problem": problem.message}),
+                    );
+                }
+            }
         }
-        let body = multipart::json_fields(surface.body, fields)?;
-        self.create(client, surface, body).await
+        created
     }
 
     /// `GET /v1/assets/{id}`: one stored asset of the tenant, with a fresh link.
@@ -227,15 +256,13 @@ impl<P: EdgePorts> Edge<'_, P> {
         if upload.content_length == Some(0) {
             return Err(ApiError::new(400, code::INVALID_REQUEST, "upload: the body is empty"));
         }
-        let mut started = self.start(client, content_type, upload.content_length.unwrap_or(0)).await?;
+        let mut started = self.start(client, content_type, upload.content_length).await?;
         let outcome = match upload.content_length {
             Some(length) => {
-                started.bytes = length;
                 let key = started.key.clone();
-                self.assets
-                    .put_whole(&key, content_type, upload.body, length)
-                    .await
-                    .map_err(|why| fault(why, 0))
+                let piped = self.assets.put_whole(&key, content_type, upload.body, length).await;
+                // What arrived of a body that failed is not known: none of it was kept.
+                piped.map(|()| started.bytes = length).map_err(|why| fault(why, None))
             }
             None => {
                 let mut body = upload.body;
@@ -254,7 +281,7 @@ impl<P: EdgePorts> Edge<'_, P> {
             match self.assets.next_chunk(body).await {
                 Ok(Some(chunk)) => self.add_bytes(started, &chunk).await?,
                 Ok(None) => return self.finish_parts(started).await,
-                Err(why) => return Err(fault(why, started.bytes)),
+                Err(why) => return Err(fault(why, Some(started.bytes))),
             }
         }
     }
@@ -285,7 +312,7 @@ impl<P: EdgePorts> Edge<'_, P> {
                         reader.finish()?;
                         break;
                     }
-                    Err(why) => return Err(fault(why, started.as_ref().map_or(0, |s| s.bytes))),
+                    Err(why) => return Err(fault(why, Some(started.as_ref().map_or(0, |s| s.bytes)))),
                 };
                 for event in reader.push(&chunk)? {
                     match event {
@@ -297,6 +324,12 @@ impl<P: EdgePorts> Edge<'_, P> {
                                 self.finish_parts(file).await?;
                             }
                             in_file = head.is_file();
+                            // A file input left empty comes as a file part with no name and
+                            // no bytes: it is no file (and no field).
+                            if head.filename.as_deref() == Some("") {
+                                in_file = false;
+                                continue;
+                            }
                             if !in_file {
                                 text = Some((head.name, Vec::new()));
                                 continue;
@@ -313,7 +346,7 @@ impl<P: EdgePorts> Edge<'_, P> {
                                 "video/quicktime" => "video/quicktime",
                                 _ => "video/mp4",
                             };
-                            let declared = upload.content_length.unwrap_or(0).min(asset::MAX_BYTES);
+                            let declared = upload.content_length.map(|length| length.min(asset::MAX_BYTES));
                             started = Some(self.start(client, content_type, declared).await?);
                         }
                         Event::Data(bytes) => match (&mut text, started.as_mut().filter(|_| in_file)) {
@@ -354,12 +387,13 @@ impl<P: EdgePorts> Edge<'_, P> {
         Ok(Received { fields, asset })
     }
 
-    /// Counts the upload with the tenant's coordinator and records it as uploading.
+    /// Reserves the upload's bytes with the tenant's coordinator (its declared size, else
+    /// what is left of the day) and records it as uploading.
     async fn start(
         &self,
         client: &Client,
         content_type: &'static str,
-        declared: u64,
+        declared: Option<u64>,
     ) -> Result<Started<<P::Assets as AssetBucket>::Parts>, ApiError> {
         let shard = task::tenant_shard(&client.tenant);
         let asset_id = hex(&self.runtime.random_16()?);
@@ -369,13 +403,14 @@ impl<P: EdgePorts> Edge<'_, P> {
             declared_bytes: declared,
             day_limit: self.config.upload_bytes_per_day,
         };
-        if let Admission::Spent { used, limit, retry_after_secs } =
-            self.coordinators.call(&shard, call).await?
-        {
-            return Err(asset::spent_refusal(used, limit, retry_after_secs));
-        }
+        let reserved = match self.coordinators.call(&shard, call).await? {
+            Admission::Admitted { reserved } => reserved,
+            Admission::Spent { used, limit, retry_after_secs } => {
+                return Err(asset::spent_refusal(used, limit, retry_after_secs))
+            }
+        };
         let key = asset::object_key(&shard, &asset_id);
-        Ok(Started { asset_id, key, content_type, parts: None, bytes: 0, pending: Vec::new() })
+        Ok(Started { asset_id, key, content_type, parts: None, bytes: 0, reserved, pending: Vec::new() })
     }
 
     /// Adds a file's bytes, sending each full part; past the cap, 413. A part is filled to
@@ -388,6 +423,9 @@ impl<P: EdgePorts> Edge<'_, P> {
         started.bytes = started.bytes.saturating_add(bytes.len() as u64);
         if started.bytes > asset::MAX_BYTES {
             return Err(too_large("file"));
+        }
+        if started.bytes > started.reserved {
+            return Err(asset::reservation_passed(started.reserved, self.runtime.now_ms()));
         }
         let mut rest = bytes;
         while !rest.is_empty() {
@@ -413,10 +451,10 @@ impl<P: EdgePorts> Edge<'_, P> {
     ) -> Result<(), ApiError> {
         if started.parts.is_none() {
             let parts = self.assets.begin_parts(&started.key, started.content_type).await;
-            started.parts = Some(parts.map_err(|why| fault(why, started.bytes))?);
+            started.parts = Some(parts.map_err(|why| fault(why, Some(started.bytes)))?);
         }
         let Some(parts) = started.parts.as_mut() else { return Ok(()) };
-        self.assets.put_part(parts, part).await.map_err(|why| fault(why, started.bytes))
+        self.assets.put_part(parts, part).await.map_err(|why| fault(why, Some(started.bytes)))
     }
 
     /// Sends the last part and completes the multipart upload.
@@ -432,7 +470,7 @@ impl<P: EdgePorts> Edge<'_, P> {
             self.put_part(started, last).await?;
         }
         let Some(parts) = started.parts.take() else { return Ok(()) };
-        self.assets.complete(parts).await.map_err(|why| fault(why, started.bytes))
+        self.assets.complete(parts).await.map_err(|why| fault(why, Some(started.bytes)))
     }
 
     /// Measures what was stored and has the coordinator keep it; or, on any failure (the
@@ -505,8 +543,10 @@ impl<P: EdgePorts> Edge<'_, P> {
         };
         match self.coordinators.call(shard, call).await {
             Ok(kept) => Ok(kept),
-            Err(error) => {
-                // Its record is gone (past its deadline): the object would be nobody's.
+            // Its record is gone (past its deadline): the object would be nobody's. Any other
+            // failure may have kept it with its answer lost: the record decides (one still
+            // uploading is removed with its object by the alarm).
+            Err(error) if error.status == 408 => {
                 if let Err(problem) = self.assets.remove(&started.key).await {
                     self.runtime.log(
                         json!({"event": "upload", "asset_id": started.asset_id, "problem": problem.message}),
@@ -514,6 +554,7 @@ impl<P: EdgePorts> Edge<'_, P> {
                 }
                 Err(error)
             }
+            Err(error) => Err(error),
         }
     }
 

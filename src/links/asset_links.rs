@@ -49,15 +49,18 @@ pub fn parse_path(rest: &str) -> Option<(String, String, String)> {
         .then(|| (shard.to_owned(), asset_id.to_owned(), name.to_owned()))
 }
 
-/// `url` as a link to one of this deployment's assets (on `origin`), if it is one.
-pub fn parse(origin: &str, url: &str) -> Option<AssetLink> {
+/// `url` as a link to one of this deployment's assets, if it is one: on `origin`, or on
+/// another origin of the same deployment (another of its hostnames, http for https), known
+/// by its signature under `key`, so a link's host cannot be changed to slip past the
+/// rules. A link of the same form on someone else's host is no link of ours.
+pub fn parse(key: &LinkKey, origin: &str, url: &str) -> Option<AssetLink> {
     let parsed = Url::parse(url).ok()?;
-    if parsed.origin().ascii_serialization() != origin {
-        return None;
-    }
     let rest = parsed.path().strip_prefix(ASSETS_PATH)?.strip_prefix('/')?;
     let (shard, asset_id, name) = parse_path(rest)?;
-    Some(AssetLink { shard, asset_id, name, query: parsed.query().map(str::to_owned) })
+    let link = AssetLink { shard, asset_id, name, query: parsed.query().map(str::to_owned) };
+    // At time 0 no link has expired: this checks the signature alone.
+    let ours = parsed.origin().ascii_serialization() == origin || verify(key, &link, 0).is_ok();
+    ours.then_some(link)
 }
 
 /// Checks a link's signature and expiry, at `now_secs`.
@@ -95,7 +98,7 @@ mod tests {
     fn a_link_opens_its_asset_only_until_it_expires() {
         let key = LinkKey::derive("sk-example", "");
         let url = mint(&key, ORIGIN, SHARD, ID, "video.mp4", NOW + 60);
-        let link = parse(ORIGIN, &url).unwrap();
+        let link = parse(&key, ORIGIN, &url).unwrap();
         assert_eq!(
             (link.shard.as_str(), link.asset_id.as_str(), link.name.as_str()),
             (SHARD, ID, "video.mp4")
@@ -118,13 +121,19 @@ mod tests {
     }
 
     #[test]
-    fn only_this_origins_asset_paths_are_asset_links() {
+    fn asset_paths_are_asset_links_on_this_origin_or_when_signed_here() {
+        let key = LinkKey::derive("sk-example", "");
         let url = format!("{ORIGIN}/v1/assets/{SHARD}/{ID}/video.mov?expires=1&signature=x");
-        assert!(parse(ORIGIN, &url).is_some());
-        assert!(parse("https://other.example.com", &url).is_none());
-        assert!(parse(ORIGIN, &format!("{ORIGIN}/v1/assets/{SHARD}/{ID}/clip.mp4")).is_none());
-        assert!(parse(ORIGIN, &format!("{ORIGIN}/v1/assets/{ID}")).is_none());
-        assert!(parse(ORIGIN, "https://cdn.example.com/a.mp4").is_none());
-        assert!(parse(ORIGIN, "not a url").is_none());
+        assert!(parse(&key, ORIGIN, &url).is_some());
+        assert!(parse(&key, "https://other.example.com", &url).is_none(), "unsigned, elsewhere");
+        assert!(parse(&key, ORIGIN, &format!("{ORIGIN}/v1/assets/{SHARD}/{ID}/clip.mp4")).is_none());
+        assert!(parse(&key, ORIGIN, &format!("{ORIGIN}/v1/assets/{ID}")).is_none());
+        assert!(parse(&key, ORIGIN, "https://cdn.example.com/a.mp4").is_none());
+        assert!(parse(&key, ORIGIN, "not a url").is_none());
+        // Our link with its host changed (another hostname of this deployment) is still ours,
+        // expired or not.
+        let minted = mint(&key, ORIGIN, SHARD, ID, "video.mp4", NOW + 60);
+        let moved = minted.replace(ORIGIN, "http://kling-edge.example.workers.dev");
+        assert_eq!(parse(&key, ORIGIN, &moved).map(|link| link.asset_id), Some(ID.to_owned()));
     }
 }

@@ -62,9 +62,13 @@ pub struct Asset {
     /// Measured: `video/mp4` or `video/quicktime`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
-    /// Its size: measured once stored; while uploading, the size it was counted at.
+    /// Its size: measured once stored; while uploading, the bytes reserved for it.
     #[serde(default)]
     pub bytes: u64,
+    /// The day (`day_of`) its reservation was counted on: a correction on a later day
+    /// leaves that day's count alone.
+    #[serde(default)]
+    pub counted_on: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_secs: Option<f64>,
 }
@@ -78,16 +82,17 @@ pub struct Measured {
 }
 
 impl Asset {
-    /// An upload about to store its first byte; `declared` is the size it was counted at
-    /// against the day's bytes (0 when it declared none), until its real size is known.
-    pub fn begin(asset_id: &str, now: u64, declared: u64) -> Asset {
+    /// An upload about to store its first byte, with the bytes `reserved` for it against
+    /// the day's, until its real size is known.
+    pub fn begin(asset_id: &str, now: u64, reserved: u64) -> Asset {
         Asset {
             asset_id: asset_id.to_owned(),
             state: AssetState::Uploading,
             created_at: now,
             due_at: now + UPLOAD_DEADLINE_MS,
             content_type: None,
-            bytes: declared,
+            bytes: reserved,
+            counted_on: day_of(now),
             duration_secs: None,
         }
     }
@@ -195,17 +200,15 @@ pub struct UploadDay {
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
-/// Whether an upload may start, or when the day renews.
+/// Whether an upload may start, with the bytes it may bring, or when the day renews.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Admission {
-    Admitted,
+    /// It may bring up to `reserved` bytes (counted against the day until its real size is
+    /// known).
+    Admitted { reserved: u64 },
     /// The day's bytes are spent: `used` of `limit`, renewing in `retry_after_secs`.
-    Spent {
-        used: u64,
-        limit: u64,
-        retry_after_secs: u64,
-    },
+    Spent { used: u64, limit: u64, retry_after_secs: u64 },
 }
 
 impl UploadDay {
@@ -223,26 +226,49 @@ impl UploadDay {
         format!("{} {}", self.day, self.bytes)
     }
 
-    /// Counts `bytes` more if the day's count is still under `limit` (an upload's size is
-    /// not known before it arrives unless declared, so one upload may end past the limit;
-    /// the next is refused).
-    pub fn admit(&mut self, bytes: u64, limit: u64, now: u64) -> Admission {
-        if self.bytes >= limit || self.bytes.saturating_add(bytes) > limit {
-            let renews = (self.day + 1) * DAY_MS;
-            return Admission::Spent {
-                used: self.bytes,
-                limit,
-                retry_after_secs: renews.saturating_sub(now).div_ceil(1000).max(1),
-            };
+    /// Reserves what an upload may bring: its `declared` size, or (undeclared) what is left
+    /// of the day, up to [`MAX_BYTES`]; so concurrent uploads can never together pass the
+    /// limit. Refused when the declared size does not fit, or nothing is left.
+    pub fn admit(&mut self, declared: Option<u64>, limit: u64, now: u64) -> Admission {
+        let left = limit.saturating_sub(self.bytes);
+        let reserved = declared.unwrap_or(left.min(MAX_BYTES));
+        if left == 0 || reserved > left {
+            return Admission::Spent { used: self.bytes, limit, retry_after_secs: seconds_to_renewal(now) };
         }
-        self.bytes = self.bytes.saturating_add(bytes);
-        Admission::Admitted
+        self.bytes = self.bytes.saturating_add(reserved);
+        Admission::Admitted { reserved }
     }
 
-    /// Corrects the count once an upload's real size is known (it was counted as declared).
+    /// Corrects the count once an upload's real size is known (it was counted as reserved).
     pub fn correct(&mut self, counted: u64, actual: u64) {
         self.bytes = self.bytes.saturating_sub(counted).saturating_add(actual);
     }
+}
+
+/// Seconds until the next 00:00 UTC, when a day's bytes renew (at least 1).
+pub fn seconds_to_renewal(now: u64) -> u64 {
+    let renews = (now / DAY_MS + 1) * DAY_MS;
+    renews.saturating_sub(now).div_ceil(1000).max(1)
+}
+
+/// The day (days since the epoch, UTC) `now` falls on.
+pub fn day_of(now: u64) -> u64 {
+    now / DAY_MS
+}
+
+/// The 429 of an upload that would bring more than its reservation: what was left of the
+/// day when it started.
+pub fn reservation_passed(reserved: u64, now: u64) -> ApiError {
+    let retry_after_secs = seconds_to_renewal(now);
+    let mut error = ApiError::new(
+        429,
+        code::RATE_LIMITED,
+        format!(
+            "uploads: this upload brings more than the {reserved} bytes left of this tenant's day (UPLOAD_BYTES_PER_DAY); nothing was kept; the day renews at 00:00 UTC, in {retry_after_secs} s"
+        ),
+    );
+    error.header = Some(("Retry-After", retry_after_secs.to_string()));
+    error
 }
 
 /// The 429 of an upload past its tenant's daily bytes.
@@ -293,24 +319,31 @@ mod tests {
     }
 
     #[test]
-    fn a_days_bytes_are_counted_and_renew_at_midnight() {
+    fn a_days_bytes_are_reserved_and_renew_at_midnight() {
         let limit = 1_000;
         let mut day = UploadDay::read(None, NOW);
-        assert_eq!(day.admit(600, limit, NOW), Admission::Admitted);
+        assert_eq!(day.admit(Some(600), limit, NOW), Admission::Admitted { reserved: 600 });
         let kept = day.encode();
         let mut day = UploadDay::read(Some(&kept), NOW + 1);
         assert_eq!(day.bytes, 600);
-        let Admission::Spent { used, retry_after_secs, .. } = day.admit(500, limit, NOW) else { panic!() };
+        let Admission::Spent { used, retry_after_secs, .. } = day.admit(Some(500), limit, NOW) else {
+            panic!()
+        };
         assert_eq!(used, 600);
         assert!(retry_after_secs > 0 && retry_after_secs <= 24 * 3600);
-        // Undeclared (0) is admitted while under the limit, then corrected.
-        assert_eq!(day.admit(0, limit, NOW), Admission::Admitted);
-        day.correct(0, 700);
-        assert_eq!(day.bytes, 1_300);
-        assert!(matches!(day.admit(0, limit, NOW), Admission::Spent { .. }));
+        // Undeclared: what is left is reserved, so a second one at once finds nothing.
+        assert_eq!(day.admit(None, limit, NOW), Admission::Admitted { reserved: 400 });
+        assert!(matches!(day.admit(None, limit, NOW), Admission::Spent { .. }));
+        // It brought 100: the rest is given back.
+        day.correct(400, 100);
+        assert_eq!(day.bytes, 700);
+        assert_eq!(day.admit(None, limit, NOW), Admission::Admitted { reserved: 300 });
         let tomorrow = UploadDay::read(Some(&day.encode()), NOW + DAY_MS);
         assert_eq!(tomorrow.bytes, 0);
         assert_eq!(UploadDay::read(Some("garbage"), NOW).bytes, 0);
+        // A big day still reserves at most one upload's worth.
+        let mut big = UploadDay::read(None, NOW);
+        assert_eq!(big.admit(None, u64::MAX, NOW), Admission::Admitted { reserved: MAX_BYTES });
     }
 
     #[test]

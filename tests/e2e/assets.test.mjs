@@ -119,6 +119,7 @@ describe('uploads', () => {
       assert.equal(whole.status, 200);
       assert.equal(whole.headers.get('content-type'), type);
       assert.equal(whole.headers.get('accept-ranges'), 'bytes');
+      assert.match(whole.headers.get('cache-control'), /^private, max-age=\d+$/, 'an upload may be deleted: no shared cache keeps it');
       assert.equal(sha256(Buffer.from(await whole.arrayBuffer())), sha256(bytes));
       const part = await fetch(asset.url, { headers: { range: 'bytes=100-1123' } });
       assert.equal(part.status, 206);

@@ -43,7 +43,10 @@ after(async () => {
 
 function run(command, args) {
   return new Promise((resolve) => {
-    const child = spawn(command, args, { cwd: ROOT, env: { ...process.env, NO_COLOR: '1', SCHEMATHESIS_TELEMETRY: 'false' } });
+    const child = spawn(command, args, {
+      cwd: ROOT,
+      env: { ...process.env, NO_COLOR: '1', SCHEMATHESIS_TELEMETRY: 'false', SCHEMATHESIS_HOOKS: path.join(ROOT, 'tests/support/schemathesis_hooks.py') },
+    });
     let output = '';
     child.stdout.on('data', (chunk) => { output += chunk; });
     child.stderr.on('data', (chunk) => { output += chunk; });
@@ -58,8 +61,9 @@ describe('GET /openapi.json', () => {
     const doc = await response.json();
     assert.equal(doc.openapi, '3.1.0');
     assert.deepEqual(Object.keys(doc.paths).sort(), [
-      '/health', '/v1/audio/text-to-audio', '/v1/audio/text-to-audio/{task_id}', '/v1/audio/video-to-audio',
-      '/v1/audio/video-to-audio/{task_id}', '/v1/callbacks/kling/{token}', '/v1/kling/tasks/{task_id}',
+      '/health', '/v1/assets', '/v1/assets/{asset_id}', '/v1/assets/{shard}/{asset_id}/{name}',
+      '/v1/audio/text-to-audio', '/v1/audio/text-to-audio/{task_id}', '/v1/audio/video-to-audio',
+      '/v1/audio/video-to-audio/{task_id}', '/v1/callbacks/kling/{token}', '/v1/kling/assets', '/v1/kling/tasks/{task_id}',
       '/v1/kling/videos/add-sound', '/v1/results/{shard}/{task_id}/{name}', '/v1/tokens', '/v1/videos/image2video', '/v1/videos/image2video/{task_id}',
       '/v1/videos/text2video', '/v1/videos/text2video/{task_id}', '/v1/videos/video-to-audio',
       '/v1/videos/video-to-audio/{task_id}', '/v1/webhook-secret',

@@ -80,7 +80,7 @@ impl World {
 
 fn stored_object(world: &World, data: &Value) -> Vec<u8> {
     let url = data["url"].as_str().unwrap();
-    let link = asset_links::parse(ORIGIN, url).expect("an asset link");
+    let link = asset_links::parse(&world.config.link_key, ORIGIN, url).expect("an asset link");
     world.bucket.objects.borrow()[&asset::object_key(&link.shard, &link.asset_id)].1.clone()
 }
 
@@ -195,6 +195,11 @@ fn an_upload_over_100_mb_is_refused_before_a_byte_is_read_or_anything_is_counted
     let streamed = Upload { content_type: Some("video/mp4".into()), content_length: None, body: huge };
     assert_eq!(world.upload(&web, streamed).unwrap_err().status, 413);
     world.assert_nothing_kept(&web, "too large");
+    // What arrived before the cut counts against the day; nothing of the declared one does.
+    let shard = task::tenant_shard(&web.tenant);
+    let day = world.coordinators().store(&shard).meta(crate::flows::assets::UPLOAD_DAY_META).unwrap();
+    let counted = asset::UploadDay::read(day.as_deref(), world.runtime.now.get()).bytes;
+    assert!(counted > asset::MAX_BYTES && counted <= asset::MAX_BYTES + PART_BYTES as u64, "{counted}");
 }
 
 #[test]
@@ -224,6 +229,13 @@ fn a_body_that_breaks_off_or_a_bucket_that_fails_leaves_nothing() {
         assert_eq!(refusal.status, 400, "{refusal:?}");
         assert!(refusal.message.contains("broke off"), "{}", refusal.message);
         world.assert_nothing_kept(&web, "broken off");
+        let shard = task::tenant_shard(&web.tenant);
+        let day = world.coordinators().store(&shard).meta(crate::flows::assets::UPLOAD_DAY_META).unwrap();
+        let counted = asset::UploadDay::read(day.as_deref(), world.runtime.now.get()).bytes;
+        // A declared body that broke off counts nothing (what arrived is not known); a
+        // streamed one counts what arrived.
+        assert_eq!(counted, if declared { 0 } else { 3_000 }, "declared: {declared}");
+        world.coordinators().store(&shard).set_meta(crate::flows::assets::UPLOAD_DAY_META, "0 0").unwrap();
     }
     world.bucket.refuses_parts.set(true);
     let refusal = world.upload(&web, form(&[], Some(("video/mp4", SIX_SECONDS)))).unwrap_err();
@@ -311,7 +323,8 @@ fn a_create_naming_an_own_upload_gives_kling_a_fresh_link_without_a_probe() {
     world.runtime.advance(60_000);
     world.create_and_record(&web, &V2A, json!({"video_url": url}));
     let sent = world.kling.created.borrow()[0].1["video_url"].as_str().unwrap().to_owned();
-    let link = asset_links::parse(ORIGIN, &sent).expect("Kling is given an asset link");
+    let link =
+        asset_links::parse(&world.config.link_key, ORIGIN, &sent).expect("Kling is given an asset link");
     assert_eq!(link.asset_id, stored["asset_id"]);
     assert_ne!(sent, url, "a fresh link, lasting a day from the create");
     assert_eq!(world.probe.calls.get(), 0, "measured on upload, not probed again");
@@ -340,7 +353,10 @@ fn useapi_add_sound_takes_a_form_with_the_video_as_a_file_or_a_url() {
     let created = world.edge(|edge| block_on(edge.create_from_form(&web, &ADD_SOUND, upload))).unwrap();
     assert!(matches!(created.answer, Answer::UseApi(_)), "{:?}", created.answer);
     let sent = world.kling.created.borrow()[0].1.clone();
-    assert!(asset_links::parse(ORIGIN, sent["video_url"].as_str().unwrap()).is_some(), "{sent:?}");
+    assert!(
+        asset_links::parse(&world.config.link_key, ORIGIN, sent["video_url"].as_str().unwrap()).is_some(),
+        "{sent:?}"
+    );
     assert_eq!(world.assets_of(&web).len(), 1, "the file is kept as an asset");
 
     let by_url = form(&[("video", VIDEO)], None);
@@ -350,6 +366,16 @@ fn useapi_add_sound_takes_a_form_with_the_video_as_a_file_or_a_url() {
     let both = form(&[("video", VIDEO)], Some(("video/mp4", SIX_SECONDS)));
     let refusal = world.edge(|edge| block_on(edge.create_from_form(&web, &ADD_SOUND, both))).unwrap_err();
     assert_eq!(refusal.status, 400);
+    let bad_with_file = form(&[("maxJobs", "many")], Some(("video/mp4", SIX_SECONDS)));
+    assert_eq!(
+        world
+            .edge(|edge| block_on(edge.create_from_form(&web, &ADD_SOUND, bad_with_file)))
+            .unwrap_err()
+            .status,
+        400
+    );
+    assert_eq!(world.assets_of(&web).len(), 1, "a refused create keeps nothing of its file");
+    assert_eq!(world.asset_objects().len(), 1);
     let long = "x".repeat(MAX_TEXT_BYTES + 1);
     let too_long = form(&[("replyRef", &long), ("video", VIDEO)], None);
     assert_eq!(
@@ -411,4 +437,17 @@ fn concurrent_uploads_cannot_all_take_the_last_bytes_of_the_day() {
     assert_eq!((stored, spent), (2, 2), "{outcomes:?}");
     assert_eq!(world.assets_of(&web).len(), 2);
     assert_eq!(world.asset_objects().len(), 2, "a refused upload stored nothing");
+
+    // Undeclared, each reserves what is left of the day: together they never pass it.
+    world.runtime.advance(24 * 3600 * 1000);
+    let outcomes = world.edge(|edge| {
+        let uploads =
+            (0..4).map(|_| edge.upload(&web, Style::Kling, raw("video/mp4", &file, false))).collect();
+        run_together(uploads)
+    });
+    let stored = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    assert!(stored >= 1 && stored as u64 * file.len() as u64 <= limit, "{outcomes:?}");
+    assert!(outcomes
+        .iter()
+        .all(|outcome| outcome.as_ref().is_ok() || outcome.as_ref().is_err_and(|e| e.status == 429)));
 }
