@@ -142,6 +142,10 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
     /// removals to try again), [`ASSET_BATCH`] at most.
     pub async fn sweep_assets(&self, now: u64) -> Result<(), ApiError> {
         for mut due in self.store.due_assets(now, ASSET_BATCH)? {
+            if due.state == AssetState::Uploading {
+                // An upload that never finished gives its reservation back.
+                self.correct_day(&due, 0)?;
+            }
             if due.state != AssetState::Removing {
                 self.runtime.log(json!({"event": "asset", "asset_id": due.asset_id, "outcome": "removed",
                     "why": if due.is_stored() { "expired" } else { "the upload never finished" }}));

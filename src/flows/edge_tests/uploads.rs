@@ -290,6 +290,10 @@ fn an_upload_cut_off_at_any_await_is_kept_whole_or_removed_by_the_alarm() {
             world.run_alarms_for(UPLOAD_DEADLINE_MS + 1_000);
             assert!(world.assets_of(&web).is_empty(), "cut off after {polls} polls: a record was kept");
             assert!(world.asset_objects().is_empty(), "cut off after {polls} polls: an object was kept");
+            let shard = task::tenant_shard(&web.tenant);
+            let day = world.coordinators().store(&shard).meta(crate::flows::assets::UPLOAD_DAY_META).unwrap();
+            let counted = asset::UploadDay::read(day.as_deref(), world.runtime.now.get()).bytes;
+            assert_eq!(counted, 0, "cut off after {polls} polls: its reservation was not given back");
         }
         assert!(finished, "the upload finishes given enough polls");
     }
