@@ -100,13 +100,18 @@ impl ApiError {
     }
 
     pub fn rate_limited(retry_after_seconds: u32) -> Self {
-        let mut error = Self::new(
+        Self::new(
             429,
             code::RATE_LIMITED,
             format!("rate limit exceeded; retry after {retry_after_seconds} seconds"),
-        );
-        error.header = Some(("Retry-After", retry_after_seconds.to_string()));
-        error
+        )
+        .with_retry_after(u64::from(retry_after_seconds))
+    }
+
+    /// The same error, telling the client when to try again (`Retry-After`).
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.header = Some(("Retry-After", seconds.to_string()));
+        self
     }
 
     /// The deployment is misconfigured. Names the setting, never its value.

@@ -260,28 +260,26 @@ pub fn day_of(now: u64) -> u64 {
 /// day when it started.
 pub fn reservation_passed(reserved: u64, now: u64) -> ApiError {
     let retry_after_secs = seconds_to_renewal(now);
-    let mut error = ApiError::new(
+    ApiError::new(
         429,
         code::RATE_LIMITED,
         format!(
             "uploads: this upload brings more than the {reserved} bytes left of this tenant's day (UPLOAD_BYTES_PER_DAY); nothing was kept; the day renews at 00:00 UTC, in {retry_after_secs} s"
         ),
-    );
-    error.header = Some(("Retry-After", retry_after_secs.to_string()));
-    error
+    )
+    .with_retry_after(retry_after_secs)
 }
 
 /// The 429 of an upload past its tenant's daily bytes.
 pub fn spent_refusal(used: u64, limit: u64, retry_after_secs: u64) -> ApiError {
-    let mut error = ApiError::new(
+    ApiError::new(
         429,
         code::RATE_LIMITED,
         format!(
             "uploads: {used} of the {limit} bytes a day this tenant may upload are used (UPLOAD_BYTES_PER_DAY); the day renews at 00:00 UTC, in {retry_after_secs} s"
         ),
-    );
-    error.header = Some(("Retry-After", retry_after_secs.to_string()));
-    error
+    )
+    .with_retry_after(retry_after_secs)
 }
 
 #[cfg(test)]
