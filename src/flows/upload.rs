@@ -248,8 +248,7 @@ impl<P: EdgePorts> Edge<'_, P> {
         client: &Client,
         upload: Upload<<P::Assets as AssetBucket>::Body>,
     ) -> Result<Asset, ApiError> {
-        asset::content_type_rule(upload.content_type.as_deref(), false)?;
-        let content_type = content_type_essence(upload.content_type.as_deref());
+        let content_type = asset::content_type_rule(upload.content_type.as_deref(), false)?;
         if upload.content_length.is_some_and(|length| length > asset::MAX_BYTES) {
             return Err(too_large("Content-Length"));
         }
@@ -341,11 +340,7 @@ impl<P: EdgePorts> Edge<'_, P> {
                                     "file: the form has more than one file part; send one video",
                                 ));
                             }
-                            asset::content_type_rule(head.content_type.as_deref(), true)?;
-                            let content_type = match content_type_essence(head.content_type.as_deref()) {
-                                "video/quicktime" => "video/quicktime",
-                                _ => "video/mp4",
-                            };
+                            let content_type = asset::content_type_rule(head.content_type.as_deref(), true)?;
                             let declared = upload.content_length.map(|length| length.min(asset::MAX_BYTES));
                             started = Some(self.start(client, content_type, declared).await?);
                         }
@@ -575,16 +570,6 @@ impl<P: EdgePorts> Edge<'_, P> {
             return Ok((outcome, reads));
         }
         Ok((Outcome::Unmeasured { why: "the file's boxes need too many reads".into() }, MAX_READS))
-    }
-}
-
-/// A declared content type without its parameters, lowercased (`video/mp4` if none).
-fn content_type_essence(declared: Option<&str>) -> &'static str {
-    let essence =
-        declared.and_then(|value| value.split(';').next()).map(|value| value.trim().to_ascii_lowercase());
-    match essence.as_deref() {
-        Some("video/quicktime") => "video/quicktime",
-        _ => "video/mp4",
     }
 }
 

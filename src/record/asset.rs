@@ -34,10 +34,6 @@ pub const UPLOAD_DEADLINE_MS: u64 = 60 * 60 * 1000;
 pub const LINK_TTL_SECS: u64 = 24 * 60 * 60;
 /// A removal the bucket refused is tried again after this.
 pub const REMOVE_RETRY_MS: u64 = 60 * 1000;
-/// The content types an upload may declare. A form's file part may also say
-/// `application/octet-stream` (what browsers send for an unknown extension): the probe
-/// decides.
-pub const CONTENT_TYPES: [&str; 2] = ["video/mp4", "video/quicktime"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -168,15 +164,17 @@ pub fn is_asset_id(id: &str) -> bool {
     id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// A declared content type an upload may have (parameters aside), or 415 naming the rule.
-/// `in_form`: a form's file part, which may also be `application/octet-stream`.
-pub fn content_type_rule(declared: Option<&str>, in_form: bool) -> Result<(), ApiError> {
+/// The content type to store an upload with, from the one it declared (parameters aside),
+/// or 415 naming the rule. `in_form`: a form's file part, which may also be
+/// `application/octet-stream` (what browsers send for an unknown extension; stored as
+/// `video/mp4`, the probe decides what it is).
+pub fn content_type_rule(declared: Option<&str>, in_form: bool) -> Result<&'static str, ApiError> {
     let essence = declared.and_then(|value| value.split(';').next()).map(|v| v.trim().to_ascii_lowercase());
-    let accepted = essence.as_deref().is_some_and(|essence| {
-        CONTENT_TYPES.contains(&essence) || (in_form && essence == "application/octet-stream")
-    });
-    if accepted {
-        return Ok(());
+    match essence.as_deref() {
+        Some("video/quicktime") => return Ok("video/quicktime"),
+        Some("video/mp4") => return Ok("video/mp4"),
+        Some("application/octet-stream") if in_form => return Ok("video/mp4"),
+        _ => {}
     }
     let said = match essence {
         Some(essence) if !essence.is_empty() => format!("is {essence}"),
@@ -306,9 +304,9 @@ mod tests {
 
     #[test]
     fn only_videos_kling_takes_may_be_uploaded() {
-        assert!(content_type_rule(Some("video/mp4"), false).is_ok());
-        assert!(content_type_rule(Some("Video/QuickTime; codecs=x"), false).is_ok());
-        assert!(content_type_rule(Some("application/octet-stream"), true).is_ok());
+        assert_eq!(content_type_rule(Some("video/mp4"), false), Ok("video/mp4"));
+        assert_eq!(content_type_rule(Some("Video/QuickTime; codecs=x"), false), Ok("video/quicktime"));
+        assert_eq!(content_type_rule(Some("application/octet-stream"), true), Ok("video/mp4"));
         let refusal = content_type_rule(Some("image/gif"), false).unwrap_err();
         assert_eq!(refusal.status, 415);
         assert!(refusal.message.starts_with("Content-Type: is image/gif;"), "{}", refusal.message);
