@@ -6,16 +6,20 @@
 //! `If-None-Match` with the copy's `ETag` gives 304, and `Cache-Control` lets a CDN or the
 //! browser keep the bytes until the link expires, no longer. CORS is granted to the allowed
 //! origins (so a page can draw a waveform), like every other answer. A link that is not
-//! the worker's, or has expired, answers 403 in the envelope.
+//! the worker's, or has expired, answers 403 in the envelope. A link to a copy not made yet
+//! (webhooks link copies from the start) redirects to Kling's file, uncached, until it is.
 
 use worker::{Conditional, Headers, Range, Request, Response};
 
 use crate::byte_range::{self, ByteRange};
 use crate::error::{code, ApiError};
+use crate::flows::protocol;
 use crate::links::result_links;
+use crate::ports::Coordinators;
 use crate::record::copies;
 use crate::routes::ResultCopy;
 
+use super::coordinator::DurableCoordinators;
 use super::copies::R2Results;
 use super::{clock, Call};
 
@@ -42,7 +46,31 @@ pub async fn serve(
         gone: "result: this copy is no longer kept (RESULT_RETENTION_DAYS); Kling's link may still work",
         cache: Caching::UntilExpiry,
     };
-    serve_object(request, call, &file, link_expiry(url.query()), head_only).await
+    match serve_object(request, call, &file, link_expiry(url.query()), head_only).await {
+        // A link minted while the copy was being made (a webhook does not wait for copies):
+        // Kling's file, until the copy is in the bucket.
+        Err(gone) if gone.status == 404 => match kling_source(call, copy).await {
+            Some(source) => Ok(redirect(&source, call.request_id)),
+            None => Err(gone),
+        },
+        served => served,
+    }
+}
+
+/// Kling's link for a result file not in the bucket, from the task's coordinator.
+async fn kling_source(call: &Call<'_>, copy: &ResultCopy) -> Option<String> {
+    let coordinators = DurableCoordinators { env: call.env, calls: call.coordinator_calls };
+    let source = protocol::CopySource { task_id: copy.task_id.clone(), name: copy.name.clone() };
+    coordinators.call(&copy.shard, source).await.ok().flatten()
+}
+
+/// A temporary redirect no cache keeps (the copy replaces it once made).
+fn redirect(location: &str, request_id: &str) -> Response {
+    let headers = Headers::new();
+    let _ = headers.set("Location", location);
+    let _ = headers.set("Cache-Control", "no-store");
+    let _ = headers.set("X-Request-Id", request_id);
+    Response::builder().with_status(302).with_headers(headers).empty()
 }
 
 /// An object a verified link names: its key, the file name and type to serve it with, what

@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use futures_util::future::{FutureExt, LocalBoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -39,6 +40,31 @@ pub const DUE_PARALLEL: usize = 6;
 /// How many of the tasks in flight may be waiting on one receiver (its origin): a slow one
 /// takes two of the six lanes, never all of them.
 pub const PER_RECEIVER: usize = 2;
+/// How many of the six lanes copies of result files may hold: the others stay free for
+/// polls, webhooks and edge copies, which take milliseconds where a copy takes seconds.
+pub const COPY_LANES: usize = 3;
+/// While copies are in flight, how often the alarm looks for newly due steps, and for how
+/// long after its start (then it lets the copies finish and ends).
+pub const REFILL_TICK_MS: u64 = 1_000;
+pub const REFILL_SPAN_MS: u64 = 60_000;
+
+/// The alarm's work, planned: the tasks whose step is due (with their receiver's origin) and
+/// those whose copies are, in the order they are started; and which lanes of which tasks
+/// this alarm has planned (step, copies).
+#[derive(Default)]
+struct Plan {
+    steps: VecDeque<(String, Option<String>)>,
+    copies: VecDeque<String>,
+    planned: HashMap<String, (bool, bool)>,
+}
+
+/// A piece of the alarm's work that ended.
+enum Finished {
+    Step(Result<(), ApiError>, Option<String>),
+    Copies(Result<(), ApiError>),
+    /// Time to look for newly due steps.
+    Tick,
+}
 
 /// The settings the flows follow.
 #[derive(Debug, Clone)]
@@ -374,92 +400,178 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         Ok(())
     }
 
-    /// The alarm: works on up to [`DUE_BATCH`] due tasks, [`DUE_PARALLEL`] at once, due
-    /// polls first (so a backlog of webhooks never holds them back); then forgets what
-    /// retention allows, with its result copies. Each task's steps run in order ([`Self::work_on`]);
-    /// no more than [`PER_RECEIVER`] of the tasks in flight wait on one receiver, so a slow
-    /// receiver holds back its own webhooks only. A task that fails does not stop the others;
-    /// the first failure is the alarm's outcome (logged; the next alarm tries again). Answers
-    /// how many due tasks it worked on: a full batch means more may be waiting.
+    /// The alarm. It works on due tasks in two lanes, [`DUE_PARALLEL`] at once: each task's
+    /// **step** (a due poll of Kling, the webhook, the edge copy; forgetting a dropped task)
+    /// and its **copies** of result files, which take seconds to minutes a file and so hold
+    /// at most [`COPY_LANES`] lanes. Due polls come first (a backlog of webhooks never holds
+    /// them back), and no more than [`PER_RECEIVER`] steps in flight wait on one receiver,
+    /// so a slow receiver holds back its own webhooks only. A webhook does not wait for its
+    /// task's copies: it links them from the start (see `crate::links::result_links`).
+    ///
+    /// While copies are in flight the alarm keeps looking for newly due steps (each time its
+    /// steps run out, and every [`REFILL_TICK_MS`], for up to [`REFILL_SPAN_MS`]), so a slow
+    /// copy delays no webhook that falls due meanwhile. A task is worked on at most once per
+    /// lane in one alarm. A task that fails does not stop the others; the first failure is
+    /// the alarm's outcome (logged; the next alarm tries again). Then uploads are swept and
+    /// what retention allows is forgotten. Answers how many due tasks the first look found:
+    /// a full batch ([`DUE_BATCH`]) means more may be waiting.
     pub async fn run_due(&self) -> Result<u32, ApiError> {
-        let now = self.runtime.now_ms();
-        let mut due = self.store.due_polls(now, DUE_BATCH / 2)?;
-        for task_id in self.store.due(now, DUE_BATCH)? {
-            if due.len() as u32 >= DUE_BATCH {
-                break;
-            }
-            if !due.contains(&task_id) {
-                due.push(task_id);
-            }
-        }
-        // Creates whose record never came are checked first, a lane's worth at once (each
-        // may be a task nobody else will ever report; each check has the poll's deadline).
-        let checks = self
-            .store
-            .due_intents(now, DUE_PARALLEL as u32)?
-            .into_iter()
-            .map(|intent| self.check_intent(intent));
-        for outcome in futures_util::future::join_all(checks).await {
-            if let Err(error) = outcome {
-                self.runtime.log(json!({"event": "intent", "problem": error.message}));
-            }
-        }
-        let worked = due.len() as u32;
-        let mut waiting: VecDeque<(String, Option<String>)> = VecDeque::new();
-        for task_id in due {
-            let receiver = self.store.load(&task_id)?.and_then(|record| record.receiver_origin());
-            waiting.push_back((task_id, receiver));
-        }
+        let started_at = self.runtime.now_ms();
+        self.check_intents(started_at).await;
+        let mut plan = Plan::default();
+        let worked = self.plan_due(started_at, &mut plan)?;
         let mut first_failure = None;
         let mut busy: HashMap<String, usize> = HashMap::new();
-        let mut in_flight = FuturesUnordered::new();
+        let (mut steps_in_flight, mut copies_in_flight, mut ticking) = (0usize, 0usize, false);
+        let mut in_flight: FuturesUnordered<LocalBoxFuture<'_, Finished>> = FuturesUnordered::new();
         loop {
-            while in_flight.len() < DUE_PARALLEL {
+            while steps_in_flight + copies_in_flight < DUE_PARALLEL {
+                if copies_in_flight < COPY_LANES {
+                    if let Some(task_id) = plan.copies.pop_front() {
+                        copies_in_flight += 1;
+                        in_flight.push(
+                            async move { Finished::Copies(self.copy_results(&task_id).await) }.boxed_local(),
+                        );
+                        continue;
+                    }
+                }
                 let free = |receiver: &Option<String>| {
                     receiver
                         .as_ref()
                         .is_none_or(|origin| busy.get(origin).copied().unwrap_or(0) < PER_RECEIVER)
                 };
-                let Some(next) = waiting.iter().position(|(_, receiver)| free(receiver)) else { break };
-                let Some((task_id, receiver)) = waiting.remove(next) else { break };
+                let Some(next) = plan.steps.iter().position(|(_, receiver)| free(receiver)) else { break };
+                let Some((task_id, receiver)) = plan.steps.remove(next) else { break };
                 if let Some(origin) = &receiver {
                     *busy.entry(origin.clone()).or_default() += 1;
                 }
-                in_flight.push(async move { (self.work_on(&task_id, now).await, receiver) });
+                steps_in_flight += 1;
+                in_flight.push(
+                    async move { Finished::Step(self.step(&task_id, started_at).await, receiver) }
+                        .boxed_local(),
+                );
             }
-            let Some((outcome, receiver)) = in_flight.next().await else { break };
-            if let Some(count) = receiver.and_then(|origin| busy.get_mut(&origin)) {
-                *count -= 1;
+            // Only copies left in flight: look again for due steps in a while.
+            let refilling = self.runtime.now_ms().saturating_sub(started_at) < REFILL_SPAN_MS;
+            if refilling && !ticking && copies_in_flight > 0 && steps_in_flight == 0 && plan.steps.is_empty()
+            {
+                ticking = true;
+                in_flight.push(
+                    async move {
+                        self.runtime.sleep(REFILL_TICK_MS).await;
+                        Finished::Tick
+                    }
+                    .boxed_local(),
+                );
             }
+            let Some(finished) = in_flight.next().await else { break };
+            let outcome = match finished {
+                Finished::Step(outcome, receiver) => {
+                    steps_in_flight -= 1;
+                    if let Some(count) = receiver.and_then(|origin| busy.get_mut(&origin)) {
+                        *count -= 1;
+                    }
+                    outcome
+                }
+                Finished::Copies(outcome) => {
+                    copies_in_flight -= 1;
+                    outcome
+                }
+                Finished::Tick => {
+                    ticking = false;
+                    Ok(())
+                }
+            };
             if let Err(error) = outcome {
                 first_failure.get_or_insert(error);
+            }
+            let now = self.runtime.now_ms();
+            let steps_ran_out = steps_in_flight == 0 && plan.steps.is_empty();
+            if steps_ran_out && copies_in_flight > 0 && now.saturating_sub(started_at) < REFILL_SPAN_MS {
+                if let Err(error) = self.plan_due(now, &mut plan) {
+                    first_failure.get_or_insert(error);
+                }
             }
         }
         // Uploads are swept whatever happened to the tasks (a task that fails every time
         // must not keep a refused upload's object forever).
-        let swept = self.sweep_assets(now).await;
+        let swept = self.sweep_assets(started_at).await;
         if let Some(error) = first_failure {
             return Err(error);
         }
         swept?;
-        for task_id in self.store.expired(now, self.settings.keep_ms(), DUE_BATCH)? {
+        for task_id in self.store.expired(started_at, self.settings.keep_ms(), DUE_BATCH)? {
             self.forget(&task_id).await?;
         }
         Ok(worked)
     }
 
-    /// One due task's steps, in this order: ask Kling about it (if its poll is due), copy its
-    /// result files, try its webhook, write its edge copy (so the webhook and the edge copy
-    /// link the result copies from the start); a dropped task is forgotten instead.
-    async fn work_on(&self, task_id: &str, now: u64) -> Result<(), ApiError> {
+    /// Creates whose record never came, checked a lane's worth at once (each may be a task
+    /// nobody else will ever report; each check has the poll's deadline).
+    async fn check_intents(&self, now: u64) {
+        let due = match self.store.due_intents(now, DUE_PARALLEL as u32) {
+            Ok(due) => due,
+            Err(error) => return self.runtime.log(json!({"event": "intent", "problem": error.message})),
+        };
+        let checks = due.into_iter().map(|intent| self.check_intent(intent));
+        for outcome in futures_util::future::join_all(checks).await {
+            if let Err(error) = outcome {
+                self.runtime.log(json!({"event": "intent", "problem": error.message}));
+            }
+        }
+    }
+
+    /// Adds the tasks due at `now` to the alarm's plan, each lane of a task once per alarm:
+    /// due polls first, then the rest in the order they fell due. Tasks already planned are
+    /// passed over (the query asks for as many more), so copies waiting for a lane never hide
+    /// a newly due webhook. Answers how many tasks the due query found.
+    fn plan_due(&self, now: u64, plan: &mut Plan) -> Result<u32, ApiError> {
+        let mut due = self.store.due_polls(now, DUE_BATCH / 2)?;
+        let passed_over = plan.planned.len() as u32;
+        for task_id in self.store.due(now, DUE_BATCH.saturating_add(passed_over))? {
+            if !due.contains(&task_id) {
+                due.push(task_id);
+            }
+        }
+        let found = due.len().min(DUE_BATCH as usize) as u32;
+        let mut added = 0;
+        for task_id in due {
+            let (stepped, copied) = plan.planned.get(&task_id).copied().unwrap_or_default();
+            if (stepped && copied) || added >= DUE_BATCH {
+                continue;
+            }
+            let Some(mut record) = self.store.load(&task_id)? else { continue };
+            if !copied && self.settings.copies.is_some() && record.queue_copies(now) {
+                self.store.save(&record)?;
+            }
+            let step = !stepped && record.step_due(now);
+            let copies = !copied && self.settings.copies.is_some() && record.copies_due(now);
+            if step {
+                plan.steps.push_back((task_id.clone(), record.receiver_origin()));
+            }
+            if copies {
+                plan.copies.push_back(task_id.clone());
+            }
+            if step || copies {
+                added += 1;
+                plan.planned.insert(task_id, (stepped || step, copied || copies));
+            }
+        }
+        Ok(found)
+    }
+
+    /// One due task's step, in this order: ask Kling about it (if its poll is due), try its
+    /// webhook, write its edge copy; a dropped task is forgotten instead. A poll that finds
+    /// the task's files queues their copies first, so the webhook links them.
+    async fn step(&self, task_id: &str, now: u64) -> Result<(), ApiError> {
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         if record.dropped {
             return self.forget(task_id).await;
         }
         if record.next_poll_at.is_some_and(|at| at <= now) {
             self.poll(task_id).await?;
+            self.queue_copies(task_id)?;
         }
-        self.copy_results(task_id).await?;
         self.deliver(task_id).await?;
         self.write_edge_copy(task_id).await
     }
@@ -489,14 +601,25 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         self.store.delete(task_id)
     }
 
-    /// Copies the task's result files into the bucket: queues them once the task has them,
-    /// then makes each attempt that is due and records how it went.
-    async fn copy_results(&self, task_id: &str) -> Result<(), ApiError> {
-        let Some(settings) = &self.settings.copies else { return Ok(()) };
+    /// Queues copies of the task's result files once it has them (when the deployment has a
+    /// bucket), so its answers and webhook list them from then on.
+    fn queue_copies(&self, task_id: &str) -> Result<(), ApiError> {
+        if self.settings.copies.is_none() {
+            return Ok(());
+        }
         let Some(mut record) = self.store.load(task_id)? else { return Ok(()) };
         if record.queue_copies(self.runtime.now_ms()) {
             self.store.save(&record)?;
         }
+        Ok(())
+    }
+
+    /// Copies the task's result files into the bucket: queues them once the task has them,
+    /// then makes each attempt that is due and records how it went.
+    async fn copy_results(&self, task_id: &str) -> Result<(), ApiError> {
+        let Some(settings) = &self.settings.copies else { return Ok(()) };
+        self.queue_copies(task_id)?;
+        let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         for name in copies::due(&record.copies, self.runtime.now_ms()) {
             // The attempt is counted and the next one booked before the copy starts, so an
             // alarm cut off in the middle of it is made good by a later one.
@@ -524,6 +647,16 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             }
         }
         Ok(())
+    }
+
+    /// Kling's link for the task's result file `name` while its copy is not in the bucket
+    /// (see [`protocol::CopySource`](super::protocol::CopySource)).
+    pub fn copy_source(&self, task_id: &str, name: &str) -> Result<Option<String>, ApiError> {
+        let Some(record) = self.store.load(task_id)?.filter(|record| record.claimed() && !record.dropped)
+        else {
+            return Ok(None);
+        };
+        Ok(copies::kling_source(&record.copies, name, self.runtime.now_ms()).map(str::to_owned))
     }
 
     /// When the alarm should run next.

@@ -78,6 +78,15 @@ pub struct Abandon {
     pub nonce: String,
 }
 
+/// Kling's link for a result file whose copy is not in the bucket, for a signed link to the
+/// copy that was followed before the copy was made (or if it never is): `None` when there is
+/// no such file or Kling no longer keeps it. The link's signature named the task's shard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopySource {
+    pub task_id: String,
+    pub name: String,
+}
+
 /// Gives a job slot back: the create it was held for was refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseJob {
@@ -180,6 +189,9 @@ impl Call for Intend {
 impl Call for Abandon {
     type Answer = ();
 }
+impl Call for CopySource {
+    type Answer = Option<String>;
+}
 
 /// Every request, as it crosses to the object: `{"op": "query", ...its fields}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -193,6 +205,7 @@ pub enum Request {
     ReleaseJob(ReleaseJob),
     Intend(Intend),
     Abandon(Abandon),
+    CopySource(CopySource),
     BeginUpload(BeginUpload),
     FinishUpload(FinishUpload),
     DropUpload(DropUpload),
@@ -219,6 +232,7 @@ into_request!(
     ReleaseJob,
     Intend,
     Abandon,
+    CopySource,
     BeginUpload,
     FinishUpload,
     DropUpload,
@@ -242,7 +256,9 @@ impl Request {
             | Request::GetAsset(GetAsset { tenant, .. })
             | Request::ListAssets(ListAssets { tenant, .. })
             | Request::DeleteAsset(DeleteAsset { tenant, .. }) => Some(tenant),
-            Request::Report(_) | Request::ReleaseJob(_) | Request::Abandon(_) => None,
+            Request::Report(_) | Request::ReleaseJob(_) | Request::Abandon(_) | Request::CopySource(_) => {
+                None
+            }
         }
     }
 
@@ -256,6 +272,7 @@ impl Request {
             Request::ReleaseJob(_) => "release_job",
             Request::Intend(_) => "intend",
             Request::Abandon(_) => "abandon",
+            Request::CopySource(_) => "copy_source",
             Request::BeginUpload(_) => "begin_upload",
             Request::FinishUpload(_) => "finish_upload",
             Request::DropUpload(_) => "drop_upload",
@@ -350,6 +367,7 @@ where
         Request::ReleaseJob(ReleaseJob { hold_id }) => answer(coordinator.release_job(&hold_id)),
         Request::Intend(Intend(intent)) => answer(coordinator.intend(intent)),
         Request::Abandon(Abandon { nonce }) => answer(coordinator.store.delete_intent(&nonce)),
+        Request::CopySource(CopySource { task_id, name }) => answer(coordinator.copy_source(&task_id, &name)),
         Request::BeginUpload(BeginUpload { asset_id, declared_bytes, day_limit, .. }) => {
             answer(coordinator.begin_upload(&asset_id, declared_bytes, day_limit))
         }

@@ -672,7 +672,7 @@ fn copy_entry<'a>(answer: &'a Value, name: &str) -> &'a Value {
 }
 
 #[test]
-fn finished_results_are_copied_before_the_webhook_and_the_edge_copy_which_link_them() {
+fn the_webhook_links_the_copies_from_the_start_and_the_edge_copy_waits_for_them() {
     let world = world_with_bucket(false);
     finish(&world);
     world.run_alarms_for(1_000);
@@ -683,6 +683,8 @@ fn finished_results_are_copied_before_the_webhook_and_the_edge_copy_which_link_t
     );
     assert_eq!(objects[&format!("results/{SHARD}/t1/video-0.mp4")].0, "video/mp4");
 
+    // The webhook went out beside the copies, not after them: it links them anyway (the
+    // link serves Kling's file until the copy is made).
     let delivery = &world.receiver.deliveries.borrow()[0];
     let body: Value = serde_json::from_slice(&delivery.body).unwrap();
     let link = body["task_result"]["audios"][0]["copy_url_mp3"].as_str().expect("the webhook links the copy");
@@ -692,10 +694,18 @@ fn finished_results_are_copied_before_the_webhook_and_the_edge_copy_which_link_t
     );
     assert!(body["task_result"]["videos"][0]["copy_url"].as_str().is_some());
     assert_eq!(body["task_result"]["audios"][0]["url_mp3"], MP3, "Kling's link is kept");
-    assert_eq!(copy_entry(&body, "audio-0.mp3")["state"], "copied");
+    assert_eq!(copy_entry(&body, "audio-0.mp3")["state"], "pending");
+    assert_eq!(
+        copy_entry(&body, "audio-0.mp3")["note"],
+        "being copied; until it is, its link serves Kling's file"
+    );
 
     let copy = world.edge_copy("t1").unwrap();
-    assert_eq!(copy_entry(&render(&copy.task, None), "audio-0.mp3")["state"], "copied");
+    assert_eq!(
+        copy_entry(&render(&copy.task, None), "audio-0.mp3")["state"],
+        "copied",
+        "the edge copy waited"
+    );
     assert!(
         copy.task.data["task_result"]["audios"][0].get("copy_url_mp3").is_none(),
         "links are minted per answer"
@@ -703,6 +713,7 @@ fn finished_results_are_copied_before_the_webhook_and_the_edge_copy_which_link_t
     assert_eq!(world.kv.writes.get(), 1, "still one KV write for the whole life");
     world.run_alarms_for(3 * 24 * 3600 * 1000);
     assert_eq!((world.bucket.copies.get(), world.kv.writes.get()), (2, 1), "and nothing after");
+    assert_eq!(world.receiver.deliveries.borrow().len(), 1, "one webhook");
 }
 
 #[test]
@@ -710,10 +721,10 @@ fn a_copy_that_fails_is_retried_and_the_edge_copy_follows_it() {
     let world = world_with_bucket(true);
     finish(&world);
     world.run_alarms_for(1_000);
-    let body: Value = serde_json::from_slice(&world.receiver.deliveries.borrow()[0].body).unwrap();
-    assert!(body["task_result"]["audios"][0].get("copy_url_mp3").is_none());
-    let note = copy_entry(&body, "audio-0.mp3")["note"].as_str().unwrap().to_owned();
+    let answer = render(&world.record("t1").answer(), None);
+    let note = copy_entry(&answer, "audio-0.mp3")["note"].as_str().unwrap().to_owned();
     assert!(note.contains("not copied yet (Kling's server answered 503)"), "{note}");
+    assert!(note.ends_with("until it is, its link serves Kling's file"), "{note}");
     assert_eq!(
         copy_entry(&render(&world.edge_copy("t1").unwrap().task, None), "audio-0.mp3")["state"],
         "pending"
@@ -938,5 +949,73 @@ fn a_due_poll_is_not_queued_behind_a_backlog_of_webhooks() {
     assert!(
         world.kling.calls.get() > polls_before,
         "the quiet task was polled in the first alarm after its poll fell due"
+    );
+}
+
+#[test]
+fn copies_that_never_end_hold_back_no_webhook_not_even_their_own() {
+    use super::coordinator::COPY_LANES;
+    let world = world_with_bucket(false);
+    // Six tasks whose downloads stall come first in the alarm's order, then four quick ones.
+    for i in 0..6 {
+        world.bucket.stalled.borrow_mut().push(format!("/a-stalled-{i}/"));
+        world.register(&format!("a-stalled-{i}"), &format!("ns{i}"), true);
+        world.kling_moves(&format!("a-stalled-{i}"), &format!("ns{i}"), "succeed", START + 3, true, false);
+    }
+    for i in 0..4 {
+        world.register(&format!("b-quick-{i}"), &format!("nq{i}"), true);
+        world.kling_moves(&format!("b-quick-{i}"), &format!("nq{i}"), "succeed", START + 3, true, false);
+    }
+    world.runtime.manual_clock.set(true);
+    let coordinator = world.coordinator();
+    let mut alarm = std::pin::pin!(coordinator.run_due());
+    for _ in 0..30 {
+        assert!(poll_once(alarm.as_mut()).is_none(), "the alarm still waits on the stalled copies");
+    }
+    assert_eq!(
+        world.receiver.deliveries.borrow().len(),
+        10,
+        "every webhook went out, the stalled tasks' too"
+    );
+    assert_eq!(world.bucket.copies.get() as usize, COPY_LANES, "the copies hold their lanes, no more");
+
+    // A task that finishes while the copies hang gets its webhook from the same alarm.
+    world.register("c-later", "nl", true);
+    world.kling_moves("c-later", "nl", "succeed", START + 4, true, false);
+    for _ in 0..30 {
+        assert!(poll_once(alarm.as_mut()).is_none());
+    }
+    assert_eq!(world.receiver.deliveries.borrow().len(), 10, "not before the alarm looks again");
+    world.advance(super::coordinator::REFILL_TICK_MS);
+    for _ in 0..30 {
+        assert!(poll_once(alarm.as_mut()).is_none());
+    }
+    let later = world
+        .receiver
+        .deliveries
+        .borrow()
+        .iter()
+        .filter(|d| d.body.windows(7).any(|w| w == b"c-later"))
+        .count();
+    assert_eq!(later, 1, "the alarm looked again for due webhooks while the copies ran");
+    let body: Value = serde_json::from_slice(&world.receiver.deliveries.borrow()[0].body).unwrap();
+    assert!(body["task_result"]["audios"][0]["copy_url_mp3"].is_string(), "a stalled copy is linked too");
+    // Its link serves Kling's file meanwhile.
+    assert_eq!(coordinator.copy_source("a-stalled-0", "audio-0.mp3").unwrap().as_deref(), Some(MP3));
+    assert_eq!(coordinator.copy_source("a-stalled-0", "audio-9.mp3").unwrap(), None);
+    assert_eq!(coordinator.copy_source("z-unknown", "audio-0.mp3").unwrap(), None);
+
+    // Cut off there (the copy's own deadline ends it in the Worker), every copy is made by
+    // later alarms once the downloads answer, and no webhook is sent twice.
+    drop(alarm);
+    world.runtime.manual_clock.set(false);
+    world.bucket.stalled.borrow_mut().clear();
+    world.run_alarms_for(60_000);
+    assert_eq!(world.bucket.objects.borrow().len(), 22, "two files of each of the eleven tasks");
+    assert_eq!(world.receiver.deliveries.borrow().len(), 11);
+    assert_eq!(
+        world.coordinator().copy_source("a-stalled-0", "audio-0.mp3").unwrap(),
+        None,
+        "the copy itself now"
     );
 }

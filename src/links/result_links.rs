@@ -153,9 +153,11 @@ pub(crate) fn verify_signed(
 }
 
 /// The JSON a client gets for a task: Kling's data, with a `copies` object describing each
-/// result file when there are copies. With a `minter`, each copy in the bucket gets a
-/// signed link next to Kling's (`copy_url_mp3` beside `url_mp3`, and `url` in its entry
-/// under `copies`), and copies past their retention say so (Kling's links then stand alone).
+/// result file when there are copies. With a `minter`, each copy in the bucket, or still
+/// being made, gets a signed link next to Kling's (`copy_url_mp3` beside `url_mp3`, and
+/// `url` in its entry under `copies`); until the copy is made, the link redirects to Kling's
+/// file (`crate::edge::result_links`), so a webhook need not wait for its copies. Copies past
+/// their retention say so (Kling's links then stand alone).
 pub fn render(answer: &TaskAnswer, minter: Option<&Minter>) -> Value {
     let mut data = answer.data.clone();
     if answer.copies.is_empty() || !data.is_object() {
@@ -166,7 +168,8 @@ pub fn render(answer: &TaskAnswer, minter: Option<&Minter>) -> Value {
     let mut any_link = false;
     for copy in &answer.copies {
         let mut file = copies::describe(copy);
-        if let (CopyState::Copied, Some(minter), Some(task_id)) = (copy.state, minter, &task_id) {
+        let linked = matches!(copy.state, CopyState::Copied | CopyState::Pending);
+        if let (true, Some(minter), Some(task_id)) = (linked, minter, &task_id) {
             let copy_expires_ms = copy.expires_at.unwrap_or(u64::MAX);
             if minter.now_ms >= copy_expires_ms {
                 file["state"] = json!("expired");

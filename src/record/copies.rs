@@ -215,6 +215,16 @@ pub fn next_due(copies: &[Copy]) -> Option<u64> {
         .min()
 }
 
+/// Kling's link for the file `name` when it is not copied (being copied, or never will be)
+/// and Kling still keeps it: what a link to the copy serves meanwhile.
+pub fn kling_source<'a>(copies: &'a [Copy], name: &str, now: u64) -> Option<&'a str> {
+    copies
+        .iter()
+        .find(|copy| copy.name == name && copy.state != CopyState::Copied)
+        .filter(|copy| now < copy.queued_at.saturating_add(crate::kling::RETENTION_MS))
+        .map(|copy| copy.source.as_str())
+}
+
 /// Whether a copy waits for its first attempt (answers and webhooks wait for it, so they can
 /// link the copy from the start).
 pub fn first_attempt_pending(copies: &[Copy]) -> bool {
@@ -342,9 +352,11 @@ pub fn describe(copy: &Copy) -> Value {
         file["expires_at"] = json!(at);
     }
     let note = match copy.state {
-        CopyState::Pending if copy.last_error.is_none() => Some("being copied".to_owned()),
+        CopyState::Pending if copy.last_error.is_none() => {
+            Some("being copied; until it is, its link serves Kling's file".to_owned())
+        }
         CopyState::Pending => Some(format!(
-            "not copied yet ({}); tried {} time{}, trying again",
+            "not copied yet ({}); tried {} time{}, trying again; until it is, its link serves Kling's file",
             copy.last_error.as_deref().unwrap_or("failed"),
             copy.attempts,
             if copy.attempts == 1 { "" } else { "s" }
@@ -506,6 +518,33 @@ mod tests {
             describe(&copies[1])["note"],
             "not copied: 108 KB is over this deployment's cap of 40 KB (RESULT_COPY_MAX_BYTES); use Kling's link"
         );
-        assert_eq!(describe(&copies[0])["note"], "being copied");
+        assert_eq!(describe(&copies[0])["note"], "being copied; until it is, its link serves Kling's file");
+    }
+
+    #[test]
+    fn a_file_not_copied_is_served_from_klings_link_while_kling_keeps_it() {
+        let data = json!({"task_id": "t1", "task_status": "succeed", "task_result": {"audios": [
+            {"id": "a", "url_mp3": "https://kling.example/a.mp3", "url_wav": "https://kling.example/a.wav"}]}});
+        let mut copies = Vec::new();
+        queue(&mut copies, result_files(&data), NOW);
+        assert_eq!(kling_source(&copies, "audio-0.mp3", NOW), Some("https://kling.example/a.mp3"));
+        let settings = CopySettings { max_bytes: 40_000, retention_ms: days_ms(90) };
+        attempt(&mut copies, "audio-0.mp3", CopyOutcome::Copied { bytes: 9 }, NOW, &schedule(), &settings);
+        attempt(
+            &mut copies,
+            "audio-0.wav",
+            CopyOutcome::TooLarge { bytes: 90_000 },
+            NOW,
+            &schedule(),
+            &settings,
+        );
+        assert_eq!(kling_source(&copies, "audio-0.mp3", NOW), None, "the copy itself");
+        assert_eq!(kling_source(&copies, "audio-0.wav", NOW), Some("https://kling.example/a.wav"));
+        assert_eq!(
+            kling_source(&copies, "audio-0.wav", NOW + crate::kling::RETENTION_MS),
+            None,
+            "Kling's is gone"
+        );
+        assert_eq!(kling_source(&copies, "video-0.mp4", NOW), None);
     }
 }

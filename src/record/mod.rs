@@ -270,6 +270,21 @@ impl TaskRecord {
         [self.next_poll_at, delivery, copies::next_due(&self.copies), edge_copy].into_iter().flatten().min()
     }
 
+    /// Whether the alarm's step for the task is due at `now`: a poll of Kling, a webhook
+    /// attempt or a write of its edge copy, or forgetting it once dropped (its copies are
+    /// the other lane, [`Self::copies_due`]).
+    pub fn step_due(&self, now: u64) -> bool {
+        self.dropped
+            || self.next_poll_at.is_some_and(|at| at <= now)
+            || self.delivery_due(now)
+            || self.edge_copy_due(now)
+    }
+
+    /// Whether one of the task's result copies is due for an attempt at `now`.
+    pub fn copies_due(&self, now: u64) -> bool {
+        !self.dropped && copies::next_due(&self.copies).is_some_and(|at| at <= now)
+    }
+
     /// The origin of the client's webhook receiver (`https://host:port`), if it gave one: the
     /// alarm bounds how many deliveries wait on one receiver at once.
     pub fn receiver_origin(&self) -> Option<String> {

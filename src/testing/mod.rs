@@ -467,12 +467,17 @@ pub struct MemoryBucket {
     pub reads: Cell<u32>,
     /// Makes removals fail.
     pub refuses_deletes: Cell<bool>,
+    /// Copies into keys containing one of these never end (a stalled download).
+    pub stalled: RefCell<Vec<String>>,
 }
 
 impl ResultBucket for MemoryBucket {
     async fn copy(&self, source: &str, key: &str, content_type: &str, max_bytes: u64) -> CopyOutcome {
         self.copies.set(self.copies.get() + 1);
         yield_once().await;
+        if self.stalled.borrow().iter().any(|part| key.contains(part.as_str())) {
+            std::future::pending::<()>().await;
+        }
         let Some(bytes) = self.sources.borrow().get(source).cloned() else {
             return CopyOutcome::Retry("Kling's server answered 503".into());
         };
@@ -610,6 +615,9 @@ pub struct TestRuntime {
     pub draws: Cell<u64>,
     /// Makes drawing randomness fail, as a platform without it would.
     pub no_randomness: Cell<bool>,
+    /// Makes a sleep wait until the test moves the clock past its end (by default a sleep
+    /// moves the clock itself).
+    pub manual_clock: Cell<bool>,
 }
 
 impl TestRuntime {
@@ -634,6 +642,13 @@ impl Runtime for TestRuntime {
     }
 
     async fn sleep(&self, ms: u64) {
+        if self.manual_clock.get() {
+            let end = self.now_ms().saturating_add(ms);
+            while self.now_ms() < end {
+                yield_once().await;
+            }
+            return;
+        }
         yield_once().await;
         self.advance(ms);
     }

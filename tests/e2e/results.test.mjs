@@ -222,23 +222,38 @@ describe('tenants', () => {
 });
 
 describe('copying', () => {
-  it('is retried until Kling\'s server answers, and the answer says so meanwhile', async () => {
+  it('is retried until Kling\'s server answers; meanwhile the webhook goes out and its links serve Kling\'s file', async () => {
     await files.stop();
     let taskId;
+    let link;
     try {
-      taskId = await finishedTask(WEB_KEY);
+      taskId = await finishedTask(WEB_KEY, { callback_url: `${receiver.url}/copy-pending` });
       const waiting = await eventually(async () => {
         const answer = await call(worker, 'GET', `${OFFICIAL}/${taskId}`, { key: WEB_KEY });
-        const file = answer.json?.data?.copies?.files?.[0];
+        const file = answer.json?.data?.copies?.files?.find((f) => f.name === 'audio-0.mp3');
         return file?.state === 'pending' && file.note?.startsWith('not copied yet') && answer.json.data;
       }, { what: 'a failed first attempt' });
-      assert.equal(waiting.task_result.audios[0].copy_url_mp3, undefined, 'no link to a copy not made');
-      assert.ok(waiting.task_result.audios[0].url_mp3, 'Kling\'s link meanwhile');
+      assert.match(waiting.copies.files[0].note, /until it is, its link serves Kling's file$/);
+      // The webhook did not wait for the copies: it links them from the start.
+      const [delivery] = await eventually(() => receiver.at('/copy-pending').length > 0 && receiver.at('/copy-pending'), { what: 'the webhook' });
+      const audio = delivery.json.task_result.audios[0];
+      link = audio.copy_url_mp3;
+      assert.ok(link?.startsWith(`${worker.url}/v1/results/`), link);
+      assert.equal(delivery.json.copies.files.find((f) => f.name === 'audio-0.mp3').state, 'pending');
+      const meanwhile = await fetch(link, { redirect: 'manual' });
+      assert.equal(meanwhile.status, 302, 'Kling\'s file until the copy is made');
+      assert.equal(meanwhile.headers.get('location'), audio.url_mp3);
+      assert.equal(meanwhile.headers.get('cache-control'), 'no-store');
+      assert.equal((await fetch(link, { method: 'HEAD', redirect: 'manual' })).status, 302);
     } finally {
       await files.start();
     }
     const task = await settled(taskId);
     assert.ok(task.copies.files.every((file) => file.state === 'copied'));
+    const copied = await fetch(link, { redirect: 'manual' });
+    assert.equal(copied.status, 200, 'the same link serves the copy once it is made');
+    assert.ok(Buffer.from(await copied.arrayBuffer()).equals(SAMPLE('sample-audio.mp3')));
+    assert.equal(receiver.at('/copy-pending').length, 1, 'one webhook');
   });
 
   it('streams files of unknown length (no Content-Length) in parts of one size', async () => {
