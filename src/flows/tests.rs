@@ -968,7 +968,7 @@ fn copies_that_never_end_hold_back_no_webhook_not_even_their_own() {
     }
     world.runtime.manual_clock.set(true);
     let coordinator = world.coordinator();
-    let mut alarm = std::pin::pin!(coordinator.run_due());
+    let mut alarm = Box::pin(coordinator.run_due());
     for _ in 0..30 {
         assert!(poll_once(alarm.as_mut()).is_none(), "the alarm still waits on the stalled copies");
     }
