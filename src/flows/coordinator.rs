@@ -40,13 +40,15 @@ pub const DUE_PARALLEL: usize = 6;
 /// How many of the tasks in flight may be waiting on one receiver (its origin): a slow one
 /// takes two of the six lanes, never all of them.
 pub const PER_RECEIVER: usize = 2;
-/// How many of the six lanes copies of result files may hold: the others stay free for
-/// polls, webhooks and edge copies, which take milliseconds where a copy takes seconds.
+/// How many of the six lanes copies of result files may hold: one whenever copies wait, up
+/// to three when no step waits. Webhooks, polls and edge copies take milliseconds where a
+/// copy takes seconds, and a copy's link serves Kling's file until it is made.
 pub const COPY_LANES: usize = 3;
-/// While copies are in flight, how often the alarm looks for newly due steps, and for how
-/// long after its start (then it lets the copies finish and ends).
+/// While copies are in flight, how often the alarm looks for newly due steps.
 pub const REFILL_TICK_MS: u64 = 1_000;
-pub const REFILL_SPAN_MS: u64 = 60_000;
+/// How long an alarm starts new work: then it lets what is in flight finish and ends, and
+/// the next alarm takes what is left (the runtime bounds an alarm's duration).
+pub const ALARM_SPAN_MS: u64 = 30_000;
 
 /// The alarm's work, planned: the tasks whose step is due (with their receiver's origin) and
 /// those whose copies are, in the order they are started; and which lanes of which tasks
@@ -409,12 +411,13 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
     /// task's copies: it links them from the start (see `crate::links::result_links`).
     ///
     /// While copies are in flight the alarm keeps looking for newly due steps (each time its
-    /// steps run out, and every [`REFILL_TICK_MS`], for up to [`REFILL_SPAN_MS`]), so a slow
-    /// copy delays no webhook that falls due meanwhile. A task is worked on at most once per
-    /// lane in one alarm. A task that fails does not stop the others; the first failure is
-    /// the alarm's outcome (logged; the next alarm tries again). Then uploads are swept and
-    /// what retention allows is forgotten. Answers how many due tasks the first look found:
-    /// a full batch ([`DUE_BATCH`]) means more may be waiting.
+    /// steps run out, and every [`REFILL_TICK_MS`]), so a slow copy delays no webhook that
+    /// falls due meanwhile. It starts new work for [`ALARM_SPAN_MS`], then lets what is in
+    /// flight finish. A task is worked on at most once per lane in one alarm. A task that
+    /// fails does not stop the others; the first failure is the alarm's outcome (logged; the
+    /// next alarm tries again). Then uploads are swept and what retention allows is
+    /// forgotten. Answers how many due tasks the first look found, or a full batch
+    /// ([`DUE_BATCH`]) if work was left for the next alarm.
     pub async fn run_due(&self) -> Result<u32, ApiError> {
         let started_at = self.runtime.now_ms();
         self.check_intents(started_at).await;
@@ -425,23 +428,26 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         let (mut steps_in_flight, mut copies_in_flight, mut ticking) = (0usize, 0usize, false);
         let mut in_flight: FuturesUnordered<LocalBoxFuture<'_, Finished>> = FuturesUnordered::new();
         loop {
-            while steps_in_flight + copies_in_flight < DUE_PARALLEL {
-                if copies_in_flight < COPY_LANES {
-                    if let Some(task_id) = plan.copies.pop_front() {
-                        copies_in_flight += 1;
-                        in_flight.push(
-                            async move { Finished::Copies(self.copy_results(&task_id).await) }.boxed_local(),
-                        );
-                        continue;
-                    }
-                }
+            let accepting = self.runtime.now_ms().saturating_sub(started_at) < ALARM_SPAN_MS;
+            while accepting && steps_in_flight + copies_in_flight < DUE_PARALLEL {
                 let free = |receiver: &Option<String>| {
                     receiver
                         .as_ref()
                         .is_none_or(|origin| busy.get(origin).copied().unwrap_or(0) < PER_RECEIVER)
                 };
-                let Some(next) = plan.steps.iter().position(|(_, receiver)| free(receiver)) else { break };
-                let Some((task_id, receiver)) = plan.steps.remove(next) else { break };
+                let next_step = plan.steps.iter().position(|(_, receiver)| free(receiver));
+                let copy_lane_free =
+                    copies_in_flight == 0 || (copies_in_flight < COPY_LANES && next_step.is_none());
+                if let Some(task_id) = copy_lane_free.then(|| plan.copies.pop_front()).flatten() {
+                    copies_in_flight += 1;
+                    in_flight.push(
+                        async move { Finished::Copies(self.copy_results(&task_id).await) }.boxed_local(),
+                    );
+                    continue;
+                }
+                let Some((task_id, receiver)) = next_step.and_then(|next| plan.steps.remove(next)) else {
+                    break;
+                };
                 if let Some(origin) = &receiver {
                     *busy.entry(origin.clone()).or_default() += 1;
                 }
@@ -452,8 +458,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
                 );
             }
             // Only copies left in flight: look again for due steps in a while.
-            let refilling = self.runtime.now_ms().saturating_sub(started_at) < REFILL_SPAN_MS;
-            if refilling && !ticking && copies_in_flight > 0 && steps_in_flight == 0 && plan.steps.is_empty()
+            if accepting && !ticking && copies_in_flight > 0 && steps_in_flight == 0 && plan.steps.is_empty()
             {
                 ticking = true;
                 in_flight.push(
@@ -487,7 +492,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             }
             let now = self.runtime.now_ms();
             let steps_ran_out = steps_in_flight == 0 && plan.steps.is_empty();
-            if steps_ran_out && copies_in_flight > 0 && now.saturating_sub(started_at) < REFILL_SPAN_MS {
+            if steps_ran_out && copies_in_flight > 0 && now.saturating_sub(started_at) < ALARM_SPAN_MS {
                 if let Err(error) = self.plan_due(now, &mut plan) {
                     first_failure.get_or_insert(error);
                 }
@@ -503,7 +508,8 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         for task_id in self.store.expired(started_at, self.settings.keep_ms(), DUE_BATCH)? {
             self.forget(&task_id).await?;
         }
-        Ok(worked)
+        let left_over = !plan.steps.is_empty() || !plan.copies.is_empty();
+        Ok(if left_over { worked.max(DUE_BATCH) } else { worked })
     }
 
     /// Creates whose record never came, checked a lane's worth at once (each may be a task
