@@ -37,9 +37,10 @@ pub const DUE_BATCH: u32 = 60;
 /// How many due tasks one alarm works on at once. A Worker invocation keeps at most six
 /// connections open at once (more wait for one to close), and each task's step holds one.
 pub const DUE_PARALLEL: usize = 6;
-/// How many of the tasks in flight may be waiting on one receiver (its origin): a slow one
-/// takes two of the six lanes, never all of them.
-pub const PER_RECEIVER: usize = 2;
+/// How many of the steps in flight may be waiting on one receiver (its origin): most apps
+/// have one receiver, which gets four lanes; a slow one never takes the lanes of others
+/// (one at least stays free for them, and one for copies).
+pub const PER_RECEIVER: usize = 4;
 /// How many of the six lanes copies of result files may hold: one whenever copies wait, up
 /// to three when no step waits. Webhooks, polls and edge copies take milliseconds where a
 /// copy takes seconds, and a copy's link serves Kling's file until it is made.
