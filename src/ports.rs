@@ -46,6 +46,9 @@ pub trait TaskStore {
     fn running(&self) -> Result<u32, ApiError>;
     /// Up to `limit` tasks with something due at or before `now`, most overdue first.
     fn due(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError>;
+    /// Up to `limit` tasks whose step (poll, webhook, edge copy) is due at or before `now`,
+    /// most overdue first (so a backlog of copies never hides a webhook).
+    fn due_steps(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError>;
     /// Up to `limit` tasks whose poll of Kling is due at or before `now`, most overdue first
     /// (so a due poll is never queued behind a backlog of webhooks).
     fn due_polls(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError>;

@@ -72,13 +72,22 @@ impl SqlStore {
         }
         let version: Vec<ValueRow> =
             sql.exec(table::SCHEMA_VERSION, None).and_then(|c| c.to_array()).map_err(failed)?;
-        if version.first().is_some_and(|row| row.value == "1") {
-            let has: Vec<CountRow> =
-                sql.exec(table::HAS_POLL_AT, None).and_then(|c| c.to_array()).map_err(failed)?;
+        let version = version.first().map(|row| row.value.as_str());
+        let migrations = [
+            ("1", table::HAS_POLL_AT, table::MIGRATE_FROM_1),
+            ("2", table::HAS_STEP_AT, table::MIGRATE_FROM_2),
+        ];
+        let mut from = version.map(str::to_owned);
+        for (version, has_column, statements) in migrations {
+            if from.as_deref() != Some(version) {
+                continue;
+            }
+            let has: Vec<CountRow> = sql.exec(has_column, None).and_then(|c| c.to_array()).map_err(failed)?;
             let skip_alter = has.first().is_some_and(|row| row.count > 0.0);
-            for statement in &table::MIGRATE_FROM_1[usize::from(skip_alter)..] {
+            for statement in &statements[usize::from(skip_alter)..] {
                 sql.exec(statement, None).map_err(failed)?;
             }
+            from = Some((version.parse::<u8>().unwrap_or(0) + 1).to_string());
         }
         for statement in table::INDEXES {
             sql.exec(statement, None).map_err(failed)?;
@@ -125,6 +134,7 @@ impl TaskStore for SqlStore {
                     SqlStorageValue::Integer(i64::from(record.is_running())),
                     json.into(),
                     record.poll_due_at().map(int).unwrap_or(SqlStorageValue::Null),
+                    record.step_due_at().map(int).unwrap_or(SqlStorageValue::Null),
                 ],
             )
             .map_err(failed)?;
@@ -163,6 +173,10 @@ impl TaskStore for SqlStore {
 
     fn due(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {
         self.ids(table::DUE, vec![int(now), SqlStorageValue::Integer(i64::from(limit))])
+    }
+
+    fn due_steps(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {
+        self.ids(table::DUE_STEPS, vec![int(now), SqlStorageValue::Integer(i64::from(limit))])
     }
 
     fn due_polls(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {

@@ -207,6 +207,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             record.schedule_poll(now, &self.settings.poll);
         }
         record.queue_delivery(now);
+        self.queue_copies_of(&mut record, now);
         self.store.save(&record)?;
         self.store.delete_intent(&nonce)?;
         match max_jobs_hold {
@@ -239,6 +240,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             }
         };
         if record.apply_report(report, now, &self.settings.poll) {
+            self.queue_copies_of(&mut record, now);
             self.store.save(&record)?;
         }
         Ok(())
@@ -282,6 +284,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         if record.tenant.is_none() || !record.registered {
             record.tenant = Some(tenant.to_owned());
             record.registered = true;
+            self.queue_copies_of(&mut record, self.runtime.now_ms());
             self.store.save(&record)?;
         }
         Ok(record)
@@ -529,47 +532,62 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
     }
 
     /// Adds the tasks due at `now` to the alarm's plan, each lane of a task once per alarm:
-    /// due polls first, then the rest in the order they fell due. Tasks already planned are
-    /// passed over (the query asks for as many more), so copies waiting for a lane never hide
-    /// a newly due webhook. Answers how many tasks the due query found.
+    /// steps from their own due times (due polls first), so a backlog of copies never hides a
+    /// newly due webhook, and copies in the order tasks fell due. Tasks already planned are
+    /// passed over (each query asks for as many more). Answers how many tasks were found due.
     fn plan_due(&self, now: u64, plan: &mut Plan) -> Result<u32, ApiError> {
-        let mut due = self.store.due_polls(now, DUE_BATCH / 2)?;
-        let passed_over = plan.planned.len() as u32;
-        for task_id in self.store.due(now, DUE_BATCH.saturating_add(passed_over))? {
-            if !due.contains(&task_id) {
-                due.push(task_id);
+        let limit = DUE_BATCH.saturating_add(plan.planned.len() as u32);
+        let mut steps = self.store.due_polls(now, DUE_BATCH / 2)?;
+        for task_id in self.store.due_steps(now, limit)? {
+            if !steps.contains(&task_id) {
+                steps.push(task_id);
             }
         }
-        let found = due.len().min(DUE_BATCH as usize) as u32;
+        let copies = match self.settings.copies {
+            Some(_) => self.store.due(now, limit)?,
+            None => Vec::new(),
+        };
+        let found = steps.len().max(copies.len()).min(DUE_BATCH as usize) as u32;
         let mut added = 0;
-        for task_id in due {
-            let (stepped, copied) = plan.planned.get(&task_id).copied().unwrap_or_default();
-            if (stepped && copied) || added >= DUE_BATCH {
+        for task_id in steps {
+            if added >= DUE_BATCH || plan.planned.get(&task_id).is_some_and(|(stepped, _)| *stepped) {
                 continue;
             }
             let Some(mut record) = self.store.load(&task_id)? else { continue };
-            if !copied && self.settings.copies.is_some() && record.queue_copies(now) {
+            // (Records written by the previous version queue their copies here.)
+            let queued = self.queue_copies_of(&mut record, now);
+            if !record.step_due(now) {
+                // Its step's time was stale (as after the migration to schema 3): saved right.
+                self.store.save(&record)?;
+                continue;
+            }
+            if queued {
                 self.store.save(&record)?;
             }
-            let step = !stepped && record.step_due(now);
-            let copies = !copied && self.settings.copies.is_some() && record.copies_due(now);
-            if step {
-                plan.steps.push_back((task_id.clone(), record.receiver_origin()));
+            plan.steps.push_back((task_id.clone(), record.receiver_origin()));
+            plan.planned.entry(task_id).or_default().0 = true;
+            added += 1;
+        }
+        let mut added = 0;
+        for task_id in copies {
+            if added >= DUE_BATCH || plan.planned.get(&task_id).is_some_and(|(_, copied)| *copied) {
+                continue;
             }
-            if copies {
+            let Some(mut record) = self.store.load(&task_id)? else { continue };
+            if self.queue_copies_of(&mut record, now) {
+                self.store.save(&record)?;
+            }
+            if record.copies_due(now) {
                 plan.copies.push_back(task_id.clone());
-            }
-            if step || copies {
+                plan.planned.entry(task_id).or_default().1 = true;
                 added += 1;
-                plan.planned.insert(task_id, (stepped || step, copied || copies));
             }
         }
         Ok(found)
     }
 
     /// One due task's step, in this order: ask Kling about it (if its poll is due), try its
-    /// webhook, write its edge copy; a dropped task is forgotten instead. A poll that finds
-    /// the task's files queues their copies first, so the webhook links them.
+    /// webhook, write its edge copy; a dropped task is forgotten instead.
     async fn step(&self, task_id: &str, now: u64) -> Result<(), ApiError> {
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         if record.dropped {
@@ -577,7 +595,6 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         }
         if record.next_poll_at.is_some_and(|at| at <= now) {
             self.poll(task_id).await?;
-            self.queue_copies(task_id)?;
         }
         self.deliver(task_id).await?;
         self.write_edge_copy(task_id).await
@@ -608,24 +625,16 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         self.store.delete(task_id)
     }
 
-    /// Queues copies of the task's result files once it has them (when the deployment has a
-    /// bucket), so its answers and webhook list them from then on.
-    fn queue_copies(&self, task_id: &str) -> Result<(), ApiError> {
-        if self.settings.copies.is_none() {
-            return Ok(());
-        }
-        let Some(mut record) = self.store.load(task_id)? else { return Ok(()) };
-        if record.queue_copies(self.runtime.now_ms()) {
-            self.store.save(&record)?;
-        }
-        Ok(())
+    /// Queues copies of the task's result files once it has them, when the deployment has a
+    /// bucket: as Kling's news is merged, so its answers and webhook list them from then on.
+    fn queue_copies_of(&self, record: &mut TaskRecord, now: u64) -> bool {
+        self.settings.copies.is_some() && record.queue_copies(now)
     }
 
-    /// Copies the task's result files into the bucket: queues them once the task has them,
-    /// then makes each attempt that is due and records how it went.
+    /// Copies the task's result files into the bucket: makes each attempt that is due and
+    /// records how it went.
     async fn copy_results(&self, task_id: &str) -> Result<(), ApiError> {
         let Some(settings) = &self.settings.copies else { return Ok(()) };
-        self.queue_copies(task_id)?;
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         for name in copies::due(&record.copies, self.runtime.now_ms()) {
             // The attempt is counted and the next one booked before the copy starts, so an
@@ -691,6 +700,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         self.store.update(task_id, |record| {
             if data.is_some_and(|data| record.apply_report(&data, now, &self.settings.poll)) {
                 record.last_polled_at = Some(now);
+                self.queue_copies_of(record, now);
             } else {
                 record.polled_without_news(now, &self.settings.poll);
             }

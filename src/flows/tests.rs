@@ -1019,3 +1019,29 @@ fn copies_that_never_end_hold_back_no_webhook_not_even_their_own() {
         "the copy itself now"
     );
 }
+
+#[test]
+fn a_backlog_of_copies_never_hides_a_newly_due_webhook() {
+    use super::coordinator::DUE_BATCH;
+    let world = world_with_bucket(false);
+    // More finished tasks than one alarm takes, all with copies due (and stalled), no webhook.
+    for i in 0..DUE_BATCH + 20 {
+        world.bucket.stalled.borrow_mut().push(format!("/a-backlog-{i}/"));
+        world.register(&format!("a-backlog-{i}"), &format!("nb{i}"), false);
+        world.kling_moves(&format!("a-backlog-{i}"), &format!("nb{i}"), "succeed", START + 3, true, false);
+    }
+    world.advance(1_000);
+    world.register("z-hook", "nz", true);
+    world.kling_moves("z-hook", "nz", "succeed", START + 5, true, false);
+    world.runtime.manual_clock.set(true);
+    let coordinator = world.coordinator();
+    let mut alarm = Box::pin(coordinator.run_due());
+    for _ in 0..50 {
+        assert!(poll_once(alarm.as_mut()).is_none(), "the copies hang");
+    }
+    assert_eq!(
+        world.message_ids(),
+        ["msg_z-hook_succeed"],
+        "its webhook went out in the first look, at once"
+    );
+}

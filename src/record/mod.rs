@@ -260,24 +260,30 @@ impl TaskRecord {
     /// The next time something is due for this task (epoch ms; 0 for "at once"): a poll, a
     /// webhook attempt, a result copy's attempt, or a write of its edge copy.
     pub fn due_at(&self) -> Option<u64> {
-        let delivery = (self.delivery.state == DeliveryState::Pending && self.tenant.is_some())
-            .then_some(self.delivery.next_attempt_at)
-            .flatten();
+        if self.dropped {
+            return self.step_due_at();
+        }
+        [self.step_due_at(), copies::next_due(&self.copies)].into_iter().flatten().min()
+    }
+
+    /// The next time the alarm's step for the task is due (epoch ms; 0 for "at once"): a
+    /// poll of Kling, a webhook attempt or a write of its edge copy, or forgetting it once
+    /// dropped. Its copies are the other lane.
+    pub fn step_due_at(&self) -> Option<u64> {
         if self.dropped {
             return Some(self.edge_copy_retry_at.unwrap_or(0));
         }
+        let delivery = (self.delivery.state == DeliveryState::Pending && self.tenant.is_some())
+            .then_some(self.delivery.next_attempt_at)
+            .flatten();
         let edge_copy = self.edge_copy_due(u64::MAX).then(|| self.edge_copy_retry_at.unwrap_or(0));
-        [self.next_poll_at, delivery, copies::next_due(&self.copies), edge_copy].into_iter().flatten().min()
+        [self.next_poll_at, delivery, edge_copy].into_iter().flatten().min()
     }
 
-    /// Whether the alarm's step for the task is due at `now`: a poll of Kling, a webhook
-    /// attempt or a write of its edge copy, or forgetting it once dropped (its copies are
-    /// the other lane, [`Self::copies_due`]).
+    /// Whether the alarm's step for the task is due at `now` ([`Self::step_due_at`]; its
+    /// copies are the other lane, [`Self::copies_due`]).
     pub fn step_due(&self, now: u64) -> bool {
-        self.dropped
-            || self.next_poll_at.is_some_and(|at| at <= now)
-            || self.delivery_due(now)
-            || self.edge_copy_due(now)
+        self.step_due_at().is_some_and(|at| at <= now)
     }
 
     /// Whether one of the task's result copies is due for an attempt at `now`.

@@ -3,8 +3,10 @@
 //!
 //! Each record is kept whole as JSON, beside the columns the coordinator searches and sorts
 //! by: the external task id, the capability nonce, the creation time (the list, newest
-//! first), the next time anything is due (the alarm), the next poll (so a poll is never
-//! queued behind a backlog of webhooks) and whether Kling is still working on the task.
+//! first), the next time anything is due (the alarm), the next time the task's step is due
+//! (its poll, webhook or edge copy: so a backlog of copies never hides a webhook), the next
+//! poll (so a poll is never queued behind a backlog of webhooks) and whether Kling is still
+//! working on the task.
 //! Beside them, the creates on their way to Kling (`crate::record::intent`) and the
 //! tenant's uploads (`crate::record::asset`).
 //!
@@ -14,9 +16,9 @@
 //! 100,000 tasks.
 
 /// The schema version this code writes (`meta.schema`).
-pub const VERSION: &str = "2";
+pub const VERSION: &str = "3";
 
-/// Run at every start: creates what is missing (a new object gets version 2 at once).
+/// Run at every start: creates what is missing (a new object gets version 3 at once).
 pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tasks (
         task_id TEXT PRIMARY KEY,
@@ -27,10 +29,11 @@ pub const SCHEMA: &[&str] = &[
         due_at INTEGER,
         running INTEGER NOT NULL DEFAULT 1,
         record TEXT NOT NULL,
-        poll_at INTEGER
+        poll_at INTEGER,
+        step_at INTEGER
     )",
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', '2')",
+    "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', '3')",
     // Creates on their way to Kling (`crate::record::intent`), by their capability's nonce.
     "CREATE TABLE IF NOT EXISTS intents (nonce TEXT PRIMARY KEY, check_at INTEGER NOT NULL, intent TEXT NOT NULL)",
     // The tenant's uploads (`crate::record::asset`): `listed` once measured and kept.
@@ -56,11 +59,24 @@ pub const MIGRATE_FROM_1: &[&str] = &[
     "UPDATE meta SET value = '2' WHERE name = 'schema'",
 ];
 
+/// Whether `tasks` has its version 3 column.
+pub const HAS_STEP_AT: &str =
+    "SELECT COUNT(*) AS count FROM pragma_table_info('tasks') WHERE name = 'step_at'";
+/// From version 2 to 3 (the step's own due time), once; the first statement only if
+/// [`HAS_STEP_AT`] counts none. Every due task counts as due for its step until the alarm's
+/// first look at it saves its real time (`flows::coordinator`).
+pub const MIGRATE_FROM_2: &[&str] = &[
+    "ALTER TABLE tasks ADD COLUMN step_at INTEGER",
+    "UPDATE tasks SET step_at = due_at WHERE due_at IS NOT NULL",
+    "UPDATE meta SET value = '3' WHERE name = 'schema'",
+];
+
 /// Run at every start, after the migrations (the columns they index exist by then).
 pub const INDEXES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS tasks_newest ON tasks (endpoint, created_at DESC, task_id DESC)",
     "CREATE INDEX IF NOT EXISTS tasks_due ON tasks (due_at) WHERE due_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS tasks_poll ON tasks (poll_at) WHERE poll_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS tasks_step ON tasks (step_at) WHERE step_at IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS tasks_settled ON tasks (created_at) WHERE due_at IS NULL",
     "CREATE INDEX IF NOT EXISTS tasks_running ON tasks (running) WHERE running = 1",
     "CREATE INDEX IF NOT EXISTS tasks_external ON tasks (external_id) WHERE external_id IS NOT NULL",
@@ -73,11 +89,12 @@ pub const INDEXES: &[&str] = &[
 pub const SCHEMA_VERSION: &str = "SELECT value FROM meta WHERE name = 'schema'";
 pub const LOAD: &str = "SELECT record FROM tasks WHERE task_id = ?";
 pub const SAVE: &str =
-    "INSERT INTO tasks (task_id, endpoint, nonce, external_id, created_at, due_at, running, record, poll_at)
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+    "INSERT INTO tasks (task_id, endpoint, nonce, external_id, created_at, due_at, running, record, poll_at, step_at)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
      ON CONFLICT (task_id) DO UPDATE SET endpoint = excluded.endpoint, nonce = excluded.nonce,
        external_id = excluded.external_id, created_at = excluded.created_at, due_at = excluded.due_at,
-       running = excluded.running, record = excluded.record, poll_at = excluded.poll_at";
+       running = excluded.running, record = excluded.record, poll_at = excluded.poll_at,
+       step_at = excluded.step_at";
 pub const DELETE: &str = "DELETE FROM tasks WHERE task_id = ?";
 pub const FIND_EXTERNAL: &str =
     "SELECT task_id FROM tasks WHERE external_id = ? ORDER BY created_at DESC LIMIT 1";
@@ -87,6 +104,8 @@ pub const PAGE: &str =
 pub const RUNNING: &str = "SELECT COUNT(*) AS count FROM tasks WHERE running = 1";
 pub const DUE: &str =
     "SELECT task_id FROM tasks WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?";
+pub const DUE_STEPS: &str =
+    "SELECT task_id FROM tasks WHERE step_at IS NOT NULL AND step_at <= ? ORDER BY step_at LIMIT ?";
 pub const DUE_POLLS: &str =
     "SELECT task_id FROM tasks WHERE poll_at IS NOT NULL AND poll_at <= ? ORDER BY poll_at LIMIT ?";
 pub const NEXT_DUE: &str = "SELECT MIN(due_at) AS due_at FROM tasks WHERE due_at IS NOT NULL";
@@ -147,6 +166,7 @@ mod tests {
                     due,
                     i64::from(!settled),
                     record,
+                    due,
                     due
                 ])
                 .unwrap();
@@ -180,6 +200,7 @@ mod tests {
             (RUNNING, "tasks_running"),
             (DUE, "tasks_due"),
             (DUE_POLLS, "tasks_poll"),
+            (DUE_STEPS, "tasks_step"),
             (NEXT_DUE, "tasks_due"),
             (EXPIRED, "tasks_settled"),
             (DUE_INTENTS, "intents_check"),
@@ -204,7 +225,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_table_is_migrated_once_with_its_polls_found() {
+    fn a_version_1_table_is_migrated_to_3_once_with_its_polls_and_steps_found() {
         let db = Connection::open_in_memory().unwrap();
         // Version 1 as it was created.
         db.execute_batch(
@@ -230,6 +251,11 @@ mod tests {
         }
         let has: i64 = db.query_row(HAS_POLL_AT, [], |row| row.get(0)).unwrap();
         assert_eq!(has, 1, "a second open skips the ALTER");
+        for statement in MIGRATE_FROM_2 {
+            db.execute(statement, []).unwrap();
+        }
+        let has: i64 = db.query_row(HAS_STEP_AT, [], |row| row.get(0)).unwrap();
+        assert_eq!(has, 1);
         for statement in INDEXES {
             db.execute(statement, []).unwrap();
         }
@@ -243,6 +269,14 @@ mod tests {
             .map(Result::unwrap)
             .collect();
         assert_eq!(polls, ["t1"], "a dropped task is not polled");
+        let steps: Vec<String> = db
+            .prepare(DUE_STEPS)
+            .unwrap()
+            .query_map(params![100, 10], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(steps, ["t1", "t2"], "every due task, until the alarm saves its step's time");
     }
 
     /// Prints what the alarm's own queries cost at 100 and 100,000 tasks; asserts nothing
@@ -258,7 +292,8 @@ mod tests {
             let started = Instant::now();
             let rounds = 200;
             for _ in 0..rounds {
-                for (query, bindings) in [(DUE, 2), (DUE_POLLS, 2), (EXPIRED, 2), (NEXT_DUE, 0), (RUNNING, 0)]
+                for (query, bindings) in
+                    [(DUE, 2), (DUE_STEPS, 2), (DUE_POLLS, 2), (EXPIRED, 2), (NEXT_DUE, 0), (RUNNING, 0)]
                 {
                     let mut statement = db.prepare_cached(query).unwrap();
                     let values: Vec<i64> = [i64::MAX / 2, 25][..bindings].to_vec();

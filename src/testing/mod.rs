@@ -199,6 +199,10 @@ impl TaskStore for MemoryStore {
         self.due_by(now, limit, TaskRecord::due_at)
     }
 
+    fn due_steps(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {
+        self.due_by(now, limit, TaskRecord::step_due_at)
+    }
+
     fn due_polls(&self, now: u64, limit: u32) -> Result<Vec<String>, ApiError> {
         self.due_by(now, limit, TaskRecord::poll_due_at)
     }
