@@ -7,13 +7,16 @@
 //! those in one place with no cross-object coordination, spreads load as tenants multiply
 //! (a busy app's browser users each get their own), and keeps every list a plain SQL query.
 //! One object for the deployment would serialise every callback through one thread; one per
-//! task would make the list a scatter-gather. The object is named by the tenant's shard
-//! (`crate::kling::task::tenant_shard`), which the callback capability carries, so Kling's
-//! callbacks reach the right object with no lookup.
+//! task would make the list a scatter-gather. A tenant does not outgrow one object: at about
+//! 1,000 requests a second and five per task, it takes far more tasks than a Kling account
+//! can run (see the README, "How big one tenant can get"). The object is named by the
+//! tenant's shard (`crate::kling::task::tenant_shard`), which the callback capability
+//! carries, so Kling's callbacks reach the right object with no lookup.
 //!
 //! The object runs the flows of `crate::flows::coordinator` with real ports: its SQLite
 //! database, Kling over `fetch`, clients' receivers, Workers KV. Its alarm drives every
-//! schedule (polls, webhook retries, edge copies), so they survive eviction and restarts.
+//! schedule (polls, webhook retries, result copies, edge copies), so they survive eviction
+//! and restarts.
 
 use std::cell::{Cell, OnceCell};
 
