@@ -9,6 +9,7 @@ pub mod asset;
 pub mod copies;
 pub mod delivery;
 pub mod edge_copy;
+pub mod gate;
 pub mod intent;
 pub mod max_jobs;
 pub mod table;

@@ -1,0 +1,513 @@
+//! A Kling account's gate: the account's concurrency, the creates holding its slots, and the
+//! line of creates waiting for one, fair across tenants.
+//!
+//! Kling counts concurrency per account: a task holds a slot from `submitted` until it ends,
+//! and a create past the limit is refused with 1303. The gate turns that refusal into a
+//! line. A create that finds a free slot, with nobody waiting, goes at once; otherwise it
+//! waits, and slots go to the waiting creates round-robin over tenants (the tenant served
+//! longest ago first), first come first served within one, so one tenant's single create
+//! never waits behind another tenant's whole burst. A 1303 that comes anyway (another app
+//! shares the account, or the setting is too high) puts the create back at the front of its
+//! tenant's line, holds dispatch back for a while (from 1 s, doubling to a minute) and lowers
+//! the slots the gate uses for a few minutes, so Kling is not hammered.
+//!
+//! Pure: time comes as an argument, and every change is one call with no `await` inside (the
+//! gate's object keeps this whole, so each change is atomic there).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The first pause after a 1303, doubling on each one that follows, up to [`MAX_BACKOFF_MS`].
+pub const FIRST_BACKOFF_MS: u64 = 1_000;
+pub const MAX_BACKOFF_MS: u64 = 60_000;
+/// How long the slots Kling showed it has (at a 1303) are believed over the setting.
+pub const LEARNED_FOR_MS: u64 = 5 * 60 * 1000;
+
+/// A create the gate knows: the id its client was given, and its tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub id: String,
+    pub tenant: String,
+}
+
+/// A create holding one of the account's slots (sent to Kling, or being sent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Holder {
+    ticket: Ticket,
+    since: u64,
+}
+
+/// A create waiting for a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Waiting {
+    ticket: Ticket,
+    queued_at: u64,
+    /// The order it came in (a create put back after a 1303 goes before its tenant's first).
+    seq: i64,
+}
+
+/// What Kling's 1303s taught: fewer slots than the setting says, until `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Learned {
+    slots: u32,
+    until: u64,
+}
+
+/// The gate of one account.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gate {
+    holders: Vec<Holder>,
+    line: Vec<Waiting>,
+    /// When each tenant with a create in line was last given a slot (a counter, not a time).
+    served: BTreeMap<String, u64>,
+    next_seq: i64,
+    serves: u64,
+    learned: Option<Learned>,
+    /// No dispatch before this (after a 1303).
+    paused_until: Option<u64>,
+    /// The next pause, doubled by each 1303 and reset by a create Kling takes.
+    backoff_ms: u64,
+}
+
+/// How a create fared at the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum Admission {
+    /// A slot is the create's: send it to Kling now.
+    Go,
+    /// In line, at this place (1 is next).
+    Queued { position: u32 },
+    /// The tenant already has `bound` creates in line (`QUEUE_MAX_PER_TENANT`).
+    Full { bound: u32 },
+}
+
+/// What a cancel found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cancel {
+    /// Removed from the line: it never reaches Kling.
+    Cancelled,
+    /// Already Kling's (or on its way): Kling cannot cancel it.
+    AtKling,
+    /// No create of this tenant's by that id.
+    Unknown,
+}
+
+impl Gate {
+    /// The slots the gate uses at `now`: the setting, or fewer for a while after a 1303.
+    pub fn slots(&self, capacity: u32, now: u64) -> u32 {
+        match self.learned {
+            Some(learned) if now < learned.until => learned.slots.min(capacity),
+            _ => capacity,
+        }
+    }
+
+    /// A new create of `ticket`'s tenant: a slot at once if one is free and nobody waits,
+    /// else a place in line, unless the tenant already has `bound` creates waiting.
+    pub fn admit(&mut self, ticket: Ticket, capacity: u32, bound: u32, now: u64) -> Admission {
+        if self.line.is_empty() && self.can_dispatch(capacity, now) {
+            self.holders.push(Holder { ticket, since: now });
+            return Admission::Go;
+        }
+        if self.waiting_of(&ticket.tenant) >= bound as usize {
+            return Admission::Full { bound };
+        }
+        let id = ticket.id.clone();
+        self.served.entry(ticket.tenant.clone()).or_insert(0);
+        self.line.push(Waiting { ticket, queued_at: now, seq: self.next_seq });
+        self.next_seq += 1;
+        Admission::Queued { position: self.position(&id).unwrap_or(1) }
+    }
+
+    fn can_dispatch(&self, capacity: u32, now: u64) -> bool {
+        self.paused_until.is_none_or(|until| now >= until)
+            && (self.holders.len() as u32) < self.slots(capacity, now)
+    }
+
+    fn waiting_of(&self, tenant: &str) -> usize {
+        self.line.iter().filter(|waiting| waiting.ticket.tenant == tenant).count()
+    }
+
+    /// The next create to send to Kling, if a slot is free and dispatch is not paused: it
+    /// holds the slot from now.
+    pub fn next(&mut self, capacity: u32, now: u64) -> Option<Ticket> {
+        if !self.can_dispatch(capacity, now) {
+            return None;
+        }
+        let first = self.order().into_iter().next()?;
+        let waiting = self.line.remove(first);
+        self.serves += 1;
+        self.served.insert(waiting.ticket.tenant.clone(), self.serves);
+        if self.waiting_of(&waiting.ticket.tenant) == 0 {
+            self.served.remove(&waiting.ticket.tenant);
+        }
+        self.holders.push(Holder { ticket: waiting.ticket.clone(), since: now });
+        Some(waiting.ticket)
+    }
+
+    /// The line in the order it will be served, as indexes into it: round-robin over
+    /// tenants (the one served longest ago first; a tenant new to the line before all that
+    /// were served), each tenant's creates in the order they came.
+    fn order(&self) -> Vec<usize> {
+        let mut tenants: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        let mut indexes: Vec<usize> = (0..self.line.len()).collect();
+        indexes.sort_by_key(|&i| self.line[i].seq);
+        for i in indexes {
+            tenants.entry(self.line[i].ticket.tenant.as_str()).or_default().push(i);
+        }
+        let mut rotation: Vec<(&str, Vec<usize>)> = tenants.into_iter().collect();
+        rotation.sort_by_key(|(tenant, creates)| {
+            (self.served.get(*tenant).copied().unwrap_or(0), self.line[creates[0]].seq)
+        });
+        let mut order = Vec::with_capacity(self.line.len());
+        let longest = rotation.iter().map(|(_, creates)| creates.len()).max().unwrap_or(0);
+        for round in 0..longest {
+            for (_, creates) in &rotation {
+                if let Some(&i) = creates.get(round) {
+                    order.push(i);
+                }
+            }
+        }
+        order
+    }
+
+    /// Where the create `id` is in line (1 is next), if it waits.
+    pub fn position(&self, id: &str) -> Option<u32> {
+        let order = self.order();
+        order.iter().position(|&i| self.line[i].ticket.id == id).map(|place| place as u32 + 1)
+    }
+
+    /// Kling took the create: the pause after 1303s starts over.
+    pub fn taken(&mut self) {
+        self.backoff_ms = 0;
+    }
+
+    /// Kling answered 1303 to the create `id`: it goes back to the front of its tenant's
+    /// line, dispatch pauses, and the gate uses no more slots than Kling showed it has (the
+    /// ones held but this) for a while. Answers whether `id` held a slot.
+    pub fn refused(&mut self, id: &str, now: u64) -> bool {
+        let Some(at) = self.holders.iter().position(|holder| holder.ticket.id == id) else { return false };
+        let holder = self.holders.remove(at);
+        let first_seq = self
+            .line
+            .iter()
+            .filter(|waiting| waiting.ticket.tenant == holder.ticket.tenant)
+            .map(|waiting| waiting.seq)
+            .min();
+        // Before every other create of its tenant; a tenant back in line is served first.
+        let seq = first_seq.map_or_else(
+            || {
+                self.next_seq += 1;
+                self.next_seq - 1
+            },
+            |seq| seq - 1,
+        );
+        self.served.insert(holder.ticket.tenant.clone(), 0);
+        self.line.push(Waiting { ticket: holder.ticket, queued_at: holder.since, seq });
+        self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
+        self.paused_until = Some(now.saturating_add(self.backoff_ms));
+        let slots = (self.holders.len() as u32).max(1);
+        self.learned = Some(Learned { slots, until: now.saturating_add(LEARNED_FOR_MS) });
+        true
+    }
+
+    /// The task `id` ended (Kling said so, or it never reached Kling): its slot is free.
+    /// Answers whether it held one.
+    pub fn release(&mut self, id: &str) -> bool {
+        let before = self.holders.len();
+        self.holders.retain(|holder| holder.ticket.id != id);
+        self.holders.len() < before
+    }
+
+    /// A client's cancel of its create `id`.
+    pub fn cancel(&mut self, id: &str, tenant: &str) -> Cancel {
+        let mine = |ticket: &Ticket| ticket.id == id && ticket.tenant == tenant;
+        if let Some(at) = self.line.iter().position(|waiting| mine(&waiting.ticket)) {
+            let waiting = self.line.remove(at);
+            if self.waiting_of(&waiting.ticket.tenant) == 0 {
+                self.served.remove(&waiting.ticket.tenant);
+            }
+            return Cancel::Cancelled;
+        }
+        if self.holders.iter().any(|holder| mine(&holder.ticket)) {
+            return Cancel::AtKling;
+        }
+        Cancel::Unknown
+    }
+
+    /// Removes the creates that have waited `max_wait_ms` or longer at `now`: they end as
+    /// failed, having never reached Kling.
+    pub fn expire(&mut self, max_wait_ms: u64, now: u64) -> Vec<Ticket> {
+        let (expired, kept): (Vec<Waiting>, Vec<Waiting>) =
+            self.line.drain(..).partition(|waiting| now.saturating_sub(waiting.queued_at) >= max_wait_ms);
+        self.line = kept;
+        let line = &self.line;
+        self.served.retain(|tenant, _| line.iter().any(|waiting| &waiting.ticket.tenant == tenant));
+        expired.into_iter().map(|waiting| waiting.ticket).collect()
+    }
+
+    /// When the gate has something to do next on its own (dispatch after a pause, a create
+    /// that will have waited too long), if anything waits.
+    pub fn next_due(&self, max_wait_ms: u64) -> Option<u64> {
+        let oldest = self.line.iter().map(|waiting| waiting.queued_at.saturating_add(max_wait_ms)).min()?;
+        Some(self.paused_until.map_or(oldest, |until| until.min(oldest)))
+    }
+
+    /// How many creates hold slots, and how many wait.
+    pub fn counts(&self) -> (u32, u32) {
+        (self.holders.len() as u32, self.line.len() as u32)
+    }
+
+    /// The creates of `tenant` in line, with their places, in the order they will go.
+    pub fn waiting_for(&self, tenant: &str) -> Vec<(String, u32, u64)> {
+        self.order()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, i)| self.line[*i].ticket.tenant == tenant)
+            .map(|(place, i)| (self.line[i].ticket.id.clone(), place as u32 + 1, self.line[i].queued_at))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn ticket(id: &str, tenant: &str) -> Ticket {
+        Ticket { id: id.into(), tenant: tenant.into() }
+    }
+
+    /// Dispatches everything a slot allows, ending each dispatched create at once (as if
+    /// Kling finished it), and answers the order they went in.
+    fn drain(gate: &mut Gate, capacity: u32) -> Vec<String> {
+        let mut sent = Vec::new();
+        while let Some(next) = gate.next(capacity, NOW) {
+            gate.taken();
+            gate.release(&next.id);
+            sent.push(next.id);
+        }
+        sent
+    }
+
+    #[test]
+    fn a_free_slot_goes_at_once_and_a_full_account_queues() {
+        let mut gate = Gate::default();
+        assert_eq!(gate.admit(ticket("a1", "a"), 2, 10, NOW), Admission::Go);
+        assert_eq!(gate.admit(ticket("a2", "a"), 2, 10, NOW), Admission::Go);
+        assert_eq!(gate.admit(ticket("a3", "a"), 2, 10, NOW), Admission::Queued { position: 1 });
+        assert_eq!(gate.admit(ticket("b1", "b"), 2, 10, NOW), Admission::Queued { position: 2 });
+        assert_eq!(gate.next(2, NOW), None, "no slot is free");
+        assert!(gate.release("a1"));
+        assert_eq!(gate.next(2, NOW), Some(ticket("a3", "a")));
+        assert_eq!(gate.counts(), (2, 1));
+        // A slot free while others wait is theirs, not a newcomer's.
+        assert!(gate.release("a2"));
+        assert_eq!(gate.admit(ticket("c1", "c"), 2, 10, NOW), Admission::Queued { position: 2 });
+        assert_eq!(gate.next(2, NOW), Some(ticket("b1", "b")));
+    }
+
+    #[test]
+    fn one_tenants_single_create_never_waits_behind_anothers_burst() {
+        let mut gate = Gate::default();
+        assert_eq!(gate.admit(ticket("busy", "x"), 1, 100, NOW), Admission::Go);
+        for i in 0..20 {
+            gate.admit(ticket(&format!("a{i}"), "a"), 1, 100, NOW);
+        }
+        assert_eq!(gate.admit(ticket("b0", "b"), 1, 100, NOW), Admission::Queued { position: 2 });
+        gate.release("busy");
+        let sent = drain(&mut gate, 1);
+        assert_eq!(&sent[..3], ["a0", "b0", "a1"], "second in line, behind one of the burst");
+        assert_eq!(sent.len(), 21);
+    }
+
+    #[test]
+    fn tenants_take_turns_first_come_first_served_within_each() {
+        let mut gate = Gate::default();
+        gate.admit(ticket("hold", "x"), 1, 100, NOW);
+        for (id, tenant) in [("a0", "a"), ("a1", "a"), ("a2", "a"), ("b0", "b"), ("b1", "b"), ("c0", "c")] {
+            gate.admit(ticket(id, tenant), 1, 100, NOW);
+        }
+        assert_eq!(
+            gate.waiting_for("a").iter().map(|(id, place, _)| (id.as_str(), *place)).collect::<Vec<_>>(),
+            [("a0", 1), ("a1", 4), ("a2", 6)]
+        );
+        gate.release("hold");
+        assert_eq!(drain(&mut gate, 1), ["a0", "b0", "c0", "a1", "b1", "a2"]);
+    }
+
+    #[test]
+    fn a_tenant_just_served_goes_behind_the_others() {
+        let mut gate = Gate::default();
+        gate.admit(ticket("hold", "x"), 1, 100, NOW);
+        gate.admit(ticket("a0", "a"), 1, 100, NOW);
+        gate.admit(ticket("a1", "a"), 1, 100, NOW);
+        gate.release("hold");
+        assert_eq!(gate.next(1, NOW).unwrap().id, "a0");
+        // b comes after a was served: b is next, then a again.
+        gate.admit(ticket("b0", "b"), 1, 100, NOW);
+        assert_eq!(gate.position("b0"), Some(1));
+        assert_eq!(gate.position("a1"), Some(2));
+    }
+
+    #[test]
+    fn a_tenant_past_its_bound_is_refused_and_others_are_not() {
+        let mut gate = Gate::default();
+        gate.admit(ticket("hold", "x"), 1, 2, NOW);
+        assert!(matches!(gate.admit(ticket("a0", "a"), 1, 2, NOW), Admission::Queued { .. }));
+        assert!(matches!(gate.admit(ticket("a1", "a"), 1, 2, NOW), Admission::Queued { .. }));
+        assert_eq!(gate.admit(ticket("a2", "a"), 1, 2, NOW), Admission::Full { bound: 2 });
+        assert!(matches!(gate.admit(ticket("b0", "b"), 1, 2, NOW), Admission::Queued { .. }));
+        assert_eq!(gate.counts(), (1, 3), "the refused create left nothing");
+    }
+
+    #[test]
+    fn a_1303_puts_the_create_back_first_pauses_and_lowers_the_slots() {
+        let mut gate = Gate::default();
+        // The setting says 3, but another app holds one of the account's slots.
+        for id in ["a0", "a1", "a2"] {
+            assert_eq!(gate.admit(ticket(id, "a"), 3, 100, NOW), Admission::Go);
+        }
+        gate.admit(ticket("a3", "a"), 3, 100, NOW);
+        assert!(gate.refused("a2", NOW));
+        assert_eq!(gate.position("a2"), Some(1), "back at the front, before a3");
+        assert_eq!(gate.slots(3, NOW), 2, "what Kling showed it has");
+        assert_eq!(gate.next(3, NOW), None, "paused");
+        gate.release("a0");
+        assert_eq!(gate.next(3, NOW + FIRST_BACKOFF_MS - 1), None, "still paused");
+        assert_eq!(gate.next(3, NOW + FIRST_BACKOFF_MS).unwrap().id, "a2");
+        assert_eq!(gate.next(3, NOW + FIRST_BACKOFF_MS), None, "two slots, both held");
+        // Another 1303 doubles the pause; a create Kling takes resets it.
+        assert!(gate.refused("a2", NOW + 2_000));
+        assert_eq!(gate.next(3, NOW + 3_999), None);
+        assert_eq!(gate.next(3, NOW + 4_000), None, "one slot held, and one is all Kling showed");
+        gate.release("a1");
+        assert_eq!(gate.next(3, NOW + 4_000).unwrap().id, "a2");
+        gate.taken();
+        assert!(gate.refused("a2", NOW + 5_000));
+        assert_eq!(gate.paused_until, Some(NOW + 5_000 + FIRST_BACKOFF_MS));
+        // The learned slots are forgotten after a while.
+        assert_eq!(gate.slots(3, NOW + 5_000 + LEARNED_FOR_MS), 3);
+    }
+
+    #[test]
+    fn the_pause_grows_to_a_minute_at_most() {
+        let mut gate = Gate::default();
+        let mut now = NOW;
+        for _ in 0..20 {
+            assert_eq!(gate.admit(ticket("a", "a"), 1, 100, now), Admission::Go);
+            gate.refused("a", now);
+            assert_eq!(gate.cancel("a", "a"), Cancel::Cancelled);
+            now = gate.paused_until.unwrap();
+        }
+        assert_eq!(gate.backoff_ms, MAX_BACKOFF_MS);
+    }
+
+    #[test]
+    fn a_cancel_removes_a_waiting_create_and_refuses_one_kling_has() {
+        let mut gate = Gate::default();
+        gate.admit(ticket("a0", "a"), 1, 100, NOW);
+        gate.admit(ticket("a1", "a"), 1, 100, NOW);
+        gate.admit(ticket("b0", "b"), 1, 100, NOW);
+        assert_eq!(gate.cancel("a1", "b"), Cancel::Unknown, "another tenant's");
+        assert_eq!(gate.cancel("a0", "a"), Cancel::AtKling);
+        assert_eq!(gate.cancel("a1", "a"), Cancel::Cancelled);
+        assert_eq!(gate.cancel("a1", "a"), Cancel::Unknown, "once");
+        gate.release("a0");
+        assert_eq!(drain(&mut gate, 1), ["b0"], "the cancelled create never goes");
+    }
+
+    #[test]
+    fn a_create_that_waited_too_long_leaves_the_line() {
+        let mut gate = Gate::default();
+        gate.admit(ticket("hold", "x"), 1, 100, NOW);
+        gate.admit(ticket("a0", "a"), 1, 100, NOW);
+        gate.admit(ticket("b0", "b"), 1, 100, NOW + 5_000);
+        assert_eq!(gate.next_due(60_000), Some(NOW + 60_000));
+        assert!(gate.expire(60_000, NOW + 59_999).is_empty());
+        assert_eq!(gate.expire(60_000, NOW + 60_000), [ticket("a0", "a")]);
+        assert_eq!(gate.position("b0"), Some(1));
+        assert_eq!(gate.next_due(60_000), Some(NOW + 65_000));
+    }
+
+    #[test]
+    fn a_callback_and_a_cancel_crossing_free_one_slot_once() {
+        let mut gate = Gate::default();
+        gate.admit(ticket("a0", "a"), 1, 100, NOW);
+        gate.admit(ticket("b0", "b"), 1, 100, NOW);
+        // The cancel of a0 comes as its end is learned: it is Kling's, and its slot frees once.
+        assert_eq!(gate.cancel("a0", "a"), Cancel::AtKling);
+        assert!(gate.release("a0"));
+        assert!(!gate.release("a0"), "a second report of its end frees nothing");
+        assert_eq!(gate.next(1, NOW).unwrap().id, "b0");
+        assert_eq!(gate.next(1, NOW), None);
+    }
+
+    #[test]
+    fn no_create_is_lost_or_doubled_and_the_slots_hold_whatever_the_order_of_events() {
+        // A deterministic walk over admits, ends, 1303s, cancels, expiries and dispatches.
+        let mut gate = Gate::default();
+        let capacity = 2;
+        let mut seed: u64 = 42;
+        let mut step = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let mut now = NOW;
+        let mut ids = 0;
+        let mut alive: std::collections::BTreeSet<String> = Default::default();
+        for _ in 0..5_000 {
+            now += step() % 700;
+            match step() % 6 {
+                0 => {
+                    ids += 1;
+                    let id = format!("c{ids}");
+                    let tenant = format!("t{}", step() % 4);
+                    let waiting = gate.waiting_of(&tenant);
+                    match gate.admit(ticket(&id, &tenant), capacity, 5, now) {
+                        Admission::Full { .. } => assert!(waiting >= 5),
+                        _ => assert!(alive.insert(id)),
+                    }
+                }
+                1 => {
+                    if let Some(holder) = gate.holders.first().map(|h| h.ticket.id.clone()) {
+                        assert!(gate.release(&holder));
+                        alive.remove(&holder);
+                    }
+                }
+                2 => {
+                    if let Some(holder) = gate.holders.last().map(|h| h.ticket.id.clone()) {
+                        assert!(gate.refused(&holder, now));
+                    }
+                }
+                3 => {
+                    let id = format!("c{}", step() % (ids + 1));
+                    let tenant = format!("t{}", step() % 4);
+                    if gate.cancel(&id, &tenant) == Cancel::Cancelled {
+                        assert!(alive.remove(&id));
+                    }
+                }
+                4 => {
+                    for expired in gate.expire(30_000, now) {
+                        assert!(alive.remove(&expired.id));
+                    }
+                }
+                _ => while gate.next(capacity, now).is_some() {},
+            }
+            assert!(gate.holders.len() as u32 <= capacity, "never more than the setting's slots");
+            let mut seen: Vec<String> = gate.holders.iter().map(|h| h.ticket.id.clone()).collect();
+            seen.extend(gate.line.iter().map(|w| w.ticket.id.clone()));
+            let count = seen.len();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), count, "a create is in one place only");
+            assert_eq!(seen.into_iter().collect::<std::collections::BTreeSet<_>>(), alive, "none lost");
+            for (place, i) in gate.order().into_iter().enumerate() {
+                assert_eq!(gate.position(&gate.line[i].ticket.id), Some(place as u32 + 1));
+            }
+        }
+        assert!(ids > 500);
+    }
+}
