@@ -47,13 +47,14 @@ pub const PER_RECEIVER: usize = 4;
 pub const COPY_LANES: usize = 3;
 /// While copies are in flight, how often the alarm looks for newly due steps.
 pub const REFILL_TICK_MS: u64 = 1_000;
-/// How long an alarm starts new work: then it lets what is in flight finish and ends, and
-/// the next alarm takes what is left (the runtime bounds an alarm's duration).
+/// How long an alarm starts new copies: then it lets those in flight finish (going on with
+/// due steps meanwhile) and ends, and the next alarm takes what is left (the runtime bounds
+/// an alarm's duration).
 pub const ALARM_SPAN_MS: u64 = 30_000;
 
 /// The alarm's work, planned: the tasks whose step is due (with their receiver's origin) and
-/// those whose copies are, in the order they are started; and which lanes of which tasks
-/// this alarm has planned (step, copies).
+/// those whose copies are, in the order they are started; and, by task, whether this alarm
+/// has planned its step, and whether it has looked at its copies (planned them or not).
 #[derive(Default)]
 struct Plan {
     steps: VecDeque<(String, Option<String>)>,
@@ -416,8 +417,9 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
     ///
     /// While copies are in flight the alarm keeps looking for newly due steps (each time its
     /// steps run out, and every [`REFILL_TICK_MS`]), so a slow copy delays no webhook that
-    /// falls due meanwhile. It starts new work for [`ALARM_SPAN_MS`], then lets what is in
-    /// flight finish. A task is worked on at most once per lane in one alarm. A task that
+    /// falls due meanwhile. It starts new copies for [`ALARM_SPAN_MS`]; while those it started
+    /// finish, it goes on with the steps that fall due. A task is worked on at most once per
+    /// lane in one alarm. A task that
     /// fails does not stop the others; the first failure is the alarm's outcome (logged; the
     /// next alarm tries again). Then uploads are swept and what retention allows is
     /// forgotten. Answers how many due tasks the first look found, or a full batch
@@ -432,16 +434,19 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         let (mut steps_in_flight, mut copies_in_flight, mut ticking) = (0usize, 0usize, false);
         let mut in_flight: FuturesUnordered<LocalBoxFuture<'_, Finished>> = FuturesUnordered::new();
         loop {
-            let accepting = self.runtime.now_ms().saturating_sub(started_at) < ALARM_SPAN_MS;
-            while accepting && steps_in_flight + copies_in_flight < DUE_PARALLEL {
+            // Past the span no new copy starts; steps still do while copies are in flight, as
+            // the alarm waits for those anyway.
+            let within_span = self.runtime.now_ms().saturating_sub(started_at) < ALARM_SPAN_MS;
+            let stepping = within_span || copies_in_flight > 0;
+            while stepping && steps_in_flight + copies_in_flight < DUE_PARALLEL {
                 let free = |receiver: &Option<String>| {
                     receiver
                         .as_ref()
                         .is_none_or(|origin| busy.get(origin).copied().unwrap_or(0) < PER_RECEIVER)
                 };
                 let next_step = plan.steps.iter().position(|(_, receiver)| free(receiver));
-                let copy_lane_free =
-                    copies_in_flight == 0 || (copies_in_flight < COPY_LANES && next_step.is_none());
+                let copy_lane_free = within_span
+                    && (copies_in_flight == 0 || (copies_in_flight < COPY_LANES && next_step.is_none()));
                 if let Some(task_id) = copy_lane_free.then(|| plan.copies.pop_front()).flatten() {
                     copies_in_flight += 1;
                     in_flight.push(
@@ -456,14 +461,11 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
                     *busy.entry(origin.clone()).or_default() += 1;
                 }
                 steps_in_flight += 1;
-                in_flight.push(
-                    async move { Finished::Step(self.step(&task_id, started_at).await, receiver) }
-                        .boxed_local(),
-                );
+                in_flight
+                    .push(async move { Finished::Step(self.step(&task_id).await, receiver) }.boxed_local());
             }
             // Only copies left in flight: look again for due steps in a while.
-            if accepting && !ticking && copies_in_flight > 0 && steps_in_flight == 0 && plan.steps.is_empty()
-            {
+            if !ticking && copies_in_flight > 0 && steps_in_flight == 0 && plan.steps.is_empty() {
                 ticking = true;
                 in_flight.push(
                     async move {
@@ -472,6 +474,10 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
                     }
                     .boxed_local(),
                 );
+            }
+            if steps_in_flight + copies_in_flight == 0 {
+                // Nothing left but a tick, if that: nothing more can be planned.
+                break;
             }
             let Some(finished) = in_flight.next().await else { break };
             let outcome = match finished {
@@ -494,10 +500,9 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             if let Err(error) = outcome {
                 first_failure.get_or_insert(error);
             }
-            let now = self.runtime.now_ms();
             let steps_ran_out = steps_in_flight == 0 && plan.steps.is_empty();
-            if steps_ran_out && copies_in_flight > 0 && now.saturating_sub(started_at) < ALARM_SPAN_MS {
-                if let Err(error) = self.plan_due(now, &mut plan) {
+            if steps_ran_out && copies_in_flight > 0 {
+                if let Err(error) = self.plan_due(self.runtime.now_ms(), &mut plan) {
                     first_failure.get_or_insert(error);
                 }
             }
@@ -543,14 +548,11 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
                 steps.push(task_id);
             }
         }
-        let copies = match self.settings.copies {
-            Some(_) => self.store.due(now, limit)?,
-            None => Vec::new(),
-        };
-        let found = steps.len().max(copies.len()).min(DUE_BATCH as usize) as u32;
-        let mut added = 0;
+        let due = self.store.due(now, limit)?;
+        let found = steps.len().max(due.len()).min(DUE_BATCH as usize) as u32;
+        let mut steps_added = 0;
         for task_id in steps {
-            if added >= DUE_BATCH || plan.planned.get(&task_id).is_some_and(|(stepped, _)| *stepped) {
+            if steps_added >= DUE_BATCH || plan.planned.get(&task_id).is_some_and(|(stepped, _)| *stepped) {
                 continue;
             }
             let Some(mut record) = self.store.load(&task_id)? else { continue };
@@ -566,21 +568,31 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             }
             plan.steps.push_back((task_id.clone(), record.receiver_origin()));
             plan.planned.entry(task_id).or_default().0 = true;
-            added += 1;
+            steps_added += 1;
         }
-        let mut added = 0;
-        for task_id in copies {
-            if added >= DUE_BATCH || plan.planned.get(&task_id).is_some_and(|(_, copied)| *copied) {
+        let mut copies_added = 0;
+        for task_id in due {
+            let (stepped, looked) = plan.planned.get(&task_id).copied().unwrap_or_default();
+            if copies_added >= DUE_BATCH || looked || (stepped && self.settings.copies.is_none()) {
                 continue;
             }
             let Some(mut record) = self.store.load(&task_id)? else { continue };
-            if self.queue_copies_of(&mut record, now) {
+            plan.planned.entry(task_id.clone()).or_default().1 = true;
+            let queued = self.queue_copies_of(&mut record, now);
+            // A step the steps' index missed (its time unset or late, as in a row written by an
+            // earlier version after the migration) is planned here, and its time saved right.
+            let step_missed = !stepped && steps_added < DUE_BATCH && record.step_due(now);
+            if queued || step_missed {
                 self.store.save(&record)?;
             }
-            if record.copies_due(now) {
-                plan.copies.push_back(task_id.clone());
-                plan.planned.entry(task_id).or_default().1 = true;
-                added += 1;
+            if step_missed {
+                plan.steps.push_back((task_id.clone(), record.receiver_origin()));
+                plan.planned.entry(task_id.clone()).or_default().0 = true;
+                steps_added += 1;
+            }
+            if self.settings.copies.is_some() && record.copies_due(now) {
+                plan.copies.push_back(task_id);
+                copies_added += 1;
             }
         }
         Ok(found)
@@ -588,12 +600,12 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
 
     /// One due task's step, in this order: ask Kling about it (if its poll is due), try its
     /// webhook, write its edge copy; a dropped task is forgotten instead.
-    async fn step(&self, task_id: &str, now: u64) -> Result<(), ApiError> {
+    async fn step(&self, task_id: &str) -> Result<(), ApiError> {
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         if record.dropped {
             return self.forget(task_id).await;
         }
-        if record.next_poll_at.is_some_and(|at| at <= now) {
+        if record.next_poll_at.is_some_and(|at| at <= self.runtime.now_ms()) {
             self.poll(task_id).await?;
         }
         self.deliver(task_id).await?;
@@ -655,10 +667,15 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             let now = self.runtime.now_ms();
             self.runtime.log(json!({"event": "copy", "task_id": task_id, "file": name,
                 "outcome": format!("{outcome:?}")}));
+            let stored = matches!(outcome, copies::CopyOutcome::Copied { .. });
             let recorded = self.store.update(task_id, |fresh| {
                 copies::record(&mut fresh.copies, &name, outcome, now, &self.settings.forward, settings)
             })?;
             if recorded.is_none() {
+                // Forgotten while it was copied: the copy is nobody's, so it goes too.
+                if stored {
+                    self.bucket.delete(&[key]).await?;
+                }
                 return Ok(());
             }
         }

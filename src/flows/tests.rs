@@ -1045,3 +1045,108 @@ fn a_backlog_of_copies_never_hides_a_newly_due_webhook() {
         "its webhook went out in the first look, at once"
     );
 }
+
+#[test]
+fn a_copy_cut_off_costs_one_edge_copy_write_not_two() {
+    let world = world_with_bucket(false);
+    // The video is copied at once; the sound's copy hangs, and its alarm is cut off.
+    world.bucket.stalled.borrow_mut().push("/t1/audio-0".into());
+    finish(&world);
+    world.runtime.manual_clock.set(true);
+    let coordinator = world.coordinator();
+    let mut alarm = Box::pin(coordinator.run_due());
+    for _ in 0..30 {
+        assert!(poll_once(alarm.as_mut()).is_none(), "the copy hangs");
+    }
+    drop(alarm);
+    world.runtime.manual_clock.set(false);
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"], "the webhook did not wait");
+    // The next alarm, before the copy's next attempt: the copy has no outcome yet.
+    block_on(world.coordinator().run_due()).unwrap();
+    assert!(world.edge_copy("t1").is_none(), "the edge copy waits for the copies' outcome");
+    world.bucket.stalled.borrow_mut().clear();
+    world.run_alarms_for(60_000);
+    let shown = world.edge_copy("t1").expect("written once the copies are made");
+    assert!(shown.task.copies.iter().all(|copy| copy.state == crate::record::copies::CopyState::Copied));
+    assert_eq!(world.kv.writes.get(), 1, "one write, with the copies made");
+}
+
+#[test]
+fn past_its_span_an_alarm_draining_copies_still_delivers_what_falls_due() {
+    use super::coordinator::{ALARM_SPAN_MS, REFILL_TICK_MS};
+    let world = world_with_bucket(false);
+    for i in 0..3 {
+        world.bucket.stalled.borrow_mut().push(format!("/a-stalled-{i}/"));
+        world.register(&format!("a-stalled-{i}"), &format!("ns{i}"), false);
+        world.kling_moves(&format!("a-stalled-{i}"), &format!("ns{i}"), "succeed", START + 3, true, false);
+    }
+    // A task Kling is quiet about: its poll falls due while the copies hang.
+    world.register("q-quiet", "nq", false);
+    let poll_at = world.record("q-quiet").next_poll_at.expect("a poll is booked");
+    world.runtime.manual_clock.set(true);
+    let coordinator = world.coordinator();
+    let mut alarm = Box::pin(coordinator.run_due());
+    for _ in 0..30 {
+        assert!(poll_once(alarm.as_mut()).is_none(), "the copies hang");
+    }
+    let polls = world.kling.calls.get();
+    world.advance(poll_at.saturating_sub(world.now()) + REFILL_TICK_MS);
+    for _ in 0..30 {
+        assert!(poll_once(alarm.as_mut()).is_none());
+    }
+    assert_eq!(world.kling.calls.get(), polls + 1, "the poll that fell due during the alarm was made");
+
+    // Past the span, a task that finishes still gets its webhook while the copies drain.
+    world.advance(ALARM_SPAN_MS);
+    world.register("z-late", "nz", true);
+    world.kling_moves("z-late", "nz", "succeed", START + 5, true, false);
+    world.advance(REFILL_TICK_MS);
+    for _ in 0..30 {
+        assert!(poll_once(alarm.as_mut()).is_none());
+    }
+    assert_eq!(world.message_ids(), ["msg_z-late_succeed"]);
+    world.bucket.stalled.borrow_mut().clear();
+    let mut ended = false;
+    for _ in 0..200 {
+        if poll_once(alarm.as_mut()).is_some() {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the alarm ends once its copies do, without waiting for a tick");
+    let objects = world.bucket.objects.borrow();
+    assert_eq!(objects.len(), 6, "the copies in flight were made");
+    assert!(!objects.keys().any(|key| key.contains("z-late")), "no copy started past the span");
+}
+
+#[test]
+fn a_step_the_steps_index_misses_is_found_and_its_time_saved() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    world.kling_moves("t1", "n1", "succeed", START + 3, true, false);
+    world.store.unindexed_steps.borrow_mut().push("t1".into());
+    block_on(world.coordinator().run_due()).unwrap();
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"], "found by its due time");
+    assert!(world.store.unindexed_steps.borrow().is_empty(), "and saved with its step's time");
+}
+
+#[test]
+fn a_copy_made_for_a_task_forgotten_meanwhile_is_removed() {
+    use crate::ports::TaskStore;
+    let world = world_with_bucket(false);
+    world.bucket.stalled.borrow_mut().push("/t1/".into());
+    finish(&world);
+    let coordinator = world.coordinator();
+    let mut alarm = Box::pin(coordinator.run_due());
+    for _ in 0..30 {
+        assert!(poll_once(alarm.as_mut()).is_none(), "the copy hangs");
+    }
+    world.store.delete("t1").unwrap();
+    world.bucket.stalled.borrow_mut().clear();
+    for _ in 0..100 {
+        if poll_once(alarm.as_mut()).is_some() {
+            break;
+        }
+    }
+    assert!(world.bucket.objects.borrow().is_empty(), "{:?}", world.bucket.objects.borrow().keys());
+}

@@ -225,10 +225,11 @@ pub fn kling_source<'a>(copies: &'a [Copy], name: &str, now: u64) -> Option<&'a 
         .map(|copy| copy.source.as_str())
 }
 
-/// Whether a copy waits for its first attempt (answers and webhooks wait for it, so they can
-/// link the copy from the start).
-pub fn first_attempt_pending(copies: &[Copy]) -> bool {
-    copies.iter().any(|copy| copy.state == CopyState::Pending && copy.attempts == 0)
+/// Whether a copy has no outcome yet: not tried, or its first attempt still in flight (or cut
+/// off). The edge copy waits for every first outcome, so it is written once with each copy's
+/// state rather than once before and once after.
+pub fn first_outcome_pending(copies: &[Copy]) -> bool {
+    copies.iter().any(|copy| copy.state == CopyState::Pending && copy.last_error.is_none())
 }
 
 /// The time of the attempt after `attempts` failed ones, if it comes before Kling's files
@@ -438,7 +439,7 @@ mod tests {
         queue(&mut copies, result_files(&audio_task()), NOW);
         queue(&mut copies, result_files(&audio_task()), NOW + 5);
         assert_eq!(copies.len(), 2);
-        assert!(first_attempt_pending(&copies));
+        assert!(first_outcome_pending(&copies));
         assert_eq!(due(&copies, NOW), ["audio-0.mp3", "audio-0.wav"]);
         attempt(
             &mut copies,
@@ -472,7 +473,7 @@ mod tests {
             &settings,
         );
         assert_eq!(copies[1].next_attempt_at, Some(now + 5_000));
-        assert!(!first_attempt_pending(&copies[1..]));
+        assert!(!first_outcome_pending(&copies[1..]));
         let mut attempts = 1;
         while copies[1].state == CopyState::Pending {
             now = copies[1].next_attempt_at.unwrap();

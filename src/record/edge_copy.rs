@@ -80,7 +80,7 @@ impl TaskRecord {
             return self.edge_copy_digest.is_some().then_some(Due::Delete);
         }
         if self.delivery.state == DeliveryState::Pending && self.delivery.attempts == 0
-            || copies::first_attempt_pending(&self.copies)
+            || copies::first_outcome_pending(&self.copies)
         {
             return None;
         }
