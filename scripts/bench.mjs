@@ -35,8 +35,10 @@
 // long 1,000 tasks finishing at once take to reach their webhooks, from one tenant and from
 // 16, as a multiple of the time their callbacks took (BENCH_DELIVERY_TASKS for another count),
 // and the webhook lag of one tenant under a steady 50 creates and 150 callbacks a second
-// (BENCH_STEADY_SECONDS, default 120).
-//   BENCH_PHASES (default requests,delivery) picks what to measure.
+// (BENCH_STEADY_SECONDS, default 120); and what an old tenant costs: CPU per task delivered
+// and time to the last webhook in a coordinator holding 100,000 finished tasks, against one
+// holding 100 (BENCH_SCALE_TASKS, default 300, finishing at once).
+//   BENCH_PHASES (default requests,delivery,scale) picks what to measure.
 //   BENCH_SECONDS (default 5) per figure, BENCH_CONNECTIONS (default 16).
 //   BENCH_PROFILE=1 (`make bench PROFILE=1`) also samples kling-edge's isolate with the
 //   V8 profiler (through Miniflare's inspector) during each zero-latency case of the "as
@@ -48,6 +50,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
 import zlib from 'node:zlib';
 
 import { convertV4MiniflareOptions, Miniflare } from 'miniflare';
@@ -450,9 +453,8 @@ const percentile = (values, p) => {
  * with a receiver that verifies every webhook: storage in memory, no rate limiters, the
  * video probe off.
  */
-async function startDeliveryWorker() {
+async function startDeliveryWorker({ state = fs.mkdtempSync('/dev/shm/kling-edge-bench-delivery-'), keepState = false } = {}) {
   const port = await freePort();
-  const state = fs.mkdtempSync('/dev/shm/kling-edge-bench-delivery-');
   const receiver = await new Receiver(clientWebhookSecret(PROXY_WEBHOOK_SECRET, 'web')).listen();
   const edge = `http://127.0.0.1:${port}`;
   const mf = new Miniflare(convertV4MiniflareOptions({
@@ -501,7 +503,7 @@ async function startDeliveryWorker() {
     async close() {
       await mf.dispose();
       await receiver.close();
-      fs.rmSync(state, { recursive: true, force: true });
+      if (!keepState) fs.rmSync(state, { recursive: true, force: true });
     },
   };
 }
@@ -586,12 +588,77 @@ async function steadyPhase(seconds) {
   return { seconds, tasks: sentAt.size, delivered, windows: windows.map((lags) => ({ p50: percentile(lags, 50), p99: percentile(lags, 99) })) };
 }
 
-const PHASES = (process.env.BENCH_PHASES ?? 'requests,delivery').split(',');
+/**
+ * What an old tenant's coordinator costs: one tenant holding `settled` finished tasks (up to
+ * 25 days old, as a busy tenant keeps) delivers `count` more finishing at once. The settled
+ * rows are written into the object's SQLite file between two runs of the runtime (copies of
+ * the tenant's first task, finished), so the table is as big as 100,000 creates make it.
+ * Measures the runtime's CPU time and the wall time from the first callback to the last
+ * webhook.
+ */
+async function scalePhase(settled, count) {
+  const state = fs.mkdtempSync('/dev/shm/kling-edge-bench-scale-');
+  let w = await startDeliveryWorker({ state, keepState: true });
+  await w.create(WEB_KEY, false);
+  await sleep(1_000);
+  await w.close();
+  const files = fs.readdirSync(state, { recursive: true }).filter((f) => String(f).endsWith('.sqlite'));
+  let seeded = 0;
+  for (const file of files) {
+    const db = new DatabaseSync(path.join(state, String(file)));
+    const hasTasks = db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'tasks'").get().n;
+    if (hasTasks) {
+      db.prepare(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+        INSERT INTO tasks (task_id, endpoint, nonce, external_id, created_at, due_at, running, record, poll_at, step_at)
+        SELECT 'settled-' || i, endpoint, nonce || '-' || i, NULL, created_at - i * 20000, NULL, 0,
+               json_set(record, '$.task_id', 'settled-' || i, '$.data.task_id', 'settled-' || i,
+                        '$.data.task_status', 'succeed', '$.next_poll_at', NULL),
+               NULL, NULL
+        FROM n, (SELECT * FROM tasks LIMIT 1)`).run(settled);
+      seeded = db.prepare('SELECT COUNT(*) AS n FROM tasks').get().n;
+    }
+    db.close();
+  }
+  if (seeded < settled) throw new Error(`seeded ${seeded} of ${settled} tasks`);
+  w = await startDeliveryWorker({ state, keepState: true });
+  const ids = [];
+  await pool(Array.from({ length: count }, (_, i) => i), 16, async () => { ids.push(await w.create(WEB_KEY, true)); });
+  await sleep(2_000);
+  const pids = workerdPids();
+  const cpuBefore = cpuMs(pids);
+  const started = Date.now();
+  await pool(ids, 32, async (id) => {
+    const answer = await fake.advance(id, 'succeed');
+    if (answer.status !== 200) throw new Error(`callback answered ${answer.status}: ${answer.body}`);
+  });
+  const deadline = Date.now() + 10 * 60_000;
+  while (w.delivered().length < count && Date.now() < deadline) await sleep(100);
+  const lastMs = Math.max(...w.delivered().map((d) => d.receivedAt)) - started;
+  const cpu = cpuMs(pids) - cpuBefore;
+  const delivered = w.delivered().length;
+  await w.close();
+  // The coordinator worked in the seeded table: the new tasks are in it beside the old ones.
+  const tables = files.map((file) => new DatabaseSync(path.join(state, String(file))));
+  const rows = tables.map((db) => {
+    const has = db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'tasks'").get().n;
+    return has ? db.prepare('SELECT COUNT(*) AS n FROM tasks').get().n : 0;
+  }).reduce((a, b) => a + b, 0);
+  tables.forEach((db) => db.close());
+  fs.rmSync(state, { recursive: true, force: true });
+  if (rows !== seeded + count) throw new Error(`the seeded table holds ${rows} tasks, not ${seeded + count}`);
+  return { settled: seeded, count, delivered, lastMs, cpuPerTask: cpu / count };
+}
+
+const PHASES = (process.env.BENCH_PHASES ?? 'requests,delivery,scale').split(',');
 const DELIVERY_TASKS = Number(process.env.BENCH_DELIVERY_TASKS ?? 1000);
 const deliveries = PHASES.includes('delivery')
   ? [await deliveryPhase(1, DELIVERY_TASKS), await deliveryPhase(16, DELIVERY_TASKS)] : [];
 const STEADY_SECONDS = Number(process.env.BENCH_STEADY_SECONDS ?? 120);
 const steady = PHASES.includes('delivery') ? await steadyPhase(STEADY_SECONDS) : undefined;
+
+const SCALE_TASKS = Number(process.env.BENCH_SCALE_TASKS ?? 300);
+const scale = PHASES.includes('scale')
+  ? [await scalePhase(100, SCALE_TASKS), await scalePhase(100_000, SCALE_TASKS)] : [];
 
 const requests = PHASES.includes('requests');
 const configured = requests ? await measure({ limiters: true, persisted: true, countLife: true, profile: PROFILE }) : undefined;
@@ -639,6 +706,14 @@ if (deliveries.length) {
   console.log(`\nSteady load, one tenant, ${steady.seconds} s: 50 creates/s, 150 callbacks/s, a webhook per task (${steady.delivered}/${steady.tasks} delivered);`);
   console.log('  lag from the succeed callback to its webhook, per 30 s of the run:');
   steady.windows.forEach((w, i) => console.log(`    ${String(i * 30).padStart(4)}-${String((i + 1) * 30).padEnd(4)} s  p50 ${(w.p50 / 1000).toFixed(1)} s, p99 ${(w.p99 / 1000).toFixed(1)} s`));
+}
+
+if (scale.length) {
+  console.log(`\nAn old tenant: ${SCALE_TASKS} tasks finishing at once in a coordinator that already holds N finished tasks:`);
+  for (const run of scale) {
+    console.log(`  N = ${String(run.settled).padStart(7)}: CPU ${fmt(run.cpuPerTask)} per task delivered; last webhook after ${(run.lastMs / 1000).toFixed(1)} s; delivered ${run.delivered}/${run.count}`);
+  }
+  console.log(`  ${scale[1].settled.toLocaleString('en')} vs ${scale[0].settled.toLocaleString('en')} tasks: CPU per task ${(scale[1].cpuPerTask / scale[0].cpuPerTask).toFixed(2)}x, time to the last webhook ${(scale[1].lastMs / scale[0].lastMs).toFixed(2)}x`);
 }
 
 if (PROFILE && requests) {
