@@ -385,7 +385,7 @@ async function measure({ limiters, persisted, countLife, profile = false }) {
       coordinatorCalls: 1 + coordinatorCalls() - coordinatorBefore,
       klingCalls: fake.apiRequests().length - klingBefore,
       webhooks: receiver.at('/life').length,
-      copies: logs.filter((line) => line.includes('"event":"copy"') && line.includes('Copied')).length,
+      copies: logs.filter((line) => line.includes('"event":"copy"')).reduce((n, line) => n + (line.match(/Copied/g) ?? []).length, 0),
     };
   }
   const running = (await post({ video_url: `${VIDEO}?running` })).data.task_id;
@@ -453,19 +453,23 @@ const percentile = (values, p) => {
  * with a receiver that verifies every webhook: storage in memory, no rate limiters, the
  * video probe off.
  */
-async function startDeliveryWorker({ state = fs.mkdtempSync('/dev/shm/kling-edge-bench-delivery-'), keepState = false } = {}) {
+async function startDeliveryWorker({ state = fs.mkdtempSync('/dev/shm/kling-edge-bench-delivery-'), keepState = false, profile = false } = {}) {
   const port = await freePort();
+  const inspectorPort = profile ? await freePort() : undefined;
   const receiver = await new Receiver(clientWebhookSecret(PROXY_WEBHOOK_SECRET, 'web')).listen();
   const edge = `http://127.0.0.1:${port}`;
   const mf = new Miniflare(convertV4MiniflareOptions({
     resourcePersistencePath: state,
     handleStructuredLogs: () => {},
+    ...(profile ? { inspectorPort } : {}),
     workers: [{
       name: 'kling-edge',
       modulesRoot: path.join(ROOT, 'build'),
       modules: [
         { type: 'ESModule', path: path.join(ROOT, 'build/index.js') },
-        { type: 'CompiledWasm', path: path.join(ROOT, 'build/index_bg.wasm') },
+        profile
+          ? { type: 'CompiledWasm', path: path.join(ROOT, 'build/index_bg.wasm'), contents: fs.readFileSync(path.join(ROOT, 'target/wasm-names/index_bg.wasm')) }
+          : { type: 'CompiledWasm', path: path.join(ROOT, 'build/index_bg.wasm') },
       ],
       compatibilityDate: COMPATIBILITY_DATE,
       bindings: {
@@ -488,8 +492,14 @@ async function startDeliveryWorker({ state = fs.mkdtempSync('/dev/shm/kling-edge
   await mf.ready;
   const headers = (key) => ({ authorization: `Bearer ${key}`, 'content-type': 'application/json' });
   const hook = `${receiver.url}/delivery`;
+  let inspector;
+  if (profile) {
+    const targets = await (await fetch(`http://127.0.0.1:${inspectorPort}/json`)).json();
+    inspector = targets.find((target) => /[/:]kling-edge$/.test(target.webSocketDebuggerUrl))?.webSocketDebuggerUrl;
+  }
   return {
     edge,
+    inspector,
     receiver,
     hook,
     headers,
@@ -515,7 +525,7 @@ async function startDeliveryWorker({ state = fs.mkdtempSync('/dev/shm/kling-edge
  * copy each task's three result files into R2, post its webhook and write its edge copy.
  */
 async function deliveryPhase(tenants, count) {
-  const w = await startDeliveryWorker();
+  const w = await startDeliveryWorker({ profile: PROFILE });
   let keys = [WEB_KEY];
   if (tenants > 1) {
     keys = await Promise.all(Array.from({ length: tenants }, async (_, i) => {
@@ -529,20 +539,27 @@ async function deliveryPhase(tenants, count) {
   });
   await sleep(2_000); // the creates' records land after their answers
   const sentAt = new Map();
+  const pids = workerdPids();
+  const cpuBefore = cpuMs(pids);
   const started = Date.now();
-  await pool(ids, 32, async (id) => {
-    sentAt.set(id, Date.now());
-    const answer = await fake.advance(id, 'succeed');
-    if (answer.status !== 200) throw new Error(`callback answered ${answer.status}: ${answer.body}`);
-  });
-  const callbacksMs = Date.now() - started;
-  const deadline = Date.now() + 20 * 60_000;
-  while (w.delivered().length < count && Date.now() < deadline) await sleep(200);
+  let callbacksMs;
+  const finishing = async () => {
+    await pool(ids, 32, async (id) => {
+      sentAt.set(id, Date.now());
+      const answer = await fake.advance(id, 'succeed');
+      if (answer.status !== 200) throw new Error(`callback answered ${answer.status}: ${answer.body}`);
+    });
+    callbacksMs = Date.now() - started;
+    const deadline = Date.now() + 20 * 60_000;
+    while (w.delivered().length < count && Date.now() < deadline) await sleep(100);
+  };
+  const profile = w.inspector ? whereTheTimeGoes((await profiled(w.inspector, finishing)).profile) : (await finishing(), undefined);
+  const cpuPerTask = (cpuMs(pids) - cpuBefore) / count;
   const done = w.delivered();
   const lags = done.map((d) => d.receivedAt - (sentAt.get(d.json.task_id) ?? started));
   const lastMs = Math.max(...done.map((d) => d.receivedAt)) - started;
   await w.close();
-  return { tenants, count, delivered: done.length, callbacksMs, lastMs, p50: percentile(lags, 50), p99: percentile(lags, 99) };
+  return { tenants, count, delivered: done.length, callbacksMs, lastMs, cpuPerTask, profile, p50: percentile(lags, 50), p99: percentile(lags, 99) };
 }
 
 /**
@@ -700,7 +717,10 @@ if (deliveries.length) {
   console.log(`\nDelivery: ${DELIVERY_TASKS} tasks finishing at once, each with a webhook and three result files copied into R2:`);
   for (const run of deliveries) {
     const who = run.tenants === 1 ? 'one tenant' : `${run.tenants} tenants`;
-    console.log(`  ${who.padEnd(11)} callbacks took ${(run.callbacksMs / 1000).toFixed(1)} s; last webhook after ${(run.lastMs / 1000).toFixed(1)} s (${(run.lastMs / run.callbacksMs).toFixed(2)}x the callbacks); lag p50 ${(run.p50 / 1000).toFixed(1)} s, p99 ${(run.p99 / 1000).toFixed(1)} s; delivered ${run.delivered}/${run.count}`);
+    console.log(`  ${who.padEnd(11)} callbacks took ${(run.callbacksMs / 1000).toFixed(1)} s; last webhook after ${(run.lastMs / 1000).toFixed(1)} s (${(run.lastMs / run.callbacksMs).toFixed(2)}x the callbacks); lag p50 ${(run.p50 / 1000).toFixed(1)} s, p99 ${(run.p99 / 1000).toFixed(1)} s; runtime CPU ${fmt(run.cpuPerTask)} per task; delivered ${run.delivered}/${run.count}`);
+  }
+  for (const run of deliveries.filter((r) => r.profile)) {
+    console.log(`  where the time goes, ${run.tenants === 1 ? 'one tenant' : `${run.tenants} tenants`} (the profiler slows what it samples: shares, not costs):\n${run.profile}`);
   }
   console.log(`  one tenant's last webhook vs 16 tenants': ${(deliveries[0].lastMs / deliveries[1].lastMs).toFixed(2)}x`);
   console.log(`\nSteady load, one tenant, ${steady.seconds} s: 50 creates/s, 150 callbacks/s, a webhook per task (${steady.delivered}/${steady.tasks} delivered);`);

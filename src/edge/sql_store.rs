@@ -9,6 +9,7 @@ use worker::{SqlStorage, SqlStorageValue};
 use crate::error::{code, ApiError};
 use crate::ports::{AssetStore, TaskStore};
 use crate::record::asset::Asset;
+use crate::record::cache::RecordCache;
 use crate::record::intent::Intent;
 use crate::record::table;
 use crate::record::TaskRecord;
@@ -17,6 +18,9 @@ pub struct SqlStore {
     sql: SqlStorage,
     /// What `meta` holds, as read or written through this store (the object's only writer).
     meta: std::cell::RefCell<std::collections::HashMap<String, Option<String>>>,
+    /// The records read or written last (written through: the store is the table's only
+    /// writer).
+    cache: std::cell::RefCell<RecordCache>,
 }
 
 fn failed(error: worker::Error) -> ApiError {
@@ -92,7 +96,7 @@ impl SqlStore {
         for statement in table::INDEXES {
             sql.exec(statement, None).map_err(failed)?;
         }
-        Ok(SqlStore { sql, meta: Default::default() })
+        Ok(SqlStore { sql, meta: Default::default(), cache: Default::default() })
     }
 
     fn records(&self, query: &str, bindings: Vec<SqlStorageValue>) -> Result<Vec<TaskRecord>, ApiError> {
@@ -115,7 +119,14 @@ impl SqlStore {
 
 impl TaskStore for SqlStore {
     fn load(&self, task_id: &str) -> Result<Option<TaskRecord>, ApiError> {
-        Ok(self.records(table::LOAD, vec![task_id.into()])?.pop())
+        if let Some(record) = self.cache.borrow().get(task_id) {
+            return Ok(Some(record));
+        }
+        let record = self.records(table::LOAD, vec![task_id.into()])?.pop();
+        if let Some(record) = &record {
+            self.cache.borrow_mut().put(record);
+        }
+        Ok(record)
     }
 
     fn save(&self, record: &TaskRecord) -> Result<(), ApiError> {
@@ -138,10 +149,13 @@ impl TaskStore for SqlStore {
                 ],
             )
             .map_err(failed)?;
+        self.cache.borrow_mut().put(record);
         Ok(())
     }
 
     fn delete(&self, task_id: &str) -> Result<(), ApiError> {
+        // Forgotten first: a removal that fails leaves the row, to be read again.
+        self.cache.borrow_mut().remove(task_id);
         self.sql.exec(table::DELETE, vec![task_id.into()]).map_err(failed)?;
         Ok(())
     }

@@ -648,36 +648,66 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
     async fn copy_results(&self, task_id: &str) -> Result<(), ApiError> {
         let Some(settings) = &self.settings.copies else { return Ok(()) };
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
-        for name in copies::due(&record.copies, self.runtime.now_ms()) {
-            // The attempt is counted and the next one booked before the copy starts, so an
-            // alarm cut off in the middle of it is made good by a later one.
-            let now = self.runtime.now_ms();
-            let started = self.store.update(task_id, |started| {
-                copies::start_attempt(&mut started.copies, &name, now, &self.settings.forward)
-                    .then(|| {
-                        started.copies.iter().find(|copy| copy.name == name).map(|copy| copy.source.clone())
-                    })
-                    .flatten()
-            })?;
-            let Some(source) = started else { return Ok(()) };
-            let Some(source) = source else { continue };
+        // One log line for the task's attempts, not one a file.
+        let mut attempts = Vec::new();
+        let outcome = self.copy_due_files(task_id, &record, settings, &mut attempts).await;
+        if !attempts.is_empty() {
+            self.runtime.log(json!({"event": "copy", "task_id": task_id, "files": attempts}));
+        }
+        outcome
+    }
+
+    /// The due files, one after another. Each attempt is counted and the next one booked
+    /// before the copy starts, so an alarm cut off in the middle of it is made good by a later
+    /// one; an outcome is recorded in the same write that starts the next file's attempt.
+    async fn copy_due_files(
+        &self,
+        task_id: &str,
+        record: &TaskRecord,
+        settings: &CopySettings,
+        attempts: &mut Vec<Value>,
+    ) -> Result<(), ApiError> {
+        let mut waiting: VecDeque<String> = copies::due(&record.copies, self.runtime.now_ms()).into();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let forward = &self.settings.forward;
+        let start_next = |record: &mut TaskRecord, waiting: &mut VecDeque<String>, now: u64| {
+            while let Some(name) = waiting.pop_front() {
+                if copies::start_attempt(&mut record.copies, &name, now, forward) {
+                    let source =
+                        record.copies.iter().find(|copy| copy.name == name).map(|copy| copy.source.clone());
+                    if let Some(source) = source {
+                        return Some((name, source));
+                    }
+                }
+            }
+            None
+        };
+        let now = self.runtime.now_ms();
+        let Some(mut started) = self.store.update(task_id, |record| start_next(record, &mut waiting, now))?
+        else {
+            return Ok(());
+        };
+        while let Some((name, source)) = started {
             let key = copies::object_key(self.shard, task_id, &name);
             let outcome =
                 self.bucket.copy(&source, &key, copies::content_type(&name), settings.max_bytes).await;
             let now = self.runtime.now_ms();
-            self.runtime.log(json!({"event": "copy", "task_id": task_id, "file": name,
-                "outcome": format!("{outcome:?}")}));
+            attempts.push(json!({"file": name, "outcome": format!("{outcome:?}")}));
             let stored = matches!(outcome, copies::CopyOutcome::Copied { .. });
             let recorded = self.store.update(task_id, |fresh| {
-                copies::record(&mut fresh.copies, &name, outcome, now, &self.settings.forward, settings)
+                copies::record(&mut fresh.copies, &name, outcome, now, forward, settings);
+                start_next(fresh, &mut waiting, now)
             })?;
-            if recorded.is_none() {
+            let Some(next) = recorded else {
                 // Forgotten while it was copied: the copy is nobody's, so it goes too.
                 if stored {
                     self.bucket.delete(&[key]).await?;
                 }
                 return Ok(());
-            }
+            };
+            started = next;
         }
         Ok(())
     }

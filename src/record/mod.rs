@@ -6,6 +6,7 @@
 //! them (`crate::flows::coordinator`) stay short and the rules are tested one by one.
 
 pub mod asset;
+pub mod cache;
 pub mod copies;
 pub mod delivery;
 pub mod edge_copy;
