@@ -23,6 +23,10 @@ pub const FIRST_BACKOFF_MS: u64 = 1_000;
 pub const MAX_BACKOFF_MS: u64 = 60_000;
 /// How long the slots Kling showed it has (at a 1303) are believed over the setting.
 pub const LEARNED_FOR_MS: u64 = 5 * 60 * 1000;
+/// How many tenants' turns are remembered once their line is empty (so a tenant that keeps
+/// one create waiting at a time still takes its turn after the others); past it, those
+/// served longest ago are forgotten, which puts them first, where they would be anyway.
+pub const TURNS_KEPT: usize = 1_000;
 
 /// A create the gate knows: the id its client was given, and its tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +40,9 @@ pub struct Ticket {
 struct Holder {
     ticket: Ticket,
     since: u64,
+    /// When it came to the gate (kept if it goes back in line after a 1303).
+    #[serde(default)]
+    queued_at: u64,
 }
 
 /// A create waiting for a slot.
@@ -59,7 +66,7 @@ struct Learned {
 pub struct Gate {
     holders: Vec<Holder>,
     line: Vec<Waiting>,
-    /// When each tenant with a create in line was last given a slot (a counter, not a time).
+    /// When each tenant was last given a slot (a counter, not a time; see [`TURNS_KEPT`]).
     served: BTreeMap<String, u64>,
     next_seq: i64,
     serves: u64,
@@ -80,6 +87,8 @@ pub enum Admission {
     Queued { position: u32 },
     /// The tenant already has `bound` creates in line (`QUEUE_MAX_PER_TENANT`).
     Full { bound: u32 },
+    /// The id already holds a slot (a create admitted twice): nothing changed.
+    Holding,
 }
 
 /// What a cancel found.
@@ -105,16 +114,22 @@ impl Gate {
 
     /// A new create of `ticket`'s tenant: a slot at once if one is free and nobody waits,
     /// else a place in line, unless the tenant already has `bound` creates waiting.
+    /// An id the gate already knows changes nothing: it answers where that create is.
     pub fn admit(&mut self, ticket: Ticket, capacity: u32, bound: u32, now: u64) -> Admission {
+        if self.holders.iter().any(|holder| holder.ticket.id == ticket.id) {
+            return Admission::Holding;
+        }
+        if let Some(position) = self.position(&ticket.id) {
+            return Admission::Queued { position };
+        }
         if self.line.is_empty() && self.can_dispatch(capacity, now) {
-            self.holders.push(Holder { ticket, since: now });
+            self.holders.push(Holder { ticket, since: now, queued_at: now });
             return Admission::Go;
         }
         if self.waiting_of(&ticket.tenant) >= bound as usize {
             return Admission::Full { bound };
         }
         let id = ticket.id.clone();
-        self.served.entry(ticket.tenant.clone()).or_insert(0);
         self.line.push(Waiting { ticket, queued_at: now, seq: self.next_seq });
         self.next_seq += 1;
         Admission::Queued { position: self.position(&id).unwrap_or(1) }
@@ -135,15 +150,36 @@ impl Gate {
         if !self.can_dispatch(capacity, now) {
             return None;
         }
+        self.paused_until = None;
         let first = self.order().into_iter().next()?;
         let waiting = self.line.remove(first);
         self.serves += 1;
         self.served.insert(waiting.ticket.tenant.clone(), self.serves);
-        if self.waiting_of(&waiting.ticket.tenant) == 0 {
-            self.served.remove(&waiting.ticket.tenant);
-        }
-        self.holders.push(Holder { ticket: waiting.ticket.clone(), since: now });
+        self.forget_old_turns();
+        self.holders.push(Holder {
+            ticket: waiting.ticket.clone(),
+            since: now,
+            queued_at: waiting.queued_at,
+        });
         Some(waiting.ticket)
+    }
+
+    /// Keeps [`TURNS_KEPT`] tenants' turns at most, besides those of tenants in line.
+    fn forget_old_turns(&mut self) {
+        if self.served.len() <= TURNS_KEPT {
+            return;
+        }
+        let mut idle: Vec<(u64, String)> = self
+            .served
+            .iter()
+            .filter(|(tenant, _)| self.waiting_of(tenant) == 0)
+            .map(|(tenant, turn)| (*turn, tenant.clone()))
+            .collect();
+        idle.sort_unstable();
+        let excess = self.served.len().saturating_sub(TURNS_KEPT);
+        for (_, tenant) in idle.into_iter().take(excess) {
+            self.served.remove(&tenant);
+        }
     }
 
     /// The line in the order it will be served, as indexes into it: round-robin over
@@ -189,22 +225,10 @@ impl Gate {
     pub fn refused(&mut self, id: &str, now: u64) -> bool {
         let Some(at) = self.holders.iter().position(|holder| holder.ticket.id == id) else { return false };
         let holder = self.holders.remove(at);
-        let first_seq = self
-            .line
-            .iter()
-            .filter(|waiting| waiting.ticket.tenant == holder.ticket.tenant)
-            .map(|waiting| waiting.seq)
-            .min();
-        // Before every other create of its tenant; a tenant back in line is served first.
-        let seq = first_seq.map_or_else(
-            || {
-                self.next_seq += 1;
-                self.next_seq - 1
-            },
-            |seq| seq - 1,
-        );
+        // Before every create in line (so before its tenant's), and its tenant's turn first.
+        let seq = self.line.iter().map(|waiting| waiting.seq).min().unwrap_or(self.next_seq) - 1;
         self.served.insert(holder.ticket.tenant.clone(), 0);
-        self.line.push(Waiting { ticket: holder.ticket, queued_at: holder.since, seq });
+        self.line.push(Waiting { ticket: holder.ticket, queued_at: holder.queued_at, seq });
         self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
         self.paused_until = Some(now.saturating_add(self.backoff_ms));
         let slots = (self.holders.len() as u32).max(1);
@@ -224,10 +248,7 @@ impl Gate {
     pub fn cancel(&mut self, id: &str, tenant: &str) -> Cancel {
         let mine = |ticket: &Ticket| ticket.id == id && ticket.tenant == tenant;
         if let Some(at) = self.line.iter().position(|waiting| mine(&waiting.ticket)) {
-            let waiting = self.line.remove(at);
-            if self.waiting_of(&waiting.ticket.tenant) == 0 {
-                self.served.remove(&waiting.ticket.tenant);
-            }
+            self.line.remove(at);
             return Cancel::Cancelled;
         }
         if self.holders.iter().any(|holder| mine(&holder.ticket)) {
@@ -242,16 +263,25 @@ impl Gate {
         let (expired, kept): (Vec<Waiting>, Vec<Waiting>) =
             self.line.drain(..).partition(|waiting| now.saturating_sub(waiting.queued_at) >= max_wait_ms);
         self.line = kept;
-        let line = &self.line;
-        self.served.retain(|tenant, _| line.iter().any(|waiting| &waiting.ticket.tenant == tenant));
         expired.into_iter().map(|waiting| waiting.ticket).collect()
     }
 
-    /// When the gate has something to do next on its own (dispatch after a pause, a create
-    /// that will have waited too long), if anything waits.
-    pub fn next_due(&self, max_wait_ms: u64) -> Option<u64> {
-        let oldest = self.line.iter().map(|waiting| waiting.queued_at.saturating_add(max_wait_ms)).min()?;
-        Some(self.paused_until.map_or(oldest, |until| until.min(oldest)))
+    /// Frees the slots of creates that have held one for `max_hold_ms` (a task whose end was
+    /// never learned: its coordinator stops following a task after a day), answering them.
+    pub fn reclaim(&mut self, max_hold_ms: u64, now: u64) -> Vec<Ticket> {
+        let (stale, kept): (Vec<Holder>, Vec<Holder>) =
+            self.holders.drain(..).partition(|holder| now.saturating_sub(holder.since) >= max_hold_ms);
+        self.holders = kept;
+        stale.into_iter().map(|holder| holder.ticket).collect()
+    }
+
+    /// When the gate has something to do next on its own, after `now`: dispatch when a pause
+    /// ends, a create that will have waited `max_wait_ms`, a slot held `max_hold_ms`.
+    pub fn next_due(&self, max_wait_ms: u64, max_hold_ms: u64, now: u64) -> Option<u64> {
+        let waited = self.line.iter().map(|waiting| waiting.queued_at.saturating_add(max_wait_ms));
+        let held = self.holders.iter().map(|holder| holder.since.saturating_add(max_hold_ms));
+        let pause = self.paused_until.filter(|until| *until > now && !self.line.is_empty());
+        waited.chain(held).chain(pause).min()
     }
 
     /// How many creates hold slots, and how many wait.
@@ -425,11 +455,11 @@ mod tests {
         gate.admit(ticket("hold", "x"), 1, 100, NOW);
         gate.admit(ticket("a0", "a"), 1, 100, NOW);
         gate.admit(ticket("b0", "b"), 1, 100, NOW + 5_000);
-        assert_eq!(gate.next_due(60_000), Some(NOW + 60_000));
+        assert_eq!(gate.next_due(60_000, u64::MAX, NOW), Some(NOW + 60_000));
         assert!(gate.expire(60_000, NOW + 59_999).is_empty());
         assert_eq!(gate.expire(60_000, NOW + 60_000), [ticket("a0", "a")]);
         assert_eq!(gate.position("b0"), Some(1));
-        assert_eq!(gate.next_due(60_000), Some(NOW + 65_000));
+        assert_eq!(gate.next_due(60_000, u64::MAX, NOW), Some(NOW + 65_000));
     }
 
     #[test]
@@ -468,8 +498,12 @@ mod tests {
                     let waiting = gate.waiting_of(&tenant);
                     match gate.admit(ticket(&id, &tenant), capacity, 5, now) {
                         Admission::Full { .. } => assert!(waiting >= 5),
-                        _ => assert!(alive.insert(id)),
+                        Admission::Holding => panic!("a new id"),
+                        _ => assert!(alive.insert(id.clone())),
                     }
+                    // Admitted again (a retried create), it changes nothing.
+                    let again = gate.admit(ticket(&id, &tenant), capacity, 5, now);
+                    assert!(!matches!(again, Admission::Go), "never sent twice");
                 }
                 1 => {
                     if let Some(holder) = gate.holders.first().map(|h| h.ticket.id.clone()) {
@@ -493,6 +527,9 @@ mod tests {
                     for expired in gate.expire(30_000, now) {
                         assert!(alive.remove(&expired.id));
                     }
+                    for stale in gate.reclaim(120_000, now) {
+                        assert!(alive.remove(&stale.id));
+                    }
                 }
                 _ => while gate.next(capacity, now).is_some() {},
             }
@@ -509,5 +546,80 @@ mod tests {
             }
         }
         assert!(ids > 500);
+    }
+
+    #[test]
+    fn a_tenant_that_keeps_one_create_waiting_takes_its_turn_after_the_others() {
+        let mut gate = Gate::default();
+        gate.admit(ticket("hold", "x"), 1, 100, NOW);
+        for i in 0..6 {
+            gate.admit(ticket(&format!("b{i}"), "b"), 1, 100, NOW);
+            gate.admit(ticket(&format!("c{i}"), "c"), 1, 100, NOW);
+        }
+        gate.release("hold");
+        let mut sent = Vec::new();
+        for i in 0..6 {
+            // a has one create in line at a time: a new one each time its last was sent.
+            if gate.waiting_of("a") == 0 {
+                gate.admit(ticket(&format!("a{i}"), "a"), 1, 100, NOW);
+            }
+            let next = gate.next(1, NOW).unwrap();
+            gate.release(&next.id);
+            sent.push(next.tenant);
+        }
+        let a = sent.iter().filter(|tenant| *tenant == "a").count();
+        assert_eq!(a, 2, "a third of the turns, not half: {sent:?}");
+    }
+
+    #[test]
+    fn a_1303_keeps_the_time_the_create_came_and_goes_before_a_newcomer() {
+        let mut gate = Gate::default();
+        assert_eq!(gate.admit(ticket("hold", "x"), 2, 100, NOW), Admission::Go);
+        assert_eq!(gate.admit(ticket("a0", "a"), 2, 100, NOW), Admission::Go);
+        gate.admit(ticket("b0", "b"), 2, 100, NOW + 10);
+        assert!(gate.refused("a0", NOW + 20_000));
+        assert_eq!(gate.position("a0"), Some(1), "before b0, though b was never served");
+        assert_eq!(gate.waiting_for("a"), [("a0".to_owned(), 1, NOW)], "it waits since it came");
+        assert_eq!(gate.expire(30_000, NOW + 30_000), [ticket("a0", "a")], "its wait counts from then");
+    }
+
+    #[test]
+    fn a_pause_that_passed_is_not_due_again() {
+        let mut gate = Gate::default();
+        gate.admit(ticket("a0", "a"), 1, 100, NOW);
+        gate.admit(ticket("a1", "a"), 1, 100, NOW);
+        gate.refused("a0", NOW);
+        let max_wait = 3_600_000;
+        assert_eq!(gate.next_due(max_wait, u64::MAX, NOW), Some(NOW + FIRST_BACKOFF_MS));
+        let later = NOW + FIRST_BACKOFF_MS + 5;
+        assert_eq!(
+            gate.next_due(max_wait, u64::MAX, later),
+            Some(NOW + max_wait),
+            "then only the wait bound"
+        );
+        assert_eq!(gate.next(1, later).unwrap().id, "a0");
+        assert_eq!(gate.paused_until, None);
+    }
+
+    #[test]
+    fn a_slot_held_past_its_bound_is_reclaimed_and_goes_to_the_next() {
+        let mut gate = Gate::default();
+        gate.admit(ticket("lost", "a"), 1, 100, NOW);
+        gate.admit(ticket("b0", "b"), 1, 100, NOW + 1);
+        let day = 24 * 3600 * 1000;
+        assert_eq!(gate.next_due(2 * day, day, NOW), Some(NOW + day));
+        assert!(gate.reclaim(day, NOW + day - 1).is_empty());
+        assert_eq!(gate.reclaim(day, NOW + day), [ticket("lost", "a")]);
+        assert_eq!(gate.next(1, NOW + day).unwrap().id, "b0");
+    }
+
+    #[test]
+    fn a_create_admitted_twice_is_held_or_queued_once() {
+        let mut gate = Gate::default();
+        assert_eq!(gate.admit(ticket("a0", "a"), 1, 100, NOW), Admission::Go);
+        assert_eq!(gate.admit(ticket("a0", "a"), 1, 100, NOW), Admission::Holding);
+        assert_eq!(gate.admit(ticket("a1", "a"), 1, 100, NOW), Admission::Queued { position: 1 });
+        assert_eq!(gate.admit(ticket("a1", "a"), 1, 100, NOW), Admission::Queued { position: 1 });
+        assert_eq!(gate.counts(), (1, 1));
     }
 }
