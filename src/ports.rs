@@ -26,6 +26,7 @@ use crate::record::asset::Asset;
 use crate::record::copies::CopyOutcome;
 use crate::record::delivery::Attempt;
 use crate::record::edge_copy::EdgeCopy;
+use crate::record::gate::{Gate, Ticket};
 use crate::record::intent::Intent;
 use crate::record::TaskRecord;
 use crate::validate::CostsQuery;
@@ -162,6 +163,33 @@ pub trait AssetBucket {
     /// Up to `length` bytes of the object at `offset` (fewer where it ends).
     async fn read(&self, key: &str, offset: u64, length: u64) -> Result<Vec<u8>, ApiError>;
     async fn remove(&self, key: &str) -> Result<(), ApiError>;
+}
+
+/// A Kling account's gate (`crate::record::gate`), kept whole by its object. Synchronous,
+/// like the coordinator's store: a load-change-save with no `await` between is atomic.
+pub trait GateStore {
+    fn load_gate(&self) -> Result<Gate, ApiError>;
+    fn save_gate(&self, gate: &Gate) -> Result<(), ApiError>;
+}
+
+/// How a create the gate sent to its tenant's coordinator fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dispatched {
+    /// Kling took it (now or at an earlier send): it holds its slot until its task ends.
+    Taken,
+    /// Kling answered 1303: back in line.
+    Refused,
+    /// It will never reach Kling (cancelled, waited too long, refused for another reason,
+    /// or unknown to its coordinator): its slot is free.
+    Gone,
+    /// No answer in time: the gate asks again later (the coordinator sends a create once).
+    Unknown,
+}
+
+/// The coordinators, as a gate reaches them: send a queued create to Kling.
+pub trait Dispatcher {
+    async fn dispatch(&self, ticket: &Ticket) -> Dispatched;
 }
 
 /// The time, randomness, waiting, and where a flow's events go.

@@ -8,12 +8,15 @@
 //!   or a list, and the alarm that polls Kling, copies results, forwards webhooks and
 //!   publishes finished tasks to the edge; [`assets`], its side of the tenant's uploads;
 //!   and the [`protocol`] the edge speaks to it.
+//! - A Kling account's [`gate`]: its slots, the line of creates waiting for one, and the
+//!   alarm that sends them.
 
 pub mod assets;
 pub mod callback;
 pub mod coordinator;
 pub mod create;
 pub mod edge;
+pub mod gate;
 pub mod protocol;
 pub mod read;
 pub mod tokens;

@@ -43,6 +43,10 @@ struct Holder {
     /// When it came to the gate (kept if it goes back in line after a 1303).
     #[serde(default)]
     queued_at: u64,
+    /// Since when the gate has been sending it to Kling, until Kling's answer is known (a
+    /// create that got its slot at once is sent by the edge, not the gate: `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sending_since: Option<u64>,
 }
 
 /// A create waiting for a slot.
@@ -123,7 +127,7 @@ impl Gate {
             return Admission::Queued { position };
         }
         if self.line.is_empty() && self.can_dispatch(capacity, now) {
-            self.holders.push(Holder { ticket, since: now, queued_at: now });
+            self.holders.push(Holder { ticket, since: now, queued_at: now, sending_since: None });
             return Admission::Go;
         }
         if self.waiting_of(&ticket.tenant) >= bound as usize {
@@ -160,8 +164,31 @@ impl Gate {
             ticket: waiting.ticket.clone(),
             since: now,
             queued_at: waiting.queued_at,
+            sending_since: Some(now),
         });
         Some(waiting.ticket)
+    }
+
+    /// Kling took the create `id` the gate sent: it holds its slot until its task ends.
+    /// Answers whether the gate was sending it.
+    pub fn sent(&mut self, id: &str) -> bool {
+        let holder = self.holders.iter_mut().find(|holder| holder.ticket.id == id);
+        holder.and_then(|holder| holder.sending_since.take()).is_some()
+    }
+
+    /// The creates the gate began sending `deadline_ms` or more before `now` whose outcome it
+    /// never learned (it was cut off, or its call went unanswered): to be sent again (the
+    /// coordinator sends a create once, and answers again with how it went). Each is
+    /// counted as sent anew from `now`.
+    pub fn unsent(&mut self, deadline_ms: u64, now: u64) -> Vec<Ticket> {
+        let mut again = Vec::new();
+        for holder in &mut self.holders {
+            if holder.sending_since.is_some_and(|since| now.saturating_sub(since) >= deadline_ms) {
+                holder.sending_since = Some(now);
+                again.push(holder.ticket.clone());
+            }
+        }
+        again
     }
 
     /// Keeps [`TURNS_KEPT`] tenants' turns at most, besides those of tenants in line.
@@ -282,6 +309,20 @@ impl Gate {
         let held = self.holders.iter().map(|holder| holder.since.saturating_add(max_hold_ms));
         let pause = self.paused_until.filter(|until| *until > now && !self.line.is_empty());
         waited.chain(held).chain(pause).min()
+    }
+
+    /// When the next create being sent may be sent again (see [`Self::unsent`]).
+    pub fn next_resend(&self, deadline_ms: u64) -> Option<u64> {
+        self.holders
+            .iter()
+            .filter_map(|holder| holder.sending_since)
+            .map(|since| since.saturating_add(deadline_ms))
+            .min()
+    }
+
+    /// Whether a create waits and may be dispatched at `now` (a slot free, no pause).
+    pub fn can_dispatch_now(&self, capacity: u32, now: u64) -> bool {
+        !self.line.is_empty() && self.can_dispatch(capacity, now)
     }
 
     /// How many creates hold slots, and how many wait.

@@ -100,6 +100,11 @@ async fn yield_once() {
     YieldOnce(false).await;
 }
 
+/// An `await` a fake port makes, where a flow can be cut off or another interleave.
+pub async fn yield_now() {
+    yield_once().await;
+}
+
 /// One tenant's tasks in memory, with the due times a save computes (as the SQL store does).
 #[derive(Default)]
 pub struct MemoryStore {
