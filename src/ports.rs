@@ -183,7 +183,8 @@ pub enum Dispatched {
     /// It will never reach Kling (cancelled, waited too long, refused for another reason,
     /// or unknown to its coordinator): its slot is free.
     Gone,
-    /// No answer in time: the gate asks again later (the coordinator sends a create once).
+    /// No answer in time: the gate asks again later (a coordinator sends a create at most
+    /// once at a time, and never again once Kling took it).
     Unknown,
 }
 

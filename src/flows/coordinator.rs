@@ -426,6 +426,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
     /// ([`DUE_BATCH`]) if work was left for the next alarm.
     pub async fn run_due(&self) -> Result<u32, ApiError> {
         let started_at = self.runtime.now_ms();
+        let copies_start_by = started_at.saturating_add(ALARM_SPAN_MS);
         self.check_intents(started_at).await;
         let mut plan = Plan::default();
         let worked = self.plan_due(started_at, &mut plan)?;
@@ -450,7 +451,8 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
                 if let Some(task_id) = copy_lane_free.then(|| plan.copies.pop_front()).flatten() {
                     copies_in_flight += 1;
                     in_flight.push(
-                        async move { Finished::Copies(self.copy_results(&task_id).await) }.boxed_local(),
+                        async move { Finished::Copies(self.copy_results(&task_id, copies_start_by).await) }
+                            .boxed_local(),
                     );
                     continue;
                 }
@@ -538,8 +540,9 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
 
     /// Adds the tasks due at `now` to the alarm's plan, each lane of a task once per alarm:
     /// steps from their own due times (due polls first), so a backlog of copies never hides a
-    /// newly due webhook, and copies in the order tasks fell due. Tasks already planned are
-    /// passed over (each query asks for as many more). Answers how many tasks were found due.
+    /// newly due webhook, and copies in the order tasks fell due (with any step the steps'
+    /// index missed, found by the task's due time). Tasks already planned are passed over
+    /// (each query asks for as many more). Answers how many tasks were found due.
     fn plan_due(&self, now: u64, plan: &mut Plan) -> Result<u32, ApiError> {
         let limit = DUE_BATCH.saturating_add(plan.planned.len() as u32);
         let mut steps = self.store.due_polls(now, DUE_BATCH / 2)?;
@@ -549,7 +552,9 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             }
         }
         let due = self.store.due(now, limit)?;
-        let found = steps.len().max(due.len()).min(DUE_BATCH as usize) as u32;
+        // (Without a bucket, tasks due only for copies are no work: they do not count.)
+        let copy_work = if self.settings.copies.is_some() { due.len() } else { 0 };
+        let found = steps.len().max(copy_work).min(DUE_BATCH as usize) as u32;
         let mut steps_added = 0;
         for task_id in steps {
             if steps_added >= DUE_BATCH || plan.planned.get(&task_id).is_some_and(|(stepped, _)| *stepped) {
@@ -643,14 +648,15 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         self.settings.copies.is_some() && record.queue_copies(now)
     }
 
-    /// Copies the task's result files into the bucket: makes each attempt that is due and
-    /// records how it went.
-    async fn copy_results(&self, task_id: &str) -> Result<(), ApiError> {
+    /// Copies the task's result files into the bucket: makes each attempt that is due, one
+    /// file after another, and records how it went. No file's attempt starts at or after
+    /// `start_by` (the alarm's span): those stay due for the next alarm.
+    async fn copy_results(&self, task_id: &str, start_by: u64) -> Result<(), ApiError> {
         let Some(settings) = &self.settings.copies else { return Ok(()) };
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         // One log line for the task's attempts, not one a file.
         let mut attempts = Vec::new();
-        let outcome = self.copy_due_files(task_id, &record, settings, &mut attempts).await;
+        let outcome = self.copy_due_files(task_id, &record, settings, start_by, &mut attempts).await;
         if !attempts.is_empty() {
             self.runtime.log(json!({"event": "copy", "task_id": task_id, "files": attempts}));
         }
@@ -665,6 +671,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         task_id: &str,
         record: &TaskRecord,
         settings: &CopySettings,
+        start_by: u64,
         attempts: &mut Vec<Value>,
     ) -> Result<(), ApiError> {
         let mut waiting: VecDeque<String> = copies::due(&record.copies, self.runtime.now_ms()).into();
@@ -673,6 +680,9 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         }
         let forward = &self.settings.forward;
         let start_next = |record: &mut TaskRecord, waiting: &mut VecDeque<String>, now: u64| {
+            if now >= start_by {
+                return None;
+            }
             while let Some(name) = waiting.pop_front() {
                 if copies::start_attempt(&mut record.copies, &name, now, forward) {
                     let source =

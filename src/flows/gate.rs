@@ -6,8 +6,12 @@
 //! this is the order of loads, saves and calls around them. Every change is a load, a rule
 //! and a save with no `await` between, so it is atomic in the object. A send is marked
 //! before it starts and its outcome applied to the gate as it is then, so a send cut off (an
-//! evicted alarm) is made again after its deadline, and the coordinator answers a repeat
-//! with how the first went: a create is never sent twice, and a slot never leaks.
+//! evicted alarm) is made again after its deadline. The coordinator's side of the contract:
+//! it sends a create to Kling at most once at a time, and never again once Kling took it or
+//! it is gone (cancelled, expired), answering a repeat with that; after a 1303 it may be
+//! sent again. So a create reaches Kling once, and a slot the gate sent never leaks. (A slot
+//! the edge got at once is released by the create's coordinator, from its record or its
+//! intent's check; [`GateSettings::max_hold_ms`] is the last resort.)
 
 use futures_util::future::{FutureExt, LocalBoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -72,7 +76,7 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
     /// (which its coordinator now holds) goes back to the front of the line.
     pub fn refused(&self, id: &str) -> Result<bool, ApiError> {
         let mut gate = self.store.load_gate()?;
-        let refused = gate.refused(id, self.runtime.now_ms());
+        let refused = gate.refused(id, false, self.runtime.now_ms());
         if refused {
             self.store.save_gate(&gate)?;
         }
@@ -135,7 +139,7 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
                 gate.taken();
             }
             Dispatched::Refused => {
-                gate.refused(&ticket.id, self.runtime.now_ms());
+                gate.refused(&ticket.id, true, self.runtime.now_ms());
             }
             Dispatched::Gone => {
                 gate.release(&ticket.id);
@@ -295,6 +299,10 @@ mod tests {
         }
 
         fn check(&self) {
+            assert!(
+                self.store.gate.borrow().counts().0 <= self.settings.capacity,
+                "no more slots than the setting"
+            );
             let taken = self.coordinators.taken.borrow();
             assert!(taken.values().all(|&sends| sends == 1), "a create reached Kling twice: {taken:?}");
             assert!(self.coordinators.running.borrow().len() <= self.coordinators.kling_slots);
@@ -414,6 +422,8 @@ mod tests {
         world.check();
     }
 
+    /// An admission is one change with no `await` inside: two creates at once cannot both
+    /// take the last slot, whichever comes first.
     #[test]
     fn two_creates_for_the_last_slot_get_one_slot() {
         let world = World::new(1, 1);

@@ -246,11 +246,15 @@ impl Gate {
         self.backoff_ms = 0;
     }
 
-    /// Kling answered 1303 to the create `id`: it goes back to the front of its tenant's
-    /// line, dispatch pauses, and the gate uses no more slots than Kling showed it has (the
-    /// ones held but this) for a while. Answers whether `id` held a slot.
-    pub fn refused(&mut self, id: &str, now: u64) -> bool {
-        let Some(at) = self.holders.iter().position(|holder| holder.ticket.id == id) else { return false };
+    /// Kling answered 1303 to the create `id`, sent by the gate (`by_gate`) or by the edge
+    /// with the slot it got at once: it goes back to the front of its tenant's line,
+    /// dispatch pauses, and the gate uses no more slots than Kling showed it has (the ones
+    /// held but this) for a while. Answers whether `id` held a slot sent that way (a late
+    /// report of an earlier send, whose create the gate has sent again since, changes
+    /// nothing).
+    pub fn refused(&mut self, id: &str, by_gate: bool, now: u64) -> bool {
+        let sent_so = |holder: &Holder| holder.ticket.id == id && holder.sending_since.is_some() == by_gate;
+        let Some(at) = self.holders.iter().position(sent_so) else { return false };
         let holder = self.holders.remove(at);
         // Before every create in line (so before its tenant's), and its tenant's turn first.
         let seq = self.line.iter().map(|waiting| waiting.seq).min().unwrap_or(self.next_seq) - 1;
@@ -442,7 +446,7 @@ mod tests {
             assert_eq!(gate.admit(ticket(id, "a"), 3, 100, NOW), Admission::Go);
         }
         gate.admit(ticket("a3", "a"), 3, 100, NOW);
-        assert!(gate.refused("a2", NOW));
+        assert!(gate.refused("a2", false, NOW));
         assert_eq!(gate.position("a2"), Some(1), "back at the front, before a3");
         assert_eq!(gate.slots(3, NOW), 2, "what Kling showed it has");
         assert_eq!(gate.next(3, NOW), None, "paused");
@@ -451,13 +455,13 @@ mod tests {
         assert_eq!(gate.next(3, NOW + FIRST_BACKOFF_MS).unwrap().id, "a2");
         assert_eq!(gate.next(3, NOW + FIRST_BACKOFF_MS), None, "two slots, both held");
         // Another 1303 doubles the pause; a create Kling takes resets it.
-        assert!(gate.refused("a2", NOW + 2_000));
+        assert!(gate.refused("a2", true, NOW + 2_000));
         assert_eq!(gate.next(3, NOW + 3_999), None);
         assert_eq!(gate.next(3, NOW + 4_000), None, "one slot held, and one is all Kling showed");
         gate.release("a1");
         assert_eq!(gate.next(3, NOW + 4_000).unwrap().id, "a2");
         gate.taken();
-        assert!(gate.refused("a2", NOW + 5_000));
+        assert!(gate.refused("a2", true, NOW + 5_000));
         assert_eq!(gate.paused_until, Some(NOW + 5_000 + FIRST_BACKOFF_MS));
         // The learned slots are forgotten after a while.
         assert_eq!(gate.slots(3, NOW + 5_000 + LEARNED_FOR_MS), 3);
@@ -469,7 +473,7 @@ mod tests {
         let mut now = NOW;
         for _ in 0..20 {
             assert_eq!(gate.admit(ticket("a", "a"), 1, 100, now), Admission::Go);
-            gate.refused("a", now);
+            gate.refused("a", false, now);
             assert_eq!(gate.cancel("a", "a"), Cancel::Cancelled);
             now = gate.paused_until.unwrap();
         }
@@ -553,8 +557,11 @@ mod tests {
                     }
                 }
                 2 => {
-                    if let Some(holder) = gate.holders.last().map(|h| h.ticket.id.clone()) {
-                        assert!(gate.refused(&holder, now));
+                    if let Some(holder) =
+                        gate.holders.last().map(|h| (h.ticket.id.clone(), h.sending_since.is_some()))
+                    {
+                        assert!(!gate.refused(&holder.0, !holder.1, now), "not sent that way");
+                        assert!(gate.refused(&holder.0, holder.1, now));
                     }
                 }
                 3 => {
@@ -618,7 +625,7 @@ mod tests {
         assert_eq!(gate.admit(ticket("hold", "x"), 2, 100, NOW), Admission::Go);
         assert_eq!(gate.admit(ticket("a0", "a"), 2, 100, NOW), Admission::Go);
         gate.admit(ticket("b0", "b"), 2, 100, NOW + 10);
-        assert!(gate.refused("a0", NOW + 20_000));
+        assert!(gate.refused("a0", false, NOW + 20_000));
         assert_eq!(gate.position("a0"), Some(1), "before b0, though b was never served");
         assert_eq!(gate.waiting_for("a"), [("a0".to_owned(), 1, NOW)], "it waits since it came");
         assert_eq!(gate.expire(30_000, NOW + 30_000), [ticket("a0", "a")], "its wait counts from then");
@@ -629,7 +636,7 @@ mod tests {
         let mut gate = Gate::default();
         gate.admit(ticket("a0", "a"), 1, 100, NOW);
         gate.admit(ticket("a1", "a"), 1, 100, NOW);
-        gate.refused("a0", NOW);
+        gate.refused("a0", false, NOW);
         let max_wait = 3_600_000;
         assert_eq!(gate.next_due(max_wait, u64::MAX, NOW), Some(NOW + FIRST_BACKOFF_MS));
         let later = NOW + FIRST_BACKOFF_MS + 5;
