@@ -265,7 +265,8 @@ function whereTheTimeGoes(profile) {
   }
   const top = (map, n) => [...map].sort((a, b) => b[1] - a[1]).slice(0, n)
     .map(([key, weight]) => `      ${(100 * weight / all).toFixed(1).padStart(5)} %  ${key}`).join('\n');
-  return `    self (the function itself):\n${top(self, 14)}\n    total (kling-edge's functions, with what they call):\n${top(total, 14)}`;
+  const busy = `    kling-edge's isolate was busy for ${(all / 1000).toFixed(0)} ms of samples (idle excluded)\n`;
+  return `${busy}    self (the function itself):\n${top(self, 14)}\n    total (kling-edge's functions, with what they call):\n${top(total, 14)}`;
 }
 
 // --- one configuration, measured -------------------------------------------------------
@@ -553,8 +554,9 @@ async function deliveryPhase(tenants, count) {
     const deadline = Date.now() + 20 * 60_000;
     while (w.delivered().length < count && Date.now() < deadline) await sleep(100);
   };
-  const profile = w.inspector ? whereTheTimeGoes((await profiled(w.inspector, finishing)).profile) : (await finishing(), undefined);
+  let profile = w.inspector ? whereTheTimeGoes((await profiled(w.inspector, finishing)).profile) : (await finishing(), undefined);
   const cpuPerTask = (cpuMs(pids) - cpuBefore) / count;
+  if (profile) profile = `    the runtime's CPU meanwhile: ${(cpuPerTask * count).toFixed(0)} ms (its local R2 and KV included)\n${profile}`;
   const done = w.delivered();
   const lags = done.map((d) => d.receivedAt - (sentAt.get(d.json.task_id) ?? started));
   const lastMs = Math.max(...done.map((d) => d.receivedAt)) - started;
