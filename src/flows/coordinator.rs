@@ -583,7 +583,11 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             }
             let Some(mut record) = self.store.load(&task_id)? else { continue };
             plan.planned.entry(task_id.clone()).or_default().1 = true;
-            let queued = self.queue_copies_of(&mut record, now);
+            // Copies queued while the deployment had a bucket, and it has none now: no alarm
+            // could ever make them, so they end (and the task's edge copy can be written).
+            let abandoned = self.settings.copies.is_none()
+                && copies::give_up(&mut record.copies, "this deployment no longer has a RESULTS bucket");
+            let queued = abandoned || self.queue_copies_of(&mut record, now);
             // A step the steps' index missed (its time unset or late, as in a row written by an
             // earlier version after the migration) is planned here, and its time saved right.
             let step_missed = !stepped && steps_added < DUE_BATCH && record.step_due(now);

@@ -1159,3 +1159,17 @@ fn a_copy_made_for_a_task_forgotten_meanwhile_is_removed() {
     assert_eq!(world.bucket.copies.get(), 1, "and it was made, then removed; nothing more was copied");
     assert!(world.bucket.objects.borrow().is_empty(), "{:?}", world.bucket.objects.borrow().keys());
 }
+
+#[test]
+fn copies_queued_before_the_bucket_was_removed_end_and_the_alarm_settles() {
+    let mut world = world_with_bucket(false);
+    finish(&world);
+    // The operator removes the bucket before any copy was made.
+    world.settings.copies = None;
+    world.run_alarms_for(60_000);
+    let record = world.record("t1");
+    assert!(record.copies.iter().all(|copy| copy.state == crate::record::copies::CopyState::Failed));
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
+    assert!(world.edge_copy("t1").is_some(), "its edge copy is written");
+    assert_eq!(world.coordinator().next_due().unwrap(), None, "nothing is left due: no alarm spins");
+}

@@ -326,6 +326,19 @@ pub fn stored_keys(copies: &[Copy], shard: &str, task_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// Ends every copy still waiting as failed, for `reason` (a deployment whose bucket was
+/// removed: nothing could ever copy them). Answers whether any was waiting.
+pub fn give_up(copies: &mut [Copy], reason: &str) -> bool {
+    let mut any = false;
+    for copy in copies.iter_mut().filter(|copy| copy.state == CopyState::Pending) {
+        copy.state = CopyState::Failed;
+        copy.next_attempt_at = None;
+        copy.last_error = Some(reason.to_owned());
+        any = true;
+    }
+    any
+}
+
 /// When the last copy leaves the bucket (the record is kept until then).
 pub fn last_expiry(copies: &[Copy]) -> Option<u64> {
     copies.iter().filter_map(|copy| copy.expires_at).max()
