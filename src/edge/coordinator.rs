@@ -146,9 +146,14 @@ impl TaskCoordinator {
 
     /// Sets the alarm for the next thing due, unless an earlier alarm is already set.
     async fn reschedule(&self, when: Reschedule) {
+        let now = clock::now_ms();
+        // An alarm already set for now or earlier covers whatever is due (the alarm forgets
+        // what it knew as it starts): no need to ask the store.
+        if self.alarm_at.get().flatten().is_some_and(|current| current <= now) {
+            return;
+        }
         let Ok(store) = self.store() else { return };
         let Ok(Some(due)) = store.next_due() else { return };
-        let now = clock::now_ms();
         let at = match when {
             Reschedule::Now => due.max(now),
             Reschedule::Backlog => due.max(now + BACKLOG_FLOOR_MS),
