@@ -656,6 +656,11 @@ fn world_with_bucket(kling_down: bool) -> World {
     world
 }
 
+/// Polls a flow at most `polls` times: whether it ended.
+fn polled_to_its_end<F: std::future::Future>(mut flow: std::pin::Pin<&mut F>, polls: usize) -> bool {
+    (0..polls).any(|_| poll_once(flow.as_mut()).is_some())
+}
+
 fn finish(world: &World) {
     world.register("t1", "n1", true);
     world.kling_moves("t1", "n1", "succeed", START + 3, true, false);
@@ -1106,13 +1111,7 @@ fn past_its_span_an_alarm_draining_copies_still_delivers_what_falls_due() {
     }
     assert_eq!(world.message_ids(), ["msg_z-late_succeed"]);
     world.bucket.stalled.borrow_mut().clear();
-    let mut ended = false;
-    for _ in 0..200 {
-        if poll_once(alarm.as_mut()).is_some() {
-            ended = true;
-            break;
-        }
-    }
+    let ended = polled_to_its_end(alarm.as_mut(), 200);
     assert!(ended, "the alarm ends once its copies do, without waiting for a tick");
     {
         let objects = world.bucket.objects.borrow();
@@ -1148,13 +1147,7 @@ fn a_copy_made_for_a_task_forgotten_meanwhile_is_removed() {
     }
     world.store.delete("t1").unwrap();
     world.bucket.stalled.borrow_mut().clear();
-    let mut ended = false;
-    for _ in 0..100 {
-        if poll_once(alarm.as_mut()).is_some() {
-            ended = true;
-            break;
-        }
-    }
+    let ended = polled_to_its_end(alarm.as_mut(), 100);
     assert!(ended, "the copy in flight ended");
     assert_eq!(world.bucket.copies.get(), 1, "and it was made, then removed; nothing more was copied");
     assert!(world.bucket.objects.borrow().is_empty(), "{:?}", world.bucket.objects.borrow().keys());
