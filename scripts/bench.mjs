@@ -382,8 +382,9 @@ async function measure({ limiters, persisted, countLife, profile = false }) {
     await sleep(500);
     life = {
       kvWrites: kvWrites() - kvBefore,
-      // The create's record is sent after its answer, so it is not on the create's log line.
-      coordinatorCalls: 1 + coordinatorCalls() - coordinatorBefore,
+      // (A request's log line counts the calls it leaves for after its answer: the create's
+      // record, a callback's prompt step.)
+      coordinatorCalls: coordinatorCalls() - coordinatorBefore,
       klingCalls: fake.apiRequests().length - klingBefore,
       webhooks: receiver.at('/life').length,
       copies: logs.filter((line) => line.includes('"event":"copy"')).reduce((n, line) => n + (line.match(/Copied/g) ?? []).length, 0),

@@ -16,7 +16,9 @@
 //! The object runs the flows of `crate::flows::coordinator` with real ports: its SQLite
 //! database, Kling over `fetch`, clients' receivers, Workers KV. Its alarm drives every
 //! schedule (polls, webhook retries, result copies, edge copies), so they survive eviction
-//! and restarts.
+//! and restarts; a callback's prompt step (`crate::flows::prompt`) makes a finished task's
+//! first webhook and edge copy at once, in a request of its own, and the instance keeps in
+//! memory what is promised and in flight.
 
 use std::cell::{Cell, OnceCell};
 
@@ -27,6 +29,7 @@ use worker::{durable_object, js_sys, web_sys, Env, Request, Response, ScheduledT
 use crate::config::Config;
 use crate::error::{code, ApiError};
 use crate::flows::coordinator::{Coordinator, LinkSettings, Settings, DUE_BATCH};
+use crate::flows::prompt::PromptSteps;
 use crate::flows::protocol::{self, Call};
 use crate::ports::{Coordinators, TaskStore};
 
@@ -67,6 +70,8 @@ pub struct TaskCoordinator {
     shard: OnceCell<String>,
     /// The alarm this object last set, if known (`None`: ask storage).
     alarm_at: Cell<Option<Option<u64>>>,
+    /// The prompt steps promised and the steps in flight in this instance.
+    prompts: PromptSteps,
 }
 
 impl worker::DurableObject for TaskCoordinator {
@@ -77,6 +82,7 @@ impl worker::DurableObject for TaskCoordinator {
             store: OnceCell::new(),
             shard: OnceCell::new(),
             alarm_at: Cell::new(None),
+            prompts: PromptSteps::default(),
         }
     }
 
@@ -137,6 +143,7 @@ impl TaskCoordinator {
         Ok(Ports {
             shard: self.shard()?,
             store: self.store()?,
+            prompts: &self.prompts,
             kling: LazyKling { config: config.clone(), client_waits, kling: OnceCell::new() },
             edge_copies: KvEdgeCopies { env: &self.env },
             settings: flow_settings(&config, &bucket),
@@ -221,6 +228,7 @@ impl crate::ports::Upstream for LazyKling {
 struct Ports<'a> {
     shard: &'a str,
     store: &'a SqlStore,
+    prompts: &'a PromptSteps,
     kling: LazyKling,
     edge_copies: KvEdgeCopies<'a>,
     bucket: R2Results,
@@ -241,6 +249,7 @@ impl Ports<'_> {
             bucket: &self.bucket,
             runtime: &WorkerRuntime,
             settings: &self.settings,
+            prompts: self.prompts,
         }
     }
 }

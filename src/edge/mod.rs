@@ -60,7 +60,8 @@ pub struct Call<'a> {
     /// The worker's origin for the URLs it gives out (callbacks, result links):
     /// `PUBLIC_BASE_URL`, or the request's.
     pub origin: String,
-    /// Calls to a coordinator made while serving (for the log line; `make bench` counts them).
+    /// Calls to a coordinator made while serving, or left for after the answer (`wait_until`):
+    /// for the log line (`make bench` counts them).
     pub coordinator_calls: &'a Cell<u32>,
 }
 
@@ -319,6 +320,7 @@ async fn handle(
                 };
             ignored = created.ignored;
             if let Some(recording) = created.record {
+                call.coordinator_calls.set(call.coordinator_calls.get() + 1);
                 let (env, config, origin, request_id) =
                     (env.clone(), call.config.clone(), call.origin.clone(), request_id.to_owned());
                 ctx.wait_until(async move {
@@ -380,8 +382,21 @@ async fn receive_callback(
     };
     let ports =
         WorkerPorts::new(call.env, &call.config, &call.origin, call.request_id, call.coordinator_calls);
-    let answer = ports.edge().callback(capability, &headers, &body).await?;
-    Ok(http::answer(answer, call.request_id))
+    let taken = ports.edge().callback(capability, &headers, &body).await?;
+    if let Some(step) = taken.step_now {
+        call.coordinator_calls.set(call.coordinator_calls.get() + 1);
+        let (env, config, origin, request_id) =
+            (call.env.clone(), call.config.clone(), call.origin.clone(), call.request_id.to_owned());
+        call.ctx.wait_until(async move {
+            let calls = Cell::new(0);
+            let ports = WorkerPorts::new(&env, &config, &origin, &request_id, &calls);
+            let edge = ports.edge();
+            if let Err(error) = edge.step_now(step).await {
+                edge.runtime.log(serde_json::json!({"event": "step_now", "problem": error.message}));
+            }
+        });
+    }
+    Ok(http::answer(taken.answer, call.request_id))
 }
 
 /// `OPTIONS`: a CORS preflight, granted to the allowed origins only.

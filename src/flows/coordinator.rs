@@ -9,7 +9,9 @@
 //! object. Across an `await` (a call to Kling, a webhook, a KV write) the world may change:
 //! each flow re-reads the record afterwards and applies only what the outcome says, so
 //! concurrent callbacks, queries and alarms all converge. Work that falls due is done by
-//! the alarm, which the runtime runs at least once: every step is safe to repeat.
+//! the alarm, which the runtime runs at least once: every step is safe to repeat. A callback
+//! that makes a task's step due may have it made at once instead, by a request of its own
+//! (`super::prompt`); the alarm makes it if that never comes.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -31,6 +33,9 @@ use crate::record::intent::Intent;
 use crate::record::max_jobs::{self, HoldOutcome, Holds};
 use crate::record::{TaskAnswer, TaskRecord, RETENTION_MS};
 use crate::schedule::Schedule;
+
+use super::prompt::PromptSteps;
+use super::protocol::StepNow;
 
 /// How many due tasks one alarm handles before scheduling itself again.
 pub const DUE_BATCH: u32 = 60;
@@ -137,6 +142,8 @@ pub struct Coordinator<'a, S, K, W, R, B, T> {
     pub bucket: &'a B,
     pub runtime: &'a T,
     pub settings: &'a Settings,
+    /// This instance's prompt steps and steps in flight (memory, not storage).
+    pub prompts: &'a PromptSteps,
 }
 
 fn wrong_task() -> ApiError {
@@ -220,7 +227,9 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
     /// Records a callback from Kling, whose capability named this coordinator, `nonce` and
     /// `endpoint`. The nonce binds to the first task it reports about; a report about
     /// another task with it is refused, and so is one for a task created with another nonce.
-    pub fn report(&self, nonce: &str, endpoint: u8, report: &Value) -> Result<(), ApiError> {
+    /// A report that makes the task's step due answers with its prompt step, if its receiver
+    /// has room for one (`super::prompt`).
+    pub fn report(&self, nonce: &str, endpoint: u8, report: &Value) -> Result<Option<StepNow>, ApiError> {
         let now = self.runtime.now_ms();
         let task_id = task::task_id_of(report)
             .ok_or_else(|| ApiError::bad_param("task_id", "is required (a string)"))?
@@ -236,15 +245,40 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
                 record.tenant = self.store.meta("tenant")?;
                 record.schedule_poll(now, &self.settings.poll);
                 record.queue_delivery(now);
+                let step_now = self.promise_step(&mut record, now);
                 self.store.save(&record)?;
-                return Ok(());
+                return Ok(step_now);
             }
         };
-        if record.apply_report(report, now, &self.settings.poll) {
-            self.queue_copies_of(&mut record, now);
-            self.store.save(&record)?;
+        if !record.apply_report(report, now, &self.settings.poll) {
+            return Ok(None);
         }
-        Ok(())
+        self.queue_copies_of(&mut record, now);
+        let step_now = self.promise_step(&mut record, now);
+        self.store.save(&record)?;
+        Ok(step_now)
+    }
+
+    /// Promises the task a prompt step if its step is due at `now` and its receiver has room:
+    /// the alarm then leaves the step alone for a while (the caller saves the record).
+    fn promise_step(&self, record: &mut TaskRecord, now: u64) -> Option<StepNow> {
+        record.prompt_until = None;
+        if record.dropped || !record.step_due(now) {
+            return None;
+        }
+        let until = self.prompts.promise(&record.task_id, record.receiver_origin().as_deref(), now)?;
+        record.prompt_until = Some(until);
+        Some(StepNow { task_id: record.task_id.clone() })
+    }
+
+    /// A prompt step that a report promised: the task's step, unless it is in flight already
+    /// (or was made meanwhile, when there is nothing left to do). Its receiver's room frees
+    /// when it ends.
+    pub async fn step_now(&self, task_id: &str) -> Result<(), ApiError> {
+        let receiver = self.store.load(task_id)?.and_then(|record| record.receiver_origin());
+        let outcome = self.step(task_id).await;
+        self.prompts.redeem(task_id, receiver.as_deref());
+        outcome
     }
 
     /// One of the tenant's tasks of `endpoint`, by task id or external task id, as the client
@@ -610,6 +644,8 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
     /// One due task's step, in this order: ask Kling about it (if its poll is due), try its
     /// webhook, write its edge copy; a dropped task is forgotten instead.
     async fn step(&self, task_id: &str) -> Result<(), ApiError> {
+        // One step of a task at a time: the alarm's and a prompt one may cross.
+        let Some(_stepping) = self.prompts.begin(task_id) else { return Ok(()) };
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         if record.dropped {
             return self.forget(task_id).await;
@@ -759,6 +795,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             }
         };
         self.store.update(task_id, |record| {
+            record.prompt_until = None;
             if data.is_some_and(|data| record.apply_report(&data, now, &self.settings.poll)) {
                 record.last_polled_at = Some(now);
                 self.queue_copies_of(record, now);
@@ -802,6 +839,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         };
         let now = self.runtime.now_ms();
         let delivery = self.store.update(task_id, |record| {
+            record.prompt_until = None;
             record.record_attempt(&message_id, attempt, now, &self.settings.forward);
             record.delivery.clone()
         })?;
@@ -826,12 +864,15 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             self.runtime.log(json!({"event": "edge_copy", "task_id": task_id, "problem": problem.message}));
         }
         let retry_at = self.runtime.now_ms().saturating_add(edge_copy::RETRY_MS);
-        self.store.update(task_id, |record| match outcome {
-            Ok(()) => {
-                record.edge_copy_digest = written;
-                record.edge_copy_retry_at = None;
+        self.store.update(task_id, |record| {
+            record.prompt_until = None;
+            match outcome {
+                Ok(()) => {
+                    record.edge_copy_digest = written;
+                    record.edge_copy_retry_at = None;
+                }
+                Err(_) => record.edge_copy_retry_at = Some(retry_at),
             }
-            Err(_) => record.edge_copy_retry_at = Some(retry_at),
         })?;
         Ok(())
     }

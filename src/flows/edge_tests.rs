@@ -9,9 +9,11 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
+use super::callback::Taken;
 use super::coordinator::{LinkSettings, Settings};
 use super::create::Created;
 use super::edge::{Answer, Edge, EdgePorts};
+use super::prompt::PromptSteps;
 use crate::api::surfaces::{Surface, ADD_SOUND, I2V, T2A, T2V, V2A, V2A_SIMPLE};
 use crate::api::VIDEO_TO_AUDIO;
 use crate::auth::{Client, ClientKind};
@@ -44,6 +46,7 @@ struct World {
     runtime: TestRuntime,
     settings: Settings,
     stores: RefCell<BTreeMap<String, Rc<MemoryStore>>>,
+    prompts: RefCell<BTreeMap<String, Rc<PromptSteps>>>,
     coordinators_down: Cell<bool>,
     coordinator_calls: RefCell<Vec<String>>,
     limiter: MemoryLimiter,
@@ -91,6 +94,7 @@ impl World {
             bucket: MemoryBucket::default(),
             runtime: TestRuntime::default(),
             stores: RefCell::default(),
+            prompts: RefCell::default(),
             coordinators_down: Cell::new(false),
             coordinator_calls: RefCell::default(),
             limiter: MemoryLimiter::default(),
@@ -109,6 +113,7 @@ impl World {
             runtime: &self.runtime,
             settings: &self.settings,
             stores: &self.stores,
+            prompts: &self.prompts,
             down: &self.coordinators_down,
             calls: &self.coordinator_calls,
         }
@@ -151,7 +156,18 @@ impl World {
         url.rsplit('/').next().unwrap().to_owned()
     }
 
+    /// A callback, answered, and then its prompt step if it was promised one (as
+    /// `wait_until` makes it).
     fn callback(&self, capability: &str, report: &Value) -> Result<Answer, ApiError> {
+        let taken = self.callback_taken(capability, report)?;
+        if let Some(step) = taken.step_now {
+            self.edge(|edge| block_on(edge.step_now(step))).expect("stepped");
+        }
+        Ok(taken.answer)
+    }
+
+    /// A callback, answered: its prompt step is the caller's to make, or not.
+    fn callback_taken(&self, capability: &str, report: &Value) -> Result<Taken, ApiError> {
         let headers = SignatureHeaders { id: None, timestamp: None, signature: None };
         self.edge(|edge| block_on(edge.callback(capability, &headers, report.to_string().as_bytes())))
     }
@@ -179,8 +195,8 @@ impl World {
             let shards: Vec<String> = self.stores.borrow().keys().cloned().collect();
             let mut ran = false;
             for shard in &shards {
-                let store = coordinators.store(shard);
-                let coordinator = coordinators.coordinator(shard, &store);
+                let (store, prompts) = (coordinators.store(shard), coordinators.prompts(shard));
+                let coordinator = coordinators.coordinator(shard, &store, &prompts);
                 if let Some(due) = coordinator.next_due().unwrap().filter(|due| *due <= end) {
                     if due > self.runtime.now.get() {
                         self.runtime.now.set(due);
@@ -661,7 +677,7 @@ fn callbacks_need_a_capability_the_worker_issued_and_a_signature_when_configured
         SignatureHeaders { id: Some("msg-1"), timestamp: Some(&timestamp), signature: Some(&signature) };
     let capability = signed.capability(0);
     let answer = signed.edge(|edge| block_on(edge.callback(&capability, &headers, body.as_bytes())));
-    assert_eq!(answer.unwrap(), Answer::Acknowledged);
+    assert_eq!(answer.unwrap().answer, Answer::Acknowledged);
 }
 
 #[test]
@@ -841,3 +857,36 @@ fn an_intent_never_takes_a_task_that_is_another_creates() {
 
 #[cfg(test)]
 mod uploads;
+
+#[test]
+fn a_callback_that_finishes_a_task_asks_for_its_prompt_step_after_its_answer() {
+    let world = World::new();
+    let client = server("web");
+    let created = world.create_and_record(
+        &client,
+        &V2A,
+        json!({"video_url": VIDEO, "callback_url": "https://app.example.com/hook"}),
+    );
+    let task_id = kling_task_id(&created);
+    world.kling.set(report(&task_id, "succeed", START + 9, true));
+    let calls_before = world.calls().len();
+    let taken =
+        world.callback_taken(&world.capability(0), &report(&task_id, "succeed", START + 9, true)).unwrap();
+    assert_eq!(taken.answer, Answer::Acknowledged);
+    let step = taken.step_now.expect("the coordinator promised a prompt step");
+    assert_eq!(
+        (step.shard.as_str(), step.call.task_id.as_str()),
+        (task::tenant_shard("web").as_str(), task_id.as_str())
+    );
+    assert!(world.receiver.deliveries.borrow().is_empty(), "nothing is sent before Kling has its answer");
+    world.edge(|edge| block_on(edge.step_now(step))).unwrap();
+    assert_eq!(world.calls()[calls_before..], ["report", "step_now"]);
+    let delivered = world.receiver.deliveries.borrow();
+    assert_eq!(delivered.len(), 1, "the webhook went out with no alarm");
+    assert_eq!(delivered[0].headers["webhook-id"], format!("msg_{task_id}_succeed"));
+    drop(delivered);
+    // A repeated callback changes nothing: it promises no step.
+    let again =
+        world.callback_taken(&world.capability(0), &report(&task_id, "succeed", START + 9, true)).unwrap();
+    assert!(again.step_now.is_none());
+}

@@ -6,7 +6,8 @@
 //!   [`read`] (query, list, useapi.net's task), [`callback`] (Kling's callbacks), [`tokens`] (browser tokens, webhook secrets).
 //! - The coordinator's ([`coordinator`]): record a create, take a callback, answer a query
 //!   or a list, and the alarm that polls Kling, copies results, forwards webhooks and
-//!   publishes finished tasks to the edge; [`assets`], its side of the tenant's uploads;
+//!   publishes finished tasks to the edge; [`prompt`], the steps a callback's own request
+//!   makes at once; [`assets`], its side of the tenant's uploads;
 //!   and the [`protocol`] the edge speaks to it.
 //! - A Kling account's [`gate`]: its slots, the line of creates waiting for one, and the
 //!   alarm that sends them.
@@ -17,6 +18,7 @@ pub mod coordinator;
 pub mod create;
 pub mod edge;
 pub mod gate;
+pub mod prompt;
 pub mod protocol;
 pub mod read;
 pub mod tokens;

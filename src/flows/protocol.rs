@@ -39,6 +39,13 @@ pub struct Report {
     pub report: Value,
 }
 
+/// A task's prompt step (`super::prompt`): the call a callback's answer asks the edge to
+/// make once Kling has its answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepNow {
+    pub task_id: String,
+}
+
 /// One task, by task id or external task id: its answer (Kling's data with the worker's
 /// `delivery`, and its copies), or 404.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,6 +176,10 @@ impl Call for Register {
     type Answer = ();
 }
 impl Call for Report {
+    /// The task's prompt step, if the report made its step due and it was promised one.
+    type Answer = Option<StepNow>;
+}
+impl Call for StepNow {
     type Answer = ();
 }
 impl Call for Query {
@@ -199,6 +210,7 @@ impl Call for CopySource {
 pub enum Request {
     Register(Register),
     Report(Report),
+    StepNow(StepNow),
     Query(Query),
     List(List),
     HoldJob(HoldJob),
@@ -226,6 +238,7 @@ macro_rules! into_request {
 into_request!(
     Register,
     Report,
+    StepNow,
     Query,
     List,
     HoldJob,
@@ -256,9 +269,11 @@ impl Request {
             | Request::GetAsset(GetAsset { tenant, .. })
             | Request::ListAssets(ListAssets { tenant, .. })
             | Request::DeleteAsset(DeleteAsset { tenant, .. }) => Some(tenant),
-            Request::Report(_) | Request::ReleaseJob(_) | Request::Abandon(_) | Request::CopySource(_) => {
-                None
-            }
+            Request::Report(_)
+            | Request::StepNow(_)
+            | Request::ReleaseJob(_)
+            | Request::Abandon(_)
+            | Request::CopySource(_) => None,
         }
     }
 
@@ -266,6 +281,7 @@ impl Request {
         match self {
             Request::Register(_) => "register",
             Request::Report(_) => "report",
+            Request::StepNow(_) => "step_now",
             Request::Query(_) => "query",
             Request::List(_) => "list",
             Request::HoldJob(_) => "hold_job",
@@ -352,6 +368,7 @@ where
         Request::Report(Report { nonce, endpoint, report }) => {
             answer(coordinator.report(&nonce, endpoint, &report))
         }
+        Request::StepNow(StepNow { task_id }) => answer(coordinator.step_now(&task_id).await),
         Request::Query(Query { tenant, endpoint, id }) => answer(
             coordinator
                 .query(&tenant, endpoint, &id)

@@ -5,6 +5,8 @@
 use serde_json::{json, Value};
 
 use super::coordinator::{Coordinator, LinkSettings, Registration, Settings};
+use super::prompt::PromptSteps;
+use super::protocol::StepNow;
 use crate::api::VIDEO_TO_AUDIO;
 use crate::links::result_links::render;
 use crate::links::result_links::LinkKey;
@@ -35,6 +37,7 @@ struct World {
     bucket: MemoryBucket,
     runtime: TestRuntime,
     settings: Settings,
+    prompts: PromptSteps,
 }
 
 impl World {
@@ -46,6 +49,7 @@ impl World {
             kv: MemoryKv::default(),
             bucket: MemoryBucket::default(),
             runtime: TestRuntime::default(),
+            prompts: PromptSteps::default(),
             settings: Settings {
                 poll: crate::config::default_delays("KLING_POLL_SECONDS"),
                 forward: Schedule::parse("5,300,1800,7200").unwrap(),
@@ -74,7 +78,13 @@ impl World {
             bucket: &self.bucket,
             runtime: &self.runtime,
             settings: &self.settings,
+            prompts: &self.prompts,
         }
+    }
+
+    /// A world whose callbacks promise no prompt step: every step is the alarm's.
+    fn alarm_only() -> World {
+        World { prompts: PromptSteps::bounded(0), ..World::new() }
     }
 
     fn now(&self) -> u64 {
@@ -123,9 +133,13 @@ impl World {
         self.record(task_id).answer().data
     }
 
+    /// A callback, and then its prompt step if it was promised one (as the edge asks for it).
     fn callback(&self, nonce: &str, data: &Value) -> Result<(), crate::error::ApiError> {
         let coordinator = self.coordinator();
-        coordinator.report(nonce, V2A, data)
+        if let Some(StepNow { task_id }) = coordinator.report(nonce, V2A, data)? {
+            block_on(coordinator.step_now(&task_id))?;
+        }
+        Ok(())
     }
 
     /// Kling moves the task on (what a query now answers), and calls back unless `silent`.
@@ -428,7 +442,7 @@ fn a_refusing_receiver_is_not_retried() {
 #[test]
 fn the_alarm_cut_off_at_any_await_is_made_whole_by_the_next_one() {
     for cut_after in 1..12 {
-        let world = World::new();
+        let world = World::alarm_only();
         world.register("t1", "n1", true);
         world.kling_moves("t1", "n1", "succeed", START + 3, false, false);
         world.kling.set(world.data("t1", "succeed", START + 3, true));
@@ -624,7 +638,7 @@ fn running_tasks_and_held_slots_are_counted_for_max_jobs() {
 
 #[test]
 fn finished_tasks_are_forgotten_after_retention() {
-    let world = World::new();
+    let world = World::alarm_only();
     world.register("t1", "n1", false);
     world.kling_moves("t1", "n1", "failed", START + 3, false, false);
     world.run_alarms_for(1_000);
@@ -647,7 +661,10 @@ const MP4: &str = "https://kling.example/v.mp4";
 
 /// A world whose deployment has a bucket, with Kling's files served (unless `kling_down`).
 fn world_with_bucket(kling_down: bool) -> World {
-    let mut world = World::new();
+    with_bucket(World::new(), kling_down)
+}
+
+fn with_bucket(mut world: World, kling_down: bool) -> World {
     world.settings.copies = Some(crate::record::copies::CopySettings::default());
     if !kling_down {
         world.bucket.sources.borrow_mut().insert(MP3.into(), b"ID3 an mp3".to_vec());
@@ -743,7 +760,9 @@ fn a_copy_that_fails_is_retried_and_the_edge_copy_follows_it() {
         copy_entry(&render(&world.edge_copy("t1").unwrap().task, None), "audio-0.mp3")["state"],
         "copied"
     );
-    assert_eq!(world.kv.writes.get(), 2, "the edge copy is written again when the copies land");
+    // The webhook went out with the callback, the first copies a moment later: the files'
+    // retries fall due a second apart, and the edge copy follows each landing.
+    assert_eq!(world.kv.writes.get(), 3, "the edge copy is written again as the copies land");
     assert_eq!(world.receiver.deliveries.borrow().len(), 1, "the webhook is not sent again");
 }
 
@@ -794,7 +813,7 @@ fn without_a_bucket_nothing_is_copied_and_answers_are_as_before() {
 
 #[test]
 fn copies_are_kept_for_their_retention_and_forgotten_with_the_task() {
-    let mut world = world_with_bucket(false);
+    let mut world = with_bucket(World::alarm_only(), false);
     world.settings.copies = Some(crate::record::copies::CopySettings {
         retention_ms: crate::record::copies::days_ms(60),
         ..Default::default()
@@ -908,7 +927,7 @@ fn an_unclaimed_task_is_listed_but_claimed_only_by_its_own_task_id_and_never_dat
 #[test]
 fn a_receiver_that_never_answers_holds_back_only_its_own_webhooks() {
     use super::coordinator::PER_RECEIVER;
-    let world = World::new();
+    let world = World::alarm_only();
     let slow = "https://slow.example.com/hooks/kling";
     // The slow receiver's tasks come first in the alarm's order.
     for i in 0..12 {
@@ -960,7 +979,7 @@ fn a_due_poll_is_not_queued_behind_a_backlog_of_webhooks() {
 #[test]
 fn copies_that_never_end_hold_back_no_webhook_not_even_their_own() {
     use super::coordinator::COPY_LANES;
-    let world = world_with_bucket(false);
+    let world = with_bucket(World::alarm_only(), false);
     // Six tasks whose downloads stall come first in the alarm's order, then four quick ones.
     for i in 0..6 {
         world.bucket.stalled.borrow_mut().push(format!("/a-stalled-{i}/"));
@@ -1165,4 +1184,139 @@ fn copies_queued_before_the_bucket_was_removed_end_and_the_alarm_settles() {
     assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
     assert!(world.edge_copy("t1").is_some(), "its edge copy is written");
     assert_eq!(world.coordinator().next_due().unwrap(), None, "nothing is left due: no alarm spins");
+}
+
+/// Kling's `succeed` callback for the task, recorded: the prompt step it was promised, if any
+/// (the caller makes it, or plays an edge that never does).
+fn succeed_reported(world: &World, task_id: &str, nonce: &str) -> Option<StepNow> {
+    let data = world.data(task_id, "succeed", START + 3, true);
+    world.kling.set(data.clone());
+    world.coordinator().report(nonce, V2A, &data).unwrap()
+}
+
+#[test]
+fn a_callback_delivers_its_webhook_by_its_prompt_step_with_no_alarm() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    let step = succeed_reported(&world, "t1", "n1").expect("a prompt step is promised");
+    assert_eq!(step, StepNow { task_id: "t1".into() });
+    let held = world.coordinator().next_due().unwrap().expect("the alarm keeps the step");
+    assert_eq!(held, world.now() + super::prompt::PROMPT_GRACE_MS, "after the grace only");
+    block_on(world.coordinator().step_now("t1")).unwrap();
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
+    assert_eq!(world.kv.writes.get(), 1, "and its edge copy");
+    assert_eq!(world.coordinator().next_due().unwrap(), None, "nothing is left for the alarm");
+    assert_eq!(world.prompts.promised(Some("https://app.example.com"), world.now()), 0, "room again");
+    block_on(world.coordinator().step_now("t1")).unwrap();
+    assert_eq!(world.message_ids().len(), 1, "a prompt step asked again finds nothing to do");
+}
+
+#[test]
+fn a_prompt_step_that_never_comes_is_made_by_the_alarm_after_its_grace() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    assert!(succeed_reported(&world, "t1", "n1").is_some(), "promised, and the edge never asks");
+    block_on(world.coordinator().run_due()).unwrap();
+    assert!(world.message_ids().is_empty(), "the alarm leaves it to the prompt step meanwhile");
+    world.run_alarms_for(super::prompt::PROMPT_GRACE_MS);
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
+    assert_eq!(world.kv.writes.get(), 1);
+}
+
+#[test]
+fn a_prompt_step_cut_off_at_any_await_is_made_whole_by_the_alarm() {
+    for cut_after in 1..8 {
+        let world = World::new();
+        world.register("t1", "n1", true);
+        succeed_reported(&world, "t1", "n1").expect("promised");
+        let finished = run_until_crash(world.coordinator().step_now("t1"), cut_after);
+        world.run_alarms_for(3600 * 1000);
+        let record = world.record("t1");
+        assert_eq!(record.delivery.state, DeliveryState::Delivered, "cut after {cut_after}");
+        let ids = world.message_ids();
+        assert!(ids.iter().all(|id| id == "msg_t1_succeed"), "cut after {cut_after}: {ids:?}");
+        assert!(!ids.is_empty() && ids.len() <= 2, "cut after {cut_after}: at least once, {ids:?}");
+        if finished.is_some() {
+            assert_eq!(ids.len(), 1, "cut after {cut_after}");
+        }
+        let copy = world.edge_copy("t1").expect("copied to the edge in the end");
+        assert_eq!(copy.task.data["delivery"]["state"], "delivered", "cut after {cut_after}");
+    }
+}
+
+#[test]
+fn a_prompt_step_and_the_alarm_that_cross_post_one_webhook_at_a_time() {
+    let world = World::new();
+    world.register("t1", "n1", true);
+    succeed_reported(&world, "t1", "n1").expect("promised");
+    // The prompt step comes late: its grace is over and the alarm is posting the webhook to a
+    // receiver that does not answer.
+    world.advance(super::prompt::PROMPT_GRACE_MS);
+    world.receiver.stalled.borrow_mut().push("https://app.example.com/".into());
+    let coordinator = world.coordinator();
+    let mut alarm = Box::pin(coordinator.run_due());
+    for _ in 0..10 {
+        assert!(poll_once(alarm.as_mut()).is_none(), "the alarm waits on the receiver");
+    }
+    assert_eq!(world.receiver.started.borrow().len(), 1);
+    block_on(coordinator.step_now("t1")).unwrap();
+    assert_eq!(world.receiver.started.borrow().len(), 1, "the prompt step does not post it too");
+    // The POST's deadline ends the alarm; the receiver answers again, and the next step
+    // delivers it.
+    drop(alarm);
+    world.receiver.stalled.borrow_mut().clear();
+    world.run_alarms_for(60_000);
+    assert_eq!(world.message_ids(), ["msg_t1_succeed"]);
+
+    // And the other way: the alarm finds the prompt step in flight and leaves it.
+    world.register("t2", "n2", true);
+    succeed_reported(&world, "t2", "n2").expect("promised");
+    world.receiver.stalled.borrow_mut().push("https://app.example.com/".into());
+    let mut prompt = Box::pin(coordinator.step_now("t2"));
+    for _ in 0..10 {
+        assert!(poll_once(prompt.as_mut()).is_none());
+    }
+    world.advance(super::prompt::PROMPT_GRACE_MS);
+    block_on(coordinator.run_due()).unwrap();
+    assert_eq!(world.receiver.started.borrow().len(), 3, "the alarm did not post t2's too");
+    drop(prompt);
+    world.receiver.stalled.borrow_mut().clear();
+    world.run_alarms_for(60_000);
+    assert_eq!(world.message_ids(), ["msg_t1_succeed", "msg_t2_succeed"]);
+}
+
+#[test]
+fn a_burst_past_a_receivers_prompt_steps_is_left_to_the_alarm_and_a_slow_one_holds_only_its_own() {
+    use super::prompt::PROMPT_PER_RECEIVER;
+    let world = World::new();
+    let slow = "https://slow.example.com/hooks/kling";
+    let burst = PROMPT_PER_RECEIVER + 4;
+    let mut promised = Vec::new();
+    for i in 0..burst {
+        world.register_with(&format!("s{i}"), &format!("ns{i}"), Some(slow));
+        promised.extend(succeed_reported(&world, &format!("s{i}"), &format!("ns{i}")));
+    }
+    assert_eq!(promised.len(), PROMPT_PER_RECEIVER, "so many at once for one receiver");
+    let coordinator = world.coordinator();
+    let mut hanging: Vec<_> =
+        promised.iter().map(|step| Box::pin(coordinator.step_now(&step.task_id))).collect();
+    for step in &mut hanging {
+        assert!(poll_once(step.as_mut()).is_none(), "the slow receiver has not answered yet");
+    }
+    assert_eq!(world.receiver.started.borrow().len(), PROMPT_PER_RECEIVER);
+    // Another receiver's callbacks meanwhile: promised and made at once.
+    for i in 0..3 {
+        world.register(&format!("f{i}"), &format!("nf{i}"), true);
+        let step = succeed_reported(&world, &format!("f{i}"), &format!("nf{i}")).expect("room for it");
+        block_on(coordinator.step_now(&step.task_id)).unwrap();
+    }
+    assert_eq!(world.message_ids(), ["msg_f0_succeed", "msg_f1_succeed", "msg_f2_succeed"]);
+    // The slow receiver answers; the burst's rest is the alarm's at once (no grace: nothing
+    // was promised for it).
+    for step in hanging {
+        block_on(step).unwrap();
+    }
+    assert_eq!(world.message_ids().len(), 3 + PROMPT_PER_RECEIVER);
+    block_on(coordinator.run_due()).unwrap();
+    assert_eq!(world.message_ids().len(), 3 + burst, "the alarm sent the rest in its first run");
 }

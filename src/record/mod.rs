@@ -87,6 +87,10 @@ pub struct TaskRecord {
     /// and its edge copy, and never answered meanwhile.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dropped: bool,
+    /// Until when the alarm leaves the task's step to a prompt step that a callback promised
+    /// (`crate::flows::prompt`); any step made clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_until: Option<u64>,
 }
 
 /// A task as its client reads it, before the links to its copies are minted: Kling's data
@@ -128,6 +132,7 @@ impl TaskRecord {
             edge_copy_retry_at: None,
             copies: Vec::new(),
             dropped: false,
+            prompt_until: None,
         }
     }
 
@@ -270,7 +275,8 @@ impl TaskRecord {
 
     /// The next time the alarm's step for the task is due (epoch ms; 0 for "at once"): a
     /// poll of Kling, a webhook attempt or a write of its edge copy, or forgetting it once
-    /// dropped. Its copies are the other lane.
+    /// dropped. Its copies are the other lane. A step promised to a prompt step is not due
+    /// before its promise ends.
     pub fn step_due_at(&self) -> Option<u64> {
         if self.dropped {
             return Some(self.edge_copy_retry_at.unwrap_or(0));
@@ -279,7 +285,8 @@ impl TaskRecord {
             .then_some(self.delivery.next_attempt_at)
             .flatten();
         let edge_copy = self.edge_copy_due(u64::MAX).then(|| self.edge_copy_retry_at.unwrap_or(0));
-        [self.next_poll_at, delivery, edge_copy].into_iter().flatten().min()
+        let due = [self.next_poll_at, delivery, edge_copy].into_iter().flatten().min();
+        due.map(|at| at.max(self.prompt_until.unwrap_or(0)))
     }
 
     /// Whether the alarm's step for the task is due at `now` ([`Self::step_due_at`]; its

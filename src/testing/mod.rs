@@ -16,6 +16,7 @@ use crate::api::Endpoint;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::flows::coordinator::{Coordinator, Settings};
+use crate::flows::prompt::PromptSteps;
 use crate::flows::protocol::{self, Call};
 use crate::ports::{
     AssetBucket, AssetStore, Coordinators, EdgeCopies, KlingApi, KlingReply, Limit, RateLimiter,
@@ -435,6 +436,7 @@ impl EdgeCopies for MemoryKv {
             return Err(ApiError::unavailable("KV"));
         }
         self.writes.set(self.writes.get() + 1);
+        eprintln!("KVPUT {key} {value}");
         self.entries.borrow_mut().insert(key.to_owned(), value.to_owned());
         Ok(())
     }
@@ -806,6 +808,8 @@ pub struct MemoryCoordinators<'a> {
     pub runtime: &'a TestRuntime,
     pub settings: &'a Settings,
     pub stores: &'a RefCell<BTreeMap<String, Rc<MemoryStore>>>,
+    /// Each object instance's memory (its prompt steps): cleared, it is a restart.
+    pub prompts: &'a RefCell<BTreeMap<String, Rc<PromptSteps>>>,
     /// Makes every call fail as an unreachable object would (503).
     pub down: &'a Cell<bool>,
     pub calls: &'a RefCell<Vec<String>>,
@@ -816,14 +820,20 @@ impl MemoryCoordinators<'_> {
         self.stores.borrow_mut().entry(shard.to_owned()).or_default().clone()
     }
 
+    pub fn prompts(&self, shard: &str) -> Rc<PromptSteps> {
+        self.prompts.borrow_mut().entry(shard.to_owned()).or_default().clone()
+    }
+
     pub fn coordinator<'s>(
         &'s self,
         shard: &'s str,
         store: &'s MemoryStore,
+        prompts: &'s PromptSteps,
     ) -> Coordinator<'s, MemoryStore, ScriptedKling, Receiver, MemoryKv, MemoryBucket, TestRuntime> {
         Coordinator {
             shard,
             store,
+            prompts,
             kling: self.kling,
             webhooks: self.receiver,
             edge_copies: self.kv,
@@ -847,8 +857,8 @@ impl Coordinators for MemoryCoordinators<'_> {
                 "the task coordinator is unavailable",
             ));
         }
-        let store = self.store(shard);
-        let answer = protocol::serve(&self.coordinator(shard, &store), body.as_bytes()).await;
+        let (store, prompts) = (self.store(shard), self.prompts(shard));
+        let answer = protocol::serve(&self.coordinator(shard, &store, &prompts), body.as_bytes()).await;
         protocol::decode::<C>(answer.as_bytes())
     }
 }
