@@ -24,7 +24,7 @@ pub const PROMPT_GRACE_MS: u64 = 15_000;
 /// How many prompt steps may be promised or in flight for one receiver (its origin) at once.
 /// Past it a callback leaves its task's step to the alarm, so a burst never sends a receiver
 /// more than this many webhooks at once beyond the alarm's own.
-pub const PROMPT_PER_RECEIVER: usize = 16;
+pub const PROMPT_PER_RECEIVER: usize = 64;
 
 /// One coordinator instance's prompt steps: those promised (by receiver, each task with the
 /// time its promise ends) and the steps in flight (the alarm's and prompt ones), so a task's
