@@ -712,10 +712,10 @@ if (requests) {
   const { life } = configured;
   console.log('\nOne task\'s life (a create with a webhook, 3 callbacks, 9 queries, the webhook delivered, its files copied):');
   console.log(`  KV writes: ${life.kvWrites}`);
-  console.log(`  coordinator calls: ${life.coordinatorCalls} (the create's record, the 3 callbacks, and the queries asked before the edge copy existed)`);
+  console.log(`  coordinator calls: ${life.coordinatorCalls} (the create's record, the 3 callbacks, the prompt step, and the queries asked before the edge copy existed)`);
   console.log(`  calls to Kling: ${life.klingCalls} (the create; the callbacks came, so nothing was polled)`);
   console.log(`  webhooks delivered: ${life.webhooks}`);
-  console.log(`  result files copied into R2: ${life.copies} (the video, the MP3 and the WAV, before the webhook and the KV write)`);
+  console.log(`  result files copied into R2: ${life.copies} (the video, the MP3 and the WAV, before the KV write)`);
 }
 
 if (deliveries.length) {
