@@ -311,7 +311,7 @@ async function measure({ limiters, persisted, countLife, profile = false }) {
         },
         kvNamespaces: ['TASKS'],
         r2Buckets: ['RESULTS'],
-        durableObjects: { COORDINATOR: { className: 'TaskCoordinator', useSQLite: true } },
+        durableObjects: { COORDINATOR: { className: 'TaskCoordinator', useSQLite: true }, GATE: { className: 'AccountGate', useSQLite: true } },
         ...(limiters ? { ratelimits: { REQUEST_LIMITER: limiter('7101'), CREATE_LIMITER: limiter('7102') } } : {}),
         unsafeDirectSockets: [{ host: '127.0.0.1', port: edgePort }],
       },
@@ -487,7 +487,7 @@ async function startDeliveryWorker({ state = fs.mkdtempSync('/dev/shm/kling-edge
       },
       kvNamespaces: ['TASKS'],
       r2Buckets: ['RESULTS'],
-      durableObjects: { COORDINATOR: { className: 'TaskCoordinator', useSQLite: true } },
+      durableObjects: { COORDINATOR: { className: 'TaskCoordinator', useSQLite: true }, GATE: { className: 'AccountGate', useSQLite: true } },
       unsafeDirectSockets: [{ host: '127.0.0.1', port }],
     }],
   }));

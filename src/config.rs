@@ -188,6 +188,12 @@ pub struct Config {
     pub asset_retention_ms: u64,
     /// `UPLOAD_BYTES_PER_DAY`.
     pub upload_bytes_per_day: u64,
+    /// `KLING_MAX_CONCURRENCY`: the account's slots; 0 turns the line off.
+    pub kling_max_concurrency: u32,
+    /// `QUEUE_MAX_PER_TENANT`.
+    pub queue_max_per_tenant: u32,
+    /// `QUEUE_MAX_WAIT_SECONDS`, in milliseconds.
+    pub queue_max_wait_ms: u64,
 }
 
 /// Where a setting is kept: a secret (`wrangler secret put`, `.dev.vars` locally) or a var
@@ -257,6 +263,9 @@ pub const SETTINGS: &[Setting] = &[
     var("RESULT_RETENTION_DAYS", Rule::Whole { default: 90, min: 1, max: 3650 }, "how long result copies (and their tasks' records) are kept; set the bucket's lifecycle rule to match"),
     var("RESULT_LINK_TTL_SECONDS", Rule::Whole { default: 3_600, min: 10, max: 7 * 24 * 3600 }, "how long a link to a result copy works, from the answer that gave it"),
     var("ASSET_RETENTION_DAYS", Rule::Whole { default: 7, min: 1, max: 365 }, "how long an uploaded video is kept (see \"Uploads\"); set the bucket's lifecycle rule for `assets/` to match"),
+    var("KLING_MAX_CONCURRENCY", Rule::Whole { default: 5, min: 0, max: 10_000 }, "how many tasks the Kling account runs at once (its resource pack's concurrency; packs do not add up, the largest counts). Creates past it wait in line at the edge instead of failing with 1303 (see \"A busy account: the line\"); `0` sends every create straight to Kling, as before the line"),
+    var("QUEUE_MAX_PER_TENANT", Rule::Whole { default: 20, min: 1, max: 10_000 }, "how many creates one tenant may have waiting in line; past it, creates answer 429 with `Retry-After`"),
+    var("QUEUE_MAX_WAIT_SECONDS", Rule::Whole { default: 1_800, min: 10, max: 86_400 }, "how long a create may wait in line; past it, it ends `failed`, saying so, without reaching Kling (its webhook says so too)"),
     var("UPLOAD_BYTES_PER_DAY", Rule::Whole { default: 5 * 1024 * 1024 * 1024, min: 1024 * 1024, max: 1024 * 1024 * 1024 * 1024 }, "the bytes one tenant may upload per UTC day (a browser user is a tenant of their own); past it, uploads answer 429 with `Retry-After`"),
 ];
 
@@ -428,6 +437,9 @@ impl Config {
             link_key,
             asset_retention_ms: copies::days_ms(whole("ASSET_RETENTION_DAYS")? as u32),
             upload_bytes_per_day: whole("UPLOAD_BYTES_PER_DAY")?,
+            kling_max_concurrency: whole("KLING_MAX_CONCURRENCY")? as u32,
+            queue_max_per_tenant: whole("QUEUE_MAX_PER_TENANT")? as u32,
+            queue_max_wait_ms: whole("QUEUE_MAX_WAIT_SECONDS")? * 1000,
             kling,
             kling_api_base,
             clients,

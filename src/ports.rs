@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::api::Endpoint;
 use crate::error::ApiError;
+use crate::flows::gate_protocol::GateCall;
 use crate::flows::protocol::Call;
 use crate::probe::video_check;
 use crate::record::asset::Asset;
@@ -56,6 +57,8 @@ pub trait TaskStore {
     /// Records a create on its way to Kling (or its next check), by its nonce.
     fn save_intent(&self, intent: &Intent) -> Result<(), ApiError>;
     fn delete_intent(&self, nonce: &str) -> Result<(), ApiError>;
+    /// Whether a create on its way to Kling has an intent by this nonce.
+    fn has_intent(&self, nonce: &str) -> Result<bool, ApiError>;
     /// Saves an intent's next check, if the intent is still there (its record may have come
     /// meanwhile, and removed it).
     fn reschedule_intent(&self, intent: &Intent) -> Result<(), ApiError>;
@@ -100,8 +103,12 @@ pub trait AssetStore {
     fn due_assets(&self, now: u64, limit: u32) -> Result<Vec<Asset>, ApiError>;
 }
 
-/// Kling, as the coordinator asks it about a task.
+/// Kling, as the coordinator asks it about a task, and sends it a create that waited at the
+/// edge for a free slot.
 pub trait Upstream {
+    /// Sends a queued create to Kling, once (see [`KlingApi::create`]), with the create's
+    /// full deadline.
+    async fn create(&self, endpoint: &Endpoint, body: &Map<String, Value>) -> Result<KlingReply, ApiError>;
     /// The task's `data` as Kling reports it now (by task id only), or why Kling did not say.
     async fn current_task(&self, endpoint: &Endpoint, task_id: &str) -> Result<Value, ApiError>;
     /// The task Kling knows by this `external_task_id`, or why Kling did not say (404: none).
@@ -191,6 +198,12 @@ pub enum Dispatched {
 /// The coordinators, as a gate reaches them: send a queued create to Kling.
 pub trait Dispatcher {
     async fn dispatch(&self, ticket: &Ticket) -> Dispatched;
+}
+
+/// The Kling account's gate, as the request path and the coordinators call it (one object;
+/// see `crate::flows::gate_protocol`).
+pub trait Gates {
+    async fn call<C: GateCall>(&self, call: C) -> Result<C::Answer, ApiError>;
 }
 
 /// The time, randomness, waiting, and where a flow's events go.

@@ -6,7 +6,7 @@
 
 use percent_encoding::percent_decode_str;
 
-use crate::api::surfaces::{Style, Surface, SURFACES};
+use crate::api::surfaces::{Style, Surface, ADD_SOUND, SURFACES};
 use crate::error::ApiError;
 use crate::links::asset_links::{self, ASSETS_PATH};
 use crate::links::capability;
@@ -65,6 +65,11 @@ pub enum ClientRoute {
     ListTasks(&'static Surface),
     /// `GET /v1/kling/tasks/{id}`: one add-sound task, useapi.net's way.
     UseApiTask(String),
+    /// `POST {path}/{id}/cancel`, or useapi.net's `DELETE /v1/kling/tasks/{id}` (on the
+    /// add-sound surface): a task still waiting for a free Kling slot leaves the line.
+    CancelTask(&'static Surface, String),
+    /// `GET /v1/queue`: the tenant's waiting creates and the account's slots, for a server key.
+    Queue,
     /// `GET /account/costs`: the Kling account's resource packs, for a server key.
     AccountCosts,
     /// `POST /v1/assets` (Kling's envelope) or `POST /v1/kling/assets` (useapi.net's shape):
@@ -97,6 +102,12 @@ pub struct ResultCopy {
     pub name: String,
 }
 
+/// `GET` of the tenant's line and the account's slots.
+pub const QUEUE_PATH: &str = "/v1/queue";
+
+/// A task's cancel: `{path}/{id}/cancel`.
+pub const CANCEL_SUFFIX: &str = "/cancel";
+
 /// `GET` path of one task in useapi.net's shape.
 pub const USEAPI_TASKS_PATH: &str = "/v1/kling/tasks";
 
@@ -124,6 +135,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     }
     if path == "/account/costs" {
         return only(method, GET, Route::Client(ClientRoute::AccountCosts));
+    }
+    if path == QUEUE_PATH {
+        return only(method, GET, Route::Client(ClientRoute::Queue));
     }
     if let Some(token) = path.strip_prefix(KLING_CALLBACK_PATH).and_then(|rest| rest.strip_prefix('/')) {
         // Any token-shaped segment reaches the receiver, which refuses (and counts against
@@ -183,7 +197,12 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     }
     if let Some(raw_id) = path.strip_prefix(USEAPI_TASKS_PATH).and_then(|rest| rest.strip_prefix('/')) {
         if !raw_id.contains('/') {
-            return only(method, GET, Route::Client(ClientRoute::UseApiTask(decoded_id(raw_id)?)));
+            let id = decoded_id(raw_id)?;
+            return match method {
+                GET => Ok(Route::Client(ClientRoute::UseApiTask(id))),
+                "DELETE" => Ok(Route::Client(ClientRoute::CancelTask(&ADD_SOUND, id))),
+                _ => Err(ApiError::method_not_allowed(method, "GET, DELETE")),
+            };
         }
     }
     for surface in SURFACES {
@@ -199,6 +218,10 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
             };
         }
         if let Some(raw_id) = rest.strip_prefix('/').filter(|_| surface.queries) {
+            if let Some(raw_id) = raw_id.strip_suffix(CANCEL_SUFFIX).filter(|id| !id.contains('/')) {
+                let id = decoded_id(raw_id)?;
+                return only(method, "POST", Route::Client(ClientRoute::CancelTask(surface, id)));
+            }
             if raw_id.contains('/') {
                 break;
             }
@@ -253,6 +276,20 @@ mod tests {
             Ok(Route::Client(ClientRoute::UseApiTask("860000000000000001".into())))
         );
         assert_eq!(route("POST", "/v1/kling/tasks/1").unwrap_err().status, 405);
+        assert_eq!(
+            route("DELETE", "/v1/kling/tasks/ke_1"),
+            Ok(Route::Client(ClientRoute::CancelTask(&ADD_SOUND, "ke_1".into())))
+        );
+        for surface in SURFACES.iter().filter(|surface| surface.queries) {
+            let cancel = format!("{}/ke_1/cancel", surface.path);
+            assert_eq!(
+                route("POST", &cancel),
+                Ok(Route::Client(ClientRoute::CancelTask(surface, "ke_1".into())))
+            );
+            assert_eq!(route("GET", &cancel).unwrap_err().status, 405);
+        }
+        assert_eq!(route("GET", "/v1/queue"), Ok(Route::Client(ClientRoute::Queue)));
+        assert_eq!(route("POST", "/v1/queue").unwrap_err().status, 405);
     }
 
     #[test]

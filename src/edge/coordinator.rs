@@ -38,6 +38,7 @@ use super::config;
 use super::copies::R2Results;
 use super::delivery::FetchWebhooks;
 use super::edge_copy::KvEdgeCopies;
+use super::gate::DurableGates;
 use super::kling::{Kling, ALARM_POLL_TIMEOUT_MS, QUERY_REFRESH_TIMEOUT_MS};
 use super::sql_store::SqlStore;
 
@@ -72,6 +73,8 @@ pub struct TaskCoordinator {
     alarm_at: Cell<Option<Option<u64>>>,
     /// The prompt steps promised and the steps in flight in this instance.
     prompts: PromptSteps,
+    /// Calls to the account's gate (not logged per call).
+    gate_calls: Cell<u32>,
 }
 
 impl worker::DurableObject for TaskCoordinator {
@@ -83,6 +86,7 @@ impl worker::DurableObject for TaskCoordinator {
             shard: OnceCell::new(),
             alarm_at: Cell::new(None),
             prompts: PromptSteps::default(),
+            gate_calls: Cell::new(0),
         }
     }
 
@@ -141,6 +145,7 @@ impl TaskCoordinator {
         let config = config::read(&self.env)?;
         let bucket = R2Results::open(&self.env, config.allow_private_urls);
         Ok(Ports {
+            gates: DurableGates { env: &self.env, calls: &self.gate_calls },
             shard: self.shard()?,
             store: self.store()?,
             prompts: &self.prompts,
@@ -207,6 +212,15 @@ impl LazyKling {
 }
 
 impl crate::ports::Upstream for LazyKling {
+    /// With the create's own deadline (`KLING_TIMEOUT_MS`), not a poll's.
+    async fn create(
+        &self,
+        endpoint: &crate::api::Endpoint,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<crate::ports::KlingReply, ApiError> {
+        Kling::new(&self.config).create(endpoint, body).await
+    }
+
     async fn current_task(
         &self,
         endpoint: &crate::api::Endpoint,
@@ -226,6 +240,7 @@ impl crate::ports::Upstream for LazyKling {
 
 /// The ports of one call or alarm.
 struct Ports<'a> {
+    gates: DurableGates<'a>,
     shard: &'a str,
     store: &'a SqlStore,
     prompts: &'a PromptSteps,
@@ -235,8 +250,16 @@ struct Ports<'a> {
     settings: Settings,
 }
 
-type RealCoordinator<'a> =
-    Coordinator<'a, SqlStore, LazyKling, FetchWebhooks, KvEdgeCopies<'a>, R2Results, WorkerRuntime>;
+type RealCoordinator<'a> = Coordinator<
+    'a,
+    SqlStore,
+    LazyKling,
+    FetchWebhooks,
+    KvEdgeCopies<'a>,
+    R2Results,
+    WorkerRuntime,
+    DurableGates<'a>,
+>;
 
 impl Ports<'_> {
     fn coordinator(&self) -> RealCoordinator<'_> {
@@ -250,6 +273,7 @@ impl Ports<'_> {
             runtime: &WorkerRuntime,
             settings: &self.settings,
             prompts: self.prompts,
+            gates: &self.gates,
         }
     }
 }
@@ -265,6 +289,7 @@ fn flow_settings(config: &crate::config::Config, bucket: &R2Results) -> Settings
             ttl_secs: config.result_link_ttl_secs,
             public_base_url: config.public_base_url.clone(),
         },
+        send_deadline_ms: u64::from(config.kling_timeout_ms) + super::gate::SEND_MARGIN_MS,
     }
 }
 
@@ -272,10 +297,10 @@ fn flow_settings(config: &crate::config::Config, bucket: &R2Results) -> Settings
 extern "C" {
     /// A Durable Object stub as the runtime gives it: `fetch(request)` resolves to a
     /// `Response` (used directly, so its body is read in one native call).
-    type RawStub;
+    pub type RawStub;
 
     #[wasm_bindgen(method, catch)]
-    fn fetch(this: &RawStub, request: &web_sys::Request) -> Result<js_sys::Promise, JsValue>;
+    pub fn fetch(this: &RawStub, request: &web_sys::Request) -> Result<js_sys::Promise, JsValue>;
 }
 
 /// The coordinators as the request path calls them, counting the calls (for the log line;

@@ -139,6 +139,14 @@ impl Kling {
 }
 
 impl Upstream for Kling {
+    async fn create(
+        &self,
+        endpoint: &Endpoint,
+        body: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<KlingReply, ApiError> {
+        Kling::create(self, endpoint, body).await
+    }
+
     /// The task's `data` as Kling reports it now, or why Kling did not say. An answer about
     /// another task (Kling may resolve the id as someone's external id) is refused.
     async fn current_task(&self, endpoint: &Endpoint, task_id: &str) -> Result<serde_json::Value, ApiError> {

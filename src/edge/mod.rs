@@ -19,6 +19,7 @@ pub mod coordinator;
 mod copies;
 mod delivery;
 mod edge_copy;
+pub mod gate;
 mod http;
 mod kling;
 mod limits;
@@ -47,6 +48,7 @@ use self::assets::{R2Assets, UploadBody};
 use self::clock::WorkerRuntime;
 use self::coordinator::DurableCoordinators;
 use self::edge_copy::KvEdgeCopies;
+use self::gate::DurableGates;
 use self::kling::KlingForRequests;
 use self::limits::Bindings;
 use self::probe::FetchProbe;
@@ -63,6 +65,8 @@ pub struct Call<'a> {
     /// Calls to a coordinator made while serving, or left for after the answer (`wait_until`):
     /// for the log line (`make bench` counts them).
     pub coordinator_calls: &'a Cell<u32>,
+    /// Calls to the account's gate, likewise.
+    pub gate_calls: &'a Cell<u32>,
 }
 
 /// Names the body's fields a create dropped (`crate::api::fields::Body::ignored`).
@@ -74,6 +78,7 @@ struct WorkerPortTypes<'a>(std::marker::PhantomData<&'a ()>);
 impl<'a> EdgePorts for WorkerPortTypes<'a> {
     type Kling = KlingForRequests<'a>;
     type Coordinators = DurableCoordinators<'a>;
+    type Gates = DurableGates<'a>;
     type Limiter = Bindings<'a>;
     type Probe = FetchProbe<'a>;
     type EdgeCopies = KvEdgeCopies<'a>;
@@ -114,6 +119,7 @@ struct WorkerPorts<'a> {
     origin: &'a str,
     kling: KlingForRequests<'a>,
     coordinators: DurableCoordinators<'a>,
+    gates: DurableGates<'a>,
     limiter: Bindings<'a>,
     probe: FetchProbe<'a>,
     edge_copies: KvEdgeCopies<'a>,
@@ -128,12 +134,14 @@ impl<'a> WorkerPorts<'a> {
         origin: &'a str,
         request_id: &'a str,
         calls: &'a Cell<u32>,
+        gate_calls: &'a Cell<u32>,
     ) -> Self {
         WorkerPorts {
             config,
             origin,
             kling: KlingForRequests { config },
             coordinators: DurableCoordinators { env, calls },
+            gates: DurableGates { env, calls: gate_calls },
             limiter: Bindings { env },
             probe: FetchProbe { config },
             edge_copies: KvEdgeCopies { env },
@@ -148,6 +156,7 @@ impl<'a> WorkerPorts<'a> {
             origin: self.origin,
             kling: &self.kling,
             coordinators: &self.coordinators,
+            gates: &self.gates,
             limiter: &self.limiter,
             probe: &self.probe,
             edge_copies: &self.edge_copies,
@@ -180,6 +189,7 @@ struct Seen {
     tenant: Option<String>,
     allowed_origins: Option<AllowedOrigins>,
     coordinator_calls: Cell<u32>,
+    gate_calls: Cell<u32>,
     /// The shape errors take: useapi.net's on its paths, else Kling's envelope.
     style: Style,
 }
@@ -214,6 +224,7 @@ pub async fn fetch(mut request: Request, env: Env, ctx: Context) -> worker::Resu
             "status": response.status_code(),
             "tenant": seen.tenant,
             "coordinator": seen.coordinator_calls.get(),
+            "gate": seen.gate_calls.get(),
             "ms": clock::now_ms().saturating_sub(started_ms),
         })
     );
@@ -240,7 +251,15 @@ async fn handle(
     // Checked by the routes that give out URLs on it (creates, queries, lists).
     let own_origin = crate::config::own_origin(config.public_base_url.as_deref(), &request_origin);
     let origin = own_origin.clone().unwrap_or(request_origin);
-    let call = Call { env, ctx, config, request_id, origin, coordinator_calls: &seen.coordinator_calls };
+    let call = Call {
+        env,
+        ctx,
+        config,
+        request_id,
+        origin,
+        coordinator_calls: &seen.coordinator_calls,
+        gate_calls: &seen.gate_calls,
+    };
     // From here on, even a refusal carries the CORS grant, so a page can read why.
     seen.allowed_origins = Some(call.config.allowed_origins.clone());
     let route = route?;
@@ -295,13 +314,21 @@ async fn handle(
             | ClientRoute::QueryTask(..)
             | ClientRoute::ListTasks(_)
             | ClientRoute::UseApiTask(_)
+            | ClientRoute::CancelTask(..)
             | ClientRoute::Upload(_)
             | ClientRoute::ListAssets
             | ClientRoute::GetAsset(_)
     ) {
         own_origin?;
     }
-    let ports = WorkerPorts::new(env, &call.config, &call.origin, request_id, call.coordinator_calls);
+    let ports = WorkerPorts::new(
+        env,
+        &call.config,
+        &call.origin,
+        request_id,
+        call.coordinator_calls,
+        call.gate_calls,
+    );
     let edge = ports.edge();
     let mut ignored = Vec::new();
     let answer = match client_route {
@@ -324,8 +351,8 @@ async fn handle(
                 let (env, config, origin, request_id) =
                     (env.clone(), call.config.clone(), call.origin.clone(), request_id.to_owned());
                 ctx.wait_until(async move {
-                    let calls = Cell::new(0);
-                    let ports = WorkerPorts::new(&env, &config, &origin, &request_id, &calls);
+                    let (calls, gate_calls) = (Cell::new(0), Cell::new(0));
+                    let ports = WorkerPorts::new(&env, &config, &origin, &request_id, &calls, &gate_calls);
                     let _ = ports.edge().record_created(recording).await;
                 });
             }
@@ -337,6 +364,8 @@ async fn handle(
             edge.list(&client, surface.endpoint.code, page).await?
         }
         ClientRoute::UseApiTask(id) => edge.useapi_task(&client, &id).await?,
+        ClientRoute::CancelTask(surface, id) => edge.cancel(&client, surface, &id).await?,
+        ClientRoute::Queue => edge.queue(&client).await?,
         ClientRoute::AccountCosts => edge.account_costs(&client, url.query()).await?,
         ClientRoute::Upload(style) => edge.upload(&client, style, upload_of(request)).await?,
         ClientRoute::ListAssets => edge.list_assets(&client, validate::page(url.query())?).await?,
@@ -380,16 +409,22 @@ async fn receive_callback(
         timestamp: timestamp.as_deref(),
         signature: signature.as_deref(),
     };
-    let ports =
-        WorkerPorts::new(call.env, &call.config, &call.origin, call.request_id, call.coordinator_calls);
+    let ports = WorkerPorts::new(
+        call.env,
+        &call.config,
+        &call.origin,
+        call.request_id,
+        call.coordinator_calls,
+        call.gate_calls,
+    );
     let taken = ports.edge().callback(capability, &headers, &body).await?;
     if let Some(step) = taken.step_now {
         call.coordinator_calls.set(call.coordinator_calls.get() + 1);
         let (env, config, origin, request_id) =
             (call.env.clone(), call.config.clone(), call.origin.clone(), call.request_id.to_owned());
         call.ctx.wait_until(async move {
-            let calls = Cell::new(0);
-            let ports = WorkerPorts::new(&env, &config, &origin, &request_id, &calls);
+            let (calls, gate_calls) = (Cell::new(0), Cell::new(0));
+            let ports = WorkerPorts::new(&env, &config, &origin, &request_id, &calls, &gate_calls);
             let edge = ports.edge();
             if let Err(error) = edge.step_now(step).await {
                 edge.runtime.log(serde_json::json!({"event": "step_now", "problem": error.message}));

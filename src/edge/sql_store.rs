@@ -210,6 +210,15 @@ impl TaskStore for SqlStore {
         Ok(())
     }
 
+    fn has_intent(&self, nonce: &str) -> Result<bool, ApiError> {
+        let rows: Vec<IntentRow> = self
+            .sql
+            .exec(table::HAS_INTENT, vec![nonce.into()])
+            .and_then(|c| c.to_array())
+            .map_err(failed)?;
+        Ok(!rows.is_empty())
+    }
+
     fn reschedule_intent(&self, intent: &Intent) -> Result<(), ApiError> {
         let json = serde_json::to_string(intent).map_err(|_| ApiError::internal("encoding an intent"))?;
         self.sql

@@ -10,7 +10,7 @@
 use serde_json::json;
 
 use crate::error::{code, ApiError};
-use crate::ports::{AssetStore, EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::ports::{AssetStore, EdgeCopies, Gates, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
 use crate::record::asset::{self, Admission, Asset, AssetState, Measured, UploadDay};
 
 use super::coordinator::Coordinator;
@@ -30,8 +30,15 @@ fn no_asset(asset_id: &str) -> ApiError {
     )
 }
 
-impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: Runtime>
-    Coordinator<'_, S, K, W, R, B, T>
+impl<
+        S: TaskStore + AssetStore,
+        K: Upstream,
+        W: Webhooks,
+        R: EdgeCopies,
+        B: ResultBucket,
+        T: Runtime,
+        G: Gates,
+    > Coordinator<'_, S, K, W, R, B, T, G>
 {
     /// Reserves an upload's bytes against the day's (its declared size, else what is left)
     /// and records it as uploading, with its deadline; or says when the day renews.

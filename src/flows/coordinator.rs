@@ -25,15 +25,17 @@ use crate::error::{code, ApiError};
 use crate::kling::task;
 use crate::links::result_links::{self, LinkKey, Minter};
 use crate::links::webhook::WebhookKey;
-use crate::ports::{AssetStore, EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::ports::{AssetStore, EdgeCopies, Gates, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
 use crate::record::copies::{self, CopySettings};
 use crate::record::delivery::{self, Attempt};
 use crate::record::edge_copy::{self, Write};
 use crate::record::intent::Intent;
 use crate::record::max_jobs::{self, HoldOutcome, Holds};
+use crate::record::queued::{self, Queued};
 use crate::record::{TaskAnswer, TaskRecord, RETENTION_MS};
 use crate::schedule::Schedule;
 
+use super::gate_protocol::{Position, Release};
 use super::prompt::PromptSteps;
 use super::protocol::StepNow;
 
@@ -88,6 +90,9 @@ pub struct Settings {
     pub copies: Option<CopySettings>,
     /// Signing the links to the copies in webhooks.
     pub links: LinkSettings,
+    /// How long a queued create's send to Kling may go unanswered before it is looked for at
+    /// Kling (by its external id) and sent again if Kling has none: past a create's deadline.
+    pub send_deadline_ms: u64,
 }
 
 /// What the links in webhooks need: the key, how long they last, and the origin to use for
@@ -129,9 +134,13 @@ pub struct Registration {
     /// is recorded, since it then counts as running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_jobs_hold: Option<String>,
+    /// The create holds one of its account's slots at the gate (its ticket: the nonce),
+    /// given back when the task ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holds_slot: bool,
 }
 
-pub struct Coordinator<'a, S, K, W, R, B, T> {
+pub struct Coordinator<'a, S, K, W, R, B, T, G> {
     /// The tenant's shard: the object's own name, and the prefix of its tasks' keys (edge
     /// copies, result copies, links).
     pub shard: &'a str,
@@ -144,14 +153,24 @@ pub struct Coordinator<'a, S, K, W, R, B, T> {
     pub settings: &'a Settings,
     /// This instance's prompt steps and steps in flight (memory, not storage).
     pub prompts: &'a PromptSteps,
+    /// The Kling account's gate: told when a task holding a slot ends, asked about queued
+    /// creates.
+    pub gates: &'a G,
 }
 
 fn wrong_task() -> ApiError {
     ApiError::new(403, code::NO_PERMISSION, "callback: this URL belongs to another task")
 }
 
-impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: ResultBucket, T: Runtime>
-    Coordinator<'_, S, K, W, R, B, T>
+impl<
+        S: TaskStore + AssetStore,
+        K: Upstream,
+        W: Webhooks,
+        R: EdgeCopies,
+        B: ResultBucket,
+        T: Runtime,
+        G: Gates,
+    > Coordinator<'_, S, K, W, R, B, T, G>
 {
     /// Remembers which tenant this coordinator serves (every client call says; a callback
     /// may wake it first).
@@ -180,6 +199,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             origin,
             data,
             max_jobs_hold,
+            holds_slot,
         } = registration;
         if let Some(bound) = self.store.find_nonce(&nonce)?.filter(|bound| *bound != task_id) {
             // Only a forged callback (with a leaked URL) could have bound this fresh nonce
@@ -204,6 +224,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             None => TaskRecord::new(&task_id, endpoint, &nonce, data.clone(), now),
         };
         record.registered = true;
+        record.holds_slot |= holds_slot;
         record.endpoint = endpoint;
         record.tenant = Some(tenant);
         record.client_callback_url = client_callback_url;
@@ -231,12 +252,13 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
     /// has room for one (`super::prompt`).
     pub fn report(&self, nonce: &str, endpoint: u8, report: &Value) -> Result<Option<StepNow>, ApiError> {
         let now = self.runtime.now_ms();
-        let task_id = task::task_id_of(report)
+        let reported = task::task_id_of(report)
             .ok_or_else(|| ApiError::bad_param("task_id", "is required (a string)"))?
             .to_owned();
-        if self.store.find_nonce(nonce)?.is_some_and(|bound| bound != task_id) {
-            return Err(wrong_task());
-        }
+        let task_id = match self.store.find_nonce(nonce)? {
+            Some(bound) if bound != reported => self.kling_side_of(&bound, &reported)?,
+            _ => reported,
+        };
         let mut record = match self.store.load(&task_id)? {
             Some(record) if record.nonce != nonce || record.endpoint != endpoint => return Err(wrong_task()),
             Some(record) => record,
@@ -250,13 +272,29 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
                 return Ok(step_now);
             }
         };
-        if !record.apply_report(report, now, &self.settings.poll) {
+        if !record.apply_report(&record.as_ours(report), now, &self.settings.poll) {
             return Ok(None);
         }
         self.queue_copies_of(&mut record, now);
         let step_now = self.promise_step(&mut record, now);
         self.store.save(&record)?;
         Ok(step_now)
+    }
+
+    /// The task a nonce is bound to, when a callback about Kling's task `reported` comes with
+    /// it: a create queued at the edge has the worker's id, and Kling's beside it. A callback
+    /// that beats the answer of the send that made the task binds Kling's id then (only Kling
+    /// has the capability's URL); any other task is not the capability's.
+    fn kling_side_of(&self, bound: &str, reported: &str) -> Result<String, ApiError> {
+        let Some(record) = self.store.load(bound)? else { return Err(wrong_task()) };
+        match (&record.kling_task_id, &record.queued) {
+            (Some(kling_task_id), _) if kling_task_id == reported => Ok(bound.to_owned()),
+            (None, Some(Queued { sending_since: Some(_), .. })) => {
+                self.store.update(bound, |record| record.kling_task_id = Some(reported.to_owned()))?;
+                Ok(bound.to_owned())
+            }
+            _ => Err(wrong_task()),
+        }
     }
 
     /// Promises the task a prompt step if its step is due at `now` and its receiver has room:
@@ -287,12 +325,39 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
     pub async fn query(&self, tenant: &str, endpoint: u8, id: &str) -> Result<Option<TaskAnswer>, ApiError> {
         let Some(record) = self.find(tenant, endpoint, id)? else { return Ok(None) };
         let now = self.runtime.now_ms();
+        if record.queued.is_some() {
+            return Ok(Some(self.queued_answer(&record).await));
+        }
         if !record.wants_refresh(now) {
             return Ok(Some(record.answer()));
         }
         let task_id = record.task_id.clone();
         self.poll(&task_id).await?;
         Ok(self.store.load(&task_id)?.map(|record| record.answer()))
+    }
+
+    /// A queued create's answer, with its place in line as the gate has it now (none if the
+    /// gate cannot say: it is being sent, or the gate did not answer).
+    async fn queued_answer(&self, record: &TaskRecord) -> TaskAnswer {
+        let mut answer = record.answer();
+        let sending = record.queued.as_ref().is_some_and(|queued| queued.sending_since.is_some());
+        let position = match sending {
+            true => None,
+            false => self.gates.call(Position { id: record.nonce.clone() }).await.ok().flatten(),
+        };
+        if let Some(data) = answer.data.as_object_mut() {
+            let message = match sending {
+                true => "on its way to Kling".to_owned(),
+                false => queued::status_message(position),
+            };
+            data.insert("task_status_msg".into(), Value::String(message));
+            if let (Some(position), Some(queue)) =
+                (position, data.get_mut("queue").and_then(Value::as_object_mut))
+            {
+                queue.insert("position".into(), Value::from(position));
+            }
+        }
+        answer
     }
 
     fn find(&self, tenant: &str, endpoint: u8, id: &str) -> Result<Option<TaskRecord>, ApiError> {
@@ -378,11 +443,11 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
                     return self.store.reschedule_intent(&intent);
                 }
                 self.runtime.log(json!({"event": "intent", "outcome": "dropped", "problem": error.message}));
-                return self.store.delete_intent(&intent.nonce);
+                return self.drop_intent(&intent).await;
             }
         };
         let Some(task_id) = task::task_id_of(&data).map(str::to_owned) else {
-            return self.store.delete_intent(&intent.nonce);
+            return self.drop_intent(&intent).await;
         };
         // A task this coordinator knows from another create, or one Kling made before this
         // create (a client's own external id reused), is not this create's.
@@ -390,7 +455,7 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         if another_creates || !intent.may_be(&data) {
             self.runtime.log(json!({"event": "intent", "task_id": task_id,
                 "outcome": "dropped: Kling's task by that external id is another create's"}));
-            return self.store.delete_intent(&intent.nonce);
+            return self.drop_intent(&intent).await;
         }
         self.runtime.log(json!({"event": "intent", "task_id": task_id, "outcome": "recorded from Kling"}));
         self.register(Registration {
@@ -404,7 +469,17 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
             origin: intent.origin,
             data,
             max_jobs_hold: None,
+            holds_slot: intent.gated,
         })
+    }
+
+    /// Drops an intent Kling has no task for: its create never became a task, so the slot
+    /// it got at its account's gate (if it did) is free.
+    async fn drop_intent(&self, intent: &Intent) -> Result<(), ApiError> {
+        if intent.gated {
+            self.gates.call(Release { id: intent.nonce.clone() }).await?;
+        }
+        self.store.delete_intent(&intent.nonce)
     }
 
     /// Whether a create's record (not a callback's alone) is bound to this nonce.
@@ -650,9 +725,13 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
         if record.dropped {
             return self.forget(task_id).await;
         }
+        if record.queue_wait_over(self.runtime.now_ms()) {
+            self.end_waiting(task_id, &record.nonce, None).await?;
+        }
         if record.next_poll_at.is_some_and(|at| at <= self.runtime.now_ms()) {
             self.poll(task_id).await?;
         }
+        self.release_slot(task_id).await?;
         self.deliver(task_id).await?;
         self.write_edge_copy(task_id).await
     }
@@ -781,10 +860,10 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
     async fn poll(&self, task_id: &str) -> Result<(), ApiError> {
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         let Some(endpoint) = api::by_code(record.endpoint) else { return Ok(()) };
-        let answer = self.kling.current_task(endpoint, task_id).await;
+        let answer = self.kling.current_task(endpoint, record.kling_id()).await;
         let now = self.runtime.now_ms();
         let data = match answer {
-            Ok(data) if task::task_id_of(&data) == Some(task_id) => Some(data),
+            Ok(data) if task::task_id_of(&data) == Some(record.kling_id()) => Some(record.as_ours(&data)),
             Ok(_) => {
                 self.runtime.log(json!({"event": "poll", "task_id": task_id, "problem": "Kling answered about another task"}));
                 None
@@ -803,6 +882,17 @@ impl<S: TaskStore + AssetStore, K: Upstream, W: Webhooks, R: EdgeCopies, B: Resu
                 record.polled_without_news(now, &self.settings.poll);
             }
         })?;
+        Ok(())
+    }
+
+    /// Tells the gate that a task holding one of its account's slots ended, so the next
+    /// create in line goes; until it has, the step stays due.
+    async fn release_slot(&self, task_id: &str) -> Result<(), ApiError> {
+        let Some(record) = self.store.load(task_id)?.filter(TaskRecord::slot_release_due) else {
+            return Ok(());
+        };
+        self.gates.call(Release { id: record.nonce.clone() }).await?;
+        self.store.update(task_id, |record| record.holds_slot = false)?;
         Ok(())
     }
 

@@ -14,7 +14,7 @@
 //! callback that beats the record carries what is needed to record the task, and is merged
 //! into it, not lost.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::api::fields::{Target, Validated};
 use crate::api::surfaces::{Style, Surface};
@@ -24,18 +24,20 @@ use crate::error::{code, ApiError};
 use crate::ids::hex;
 use crate::links::asset_links::{self, AssetLink};
 use crate::links::capability::Capability;
-use crate::ports::{Coordinators, KlingApi, KlingReply, Limit, RateLimiter, Runtime, VideoProbe};
+use crate::ports::{Coordinators, Gates, KlingApi, KlingReply, Limit, RateLimiter, Runtime, VideoProbe};
 use crate::probe::video_check::{self, Policy};
+use crate::record::gate::{Admission, Ticket};
 use crate::record::intent::Intent;
 use crate::record::max_jobs::HoldOutcome;
+use crate::record::queued;
 use crate::record::USEAPI_STYLE;
 use crate::validate::{self, UrlPolicy};
 use crate::{kling::task, routes};
 
 use super::coordinator::Registration;
 use super::edge::{app_key, tenant_key, Answer, Edge, EdgePorts};
-use super::protocol;
 use super::upload::MIN_LIFE_FOR_CREATE_MS;
+use super::{gate_protocol, protocol, queue};
 
 /// Tries of recording a create with its coordinator (after the answer), and the waits before each.
 pub const RECORD_RETRY_MS: [u64; 3] = [0, 200, 1_000];
@@ -44,6 +46,11 @@ pub const RECORD_RETRY_MS: [u64; 3] = [0, 200, 1_000];
 const MAX_JOBS_HOLD_MARGIN_MS: u64 = 10_000;
 /// A create's intent is first checked at Kling this long after the create's deadline.
 pub const INTENT_MARGIN_MS: u64 = 10_000;
+/// The largest create body that may wait in line (its coordinator keeps it in one row).
+pub const MAX_QUEUED_BODY_BYTES: usize = 1024 * 1024;
+/// When a create refused because the line is full (or its body too large to wait) may try
+/// again.
+pub const BUSY_RETRY_AFTER_SECS: u64 = 10;
 
 /// A create's outcome: the answer, the task to record once it is sent, and the body's
 /// fields that were dropped (for `X-Kling-Edge-Ignored`).
@@ -158,7 +165,7 @@ impl<P: EdgePorts> Edge<'_, P> {
             nonce: capability.nonce.clone(),
             endpoint: endpoint.code,
             tenant: client.tenant.clone(),
-            external_task_id,
+            external_task_id: external_task_id.clone(),
             client_callback_url: client_webhook.clone(),
             style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
             reply_ref: validated.options.reply_ref.clone(),
@@ -166,19 +173,73 @@ impl<P: EdgePorts> Edge<'_, P> {
             created_at: self.runtime.now_ms(),
             check_at: self.runtime.now_ms() + u64::from(self.config.kling_timeout_ms) + INTENT_MARGIN_MS,
             checks: 0,
+            gated: self.config.kling_max_concurrency > 0,
         };
-        // Recorded while Kling is called, so the create answers as fast as Kling does.
-        let (intended, reply) = futures_util::future::join(
-            self.coordinators.call(shard, protocol::Intend(intent)),
-            self.kling.create(endpoint, &upstream),
-        )
-        .await;
-        if let Err(error) = &intended {
-            self.runtime.log(json!({"event": "intend", "problem": error.message}));
-        }
-        // A create whose outcome is unknown (no answer in time) keeps its intent: Kling may
-        // have the task.
+        let ticket = Ticket { id: capability.nonce.clone(), tenant: client.tenant.clone() };
+        let waiting = Waiting {
+            client,
+            surface,
+            shard,
+            nonce: &capability.nonce,
+            external_task_id: &external_task_id,
+            client_webhook: client_webhook.clone(),
+            reply_ref: validated.options.reply_ref.clone(),
+            ignored: validated.ignored.clone(),
+        };
+        let gated = intent.gated;
+        // The intent is recorded while the gate is asked, and the gate skipped when the line
+        // is off, so a create that finds a free slot answers as fast as Kling does.
+        let (admission, reply) = if gated {
+            let (admitted, intended) = futures_util::future::join(
+                self.gates.call(gate_protocol::Admit { ticket }),
+                self.coordinators.call(shard, protocol::Intend(intent)),
+            )
+            .await;
+            if let Err(error) = &intended {
+                self.runtime.log(json!({"event": "intend", "problem": error.message}));
+            }
+            match admitted {
+                // The record the enqueue writes holds the create (its intent is not needed).
+                Ok(Admission::Queued { position }) => {
+                    return self.queue_create(&waiting, upstream, Some(position)).await;
+                }
+                Ok(Admission::Full { bound }) => {
+                    self.abandon(shard, &capability.nonce).await;
+                    return Err(queue_full(bound));
+                }
+                Ok(admission) => (Some(admission), self.kling.create(endpoint, &upstream).await),
+                // A gate that cannot answer lets the create through, as it would go without one.
+                Err(error) => {
+                    self.runtime.log(json!({"event": "gate", "problem": error.message}));
+                    (None, self.kling.create(endpoint, &upstream).await)
+                }
+            }
+        } else {
+            let (intended, reply) = futures_util::future::join(
+                self.coordinators.call(shard, protocol::Intend(intent)),
+                self.kling.create(endpoint, &upstream),
+            )
+            .await;
+            if let Err(error) = &intended {
+                self.runtime.log(json!({"event": "intend", "problem": error.message}));
+            }
+            (None, reply)
+        };
+        let holds_slot = matches!(admission, Some(Admission::Go | Admission::Holding));
+        // A create whose outcome is unknown (no answer in time) keeps its intent (and its
+        // slot): Kling may have the task.
         let reply = reply?;
+        if holds_slot && queue::is_over_concurrency(reply.status, &reply.body) {
+            // Kling has fewer slots than the gate believed: the create waits at the front of
+            // its tenant's line instead of failing, and the gate learns.
+            let created = self.queue_create(&waiting, upstream, None).await?;
+            if let Err(error) = self.gates.call(gate_protocol::Refused { id: capability.nonce.clone() }).await
+            {
+                self.runtime.log(json!({"event": "gate", "problem": error.message}));
+            }
+            return Ok(created);
+        }
+        drop(upstream);
 
         let data = task::envelope_data(&reply.body).filter(|_| reply.status == 200);
         let record = match data.as_ref().map(|data| (data, task::task_id_of(data))) {
@@ -195,6 +256,7 @@ impl<P: EdgePorts> Edge<'_, P> {
                     origin: Some(self.origin.to_owned()),
                     data: data.clone(),
                     max_jobs_hold,
+                    holds_slot,
                 },
             }),
             Some((_, None)) => {
@@ -205,11 +267,11 @@ impl<P: EdgePorts> Edge<'_, P> {
             None => None,
         };
         if record.is_none() {
-            // Kling refused it: there is no task to look for.
-            let abandon = protocol::Abandon { nonce: capability.nonce.clone() };
-            if let Err(error) = self.coordinators.call(shard, abandon).await {
-                self.runtime.log(json!({"event": "abandon", "problem": error.message}));
+            // Kling refused it: there is no task to look for, and its slot is free.
+            if holds_slot {
+                self.release_slot(&capability.nonce).await;
             }
+            self.abandon(shard, &capability.nonce).await;
         }
         let answer = match (surface.style, data) {
             (Style::Kling, _) => Answer::Kling(reply),
@@ -217,6 +279,86 @@ impl<P: EdgePorts> Edge<'_, P> {
             (Style::UseApi, None) => return Err(kling_refusal(&reply)),
         };
         Ok(Created { answer, record, ignored: validated.ignored })
+    }
+
+    /// Puts a create in line at its tenant's coordinator (it holds the body until the gate
+    /// sends it) and answers it at once: the worker's task id, `submitted`, its place in line
+    /// (`None`: back at the front after a 1303). A body too large to wait is refused instead.
+    async fn queue_create(
+        &self,
+        waiting: &Waiting<'_>,
+        upstream: Map<String, Value>,
+        position: Option<u32>,
+    ) -> Result<Created, ApiError> {
+        let Waiting { client, surface, shard, nonce, .. } = *waiting;
+        let body_bytes = serde_json::to_vec(&upstream).map_or(usize::MAX, |body| body.len());
+        let now = self.runtime.now_ms();
+        let task_id = queued::edge_task_id(nonce);
+        let data = queued::waiting_data(&task_id, waiting.external_task_id, now);
+        let enqueue = protocol::Enqueue {
+            registration: Registration {
+                task_id,
+                endpoint: surface.endpoint.code,
+                nonce: nonce.to_owned(),
+                tenant: client.tenant.clone(),
+                client_callback_url: waiting.client_webhook.clone(),
+                style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
+                reply_ref: waiting.reply_ref.clone(),
+                origin: Some(self.origin.to_owned()),
+                data: data.clone(),
+                max_jobs_hold: None,
+                holds_slot: false,
+            },
+            body: upstream,
+            max_wait_ms: self.config.queue_max_wait_ms,
+        };
+        let enqueued = match body_bytes > MAX_QUEUED_BODY_BYTES {
+            true => Err(ApiError::new(
+                429,
+                code::RATE_LIMITED,
+                format!("the Kling account is busy, and a create of over {MAX_QUEUED_BODY_BYTES} bytes cannot wait in line (send images as http(s) URLs); retry shortly"),
+            )
+            .with_retry_after(BUSY_RETRY_AFTER_SECS)),
+            false => self.coordinators.call(shard, enqueue).await,
+        };
+        if let Err(error) = enqueued {
+            // Out of line again, if it is still there: nothing will send it.
+            let cancel = gate_protocol::CancelTicket { id: nonce.to_owned(), tenant: client.tenant.clone() };
+            if let Err(problem) = self.gates.call(cancel).await {
+                self.runtime.log(json!({"event": "gate", "problem": problem.message}));
+            }
+            self.abandon(shard, nonce).await;
+            return Err(error);
+        }
+        let mut data = data;
+        if let Some(object) = data.as_object_mut() {
+            object.insert(
+                "task_status_msg".into(),
+                Value::String(queued::status_message(Some(position.unwrap_or(1)))),
+            );
+            object.insert("queue".into(), json!({"position": position.unwrap_or(1), "queued_at": now}));
+        }
+        self.runtime.log(json!({"event": "queued", "task_id": data["task_id"], "position": position}));
+        let answer = match surface.style {
+            Style::Kling => Answer::Success(data),
+            Style::UseApi => Answer::UseApi(useapi::task_answer(&data)),
+        };
+        Ok(Created { answer, record: None, ignored: waiting.ignored.clone() })
+    }
+
+    /// Drops a create's intent: it never reached Kling, or Kling refused it.
+    async fn abandon(&self, shard: &str, nonce: &str) {
+        let abandon = protocol::Abandon { nonce: nonce.to_owned() };
+        if let Err(error) = self.coordinators.call(shard, abandon).await {
+            self.runtime.log(json!({"event": "abandon", "problem": error.message}));
+        }
+    }
+
+    /// Gives a slot the create got at once back to the gate: Kling refused the create.
+    async fn release_slot(&self, nonce: &str) {
+        if let Err(error) = self.gates.call(gate_protocol::Release { id: nonce.to_owned() }).await {
+            self.runtime.log(json!({"event": "gate", "problem": error.message}));
+        }
     }
 
     /// useapi.net's `maxJobs`: holds one of the tenant's job slots in its coordinator, or
@@ -353,6 +495,28 @@ impl<P: EdgePorts> Edge<'_, P> {
             )),
         }
     }
+}
+
+/// What a create to be queued needs besides its body.
+struct Waiting<'a> {
+    client: &'a Client,
+    surface: &'static Surface,
+    shard: &'a str,
+    nonce: &'a str,
+    external_task_id: &'a str,
+    client_webhook: Option<String>,
+    reply_ref: Option<String>,
+    ignored: Vec<&'static str>,
+}
+
+/// A tenant's line is full (`QUEUE_MAX_PER_TENANT`).
+fn queue_full(bound: u32) -> ApiError {
+    ApiError::new(
+        429,
+        code::RATE_LIMITED,
+        format!("queue: {bound} of your creates already wait for a free Kling slot, the most one client may have waiting (QUEUE_MAX_PER_TENANT); retry when one has started"),
+    )
+    .with_retry_after(BUSY_RETRY_AFTER_SECS)
 }
 
 /// Kling's own refusal of a create, as an error a useapi.net-style client reads.

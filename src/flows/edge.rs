@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::ports::{
-    AssetBucket, Coordinators, EdgeCopies, KlingApi, KlingReply, RateLimiter, Runtime, VideoProbe,
+    AssetBucket, Coordinators, EdgeCopies, Gates, KlingApi, KlingReply, RateLimiter, Runtime, VideoProbe,
 };
 
 /// What a flow answers a client with (the Worker adds the envelope's `request_id` and the
@@ -32,6 +32,7 @@ pub enum Answer {
 pub trait EdgePorts {
     type Kling: KlingApi;
     type Coordinators: Coordinators;
+    type Gates: Gates;
     type Limiter: RateLimiter;
     type Probe: VideoProbe;
     type EdgeCopies: EdgeCopies;
@@ -48,6 +49,8 @@ pub struct Edge<'a, P: EdgePorts> {
     pub origin: &'a str,
     pub kling: &'a P::Kling,
     pub coordinators: &'a P::Coordinators,
+    /// The Kling account's gate (`super::gate`): creates past its concurrency wait in line.
+    pub gates: &'a P::Gates,
     pub limiter: &'a P::Limiter,
     pub probe: &'a P::Probe,
     pub edge_copies: &'a P::EdgeCopies,

@@ -27,7 +27,7 @@ use crate::probe::video_check::Outcome;
 use crate::record::max_jobs::{self, Holds};
 use crate::testing::{
     block_on, config, run_together, run_until_crash, CreateScript, MemoryBucket, MemoryCoordinators,
-    MemoryKv, MemoryLimiter, MemoryStore, Receiver, ScriptedKling, ScriptedProbe, TestRuntime,
+    MemoryGates, MemoryKv, MemoryLimiter, MemoryStore, Receiver, ScriptedKling, ScriptedProbe, TestRuntime,
 };
 use crate::validate::Page;
 
@@ -43,8 +43,9 @@ struct World {
     receiver: Receiver,
     kv: MemoryKv,
     bucket: MemoryBucket,
-    runtime: TestRuntime,
+    runtime: Rc<TestRuntime>,
     settings: Settings,
+    gates: MemoryGates,
     stores: RefCell<BTreeMap<String, Rc<MemoryStore>>>,
     prompts: RefCell<BTreeMap<String, Rc<PromptSteps>>>,
     coordinators_down: Cell<bool>,
@@ -59,6 +60,7 @@ struct TestPorts<'a>(std::marker::PhantomData<&'a ()>);
 impl<'a> EdgePorts for TestPorts<'a> {
     type Kling = ScriptedKling;
     type Coordinators = MemoryCoordinators<'a>;
+    type Gates = MemoryGates;
     type Limiter = MemoryLimiter;
     type Probe = ScriptedProbe;
     type EdgeCopies = MemoryKv;
@@ -75,7 +77,9 @@ impl World {
 
     fn with(settings: &[(&str, &str)]) -> World {
         let config = config(settings);
+        let runtime = Rc::new(TestRuntime::default());
         let world = World {
+            gates: MemoryGates::new(runtime.clone(), config.kling_max_concurrency),
             settings: Settings {
                 poll: config.kling_poll.clone(),
                 forward: config.forward_retry.clone(),
@@ -86,13 +90,14 @@ impl World {
                     ttl_secs: 3600,
                     public_base_url: None,
                 },
+                send_deadline_ms: u64::from(config.kling_timeout_ms) + 5_000,
             },
             config,
             kling: ScriptedKling::default(),
             receiver: Receiver::default(),
             kv: MemoryKv::default(),
             bucket: MemoryBucket::default(),
-            runtime: TestRuntime::default(),
+            runtime,
             stores: RefCell::default(),
             prompts: RefCell::default(),
             coordinators_down: Cell::new(false),
@@ -116,6 +121,7 @@ impl World {
             prompts: &self.prompts,
             down: &self.coordinators_down,
             calls: &self.coordinator_calls,
+            gates: &self.gates,
         }
     }
 
@@ -127,11 +133,12 @@ impl World {
             origin: ORIGIN,
             kling: &self.kling,
             coordinators: &coordinators,
+            gates: &self.gates,
             limiter: &self.limiter,
             probe: &self.probe,
             edge_copies: &self.kv,
             assets: &self.bucket,
-            runtime: &self.runtime,
+            runtime: &*self.runtime,
         };
         flow(&edge)
     }
@@ -204,6 +211,15 @@ impl World {
                     block_on(coordinator.run_due()).unwrap();
                     ran = true;
                 }
+            }
+            // The gate's alarm, which sends waiting creates through their coordinators.
+            let gate = self.gates.flows(&coordinators);
+            if let Some(due) = gate.next_due().unwrap().filter(|due| *due <= end) {
+                if due > self.runtime.now.get() {
+                    self.runtime.now.set(due);
+                }
+                block_on(gate.run_due()).unwrap();
+                ran = true;
             }
             if !ran {
                 break;
@@ -413,8 +429,7 @@ fn a_valid_create_over_the_create_limit_reaches_no_coordinator_and_no_kling() {
 #[test]
 fn kling_refusing_a_create_is_passed_on_and_records_nothing() {
     let world = World::new();
-    let refusal =
-        json!({"code": 1303, "message": "parallel task over resource pack limit", "request_id": "k-1"});
+    let refusal = json!({"code": 1102, "message": "resource pack exhausted", "request_id": "k-1"});
     let reply = KlingReply { status: 429, body: refusal.to_string().into_bytes() };
     world.kling.create_scripts.borrow_mut().push_back(CreateScript::Reply(reply.clone()));
     let created = world.create(&server("web"), &V2A, json!({"video_url": VIDEO})).unwrap();
@@ -423,8 +438,9 @@ fn kling_refusing_a_create_is_passed_on_and_records_nothing() {
 
     world.kling.create_scripts.borrow_mut().push_back(CreateScript::Reply(reply));
     let refusal = world.create(&server("web"), &ADD_SOUND, json!({"video": VIDEO})).unwrap_err();
-    assert_eq!((refusal.status, refusal.code), (429, 1303), "useapi.net's shape: {refusal}");
-    assert!(refusal.message.contains("parallel task over resource pack limit"), "{refusal}");
+    assert_eq!((refusal.status, refusal.code), (429, 1102), "useapi.net's shape: {refusal}");
+    assert!(refusal.message.contains("resource pack exhausted"), "{refusal}");
+    assert_eq!(world.gates.store.gate.borrow().counts(), (0, 0), "the refused creates' slots are free");
 
     world
         .kling
@@ -621,7 +637,13 @@ fn the_create_cut_off_at_any_await_spends_at_most_once_and_loses_no_task_kling_c
         let sent = world.kling.created.borrow().len();
         assert!(sent <= 1, "cut after {cut} polls: {sent} creates");
         if sent == 0 {
-            world.assert_nothing_spent("cut before Kling");
+            // Cut before Kling: at most the create's intent and its slot at the gate are
+            // left, and both go once Kling is found to have no such task.
+            world.run_alarms_for(3 * 3_600_000);
+            let stored = world.stores.borrow().values().map(|store| store.all().len()).sum::<usize>();
+            assert_eq!(stored, 0, "cut after {cut}: nothing kept");
+            assert_eq!(world.gates.store.gate.borrow().counts(), (0, 0), "cut after {cut}: the slot is free");
+            assert!(world.kling.created.borrow().is_empty(), "cut after {cut}: Kling was called");
         }
         // The create's record may be cut off too, at any point.
         let mut recorded_cut = 0;
@@ -762,7 +784,7 @@ fn a_create_whose_record_and_callbacks_are_all_lost_is_found_at_kling_by_its_ext
             world.edge(|edge| run_until_crash(edge.create(&client, &V2A, body.clone().into_bytes()), cut));
         let store = world.coordinators().store(&task::tenant_shard("web"));
         let intended = !store.due_intents(u64::MAX, 10).unwrap().is_empty();
-        if world.kling.created.borrow().len() == 1 && intended {
+        if world.kling.tasks.borrow().contains_key("task-1") && intended {
             // Kling finishes the task; its callbacks are lost.
             let task_id = "task-1";
             let mut done = report(task_id, "succeed", START + 5, true);

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::ports::{Dispatched, Dispatcher, GateStore, Runtime};
-use crate::record::gate::{Admission, Cancel, Ticket};
+use crate::record::gate::{Admission, Cancel, GateView, InLine, Ticket};
 
 /// How many creates one alarm sends at once.
 pub const DISPATCH_PARALLEL: usize = 6;
@@ -90,6 +90,21 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
             self.store.save_gate(&gate)?;
         }
         Ok(cancel)
+    }
+
+    /// Where the create `id` waits in line (1 is next), if it waits.
+    pub fn position(&self, id: &str) -> Result<Option<u32>, ApiError> {
+        Ok(self.store.load_gate()?.position(id))
+    }
+
+    /// A tenant's creates in line, in the order they will go.
+    pub fn waiting_for(&self, tenant: &str) -> Result<Vec<InLine>, ApiError> {
+        Ok(self.store.load_gate()?.waiting_for(tenant))
+    }
+
+    /// The account's slots and line now.
+    pub fn look(&self) -> Result<GateView, ApiError> {
+        Ok(self.store.load_gate()?.view(self.settings.capacity, self.runtime.now_ms()))
     }
 
     /// The alarm: drops creates that waited too long (their coordinators end them by the

@@ -11,13 +11,17 @@
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::ApiError;
-use crate::ports::{AssetStore, EdgeCopies, ResultBucket, Runtime, TaskStore, Upstream, Webhooks};
+use crate::ports::{
+    AssetStore, Dispatched, EdgeCopies, Gates, ResultBucket, Runtime, TaskStore, Upstream, Webhooks,
+};
 use crate::record::asset::{Admission, Asset, Measured};
+use crate::record::gate::InLine;
 use crate::record::intent::Intent;
 use crate::record::max_jobs::HoldOutcome;
+use crate::record::queued::TenantLine;
 use crate::record::TaskAnswer;
 
 use super::coordinator::{Coordinator, Registration};
@@ -44,6 +48,37 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepNow {
     pub task_id: String,
+}
+
+/// A create that waits at the edge for a free Kling slot (`crate::record::queued`): its
+/// registration (the worker's task id, its waiting data) and the body to send Kling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Enqueue {
+    pub registration: Registration,
+    pub body: Map<String, Value>,
+    /// `QUEUE_MAX_WAIT_SECONDS`, in ms.
+    pub max_wait_ms: u64,
+}
+
+/// The gate's turn for a queued create (its ticket is the create's nonce): send it to Kling.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dispatch {
+    pub nonce: String,
+}
+
+/// A client's cancel of one of its tasks of `endpoint`, by the id it was given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelTask {
+    pub tenant: String,
+    pub endpoint: u8,
+    pub id: String,
+}
+
+/// The tenant's creates in line (as the gate has them, by ticket), as its client sees them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    pub tenant: String,
+    pub waiting: Vec<InLine>,
 }
 
 /// One task, by task id or external task id: its answer (Kling's data with the worker's
@@ -175,6 +210,18 @@ impl Call for DeleteAsset {
 impl Call for Register {
     type Answer = ();
 }
+impl Call for Enqueue {
+    type Answer = ();
+}
+impl Call for Dispatch {
+    type Answer = Dispatched;
+}
+impl Call for CancelTask {
+    type Answer = TaskAnswer;
+}
+impl Call for Line {
+    type Answer = TenantLine;
+}
 impl Call for Report {
     /// The task's prompt step, if the report made its step due and it was promised one.
     type Answer = Option<StepNow>;
@@ -209,6 +256,10 @@ impl Call for CopySource {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Register(Register),
+    Enqueue(Enqueue),
+    Dispatch(Dispatch),
+    CancelTask(CancelTask),
+    Line(Line),
     Report(Report),
     StepNow(StepNow),
     Query(Query),
@@ -237,6 +288,10 @@ macro_rules! into_request {
 }
 into_request!(
     Register,
+    Enqueue,
+    Dispatch,
+    CancelTask,
+    Line,
     Report,
     StepNow,
     Query,
@@ -258,9 +313,13 @@ impl Request {
     /// The tenant the request speaks for, if it is a client's.
     pub fn tenant(&self) -> Option<&str> {
         match self {
-            Request::Register(Register(registration)) => Some(&registration.tenant),
+            Request::Register(Register(registration)) | Request::Enqueue(Enqueue { registration, .. }) => {
+                Some(&registration.tenant)
+            }
             Request::Intend(Intend(intent)) => Some(&intent.tenant),
             Request::Query(Query { tenant, .. })
+            | Request::CancelTask(CancelTask { tenant, .. })
+            | Request::Line(Line { tenant, .. })
             | Request::List(List { tenant, .. })
             | Request::HoldJob(HoldJob { tenant, .. })
             | Request::BeginUpload(BeginUpload { tenant, .. })
@@ -270,6 +329,7 @@ impl Request {
             | Request::ListAssets(ListAssets { tenant, .. })
             | Request::DeleteAsset(DeleteAsset { tenant, .. }) => Some(tenant),
             Request::Report(_)
+            | Request::Dispatch(_)
             | Request::StepNow(_)
             | Request::ReleaseJob(_)
             | Request::Abandon(_)
@@ -280,6 +340,10 @@ impl Request {
     pub fn op(&self) -> &'static str {
         match self {
             Request::Register(_) => "register",
+            Request::Enqueue(_) => "enqueue",
+            Request::Dispatch(_) => "dispatch",
+            Request::CancelTask(_) => "cancel_task",
+            Request::Line(_) => "line",
             Request::Report(_) => "report",
             Request::StepNow(_) => "step_now",
             Request::Query(_) => "query",
@@ -340,7 +404,10 @@ pub fn decode<C: Call>(bytes: &[u8]) -> Result<C::Answer, ApiError> {
 }
 
 /// The object's side: reads a request, runs its flow, and answers in JSON.
-pub async fn serve<S, K, W, R, B, T>(coordinator: &Coordinator<'_, S, K, W, R, B, T>, body: &[u8]) -> String
+pub async fn serve<S, K, W, R, B, T, G>(
+    coordinator: &Coordinator<'_, S, K, W, R, B, T, G>,
+    body: &[u8],
+) -> String
 where
     S: TaskStore + AssetStore,
     K: Upstream,
@@ -348,6 +415,7 @@ where
     R: EdgeCopies,
     B: ResultBucket,
     T: Runtime,
+    G: Gates,
 {
     fn answer<A: Serialize>(result: Result<A, ApiError>) -> String {
         serde_json::to_string(&WireAnswer::from(result)).unwrap_or_else(|_| {
@@ -365,6 +433,14 @@ where
     }
     match request {
         Request::Register(Register(registration)) => answer(coordinator.register(registration)),
+        Request::Enqueue(Enqueue { registration, body, max_wait_ms }) => {
+            answer(coordinator.enqueue(registration, body, max_wait_ms))
+        }
+        Request::Dispatch(Dispatch { nonce }) => answer(coordinator.dispatch(&nonce).await),
+        Request::CancelTask(CancelTask { tenant, endpoint, id }) => {
+            answer(coordinator.cancel(&tenant, endpoint, &id).await)
+        }
+        Request::Line(Line { waiting, .. }) => answer(coordinator.line(&waiting)),
         Request::Report(Report { nonce, endpoint, report }) => {
             answer(coordinator.report(&nonce, endpoint, &report))
         }

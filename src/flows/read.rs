@@ -76,7 +76,7 @@ impl<P: EdgePorts> Edge<'_, P> {
     }
 
     /// A task of `shard` as JSON, with fresh signed links to its result copies.
-    fn render(&self, shard: &str, task: &TaskAnswer) -> Value {
+    pub(crate) fn render(&self, shard: &str, task: &TaskAnswer) -> Value {
         let minter = Minter {
             key: &self.config.link_key,
             origin: self.origin,

@@ -2,6 +2,8 @@
 //! failing, receivers down, callbacks duplicated, reordered and racing an alarm, and the
 //! alarm cut off at every `await` and run again.
 
+use std::rc::Rc;
+
 use serde_json::{json, Value};
 
 use super::coordinator::{Coordinator, LinkSettings, Registration, Settings};
@@ -15,8 +17,8 @@ use crate::record::delivery::DeliveryState;
 use crate::record::edge_copy::{self, EdgeCopy};
 use crate::schedule::Schedule;
 use crate::testing::{
-    block_on, poll_once, run_until_crash, MemoryBucket, MemoryKv, MemoryStore, Receiver, ScriptedKling,
-    TestRuntime,
+    block_on, poll_once, run_until_crash, MemoryBucket, MemoryGates, MemoryKv, MemoryStore, Receiver,
+    ScriptedKling, TestRuntime,
 };
 
 const START: u64 = 1_800_000_000_000;
@@ -35,20 +37,23 @@ struct World {
     receiver: Receiver,
     kv: MemoryKv,
     bucket: MemoryBucket,
-    runtime: TestRuntime,
+    runtime: Rc<TestRuntime>,
     settings: Settings,
     prompts: PromptSteps,
+    gates: MemoryGates,
 }
 
 impl World {
     fn new() -> World {
+        let runtime = Rc::new(TestRuntime::default());
         let world = World {
             store: MemoryStore::default(),
             kling: ScriptedKling::default(),
             receiver: Receiver::default(),
             kv: MemoryKv::default(),
             bucket: MemoryBucket::default(),
-            runtime: TestRuntime::default(),
+            gates: MemoryGates::new(runtime.clone(), 2),
+            runtime,
             prompts: PromptSteps::default(),
             settings: Settings {
                 poll: crate::config::default_delays("KLING_POLL_SECONDS"),
@@ -60,6 +65,7 @@ impl World {
                     ttl_secs: 3600,
                     public_base_url: None,
                 },
+                send_deadline_ms: 35_000,
             },
         };
         world.runtime.now.set(START);
@@ -68,8 +74,10 @@ impl World {
 
     fn coordinator(
         &self,
-    ) -> Coordinator<'_, MemoryStore, ScriptedKling, Receiver, MemoryKv, MemoryBucket, TestRuntime> {
+    ) -> Coordinator<'_, MemoryStore, ScriptedKling, Receiver, MemoryKv, MemoryBucket, TestRuntime, MemoryGates>
+    {
         Coordinator {
+            gates: &self.gates,
             shard: SHARD,
             store: &self.store,
             kling: &self.kling,
@@ -128,6 +136,7 @@ impl World {
                 origin: Some("https://edge.example.com".into()),
                 data,
                 max_jobs_hold: None,
+                holds_slot: false,
             })
             .unwrap();
         self.record(task_id).answer().data

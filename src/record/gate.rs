@@ -81,6 +81,30 @@ pub struct Gate {
     backoff_ms: u64,
 }
 
+/// A create in line: its ticket's id, its place (1 is next) and when it came.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InLine {
+    pub id: String,
+    pub position: u32,
+    pub queued_at: u64,
+}
+
+/// A gate's slots and line, as its operator and clients see them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateView {
+    /// `KLING_MAX_CONCURRENCY`.
+    pub capacity: u32,
+    /// The slots the gate uses now: the setting, or fewer for a while after a 1303.
+    pub slots: u32,
+    /// Creates holding a slot (at Kling, or being sent).
+    pub holding: u32,
+    /// Creates in line.
+    pub waiting: u32,
+    /// No create is sent before this (epoch ms), after a 1303.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<u64>,
+}
+
 /// How a create fared at the gate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
@@ -329,18 +353,33 @@ impl Gate {
         !self.line.is_empty() && self.can_dispatch(capacity, now)
     }
 
+    /// The account's slots and line at `now`, as `GET /v1/queue` shows them.
+    pub fn view(&self, capacity: u32, now: u64) -> GateView {
+        GateView {
+            capacity,
+            slots: self.slots(capacity, now),
+            holding: self.holders.len() as u32,
+            waiting: self.line.len() as u32,
+            paused_until: self.paused_until.filter(|until| *until > now),
+        }
+    }
+
     /// How many creates hold slots, and how many wait.
     pub fn counts(&self) -> (u32, u32) {
         (self.holders.len() as u32, self.line.len() as u32)
     }
 
     /// The creates of `tenant` in line, with their places, in the order they will go.
-    pub fn waiting_for(&self, tenant: &str) -> Vec<(String, u32, u64)> {
+    pub fn waiting_for(&self, tenant: &str) -> Vec<InLine> {
         self.order()
             .into_iter()
             .enumerate()
             .filter(|(_, i)| self.line[*i].ticket.tenant == tenant)
-            .map(|(place, i)| (self.line[i].ticket.id.clone(), place as u32 + 1, self.line[i].queued_at))
+            .map(|(place, i)| InLine {
+                id: self.line[i].ticket.id.clone(),
+                position: place as u32 + 1,
+                queued_at: self.line[i].queued_at,
+            })
             .collect()
     }
 }
@@ -406,7 +445,7 @@ mod tests {
             gate.admit(ticket(id, tenant), 1, 100, NOW);
         }
         assert_eq!(
-            gate.waiting_for("a").iter().map(|(id, place, _)| (id.as_str(), *place)).collect::<Vec<_>>(),
+            gate.waiting_for("a").iter().map(|w| (w.id.as_str(), w.position)).collect::<Vec<_>>(),
             [("a0", 1), ("a1", 4), ("a2", 6)]
         );
         gate.release("hold");
@@ -627,7 +666,11 @@ mod tests {
         gate.admit(ticket("b0", "b"), 2, 100, NOW + 10);
         assert!(gate.refused("a0", false, NOW + 20_000));
         assert_eq!(gate.position("a0"), Some(1), "before b0, though b was never served");
-        assert_eq!(gate.waiting_for("a"), [("a0".to_owned(), 1, NOW)], "it waits since it came");
+        assert_eq!(
+            gate.waiting_for("a"),
+            [InLine { id: "a0".to_owned(), position: 1, queued_at: NOW }],
+            "it waits since it came"
+        );
         assert_eq!(gate.expire(30_000, NOW + 30_000), [ticket("a0", "a")], "its wait counts from then");
     }
 

@@ -51,6 +51,10 @@ pub struct Intent {
     /// How many checks found nothing.
     #[serde(default)]
     pub checks: u32,
+    /// The create got one of its account's slots at the gate (its ticket: the nonce): the
+    /// task found holds it, and a create never found gives it back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gated: bool,
 }
 
 impl Intent {
@@ -107,6 +111,7 @@ mod tests {
             created_at: 1_000,
             check_at: 0,
             checks: 0,
+            gated: false,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod edge_copy;
 pub mod gate;
 pub mod intent;
 pub mod max_jobs;
+pub mod queued;
 pub mod table;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 use self::copies::Copy;
 use self::delivery::{Attempt, Delivery, DeliveryState};
+use self::queued::Queued;
 use crate::api;
 use crate::kling::task;
 use crate::kling::task::Results;
@@ -91,6 +93,17 @@ pub struct TaskRecord {
     /// (`crate::flows::prompt`); any step made clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_until: Option<u64>,
+    /// A create waiting at the edge for a free Kling slot (`queued`): its body, until Kling
+    /// takes it. The task id is then the worker's, and Kling's is [`Self::kling_task_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<Queued>,
+    /// Kling's id for a task that was queued at the edge (its `task_id` is the worker's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kling_task_id: Option<String>,
+    /// The task holds one of its account's slots at the gate (its ticket: the nonce) until
+    /// the coordinator tells the gate it ended.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub holds_slot: bool,
 }
 
 /// A task as its client reads it, before the links to its copies are minted: Kling's data
@@ -133,6 +146,9 @@ impl TaskRecord {
             copies: Vec::new(),
             dropped: false,
             prompt_until: None,
+            queued: None,
+            kling_task_id: None,
+            holds_slot: false,
         }
     }
 
@@ -193,7 +209,7 @@ impl TaskRecord {
     /// When Kling is asked next: never once complete or a day after creation; at once for a
     /// `succeed` that lacks its files (the first time); else after the schedule's next delay.
     pub fn schedule_poll(&mut self, now: u64, poll: &Schedule) {
-        self.next_poll_at = if self.is_complete() {
+        self.next_poll_at = if self.is_complete() || self.queued.is_some() {
             None
         } else if task::is_incomplete_success(&self.data, self.results()) && self.polls_since_news == 0 {
             Some(now)
@@ -206,7 +222,41 @@ impl TaskRecord {
     /// Whether a query should ask Kling now rather than answer from what is known.
     pub fn wants_refresh(&self, now: u64) -> bool {
         let heard = self.last_news_at.max(self.last_polled_at.unwrap_or(0));
-        !self.is_complete() && now.saturating_sub(heard) >= QUERY_REFRESH_MS
+        !self.is_complete() && self.queued.is_none() && now.saturating_sub(heard) >= QUERY_REFRESH_MS
+    }
+
+    /// The id Kling knows the task by (a task queued at the edge has the worker's id).
+    pub fn kling_id(&self) -> &str {
+        self.kling_task_id.as_deref().unwrap_or(&self.task_id)
+    }
+
+    /// A report from Kling about this task, with the worker's task id where Kling has its
+    /// own (a task queued at the edge): what the record and its client see.
+    pub fn as_ours(&self, report: &Value) -> Value {
+        let mut report = report.clone();
+        if let (Some(_), Some(object)) = (&self.kling_task_id, report.as_object_mut()) {
+            object.insert("task_id".into(), Value::String(self.task_id.clone()));
+        }
+        report
+    }
+
+    /// Whether the task's end must still be told to its account's gate, to free its slot.
+    pub fn slot_release_due(&self) -> bool {
+        self.holds_slot && !self.dropped && task::is_final(&self.data)
+    }
+
+    /// Whether a queued create has waited past its limit at `now` (and is not being sent).
+    pub fn queue_wait_over(&self, now: u64) -> bool {
+        self.queued.as_ref().is_some_and(|queued| queued.sending_since.is_none() && queued.wait_until <= now)
+    }
+
+    /// Ends a create that never reached Kling as failed, saying why; its webhook is queued.
+    pub fn end_unsent(&mut self, message: &str, now: u64) {
+        self.queued = None;
+        queued::failed(&mut self.data, message, now);
+        self.last_news_at = now;
+        self.next_poll_at = None;
+        self.queue_delivery(now);
     }
 
     /// Queues the task's current final state for the client's webhook, unless that very
@@ -234,6 +284,14 @@ impl TaskRecord {
     /// client gave a webhook, and the result copies.
     pub fn answer(&self) -> TaskAnswer {
         let mut data = self.data.clone();
+        if let Some(object) = data.as_object_mut() {
+            if let Some(kling_task_id) = &self.kling_task_id {
+                object.insert("kling_task_id".into(), Value::String(kling_task_id.clone()));
+            }
+            if let Some(queued) = &self.queued {
+                object.insert("queue".into(), serde_json::json!({"queued_at": queued.queued_at}));
+            }
+        }
         if self.client_callback_url.is_some() {
             if let (Some(object), Ok(delivery)) = (data.as_object_mut(), serde_json::to_value(&self.delivery))
             {
@@ -285,7 +343,10 @@ impl TaskRecord {
             .then_some(self.delivery.next_attempt_at)
             .flatten();
         let edge_copy = self.edge_copy_due(u64::MAX).then(|| self.edge_copy_retry_at.unwrap_or(0));
-        let due = [self.next_poll_at, delivery, edge_copy].into_iter().flatten().min();
+        let release = self.slot_release_due().then_some(0);
+        let waited =
+            self.queued.as_ref().filter(|queued| queued.sending_since.is_none()).map(|q| q.wait_until);
+        let due = [self.next_poll_at, delivery, edge_copy, release, waited].into_iter().flatten().min();
         due.map(|at| at.max(self.prompt_until.unwrap_or(0)))
     }
 

@@ -115,6 +115,7 @@ pub const EXPIRED: &str =
 pub const SAVE_INTENT: &str = "INSERT INTO intents (nonce, check_at, intent) VALUES (?, ?, ?)
      ON CONFLICT (nonce) DO UPDATE SET check_at = excluded.check_at, intent = excluded.intent";
 pub const DELETE_INTENT: &str = "DELETE FROM intents WHERE nonce = ?";
+pub const HAS_INTENT: &str = "SELECT nonce, intent FROM intents WHERE nonce = ?";
 pub const RESCHEDULE_INTENT: &str = "UPDATE intents SET check_at = ?, intent = ? WHERE nonce = ?";
 pub const DUE_INTENTS: &str =
     "SELECT nonce, intent FROM intents WHERE check_at <= ? ORDER BY check_at LIMIT ?";
@@ -206,6 +207,7 @@ mod tests {
             (DUE_INTENTS, "intents_check"),
             (NEXT_INTENT, "intents_check"),
             (DELETE_INTENT, "sqlite_autoindex_intents_1"),
+            (HAS_INTENT, "sqlite_autoindex_intents_1"),
             (LOAD_ASSET, "sqlite_autoindex_assets_1"),
             (ASSET_PAGE, "assets_newest"),
             (DUE_ASSETS, "assets_due"),

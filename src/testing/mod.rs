@@ -16,17 +16,21 @@ use crate::api::Endpoint;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::flows::coordinator::{Coordinator, Settings};
+use crate::flows::gate::{GateFlows, GateSettings};
+use crate::flows::gate_protocol::{self, GateCall};
 use crate::flows::prompt::PromptSteps;
 use crate::flows::protocol::{self, Call};
 use crate::ports::{
-    AssetBucket, AssetStore, Coordinators, EdgeCopies, KlingApi, KlingReply, Limit, RateLimiter,
-    ResultBucket, Runtime, TaskStore, UploadFault, Upstream, VideoProbe, Webhooks,
+    AssetBucket, AssetStore, Coordinators, Dispatched, Dispatcher, EdgeCopies, GateStore, Gates, KlingApi,
+    KlingReply, Limit, RateLimiter, ResultBucket, Runtime, TaskStore, UploadFault, Upstream, VideoProbe,
+    Webhooks,
 };
 use crate::probe::video_check;
 use crate::record::asset::Asset;
 use crate::record::copies::CopyOutcome;
 use crate::record::delivery::Attempt;
 use crate::record::edge_copy::{self, EdgeCopy};
+use crate::record::gate::{Gate, Ticket};
 use crate::record::intent::Intent;
 use crate::record::TaskRecord;
 
@@ -231,6 +235,11 @@ impl TaskStore for MemoryStore {
         Ok(())
     }
 
+    fn has_intent(&self, nonce: &str) -> Result<bool, ApiError> {
+        self.check()?;
+        Ok(self.intents.borrow().contains_key(nonce))
+    }
+
     fn reschedule_intent(&self, intent: &Intent) -> Result<(), ApiError> {
         self.check()?;
         if let Some(kept) = self.intents.borrow_mut().get_mut(&intent.nonce) {
@@ -348,6 +357,10 @@ impl ScriptedKling {
 }
 
 impl Upstream for ScriptedKling {
+    async fn create(&self, endpoint: &Endpoint, body: &Map<String, Value>) -> Result<KlingReply, ApiError> {
+        <ScriptedKling as KlingApi>::create(self, endpoint, body).await
+    }
+
     async fn current_task(&self, _endpoint: &Endpoint, task_id: &str) -> Result<Value, ApiError> {
         self.calls.set(self.calls.get() + 1);
         yield_once().await;
@@ -813,6 +826,7 @@ pub struct MemoryCoordinators<'a> {
     /// Makes every call fail as an unreachable object would (503).
     pub down: &'a Cell<bool>,
     pub calls: &'a RefCell<Vec<String>>,
+    pub gates: &'a MemoryGates,
 }
 
 impl MemoryCoordinators<'_> {
@@ -829,11 +843,13 @@ impl MemoryCoordinators<'_> {
         shard: &'s str,
         store: &'s MemoryStore,
         prompts: &'s PromptSteps,
-    ) -> Coordinator<'s, MemoryStore, ScriptedKling, Receiver, MemoryKv, MemoryBucket, TestRuntime> {
+    ) -> Coordinator<'s, MemoryStore, ScriptedKling, Receiver, MemoryKv, MemoryBucket, TestRuntime, MemoryGates>
+    {
         Coordinator {
             shard,
             store,
             prompts,
+            gates: self.gates,
             kling: self.kling,
             webhooks: self.receiver,
             edge_copies: self.kv,
@@ -860,5 +876,96 @@ impl Coordinators for MemoryCoordinators<'_> {
         let (store, prompts) = (self.store(shard), self.prompts(shard));
         let answer = protocol::serve(&self.coordinator(shard, &store, &prompts), body.as_bytes()).await;
         protocol::decode::<C>(answer.as_bytes())
+    }
+}
+
+/// A Kling account's gate kept whole in memory (kept across crashes, as the object's
+/// storage is), counting its saves.
+#[derive(Default)]
+pub struct MemoryGate {
+    pub gate: RefCell<Gate>,
+    pub saves: Cell<u32>,
+}
+
+impl GateStore for MemoryGate {
+    fn load_gate(&self) -> Result<Gate, ApiError> {
+        Ok(self.gate.borrow().clone())
+    }
+    fn save_gate(&self, gate: &Gate) -> Result<(), ApiError> {
+        self.saves.set(self.saves.get() + 1);
+        *self.gate.borrow_mut() = gate.clone();
+        Ok(())
+    }
+}
+
+/// The gate as its callers reach it: each call crosses as JSON to [`gate_protocol::serve`],
+/// as it does to the Durable Object. Its alarm is driven by the test ([`GateFlows::run_due`]
+/// with the coordinators as its dispatcher).
+pub struct MemoryGates {
+    pub store: MemoryGate,
+    pub settings: GateSettings,
+    /// The test's clock, shared.
+    pub runtime: Rc<TestRuntime>,
+    /// Makes every call fail as an unreachable object would (503).
+    pub down: Cell<bool>,
+    pub calls: RefCell<Vec<String>>,
+}
+
+impl MemoryGates {
+    /// A gate of `capacity` slots (the other settings as by default), on the test's clock.
+    pub fn new(runtime: Rc<TestRuntime>, capacity: u32) -> MemoryGates {
+        MemoryGates {
+            store: MemoryGate::default(),
+            settings: GateSettings {
+                capacity,
+                queue_bound: 20,
+                max_wait_ms: 1_800_000,
+                max_hold_ms: 25 * 3_600_000,
+                send_deadline_ms: 45_000,
+            },
+            runtime,
+            down: Cell::new(false),
+            calls: RefCell::default(),
+        }
+    }
+
+    /// The gate's flows, with `dispatcher` for its alarm.
+    pub fn flows<'a, D: Dispatcher>(
+        &'a self,
+        dispatcher: &'a D,
+    ) -> GateFlows<'a, MemoryGate, D, TestRuntime> {
+        GateFlows { store: &self.store, dispatcher, runtime: &self.runtime, settings: &self.settings }
+    }
+}
+
+/// The dispatcher a gate's request never uses (only its alarm sends creates).
+pub struct NoDispatch;
+
+impl Dispatcher for NoDispatch {
+    async fn dispatch(&self, _ticket: &Ticket) -> Dispatched {
+        Dispatched::Unknown
+    }
+}
+
+impl Gates for MemoryGates {
+    async fn call<C: GateCall>(&self, call: C) -> Result<C::Answer, ApiError> {
+        let body = gate_protocol::encode(call)?;
+        let op: Value = serde_json::from_str(&body).unwrap_or_default();
+        self.calls.borrow_mut().push(op["op"].as_str().unwrap_or_default().to_owned());
+        yield_once().await;
+        if self.down.get() {
+            return Err(ApiError::new(503, crate::error::code::UNAVAILABLE, "the gate is unavailable"));
+        }
+        let flows = self.flows(&NoDispatch);
+        gate_protocol::decode::<C>(gate_protocol::serve(&flows, body.as_bytes()).as_bytes())
+    }
+}
+
+/// The coordinators as the gate's alarm reaches them: a queued create's turn.
+impl Dispatcher for MemoryCoordinators<'_> {
+    async fn dispatch(&self, ticket: &Ticket) -> Dispatched {
+        let shard = crate::kling::task::tenant_shard(&ticket.tenant);
+        let call = protocol::Dispatch { nonce: ticket.id.clone() };
+        self.call(&shard, call).await.unwrap_or(Dispatched::Unknown)
     }
 }

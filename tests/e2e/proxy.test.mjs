@@ -253,13 +253,13 @@ describe('query', () => {
 });
 
 describe('Kling failures', () => {
-  it("passes Kling's own errors through unchanged", async () => {
-    const klingError = { code: 1303, message: 'parallel task over resource pack limit', request_id: 'kling-req-1303' };
+  it("passes Kling's own errors through unchanged (but 1303, which waits in line: queue.test.mjs)", async () => {
+    const klingError = { code: 1102, message: 'account balance not enough', request_id: 'kling-req-1102' };
     fake.injectFault({ method: 'POST', kind: 'status', status: 429, body: klingError });
     const response = await call(worker, 'POST', OFFICIAL, { key: WEB_KEY, body: { video_url: VIDEO } });
     assert.equal(response.status, 429);
     assert.deepEqual(response.json, klingError);
-    assert.equal(response.headers.get('x-request-id'), 'kling-req-1303');
+    assert.equal(response.headers.get('x-request-id'), 'kling-req-1102');
   });
 
   it('answers 502 when Kling drops a create, and never sends it twice', async () => {

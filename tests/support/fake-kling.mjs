@@ -123,7 +123,14 @@ function envelope(code, message, data) {
 }
 
 export class FakeKling {
-  constructor({ accessKey, secretKey, apiKey, autoProgress = false, webhookSecret, stepMs = 1500, resolveExternalFirst = false, resultBase } = {}) {
+  constructor({ accessKey, secretKey, apiKey, autoProgress = false, webhookSecret, stepMs = 1500, resolveExternalFirst = false, resultBase, maxConcurrency = Infinity } = {}) {
+    // Kling's account concurrency: a task holds a slot from `submitted` until it ends, and
+    // a create past the limit is refused with HTTP 429, code 1303. `otherRunning` plays
+    // another app's tasks on the same account; `peakRunning` is the most ever running.
+    this.maxConcurrency = maxConcurrency;
+    this.otherRunning = 0;
+    this.peakRunning = 0;
+    this.refusedOverConcurrency = 0;
     // Where the result links point: the stand-in's own /samples, or another file server
     // (`resultBase` + `/sample-audio.mp3`...), as Kling's CDN is another host.
     this.resultBase = resultBase;
@@ -175,6 +182,11 @@ export class FakeKling {
     return this.requests.filter(
       (r) => (!method || r.method === method) && r.path.startsWith(pathPrefix),
     );
+  }
+
+  /** How many of the account's tasks (this stand-in's) have not ended: each holds a slot. */
+  running() {
+    return [...this.tasks.values()].filter((t) => !['succeed', 'failed'].includes(t.data.task_status)).length;
   }
 
   /** Makes the next `count` matching calls fail: kind is 'drop', 'hang' or a status. */
@@ -339,6 +351,10 @@ export class FakeKling {
     if (externalId && [...this.tasks.values()].some((t) => t.data.task_info.external_task_id === externalId)) {
       return send(400, envelope(1201, 'external_task_id already exists'));
     }
+    if (this.running() + this.otherRunning >= this.maxConcurrency) {
+      this.refusedOverConcurrency += 1;
+      return send(429, envelope(1303, 'parallel task over resource pack limit'));
+    }
     const now = Date.now();
     const taskId = this.#newTaskId();
     const data = {
@@ -354,6 +370,7 @@ export class FakeKling {
     }
     const task = { data, callbackUrl: body.callback_url, body, path: endpoint };
     this.tasks.set(taskId, task);
+    this.peakRunning = Math.max(this.peakRunning, this.running());
     if (this.callbackBeforeAnswering && task.callbackUrl) {
       // Kling may call back before its create answer arrives: play that race, once.
       const status = this.callbackBeforeAnswering;

@@ -25,6 +25,10 @@ export function baseSettings(fake, extra = {}) {
     // VIDEO above does not exist, so nothing could measure it: the probe has its own tests
     // (probe.test.mjs), with real files on a local server.
     VIDEO_PROBE: 'off',
+    // The stand-in runs any number of tasks unless a test gives it Kling's concurrency: the
+    // gate admits every create at once here (and still holds and frees a slot for each);
+    // queue.test.mjs plays a busy account.
+    KLING_MAX_CONCURRENCY: '1000',
     ...extra,
   };
 }

@@ -260,7 +260,7 @@ export async function startDirectWorker(settings, { nullUploader = false } = {})
       bindings: settings,
       kvNamespaces: ['TASKS'],
       r2Buckets: ['RESULTS'],
-      durableObjects: { COORDINATOR: { className: 'TaskCoordinator', useSQLite: true } },
+      durableObjects: { COORDINATOR: { className: 'TaskCoordinator', useSQLite: true }, GATE: { className: 'AccountGate', useSQLite: true } },
       unsafeDirectSockets: [{ host: '127.0.0.1', port }],
     }, ...(nullUploader ? [{
       name: 'null-uploader',

@@ -1,0 +1,258 @@
+//! The Kling account's gate: a SQLite-backed Durable Object that holds the account's slots
+//! and the line of creates waiting for one (`crate::record::gate`), and the way the request
+//! path and the coordinators call it.
+//!
+//! **Why one object.** Kling counts concurrency per account, across every tenant and every
+//! key: only one place can know how many slots are held and who is next, and decide it
+//! atomically. The object runs the flows of `crate::flows::gate`: each request (admit,
+//! release, cancel) is a load, a rule and a save with no `await` between. Its alarm sends
+//! waiting creates to Kling through their tenants' coordinators (which hold each create's
+//! body), so the line survives eviction and restarts. The gate is one object per account,
+//! so its cost is one small request per create and one per task's end: at Cloudflare's
+//! ~1,000 requests a second per object it serves far more creates than an account can run.
+
+use std::cell::{Cell, RefCell};
+
+use serde::Deserialize;
+use worker::wasm_bindgen::{JsCast, JsValue};
+use worker::wasm_bindgen_futures::JsFuture;
+use worker::{durable_object, web_sys, Env, Request, Response, ScheduledTime, SqlStorage, State};
+
+use crate::config::Config;
+use crate::error::{code, ApiError};
+use crate::flows::gate::{GateFlows, GateSettings};
+use crate::flows::gate_protocol::{self, GateCall};
+use crate::flows::protocol::{self, WireAnswer};
+use crate::kling::task;
+use crate::ports::{Coordinators, Dispatched, Dispatcher, GateStore, Gates};
+use crate::record::gate::{Gate, Ticket};
+use crate::schedule::POLL_HORIZON_MS;
+
+use super::clock::{self, WorkerRuntime};
+use super::config;
+use super::coordinator::{DurableCoordinators, RawStub};
+
+/// The Durable Object binding in `wrangler.toml`.
+pub const BINDING: &str = "GATE";
+/// The object of the deployment's one Kling account.
+pub const ACCOUNT: &str = "account:default";
+/// A slot is taken back this long after its task started if its end was never learned:
+/// past the day its coordinator follows it.
+const MAX_HOLD_MARGIN_MS: u64 = 60 * 60 * 1000;
+/// The gate sends a create again only after its coordinator would look for it at Kling.
+const RESEND_MARGIN_MS: u64 = 15_000;
+/// How long a coordinator's send may go unanswered before it looks for the task at Kling.
+pub const SEND_MARGIN_MS: u64 = 5_000;
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS gate (id INTEGER PRIMARY KEY, state TEXT NOT NULL)";
+const LOAD: &str = "SELECT state FROM gate WHERE id = 0";
+const SAVE: &str = "INSERT OR REPLACE INTO gate (id, state) VALUES (0, ?)";
+
+/// What the gate follows, from the deployment's settings.
+pub fn settings(config: &Config) -> GateSettings {
+    GateSettings {
+        capacity: config.kling_max_concurrency,
+        queue_bound: config.queue_max_per_tenant,
+        max_wait_ms: config.queue_max_wait_ms,
+        max_hold_ms: POLL_HORIZON_MS + MAX_HOLD_MARGIN_MS,
+        send_deadline_ms: u64::from(config.kling_timeout_ms) + SEND_MARGIN_MS + RESEND_MARGIN_MS,
+    }
+}
+
+#[durable_object]
+pub struct AccountGate {
+    state: State,
+    env: Env,
+    /// The gate as last read or written (this object is its only writer).
+    gate: RefCell<Option<Gate>>,
+    /// The alarm this object last set, if known.
+    alarm_at: Cell<Option<Option<u64>>>,
+}
+
+struct SqlGate<'a> {
+    sql: SqlStorage,
+    cache: &'a RefCell<Option<Gate>>,
+}
+
+#[derive(Deserialize)]
+struct StateRow {
+    state: String,
+}
+
+fn failed(error: worker::Error) -> ApiError {
+    worker::console_error!("{}", serde_json::json!({"event": "gate_sql", "problem": error.to_string()}));
+    ApiError::new(503, code::UNAVAILABLE, "the account's gate storage failed; retry shortly")
+}
+
+impl GateStore for SqlGate<'_> {
+    fn load_gate(&self) -> Result<Gate, ApiError> {
+        if let Some(gate) = self.cache.borrow().as_ref() {
+            return Ok(gate.clone());
+        }
+        self.sql.exec(SCHEMA, None).map_err(failed)?;
+        let rows: Vec<StateRow> = self.sql.exec(LOAD, None).and_then(|c| c.to_array()).map_err(failed)?;
+        let gate = match rows.first() {
+            Some(row) => serde_json::from_str(&row.state)
+                .map_err(|_| ApiError::internal("the account's gate state is unreadable"))?,
+            None => Gate::default(),
+        };
+        *self.cache.borrow_mut() = Some(gate.clone());
+        Ok(gate)
+    }
+
+    fn save_gate(&self, gate: &Gate) -> Result<(), ApiError> {
+        let state = serde_json::to_string(gate).map_err(|_| ApiError::internal("encoding the gate"))?;
+        self.sql.exec(SCHEMA, None).map_err(failed)?;
+        *self.cache.borrow_mut() = None;
+        self.sql.exec(SAVE, vec![state.into()]).map_err(failed)?;
+        *self.cache.borrow_mut() = Some(gate.clone());
+        Ok(())
+    }
+}
+
+/// The coordinators as the gate's alarm reaches them: a queued create's turn. A call that
+/// fails is an outcome unknown, asked again after the send's deadline.
+struct CoordinatorDispatcher<'a> {
+    env: &'a Env,
+    calls: Cell<u32>,
+}
+
+impl Dispatcher for CoordinatorDispatcher<'_> {
+    async fn dispatch(&self, ticket: &Ticket) -> Dispatched {
+        let coordinators = DurableCoordinators { env: self.env, calls: &self.calls };
+        let shard = task::tenant_shard(&ticket.tenant);
+        match coordinators.call(&shard, protocol::Dispatch { nonce: ticket.id.clone() }).await {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                WorkerRuntime.log_problem("dispatch", &error.message);
+                Dispatched::Unknown
+            }
+        }
+    }
+}
+
+impl worker::DurableObject for AccountGate {
+    fn new(state: State, env: Env) -> Self {
+        AccountGate { state, env, gate: RefCell::new(None), alarm_at: Cell::new(None) }
+    }
+
+    async fn fetch(&self, mut request: Request) -> worker::Result<Response> {
+        let body = request.bytes().await.unwrap_or_default();
+        let answer = match config::read(&self.env) {
+            Ok(config) => {
+                let settings = settings(&config);
+                let dispatcher = CoordinatorDispatcher { env: &self.env, calls: Cell::new(0) };
+                let store = self.store();
+                let flows = GateFlows {
+                    store: &store,
+                    dispatcher: &dispatcher,
+                    runtime: &WorkerRuntime,
+                    settings: &settings,
+                };
+                let answer = gate_protocol::serve(&flows, &body);
+                self.reschedule(&flows, 0).await;
+                answer
+            }
+            Err(error) => serde_json::to_string(&WireAnswer::<()>::from(Err(error)))?,
+        };
+        Response::ok(answer)
+    }
+
+    async fn alarm(&self) -> worker::Result<Response> {
+        self.alarm_at.set(Some(None));
+        let config = match config::read(&self.env) {
+            Ok(config) => config,
+            Err(error) => {
+                WorkerRuntime.log_problem("gate_alarm", &error.message);
+                return Response::ok("done");
+            }
+        };
+        let settings = settings(&config);
+        let dispatcher = CoordinatorDispatcher { env: &self.env, calls: Cell::new(0) };
+        let store = self.store();
+        let flows = GateFlows {
+            store: &store,
+            dispatcher: &dispatcher,
+            runtime: &WorkerRuntime,
+            settings: &settings,
+        };
+        if let Err(error) = flows.run_due().await {
+            WorkerRuntime.log_problem("gate_alarm", &error.message);
+        }
+        // Not sooner than a second from now, so a gate that cannot save cannot spin.
+        self.reschedule(&flows, 1_000).await;
+        Response::ok("done")
+    }
+}
+
+impl AccountGate {
+    fn store(&self) -> SqlGate<'_> {
+        SqlGate { sql: self.state.storage().sql(), cache: &self.gate }
+    }
+
+    /// Sets the alarm for the gate's next work (`floor_ms` from now at the earliest), unless
+    /// an earlier alarm is set.
+    async fn reschedule<D: Dispatcher>(
+        &self,
+        flows: &GateFlows<'_, SqlGate<'_>, D, WorkerRuntime>,
+        floor_ms: u64,
+    ) {
+        let now = clock::now_ms();
+        if self.alarm_at.get().flatten().is_some_and(|current| current <= now) {
+            return;
+        }
+        let Ok(Some(due)) = flows.next_due() else { return };
+        let at = due.max(now + floor_ms);
+        let storage = self.state.storage();
+        let current = match self.alarm_at.get() {
+            Some(known) => known,
+            None => storage.get_alarm().await.ok().flatten().map(|ms| ms.max(0) as u64),
+        };
+        if current.is_some_and(|current| current <= at) {
+            self.alarm_at.set(Some(current));
+            return;
+        }
+        let date = worker::js_sys::Date::new(&JsValue::from_f64(at as f64));
+        match storage.set_alarm(ScheduledTime::new(date)).await {
+            Ok(()) => self.alarm_at.set(Some(Some(at))),
+            Err(error) => {
+                self.alarm_at.set(None);
+                WorkerRuntime.log_problem("gate_set_alarm", &error.to_string());
+            }
+        }
+    }
+}
+
+/// The gate as the request path and the coordinators call it, counting the calls (for the
+/// log line).
+pub struct DurableGates<'a> {
+    pub env: &'a Env,
+    pub calls: &'a Cell<u32>,
+}
+
+impl Gates for DurableGates<'_> {
+    async fn call<C: GateCall>(&self, call: C) -> Result<C::Answer, ApiError> {
+        self.calls.set(self.calls.get() + 1);
+        let bytes = send(self.env, gate_protocol::encode(call)?).await?;
+        gate_protocol::decode::<C>(&bytes)
+    }
+}
+
+async fn send(env: &Env, body: String) -> Result<Vec<u8>, ApiError> {
+    let unavailable =
+        || ApiError::new(503, code::UNAVAILABLE, "the account's gate is unavailable; retry shortly");
+    let namespace = env
+        .durable_object(BINDING)
+        .map_err(|_| ApiError::config(BINDING, "is not bound: add the Durable Object to wrangler.toml"))?;
+    let stub: RawStub =
+        namespace.id_from_name(ACCOUNT).and_then(|id| id.get_stub()).map_err(|_| unavailable())?.into_rpc();
+    let init = web_sys::RequestInit::new();
+    init.set_method("POST");
+    init.set_body(&JsValue::from_str(&body));
+    let outgoing =
+        web_sys::Request::new_with_str_and_init("https://gate/", &init).map_err(|_| unavailable())?;
+    let promise = stub.fetch(&outgoing).map_err(|_| unavailable())?;
+    let response: web_sys::Response =
+        JsFuture::from(promise).await.and_then(|value| value.dyn_into()).map_err(|_| unavailable())?;
+    super::http::body_bytes(&response).await.map_err(|_| unavailable())
+}
