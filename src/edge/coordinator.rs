@@ -289,7 +289,7 @@ fn flow_settings(config: &crate::config::Config, bucket: &R2Results) -> Settings
             ttl_secs: config.result_link_ttl_secs,
             public_base_url: config.public_base_url.clone(),
         },
-        send_deadline_ms: u64::from(config.kling_timeout_ms) + super::gate::SEND_MARGIN_MS,
+        send_deadline_ms: crate::flows::gate::coordinator_send_deadline_ms(config),
     }
 }
 

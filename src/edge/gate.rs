@@ -18,7 +18,6 @@ use worker::wasm_bindgen::{JsCast, JsValue};
 use worker::wasm_bindgen_futures::JsFuture;
 use worker::{durable_object, web_sys, Env, Request, Response, ScheduledTime, SqlStorage, State};
 
-use crate::config::Config;
 use crate::error::{code, ApiError};
 use crate::flows::gate::{GateFlows, GateSettings};
 use crate::flows::gate_protocol::{self, GateCall};
@@ -26,7 +25,6 @@ use crate::flows::protocol::{self, WireAnswer};
 use crate::kling::task;
 use crate::ports::{Coordinators, Dispatched, Dispatcher, GateStore, Gates};
 use crate::record::gate::{Gate, Ticket};
-use crate::schedule::POLL_HORIZON_MS;
 
 use super::clock::{self, WorkerRuntime};
 use super::config;
@@ -36,28 +34,9 @@ use super::coordinator::{DurableCoordinators, RawStub};
 pub const BINDING: &str = "GATE";
 /// The object of the deployment's one Kling account.
 pub const ACCOUNT: &str = "account:default";
-/// A slot is taken back this long after its task started if its end was never learned:
-/// past the day its coordinator follows it.
-const MAX_HOLD_MARGIN_MS: u64 = 60 * 60 * 1000;
-/// The gate sends a create again only after its coordinator would look for it at Kling.
-const RESEND_MARGIN_MS: u64 = 15_000;
-/// How long a coordinator's send may go unanswered before it looks for the task at Kling.
-pub const SEND_MARGIN_MS: u64 = 5_000;
-
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS gate (id INTEGER PRIMARY KEY, state TEXT NOT NULL)";
 const LOAD: &str = "SELECT state FROM gate WHERE id = 0";
 const SAVE: &str = "INSERT OR REPLACE INTO gate (id, state) VALUES (0, ?)";
-
-/// What the gate follows, from the deployment's settings.
-pub fn settings(config: &Config) -> GateSettings {
-    GateSettings {
-        capacity: config.kling_max_concurrency,
-        queue_bound: config.queue_max_per_tenant,
-        max_wait_ms: config.queue_max_wait_ms,
-        max_hold_ms: POLL_HORIZON_MS + MAX_HOLD_MARGIN_MS,
-        send_deadline_ms: u64::from(config.kling_timeout_ms) + SEND_MARGIN_MS + RESEND_MARGIN_MS,
-    }
-}
 
 #[durable_object]
 pub struct AccountGate {
@@ -140,7 +119,7 @@ impl worker::DurableObject for AccountGate {
         let body = request.bytes().await.unwrap_or_default();
         let answer = match config::read(&self.env) {
             Ok(config) => {
-                let settings = settings(&config);
+                let settings = GateSettings::of(&config);
                 let dispatcher = CoordinatorDispatcher { env: &self.env, calls: Cell::new(0) };
                 let store = self.store();
                 let flows = GateFlows {
@@ -167,7 +146,7 @@ impl worker::DurableObject for AccountGate {
                 return Response::ok("done");
             }
         };
-        let settings = settings(&config);
+        let settings = GateSettings::of(&config);
         let dispatcher = CoordinatorDispatcher { env: &self.env, calls: Cell::new(0) };
         let store = self.store();
         let flows = GateFlows {

@@ -79,7 +79,7 @@ impl World {
         let config = config(settings);
         let runtime = Rc::new(TestRuntime::default());
         let world = World {
-            gates: MemoryGates::new(runtime.clone(), config.kling_max_concurrency),
+            gates: MemoryGates::new(runtime.clone(), &config),
             settings: Settings {
                 poll: config.kling_poll.clone(),
                 forward: config.forward_retry.clone(),
@@ -90,7 +90,7 @@ impl World {
                     ttl_secs: 3600,
                     public_base_url: None,
                 },
-                send_deadline_ms: u64::from(config.kling_timeout_ms) + 5_000,
+                send_deadline_ms: crate::flows::gate::coordinator_send_deadline_ms(&config),
             },
             config,
             kling: ScriptedKling::default(),
@@ -198,31 +198,29 @@ impl World {
     fn run_alarms_for(&self, ms: u64) {
         let end = self.runtime.now.get() + ms;
         let coordinators = self.coordinators();
-        for _ in 0..1_000 {
+        let gate = self.gates.flows(&coordinators);
+        for _ in 0..10_000 {
+            // The earliest alarm first, the gate's among the coordinators' (`None`: the gate).
             let shards: Vec<String> = self.stores.borrow().keys().cloned().collect();
-            let mut ran = false;
-            for shard in &shards {
-                let (store, prompts) = (coordinators.store(shard), coordinators.prompts(shard));
-                let coordinator = coordinators.coordinator(shard, &store, &prompts);
-                if let Some(due) = coordinator.next_due().unwrap().filter(|due| *due <= end) {
-                    if due > self.runtime.now.get() {
-                        self.runtime.now.set(due);
-                    }
-                    block_on(coordinator.run_due()).unwrap();
-                    ran = true;
+            let mut next: Option<(u64, Option<String>)> = gate.next_due().unwrap().map(|due| (due, None));
+            for shard in shards {
+                let (store, prompts) = (coordinators.store(&shard), coordinators.prompts(&shard));
+                let due = coordinators.coordinator(&shard, &store, &prompts).next_due().unwrap();
+                if let Some(due) = due.filter(|due| next.as_ref().is_none_or(|(first, _)| due < first)) {
+                    next = Some((due, Some(shard)));
                 }
             }
-            // The gate's alarm, which sends waiting creates through their coordinators.
-            let gate = self.gates.flows(&coordinators);
-            if let Some(due) = gate.next_due().unwrap().filter(|due| *due <= end) {
-                if due > self.runtime.now.get() {
-                    self.runtime.now.set(due);
-                }
-                block_on(gate.run_due()).unwrap();
-                ran = true;
+            let Some((due, which)) = next.filter(|(due, _)| *due <= end) else { break };
+            if due > self.runtime.now.get() {
+                self.runtime.now.set(due);
             }
-            if !ran {
-                break;
+            match which {
+                Some(shard) => {
+                    let (store, prompts) = (coordinators.store(&shard), coordinators.prompts(&shard));
+                    block_on(coordinators.coordinator(&shard, &store, &prompts).run_due()).unwrap();
+                }
+                // The gate's alarm, which sends waiting creates through their coordinators.
+                None => block_on(gate.run_due()).unwrap(),
             }
         }
         self.runtime.now.set(end.max(self.runtime.now.get()));
@@ -877,6 +875,8 @@ fn an_intent_never_takes_a_task_that_is_another_creates() {
         .is_empty());
 }
 
+#[cfg(test)]
+mod queue;
 #[cfg(test)]
 mod uploads;
 

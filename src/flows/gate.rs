@@ -41,6 +41,32 @@ pub struct GateSettings {
     pub send_deadline_ms: u64,
 }
 
+impl GateSettings {
+    /// What the gate follows, from the deployment's settings. A slot is taken back a while
+    /// after its task's coordinator stops following it (a day), and a send is made again
+    /// only after its coordinator would look for the task at Kling.
+    pub fn of(config: &crate::config::Config) -> GateSettings {
+        GateSettings {
+            capacity: config.kling_max_concurrency,
+            queue_bound: config.queue_max_per_tenant,
+            max_wait_ms: config.queue_max_wait_ms,
+            max_hold_ms: crate::schedule::POLL_HORIZON_MS + MAX_HOLD_MARGIN_MS,
+            send_deadline_ms: coordinator_send_deadline_ms(config) + RESEND_MARGIN_MS,
+        }
+    }
+}
+
+/// A slot is taken back this long after its coordinator stops following its task.
+const MAX_HOLD_MARGIN_MS: u64 = 60 * 60 * 1000;
+/// The gate sends a create again only this long after its coordinator would look for it.
+const RESEND_MARGIN_MS: u64 = 10_000;
+
+/// How long a coordinator's send to Kling may go unanswered before it looks for the task at
+/// Kling by its external id: past the create's deadline.
+pub fn coordinator_send_deadline_ms(config: &crate::config::Config) -> u64 {
+    u64::from(config.kling_timeout_ms) + 5_000
+}
+
 pub struct GateFlows<'a, S, D, R> {
     pub store: &'a S,
     pub dispatcher: &'a D,

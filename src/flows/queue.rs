@@ -192,6 +192,8 @@ impl<
             // replaces it, whatever Kling's clock says.
             if task::status_of(&record.data) == Some("submitted") {
                 if let (Some(data), Some(report)) = (record.data.as_object_mut(), report.as_object()) {
+                    // Kling's create answer says nothing of the wait that is over.
+                    data.insert("task_status_msg".into(), Value::String(String::new()));
                     for (key, value) in report {
                         data.insert(key.clone(), value.clone());
                     }

@@ -52,7 +52,7 @@ impl World {
             receiver: Receiver::default(),
             kv: MemoryKv::default(),
             bucket: MemoryBucket::default(),
-            gates: MemoryGates::new(runtime.clone(), 2),
+            gates: MemoryGates::new(runtime.clone(), &crate::testing::config(&[])),
             runtime,
             prompts: PromptSteps::default(),
             settings: Settings {

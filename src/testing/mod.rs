@@ -347,9 +347,19 @@ pub struct ScriptedKling {
     pub create_scripts: RefCell<VecDeque<CreateScript>>,
     /// Every `GET /account/costs` query Kling was sent.
     pub costs_queries: RefCell<Vec<String>>,
+    /// The account's concurrency, as Kling enforces it: a create while this many tasks run
+    /// is answered 429, code 1303 (unlimited when `None`).
+    pub slots: Cell<Option<usize>>,
+    /// The most tasks that ever ran at once.
+    pub peak_running: Cell<usize>,
 }
 
 impl ScriptedKling {
+    /// How many of Kling's tasks have not ended (each holds one of the account's slots).
+    pub fn running(&self) -> usize {
+        self.tasks.borrow().values().filter(|data| !crate::kling::task::is_final(data)).count()
+    }
+
     pub fn set(&self, data: Value) {
         let id = data["task_id"].as_str().unwrap_or_default().to_owned();
         self.tasks.borrow_mut().insert(id, data);
@@ -411,6 +421,13 @@ pub struct Receiver {
     pub stalled: RefCell<Vec<String>>,
     /// Every POST started, answered or not.
     pub started: RefCell<Vec<String>>,
+}
+
+impl Delivery {
+    /// The webhook's body, as JSON.
+    pub fn body_json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_default()
+    }
 }
 
 impl Webhooks for Receiver {
@@ -731,6 +748,10 @@ impl KlingApi for ScriptedKling {
                 CreateScript::Fail(error) => Err(error),
             };
         }
+        if self.slots.get().is_some_and(|slots| self.running() >= slots) {
+            let envelope = serde_json::json!({"code": 1303, "message": "parallel task over resource pack limit", "request_id": "kling-req"});
+            return Ok(KlingReply { status: 429, body: envelope.to_string().into_bytes() });
+        }
         let task_id = format!("task-{}", self.created.borrow().len());
         let mut data = serde_json::json!({"task_id": task_id, "task_status": "submitted",
             "created_at": 1, "updated_at": 1});
@@ -738,6 +759,7 @@ impl KlingApi for ScriptedKling {
             data["task_info"] = serde_json::json!({"external_task_id": external});
         }
         self.set(data.clone());
+        self.peak_running.set(self.peak_running.get().max(self.running()));
         let envelope =
             serde_json::json!({"code": 0, "message": "SUCCEED", "request_id": "kling-req", "data": data});
         Ok(KlingReply { status: 200, body: envelope.to_string().into_bytes() })
@@ -912,17 +934,11 @@ pub struct MemoryGates {
 }
 
 impl MemoryGates {
-    /// A gate of `capacity` slots (the other settings as by default), on the test's clock.
-    pub fn new(runtime: Rc<TestRuntime>, capacity: u32) -> MemoryGates {
+    /// The gate of a deployment with these settings, on the test's clock.
+    pub fn new(runtime: Rc<TestRuntime>, config: &Config) -> MemoryGates {
         MemoryGates {
             store: MemoryGate::default(),
-            settings: GateSettings {
-                capacity,
-                queue_bound: 20,
-                max_wait_ms: 1_800_000,
-                max_hold_ms: 25 * 3_600_000,
-                send_deadline_ms: 45_000,
-            },
+            settings: GateSettings::of(config),
             runtime,
             down: Cell::new(false),
             calls: RefCell::default(),

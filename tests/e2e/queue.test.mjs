@@ -207,6 +207,28 @@ describe('cancel', () => {
   });
 });
 
+describe('a callback that beats the answer to a waiting create\'s send', () => {
+  it('is kept under the id the client got, and the task finishes', async () => {
+    await drain();
+    await create('web', 'race hold 1');
+    await create('web', 'race hold 2');
+    await running(2);
+    const waiting = await create('ops', 'race waits');
+    const id = waiting.json.data.task_id;
+    fake.callbackBeforeAnswering = 'processing';
+    await fake.advance(klingTaskOf('race hold 1').data.task_id, 'succeed');
+    await eventually(() => klingTaskOf('race waits'), { what: 'the waiting create sent' });
+    const processing = await eventually(async () => {
+      const answer = await task('ops', id);
+      return answer.json.data.task_status === 'processing' && answer;
+    }, { what: 'the early callback recorded' });
+    assert.equal(processing.json.data.kling_task_id, klingTaskOf('race waits').data.task_id);
+    assert.equal(fake.callbacks.filter((c) => c.taskId === klingTaskOf('race waits').data.task_id)[0].status, 200);
+    await drain();
+    assert.equal((await task('ops', id)).json.data.task_status, 'succeed');
+  });
+});
+
 describe('a restart', () => {
   it('keeps the line: creates queued before it are sent after it', async () => {
     await drain();
