@@ -389,8 +389,10 @@ async function drawWaveform(src) {
 function showTask(task, videoUrl) {
   $('current').hidden = false;
   $('task-id').textContent = task.task_id;
-  $('status').textContent = STATUS_LABELS[task.task_status] ?? task.task_status;
-  $('status').dataset.status = task.task_status;
+  // A create waiting at the edge for a free Kling slot says where it is in line.
+  const waiting = Boolean(task.queue);
+  $('status').textContent = waiting ? 'Waiting for a free slot' : STATUS_LABELS[task.task_status] ?? task.task_status;
+  $('status').dataset.status = waiting ? 'waiting' : task.task_status;
   $('status-msg').textContent = task.task_status_msg ?? '';
   const failed = task.task_status === 'failed';
   const order = ['submitted', 'processing', 'succeed'];

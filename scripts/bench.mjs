@@ -38,7 +38,11 @@
 // (BENCH_STEADY_SECONDS, default 120); and what an old tenant costs: CPU per task delivered
 // and time to the last webhook in a coordinator holding 100,000 finished tasks, against one
 // holding 100 (BENCH_SCALE_TASKS, default 300, finishing at once).
-//   BENCH_PHASES (default requests,delivery,scale) picks what to measure.
+//   And what the line at the edge adds to a create that finds a free slot (line on against
+//   KLING_MAX_CONCURRENCY 0, BENCH_GATE_CREATES creates, default 400); the other phases run
+//   with the line off (requests: the zero-latency upstream's tasks never end) or an account
+//   that fits every task (delivery, scale).
+//   BENCH_PHASES (default requests,gate,delivery,scale) picks what to measure.
 //   BENCH_SECONDS (default 5) per figure, BENCH_CONNECTIONS (default 16).
 //   BENCH_PROFILE=1 (`make bench PROFILE=1`) also samples kling-edge's isolate with the
 //   V8 profiler (through Miniflare's inspector) during each zero-latency case of the "as
@@ -308,6 +312,9 @@ async function measure({ limiters, persisted, countLife, profile = false }) {
           PROXY_WEBHOOK_SECRET,
           ALLOW_PRIVATE_URLS: 'true',
           PUBLIC_BASE_URL: `http://127.0.0.1:${edgePort}`,
+          // The line off: the zero-latency upstream's tasks never end, so they would fill
+          // any account; the gate phase measures the line on against it.
+          KLING_MAX_CONCURRENCY: '0',
         },
         kvNamespaces: ['TASKS'],
         r2Buckets: ['RESULTS'],
@@ -455,14 +462,15 @@ const percentile = (values, p) => {
  * with a receiver that verifies every webhook: storage in memory, no rate limiters, the
  * video probe off.
  */
-async function startDeliveryWorker({ state = fs.mkdtempSync('/dev/shm/kling-edge-bench-delivery-'), keepState = false, profile = false } = {}) {
+async function startDeliveryWorker({ state = fs.mkdtempSync('/dev/shm/kling-edge-bench-delivery-'), keepState = false, profile = false, settings = {} } = {}) {
   const port = await freePort();
   const inspectorPort = profile ? await freePort() : undefined;
   const receiver = await new Receiver(clientWebhookSecret(PROXY_WEBHOOK_SECRET, 'web')).listen();
   const edge = `http://127.0.0.1:${port}`;
+  const logs = [];
   const mf = new Miniflare(convertV4MiniflareOptions({
     resourcePersistencePath: state,
-    handleStructuredLogs: () => {},
+    handleStructuredLogs: (log) => { if (logs.length < 100_000) logs.push(String(log.message ?? '')); },
     ...(profile ? { inspectorPort } : {}),
     workers: [{
       name: 'kling-edge',
@@ -484,6 +492,10 @@ async function startDeliveryWorker({ state = fs.mkdtempSync('/dev/shm/kling-edge
         ALLOW_PRIVATE_URLS: 'true',
         VIDEO_PROBE: 'off',
         PUBLIC_BASE_URL: edge,
+        // The delivery phases' 1,000 tasks run at once: the account is taken to run them all.
+        KLING_MAX_CONCURRENCY: '10000',
+        QUEUE_MAX_PER_TENANT: '10000',
+        ...settings,
       },
       kvNamespaces: ['TASKS'],
       r2Buckets: ['RESULTS'],
@@ -511,6 +523,7 @@ async function startDeliveryWorker({ state = fs.mkdtempSync('/dev/shm/kling-edge
       if (created.code !== 0) throw new Error(`create refused: ${JSON.stringify(created)}`);
       return created.data.task_id;
     },
+    logs,
     delivered: () => receiver.deliveries.filter((d) => d.status === 200),
     async close() {
       await mf.dispose();
@@ -671,7 +684,48 @@ async function scalePhase(settled, count) {
   return { settled, count, delivered, lastMs, cpuPerTask: cpu / count };
 }
 
-const PHASES = (process.env.BENCH_PHASES ?? 'requests,delivery,scale').split(',');
+/**
+ * What the line costs a create that finds a free slot: `count` creates, 8 at a time, each
+ * task finished by Kling's callback as soon as it is answered (so the account always has a
+ * free slot), with the line on (KLING_MAX_CONCURRENCY 1000: the gate admits the create and
+ * is told when its task ends) and off (0), alternating twice. The create's latency as the
+ * client sees it, the creates per second, and the runtime's CPU per create (the callback
+ * and, with the line on, the slot's release included).
+ */
+async function gatePhase(count) {
+  const runs = [];
+  for (const line of ['off', 'on', 'off', 'on']) {
+    const w = await startDeliveryWorker({ settings: { KLING_MAX_CONCURRENCY: line === 'on' ? '1000' : '0' } });
+    for (let i = 0; i < 20; i += 1) await fake.advance(await w.create(WEB_KEY, false), 'succeed'); // warm up
+    await sleep(500);
+    const pids = workerdPids();
+    const cpuBefore = cpuMs(pids);
+    const logsBefore = w.logs.length;
+    const latencies = [];
+    const finishing = [];
+    const started = Date.now();
+    await pool(Array.from({ length: count }, (_, i) => i), 8, async () => {
+      const sent = Date.now();
+      const id = await w.create(WEB_KEY, false);
+      latencies.push(Date.now() - sent);
+      if (id.startsWith('ke_')) throw new Error('a create waited in line: the account was full');
+      finishing.push(fake.advance(id, 'succeed'));
+    });
+    const createsMs = Date.now() - started;
+    await Promise.all(finishing);
+    await sleep(1_000); // the prompt steps (and the releases) after the callbacks' answers
+    const cpu = cpuMs(pids) - cpuBefore;
+    const gateCalls = w.logs.slice(logsBefore).reduce((sum, l) => sum + Number(l.match(/"gate":(\d+)/)?.[1] ?? 0), 0);
+    await w.close();
+    runs.push({ line, p50: percentile(latencies, 50), p99: percentile(latencies, 99), rate: (count / createsMs) * 1000, cpuPerCreate: cpu / count, gateCalls: gateCalls / count });
+  }
+  const mean = (line, key) => runs.filter((r) => r.line === line).reduce((sum, r) => sum + r[key], 0) / 2;
+  return { count, runs, ratio: (key) => mean('on', key) / mean('off', key), mean };
+}
+
+const PHASES = (process.env.BENCH_PHASES ?? 'requests,gate,delivery,scale').split(',');
+const GATE_CREATES = Number(process.env.BENCH_GATE_CREATES ?? 400);
+const gate = PHASES.includes('gate') ? await gatePhase(GATE_CREATES) : undefined;
 const DELIVERY_TASKS = Number(process.env.BENCH_DELIVERY_TASKS ?? 1000);
 const deliveries = PHASES.includes('delivery')
   ? [await deliveryPhase(1, DELIVERY_TASKS), await deliveryPhase(16, DELIVERY_TASKS)] : [];
@@ -716,6 +770,14 @@ if (requests) {
   console.log(`  calls to Kling: ${life.klingCalls} (the create; the callbacks came, so nothing was polled)`);
   console.log(`  webhooks delivered: ${life.webhooks}`);
   console.log(`  result files copied into R2: ${life.copies} (the video, the MP3 and the WAV, before the KV write)`);
+}
+
+if (gate) {
+  console.log(`\nThe line at the edge: ${gate.count} creates that find a free slot (8 at a time, each task finished by its callback at once), line on (KLING_MAX_CONCURRENCY 1000) vs off (0), two runs each:`);
+  for (const run of gate.runs) {
+    console.log(`  line ${run.line.padEnd(3)} create p50 ${fmt(run.p50)}, p99 ${fmt(run.p99)}; ${run.rate.toFixed(0)} creates/s; runtime CPU ${fmt(run.cpuPerCreate)} per create (its callback included); gate calls per create: ${run.gateCalls.toFixed(2)}`);
+  }
+  console.log(`  on vs off: create p50 ${gate.ratio('p50').toFixed(2)}x, creates/s ${gate.ratio('rate').toFixed(2)}x, CPU per create ${gate.ratio('cpuPerCreate').toFixed(2)}x`);
 }
 
 if (deliveries.length) {

@@ -125,7 +125,10 @@ if (fs.existsSync(devVarsFile)) envFiles.push(devVarsFile);
 let standIn;
 if (!realKling) {
   const credentials = { accessKey: `ak_local_${hex(8)}`, secretKey: hex(24) };
-  standIn = new FakeKling({ ...credentials, autoProgress: true });
+  // The stand-in runs as many tasks at once as the worker believes the account does (Kling's
+  // 1303 past them), so the line at the edge shows on the demo page.
+  const concurrency = Number(settings.KLING_MAX_CONCURRENCY ?? 5) || Infinity;
+  standIn = new FakeKling({ ...credentials, autoProgress: true, maxConcurrency: concurrency });
   await standIn.listen(await pickPort(WANTED_STAND_IN_PORT, 'the Kling stand-in', 'STAND_IN_PORT'));
   const standInEnv = path.join(STATE, 'stand-in.env');
   writeEnvFile(standInEnv, {

@@ -25,6 +25,7 @@ pub fn document() -> Value {
                 paths.insert(surface.path.to_owned(), kling_collection(surface, &schema_name));
                 if surface.queries {
                     paths.insert(format!("{}/{{task_id}}", surface.path), kling_query(surface));
+                    paths.insert(format!("{}/{{task_id}}/cancel", surface.path), kling_cancel(surface));
                 }
             }
             Style::UseApi => {
@@ -228,7 +229,7 @@ fn kling_collection(surface: &Surface, schema_name: &str) -> Value {
             "operationId": format!("create{suffix}"),
             "summary": surface.summary,
             "description": format!(
-                "Validated in full before anything is sent to Kling ({} upstream). The worker gives Kling its own callback URL; the client's callback_url receives the finished task, signed (Standard Webhooks). Kling's own errors (any status) are passed through unchanged.",
+                "Validated in full before anything is sent to Kling ({} upstream). The worker gives Kling its own callback URL; the client's callback_url receives the finished task, signed (Standard Webhooks). When the Kling account runs all the tasks it can, the create is accepted and waits in line at the edge (its answer has the worker's task id and a queue object) instead of failing with 1303; past QUEUE_MAX_PER_TENANT waiting creates, 429. Kling's other errors (any status) are passed through unchanged.",
                 surface.endpoint.kling_path
             ),
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}},
@@ -262,6 +263,21 @@ fn kling_query(surface: &Surface) -> Value {
         "operationId": format!("query{}", operation_suffix(surface)),
         "summary": "One task, by task id or external task id",
         "description": "A finished task is answered from the edge copy without calling Kling or its coordinator; a running one by its coordinator, which asks Kling (by task id) when the task has been quiet. Another client's task answers 404 exactly like a missing one.",
+        "parameters": [task_id_parameter()],
+        "responses": responses,
+    }})
+}
+
+/// What a cancel does, on every surface that has it.
+const CANCEL_DESCRIPTION: &str = "A create still waiting in line at the edge for a free Kling slot (its task has a queue object) leaves the line: it ends failed, its task_status_msg saying it was cancelled, it never reaches Kling and costs nothing, and its webhook is sent. A task Kling already has answers 409 (Kling cannot cancel a task); another client's task answers 404.";
+
+fn kling_cancel(surface: &Surface) -> Value {
+    let mut responses = refs(&["400", "401", "404", "409", "429", "500", "503"]);
+    responses.insert("200".into(), ok("The task, cancelled (failed).", "TaskAnswer"));
+    json!({"post": {
+        "operationId": format!("cancel{}", operation_suffix(surface)),
+        "summary": "Cancel a create still waiting for a free Kling slot",
+        "description": CANCEL_DESCRIPTION,
         "parameters": [task_id_parameter()],
         "responses": responses,
     }})
@@ -314,12 +330,25 @@ fn useapi_create(surface: &Surface, schema_name: &str) -> Value {
 fn useapi_task() -> Value {
     let mut responses = useapi_responses("The task, as useapi.net reports it.");
     responses.remove("413");
-    json!({"get": {
-        "operationId": "useapiTask",
-        "summary": "One add-sound task, useapi.net's way",
-        "parameters": [task_id_parameter()],
-        "responses": responses,
-    }})
+    let mut cancel_responses = useapi_responses("The task, cancelled, as useapi.net reports it.");
+    cancel_responses.remove("413");
+    cancel_responses
+        .insert("409".into(), useapi_error("Kling already has the task, and Kling cannot cancel a task."));
+    json!({
+        "get": {
+            "operationId": "useapiTask",
+            "summary": "One add-sound task, useapi.net's way",
+            "parameters": [task_id_parameter()],
+            "responses": responses,
+        },
+        "delete": {
+            "operationId": "useapiCancel",
+            "summary": "Cancel an add-sound create still waiting for a free Kling slot",
+            "description": CANCEL_DESCRIPTION,
+            "parameters": [task_id_parameter()],
+            "responses": cancel_responses,
+        },
+    })
 }
 
 #[cfg(test)]

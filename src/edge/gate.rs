@@ -46,11 +46,24 @@ pub struct AccountGate {
     gate: RefCell<Option<Gate>>,
     /// The alarm this object last set, if known.
     alarm_at: Cell<Option<Option<u64>>>,
+    opened: Cell<bool>,
 }
 
 struct SqlGate<'a> {
     sql: SqlStorage,
     cache: &'a RefCell<Option<Gate>>,
+    /// Whether this instance has made its table.
+    opened: &'a Cell<bool>,
+}
+
+impl SqlGate<'_> {
+    fn open(&self) -> Result<(), ApiError> {
+        if !self.opened.get() {
+            self.sql.exec(SCHEMA, None).map_err(failed)?;
+            self.opened.set(true);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -68,7 +81,7 @@ impl GateStore for SqlGate<'_> {
         if let Some(gate) = self.cache.borrow().as_ref() {
             return Ok(gate.clone());
         }
-        self.sql.exec(SCHEMA, None).map_err(failed)?;
+        self.open()?;
         let rows: Vec<StateRow> = self.sql.exec(LOAD, None).and_then(|c| c.to_array()).map_err(failed)?;
         let gate = match rows.first() {
             Some(row) => serde_json::from_str(&row.state)
@@ -81,7 +94,7 @@ impl GateStore for SqlGate<'_> {
 
     fn save_gate(&self, gate: &Gate) -> Result<(), ApiError> {
         let state = serde_json::to_string(gate).map_err(|_| ApiError::internal("encoding the gate"))?;
-        self.sql.exec(SCHEMA, None).map_err(failed)?;
+        self.open()?;
         *self.cache.borrow_mut() = None;
         self.sql.exec(SAVE, vec![state.into()]).map_err(failed)?;
         *self.cache.borrow_mut() = Some(gate.clone());
@@ -112,7 +125,13 @@ impl Dispatcher for CoordinatorDispatcher<'_> {
 
 impl worker::DurableObject for AccountGate {
     fn new(state: State, env: Env) -> Self {
-        AccountGate { state, env, gate: RefCell::new(None), alarm_at: Cell::new(None) }
+        AccountGate {
+            state,
+            env,
+            gate: RefCell::new(None),
+            alarm_at: Cell::new(None),
+            opened: Cell::new(false),
+        }
     }
 
     async fn fetch(&self, mut request: Request) -> worker::Result<Response> {
@@ -166,7 +185,7 @@ impl worker::DurableObject for AccountGate {
 
 impl AccountGate {
     fn store(&self) -> SqlGate<'_> {
-        SqlGate { sql: self.state.storage().sql(), cache: &self.gate }
+        SqlGate { sql: self.state.storage().sql(), cache: &self.gate, opened: &self.opened }
     }
 
     /// Sets the alarm for the gate's next work (`floor_ms` from now at the earliest), unless

@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import { chromium } from 'playwright-core';
 
 import { startFakeKling } from '../support/fake-kling.mjs';
-import { ACCESS_KEY, baseSettings, SECRET_KEY, WEB_KEY } from '../support/settings.mjs';
+import { ACCESS_KEY, baseSettings, OPS_KEY, SECRET_KEY, WEB_KEY } from '../support/settings.mjs';
 import { call, ROOT, startWorker } from '../support/worker.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
@@ -291,6 +291,29 @@ describe('the demo page in Chromium', () => {
     await page.getByTestId('clear-file').click();
     assert.equal(await page.getByTestId('video-url').isEnabled(), true);
     page.off('request', seen);
+  });
+
+  it('shows a create that waits for a free Kling slot, and its place in line as it moves', async () => {
+    // Another app holds the account's one slot: creates wait in line at the edge.
+    fake.maxConcurrency = 1;
+    fake.otherRunning = 1;
+    for (const prompt of ['ahead one', 'ahead two']) {
+      const ahead = await call(worker, 'POST', '/v1/audio/text-to-audio', { key: OPS_KEY, body: { prompt, duration: 5 } });
+      assert.match(ahead.json.data.task_id, /^ke_/, ahead.text);
+    }
+    await page.getByTestId('family-t2a').click();
+    await page.getByTestId('prompt').fill('waiting in line');
+    await page.getByTestId('audio-duration').fill('5');
+    await page.getByTestId('submit').click();
+    await page.getByTestId('status').filter({ hasText: 'Waiting for a free slot' }).waitFor();
+    await page.locator('#status-msg').filter({ hasText: /waiting for a free Kling slot \(2nd in line\)/ }).waitFor();
+    await fs.mkdir(path.dirname(SCREENSHOT), { recursive: true });
+    await page.screenshot({ path: SCREENSHOT.replace('.png', '-waiting.png'), fullPage: true });
+    // The other app's task ends: the line moves, and the page's create gets its turn.
+    fake.otherRunning = 0;
+    await page.locator('#status-msg').filter({ hasText: /1st in line/ }).waitFor({ timeout: 20_000 });
+    await page.getByTestId('status').filter({ hasText: 'Done' }).waitFor({ timeout: 40_000 });
+    fake.maxConcurrency = Infinity;
   });
 
   it('logged no page errors', () => {

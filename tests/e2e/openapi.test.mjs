@@ -62,12 +62,14 @@ describe('GET /openapi.json', () => {
     assert.equal(doc.openapi, '3.1.0');
     assert.deepEqual(Object.keys(doc.paths).sort(), [
       '/health', '/v1/assets', '/v1/assets/{asset_id}', '/v1/assets/{shard}/{asset_id}/{name}',
-      '/v1/audio/text-to-audio', '/v1/audio/text-to-audio/{task_id}', '/v1/audio/video-to-audio',
-      '/v1/audio/video-to-audio/{task_id}', '/v1/callbacks/kling/{token}', '/v1/kling/assets', '/v1/kling/tasks/{task_id}',
-      '/v1/kling/videos/add-sound', '/v1/results/{shard}/{task_id}/{name}', '/v1/tokens', '/v1/videos/image2video', '/v1/videos/image2video/{task_id}',
-      '/v1/videos/text2video', '/v1/videos/text2video/{task_id}', '/v1/videos/video-to-audio',
-      '/v1/videos/video-to-audio/{task_id}', '/v1/webhook-secret',
+      '/v1/audio/text-to-audio', '/v1/audio/text-to-audio/{task_id}', '/v1/audio/text-to-audio/{task_id}/cancel', '/v1/audio/video-to-audio',
+      '/v1/audio/video-to-audio/{task_id}', '/v1/audio/video-to-audio/{task_id}/cancel', '/v1/callbacks/kling/{token}', '/v1/kling/assets', '/v1/kling/tasks/{task_id}',
+      '/v1/kling/videos/add-sound', '/v1/queue', '/v1/results/{shard}/{task_id}/{name}', '/v1/tokens', '/v1/videos/image2video', '/v1/videos/image2video/{task_id}',
+      '/v1/videos/image2video/{task_id}/cancel', '/v1/videos/text2video', '/v1/videos/text2video/{task_id}', '/v1/videos/text2video/{task_id}/cancel', '/v1/videos/video-to-audio',
+      '/v1/videos/video-to-audio/{task_id}', '/v1/videos/video-to-audio/{task_id}/cancel', '/v1/webhook-secret',
     ]);
+    assert.ok(doc.paths['/v1/kling/tasks/{task_id}'].delete, 'useapi.net\'s cancel');
+    assert.ok(doc.components.schemas.Task.properties.queue && doc.components.schemas.Task.properties.kling_task_id);
     const create = doc.components.schemas.VideoToAudioCreate;
     assert.equal(create.additionalProperties, false);
     assert.equal(create.properties.sound_effect_prompt.maxLength, 200);
