@@ -38,6 +38,7 @@ use crate::schedule::Schedule;
 use super::gate_protocol::{Position, Release};
 use super::prompt::PromptSteps;
 use super::protocol::StepNow;
+use super::queue;
 
 /// How many due tasks one alarm handles before scheduling itself again.
 pub const DUE_BATCH: u32 = 60;
@@ -732,6 +733,7 @@ impl<
             self.poll(task_id).await?;
         }
         self.release_slot(task_id).await?;
+        self.tell_refused(task_id).await;
         self.deliver(task_id).await?;
         self.write_edge_copy(task_id).await
     }
@@ -891,8 +893,22 @@ impl<
         let Some(record) = self.store.load(task_id)?.filter(TaskRecord::slot_release_due) else {
             return Ok(());
         };
-        self.gates.call(Release { id: record.nonce.clone() }).await?;
-        self.store.update(task_id, |record| record.holds_slot = false)?;
+        if record.gate_retry_at.is_some_and(|at| at > self.runtime.now_ms()) {
+            return Ok(());
+        }
+        // A gate that cannot answer holds back no webhook: the release is tried again later.
+        let released = self.gates.call(Release { id: record.nonce.clone() }).await;
+        let retry_at = self.runtime.now_ms().saturating_add(queue::GATE_RETRY_MS);
+        if let Err(problem) = &released {
+            self.runtime.log(json!({"event": "gate", "task_id": task_id, "problem": problem.message}));
+        }
+        self.store.update(task_id, |record| match released {
+            Ok(_) => {
+                record.holds_slot = false;
+                record.gate_retry_at = None;
+            }
+            Err(_) => record.gate_retry_at = Some(retry_at),
+        })?;
         Ok(())
     }
 

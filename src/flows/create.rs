@@ -208,10 +208,11 @@ impl<P: EdgePorts> Edge<'_, P> {
                     return Err(queue_full(bound));
                 }
                 Ok(admission) => (Some(admission), self.kling.create(endpoint, &upstream).await),
-                // A gate that cannot answer lets the create through, as it would go without one.
+                // A gate that cannot answer lets the create through, as it would go without one
+                // (if it did admit it, the task's end gives the slot back all the same).
                 Err(error) => {
                     self.runtime.log(json!({"event": "gate", "problem": error.message}));
-                    (None, self.kling.create(endpoint, &upstream).await)
+                    (Some(Admission::Holding), self.kling.create(endpoint, &upstream).await)
                 }
             }
         } else {
@@ -232,12 +233,8 @@ impl<P: EdgePorts> Edge<'_, P> {
         if holds_slot && queue::is_over_concurrency(reply.status, &reply.body) {
             // Kling has fewer slots than the gate believed: the create waits at the front of
             // its tenant's line instead of failing, and the gate learns.
-            let created = self.queue_create(&waiting, upstream, None).await?;
-            if let Err(error) = self.gates.call(gate_protocol::Refused { id: capability.nonce.clone() }).await
-            {
-                self.runtime.log(json!({"event": "gate", "problem": error.message}));
-            }
-            return Ok(created);
+            // (Its coordinator puts it back in the gate's line as it keeps it.)
+            return self.queue_create(&waiting, upstream, None).await;
         }
         drop(upstream);
 
@@ -311,6 +308,7 @@ impl<P: EdgePorts> Edge<'_, P> {
             },
             body: upstream,
             max_wait_ms: self.config.queue_max_wait_ms,
+            refused_at_once: position.is_none(),
         };
         let enqueued = match body_bytes > MAX_QUEUED_BODY_BYTES {
             true => Err(ApiError::new(
@@ -322,10 +320,17 @@ impl<P: EdgePorts> Edge<'_, P> {
             false => self.coordinators.call(shard, enqueue).await,
         };
         if let Err(error) = enqueued {
-            // Out of line again, if it is still there: nothing will send it.
-            let cancel = gate_protocol::CancelTicket { id: nonce.to_owned(), tenant: client.tenant.clone() };
-            if let Err(problem) = self.gates.call(cancel).await {
-                self.runtime.log(json!({"event": "gate", "problem": problem.message}));
+            // Nothing will send it: out of line again if it waits, or (refused by Kling with
+            // the slot it got at once) that slot given back.
+            match position {
+                Some(_) => {
+                    let cancel =
+                        gate_protocol::CancelTicket { id: nonce.to_owned(), tenant: client.tenant.clone() };
+                    if let Err(problem) = self.gates.call(cancel).await {
+                        self.runtime.log(json!({"event": "gate", "problem": problem.message}));
+                    }
+                }
+                None => self.release_slot(nonce).await,
             }
             self.abandon(shard, nonce).await;
             return Err(error);

@@ -56,6 +56,18 @@ impl GateSettings {
     }
 }
 
+impl GateSettings {
+    /// The slots the gate hands out: the account's concurrency, or every one when the line
+    /// is off (`0`: creates go straight to Kling, and any still waiting are sent).
+    pub fn slots(&self) -> u32 {
+        if self.capacity == 0 {
+            u32::MAX
+        } else {
+            self.capacity
+        }
+    }
+}
+
 /// A slot is taken back this long after its coordinator stops following its task.
 const MAX_HOLD_MARGIN_MS: u64 = 60 * 60 * 1000;
 /// The gate sends a create again only this long after its coordinator would look for it.
@@ -80,7 +92,7 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
         let now = self.runtime.now_ms();
         let mut gate = self.store.load_gate()?;
         let settings = self.settings;
-        let admission = gate.admit(ticket, settings.capacity, settings.queue_bound, now);
+        let admission = gate.admit(ticket, settings.slots(), settings.queue_bound, now);
         if matches!(admission, Admission::Go | Admission::Queued { .. }) {
             self.store.save_gate(&gate)?;
         }
@@ -98,11 +110,13 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
         Ok(released)
     }
 
-    /// Kling answered 1303 to a create the edge sent with a slot it got at once: the create
-    /// (which its coordinator now holds) goes back to the front of the line.
-    pub fn refused(&self, id: &str) -> Result<bool, ApiError> {
+    /// Kling answered 1303 to a create the edge sent with a slot it got at once (or while
+    /// the gate could not be asked): the create (which its coordinator now holds) goes back
+    /// to the front of the line.
+    pub fn refused(&self, ticket: Ticket) -> Result<bool, ApiError> {
         let mut gate = self.store.load_gate()?;
-        let refused = gate.refused(id, false, self.runtime.now_ms());
+        let now = self.runtime.now_ms();
+        let refused = gate.refused(&ticket.id, false, now) || gate.refused_unseen(ticket, now);
         if refused {
             self.store.save_gate(&gate)?;
         }
@@ -161,7 +175,7 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
         loop {
             while in_flight.len() < DISPATCH_PARALLEL {
                 let mut gate = self.store.load_gate()?;
-                let Some(ticket) = gate.next(settings.capacity, self.runtime.now_ms()) else { break };
+                let Some(ticket) = gate.next(settings.slots(), self.runtime.now_ms()) else { break };
                 self.store.save_gate(&gate)?;
                 in_flight.push(send(ticket));
             }
@@ -196,7 +210,7 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
         let gate = self.store.load_gate()?;
         let settings = self.settings;
         let now = self.runtime.now_ms();
-        if gate.can_dispatch_now(settings.capacity, now) {
+        if gate.can_dispatch_now(settings.slots(), now) {
             return Ok(Some(now));
         }
         let due = gate.next_due(settings.max_wait_ms, settings.max_hold_ms, now);
@@ -390,7 +404,7 @@ mod tests {
         // The edge's send gets 1303 (Kling holds two): the create goes back in line.
         world.coordinators.running.borrow_mut().remove("a0");
         world.coordinators.taken.borrow_mut().remove("a0");
-        assert!(world.flows().refused("a0").unwrap());
+        assert!(world.flows().refused(Ticket { id: "a0".into(), tenant: "a".into() }).unwrap());
         world.admit("a1", "a");
         world.run_alarms_for(30_000);
         let refusals_while_full = world.coordinators.refusals.get();

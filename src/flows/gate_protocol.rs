@@ -32,11 +32,12 @@ pub struct Release {
     pub id: String,
 }
 
-/// Kling answered 1303 to a create the edge sent with the slot it got at once (its
-/// coordinator now holds it queued): back to the front of its tenant's line.
+/// Kling answered 1303 to a create the edge sent with the slot it got at once, or while
+/// the gate could not be asked (its coordinator now holds it queued): back to the front of
+/// its tenant's line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refused {
-    pub id: String,
+    pub ticket: Ticket,
 }
 
 /// A client's cancel of its queued create.
@@ -133,7 +134,7 @@ pub fn serve<S: GateStore, D: Dispatcher, R: Runtime>(gate: &GateFlows<'_, S, D,
     match request {
         GateRequest::Admit(Admit { ticket }) => answer(gate.admit(ticket)),
         GateRequest::Release(Release { id }) => answer(gate.release(&id)),
-        GateRequest::Refused(Refused { id }) => answer(gate.refused(&id)),
+        GateRequest::Refused(Refused { ticket }) => answer(gate.refused(ticket)),
         GateRequest::CancelTicket(CancelTicket { id, tenant }) => answer(gate.cancel(&id, &tenant)),
         GateRequest::Position(Position { id }) => answer(gate.position(&id)),
         GateRequest::WaitingFor(WaitingFor { tenant }) => answer(gate.waiting_for(&tenant)),

@@ -58,6 +58,10 @@ pub struct Enqueue {
     pub body: Map<String, Value>,
     /// `QUEUE_MAX_WAIT_SECONDS`, in ms.
     pub max_wait_ms: u64,
+    /// Kling answered 1303 to it, sent at once with the slot the gate gave: the coordinator
+    /// puts it back in the gate's line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub refused_at_once: bool,
 }
 
 /// The gate's turn for a queued create (its ticket is the create's nonce): send it to Kling.
@@ -433,8 +437,8 @@ where
     }
     match request {
         Request::Register(Register(registration)) => answer(coordinator.register(registration)),
-        Request::Enqueue(Enqueue { registration, body, max_wait_ms }) => {
-            answer(coordinator.enqueue(registration, body, max_wait_ms))
+        Request::Enqueue(Enqueue { registration, body, max_wait_ms, refused_at_once }) => {
+            answer(coordinator.enqueue(registration, body, max_wait_ms, refused_at_once).await)
         }
         Request::Dispatch(Dispatch { nonce }) => answer(coordinator.dispatch(&nonce).await),
         Request::CancelTask(CancelTask { tenant, endpoint, id }) => {

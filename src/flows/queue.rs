@@ -20,30 +20,59 @@ use crate::ports::{
     AssetStore, Coordinators, Dispatched, EdgeCopies, Gates, ResultBucket, Runtime, TaskStore, Upstream,
     Webhooks,
 };
-use crate::record::gate::{Cancel, InLine};
+use crate::record::gate::{Cancel, InLine, Ticket};
+use crate::record::intent::{CLOCK_SKEW_MS, EDGE_PREFIX};
 use crate::record::queued::{self, Queued, TenantLine, WaitingTask};
 use crate::record::{TaskAnswer, TaskRecord};
 
 use super::coordinator::{Coordinator, Registration};
 use super::edge::{Answer, Edge, EdgePorts};
-use super::gate_protocol::{self, CancelTicket};
+use super::gate_protocol::{self, CancelTicket, Refused};
 use super::protocol;
 use crate::api::surfaces::{Style, Surface};
 use crate::api::useapi;
 use crate::auth::Client;
 
+/// How long an expiry the gate refused (the create is on its way to Kling) waits to look
+/// again.
+pub const EXPIRY_RECHECK_MS: u64 = 60_000;
+
 /// Kling's code for a create past the account's concurrency.
 pub const OVER_CONCURRENCY: u32 = 1303;
 
+/// Kling's code for a create past the account's rate (queries per second).
+pub const RATE_LIMITED: u32 = 1302;
+
 /// Whether Kling's answer to a create is its 1303 (HTTP 429).
 pub fn is_over_concurrency(status: u16, body: &[u8]) -> bool {
+    status == 429 && kling_code(body) == Some(OVER_CONCURRENCY)
+}
+
+/// Whether Kling's answer to a create is its 1302 (HTTP 429): too many calls, not too many
+/// tasks.
+pub fn is_rate_limited(status: u16, body: &[u8]) -> bool {
+    status == 429 && kling_code(body) == Some(RATE_LIMITED)
+}
+
+fn kling_code(body: &[u8]) -> Option<u32> {
     #[derive(serde::Deserialize)]
     struct Envelope {
         code: u32,
     }
-    status == 429
-        && serde_json::from_slice::<Envelope>(body).is_ok_and(|envelope| envelope.code == OVER_CONCURRENCY)
+    serde_json::from_slice::<Envelope>(body).ok().map(|envelope| envelope.code)
 }
+
+/// Whether the task Kling found by a waiting create's external id was made by one of its
+/// sends: the worker's own external ids name one create only; a client's own may name an
+/// older task of the account, so the task must be no older than the first send (with the
+/// clocks' allowance).
+fn made_by_a_send(found: &Value, external_task_id: &str, sending_since: u64) -> bool {
+    let created_at = found.get("created_at").and_then(Value::as_u64).unwrap_or(0);
+    external_task_id.starts_with(EDGE_PREFIX) || created_at.saturating_add(CLOCK_SKEW_MS) >= sending_since
+}
+
+/// How long a failed call to the gate waits before it is made again.
+pub const GATE_RETRY_MS: u64 = 5_000;
 
 impl<
         S: TaskStore + AssetStore,
@@ -56,13 +85,30 @@ impl<
     > Coordinator<'_, S, K, W, R, B, T, G>
 {
     /// Keeps a create the gate put in line (or one Kling answered 1303 with the slot it got
-    /// at once): listed and queried as `submitted` under the worker's id, until it is sent.
-    /// A repeat changes nothing.
-    pub fn enqueue(
+    /// at once, which it then puts back in the gate's line: `refused_at_once`): listed and
+    /// queried as `submitted` under the worker's id, until it is sent. A repeat changes
+    /// nothing.
+    pub async fn enqueue(
         &self,
         registration: Registration,
         body: Map<String, Value>,
         max_wait_ms: u64,
+        refused_at_once: bool,
+    ) -> Result<(), ApiError> {
+        let task_id = registration.task_id.clone();
+        self.keep_waiting(registration, body, max_wait_ms, refused_at_once)?;
+        if refused_at_once {
+            self.tell_refused(&task_id).await;
+        }
+        Ok(())
+    }
+
+    fn keep_waiting(
+        &self,
+        registration: Registration,
+        body: Map<String, Value>,
+        max_wait_ms: u64,
+        refused_at_once: bool,
     ) -> Result<(), ApiError> {
         let now = self.runtime.now_ms();
         if self.store.find_nonce(&registration.nonce)?.is_some() {
@@ -81,12 +127,36 @@ impl<
             queued_at: now,
             wait_until: now.saturating_add(max_wait_ms),
             sending_since: None,
+            tell_refused: refused_at_once,
         });
         self.store.save(&record)?;
         self.store.delete_intent(&nonce)?;
         match max_jobs_hold {
             Some(hold_id) => self.release_job(&hold_id),
             None => Ok(()),
+        }
+    }
+
+    /// Tells the gate that Kling answered 1303 to a create the edge sent at once, so that it
+    /// goes back in line (until then the gate counts its slot as Kling's); a call that fails
+    /// is made again by the task's step.
+    pub(crate) async fn tell_refused(&self, task_id: &str) {
+        let Some(record) = self.store.load(task_id).ok().flatten().filter(TaskRecord::refusal_untold) else {
+            return;
+        };
+        let ticket = Ticket { id: record.nonce.clone(), tenant: record.tenant.clone().unwrap_or_default() };
+        let told = self.gates.call(Refused { ticket }).await;
+        let retry_at = self.runtime.now_ms().saturating_add(GATE_RETRY_MS);
+        let told_ok = told.is_ok();
+        let saved = self.store.update(task_id, |record| match (told_ok, &mut record.queued) {
+            (true, Some(waiting)) => {
+                waiting.tell_refused = false;
+                record.gate_retry_at = None;
+            }
+            _ => record.gate_retry_at = Some(retry_at),
+        });
+        if let Some(problem) = told.err().or(saved.err()) {
+            self.runtime.log(json!({"event": "gate", "task_id": task_id, "problem": problem.message}));
         }
     }
 
@@ -113,11 +183,31 @@ impl<
             if now.saturating_sub(since) < self.settings.send_deadline_ms {
                 return Ok(Dispatched::Unknown);
             }
-            // A send whose answer never came: Kling may have the task.
+            // A send whose answer never came: Kling may have the task. One of its callbacks
+            // may have said so already.
+            if let Some(kling_task_id) = &record.kling_task_id {
+                return self.taken(&task_id, &json!({"task_id": kling_task_id}));
+            }
             let external_task_id = task::external_task_id_of(&record.data).unwrap_or_default().to_owned();
             match self.kling.task_by_external_id(endpoint, &external_task_id).await {
-                Ok(found) => return self.taken(&task_id, &found),
-                Err(error) if error.status == 404 => {}
+                // The task Kling made from one of its sends (a client's own external id may
+                // name an older task of the account).
+                Ok(found) if made_by_a_send(&found, &external_task_id, since) => {
+                    return self.taken(&task_id, &found)
+                }
+                Ok(_) => {
+                    return self
+                        .refused_for_good(&task_id, "its external_task_id names another task at Kling")
+                }
+                // Kling has none: sent again, unless it has waited too long by now.
+                Err(error) if error.status == 404 => {
+                    if waiting.wait_until <= now {
+                        let waited = waiting.wait_until.saturating_sub(waiting.queued_at) / 1000;
+                        let message = queued::waited_too_long(waited);
+                        self.store.update(&task_id, |record| record.end_unsent(&message, now))?;
+                        return Ok(Dispatched::Gone);
+                    }
+                }
                 Err(_) => return Ok(Dispatched::Unknown),
             }
         }
@@ -137,7 +227,17 @@ impl<
                 Some(data) if task::task_id_of(&data).is_some() => self.taken(&task_id, &data),
                 _ => self.refused_for_good(&task_id, "Kling's answer had no task"),
             },
-            Ok(reply) if is_over_concurrency(reply.status, &reply.body) => {
+            // Kling's gateway failed: it may have made the task, so the next send looks first.
+            Ok(reply) if reply.status >= 500 => {
+                let problem = format!("Kling answered {}", reply.status);
+                self.runtime.log(json!({"event": "dispatch", "task_id": task_id, "problem": problem}));
+                Ok(Dispatched::Unknown)
+            }
+            // Over the account's concurrency, or its rate: back in line, and the gate waits.
+            Ok(reply)
+                if is_over_concurrency(reply.status, &reply.body)
+                    || is_rate_limited(reply.status, &reply.body) =>
+            {
                 self.store.update(&task_id, |record| {
                     if let Some(waiting) = &mut record.queued {
                         waiting.sending_since = None;
@@ -259,6 +359,15 @@ impl<
         };
         let outcome = self.gates.call(CancelTicket { id: nonce.to_owned(), tenant: owner }).await?;
         if outcome == Cancel::AtKling {
+            // The gate is sending it (its send arrives in a moment), or holds it as a create
+            // Kling refused whose return to the line was never told: either way it is not
+            // ended here; an expiry looks again in a minute.
+            let again = self.runtime.now_ms().saturating_add(EXPIRY_RECHECK_MS);
+            self.store.update(task_id, |record| {
+                if let Some(waiting) = record.queued.as_mut().filter(|waiting| waiting.wait_until < again) {
+                    waiting.wait_until = again;
+                }
+            })?;
             return Ok(false);
         }
         let now = self.runtime.now_ms();

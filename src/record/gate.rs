@@ -280,15 +280,33 @@ impl Gate {
         let sent_so = |holder: &Holder| holder.ticket.id == id && holder.sending_since.is_some() == by_gate;
         let Some(at) = self.holders.iter().position(sent_so) else { return false };
         let holder = self.holders.remove(at);
-        // Before every create in line (so before its tenant's), and its tenant's turn first.
+        self.back_to_front(holder.ticket, holder.queued_at, now);
+        true
+    }
+
+    /// Kling answered 1303 to a create the edge sent while the gate could not be asked (so it
+    /// holds no slot here): it joins the line at the front, as [`Self::refused`] puts one.
+    /// Answers whether it did (an id the gate knows changes nothing).
+    pub fn refused_unseen(&mut self, ticket: Ticket, now: u64) -> bool {
+        let known = self.holders.iter().any(|holder| holder.ticket.id == ticket.id)
+            || self.line.iter().any(|waiting| waiting.ticket.id == ticket.id);
+        if known {
+            return false;
+        }
+        self.back_to_front(ticket, now, now);
+        true
+    }
+
+    /// Before every create in line (so before its tenant's), its tenant's turn first;
+    /// dispatch pauses, and the gate believes the slots held are all the account has.
+    fn back_to_front(&mut self, ticket: Ticket, queued_at: u64, now: u64) {
         let seq = self.line.iter().map(|waiting| waiting.seq).min().unwrap_or(self.next_seq) - 1;
-        self.served.insert(holder.ticket.tenant.clone(), 0);
-        self.line.push(Waiting { ticket: holder.ticket, queued_at: holder.queued_at, seq });
+        self.served.insert(ticket.tenant.clone(), 0);
+        self.line.push(Waiting { ticket, queued_at, seq });
         self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
         self.paused_until = Some(now.saturating_add(self.backoff_ms));
         let slots = (self.holders.len() as u32).max(1);
         self.learned = Some(Learned { slots, until: now.saturating_add(LEARNED_FOR_MS) });
-        true
     }
 
     /// The task `id` ended (Kling said so, or it never reached Kling): its slot is free.
@@ -404,6 +422,19 @@ mod tests {
             sent.push(next.id);
         }
         sent
+    }
+
+    #[test]
+    fn a_1303_to_a_create_the_gate_never_admitted_puts_it_at_the_front_once() {
+        let mut gate = Gate::default();
+        assert_eq!(gate.admit(ticket("a0", "a"), 1, 10, NOW), Admission::Go);
+        assert!(matches!(gate.admit(ticket("a1", "a"), 1, 10, NOW), Admission::Queued { .. }));
+        // Sent while the gate could not be asked, and refused by Kling.
+        assert!(gate.refused_unseen(ticket("b0", "b"), NOW));
+        assert!(!gate.refused_unseen(ticket("b0", "b"), NOW), "once");
+        assert!(!gate.refused_unseen(ticket("a0", "a"), NOW), "a holder is not new");
+        assert_eq!(gate.position("b0"), Some(1));
+        assert_eq!(gate.position("a1"), Some(2));
     }
 
     #[test]

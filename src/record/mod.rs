@@ -104,6 +104,10 @@ pub struct TaskRecord {
     /// the coordinator tells the gate it ended.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub holds_slot: bool,
+    /// When a call to the gate that failed (a slot's release, a 1303's return to the line)
+    /// is made again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_retry_at: Option<u64>,
 }
 
 /// A task as its client reads it, before the links to its copies are minted: Kling's data
@@ -149,6 +153,7 @@ impl TaskRecord {
             queued: None,
             kling_task_id: None,
             holds_slot: false,
+            gate_retry_at: None,
         }
     }
 
@@ -243,6 +248,12 @@ impl TaskRecord {
     /// Whether the task's end must still be told to its account's gate, to free its slot.
     pub fn slot_release_due(&self) -> bool {
         self.holds_slot && !self.dropped && task::is_final(&self.data)
+    }
+
+    /// Whether the gate must still be told that Kling answered 1303 to this create, sent with
+    /// the slot it got at once (until then the gate counts it as Kling's).
+    pub fn refusal_untold(&self) -> bool {
+        self.queued.as_ref().is_some_and(|queued| queued.tell_refused)
     }
 
     /// Whether a queued create has waited past its limit at `now` (and is not being sent).
@@ -343,10 +354,11 @@ impl TaskRecord {
             .then_some(self.delivery.next_attempt_at)
             .flatten();
         let edge_copy = self.edge_copy_due(u64::MAX).then(|| self.edge_copy_retry_at.unwrap_or(0));
-        let release = self.slot_release_due().then_some(0);
+        let gate =
+            (self.slot_release_due() || self.refusal_untold()).then(|| self.gate_retry_at.unwrap_or(0));
         let waited =
             self.queued.as_ref().filter(|queued| queued.sending_since.is_none()).map(|q| q.wait_until);
-        let due = [self.next_poll_at, delivery, edge_copy, release, waited].into_iter().flatten().min();
+        let due = [self.next_poll_at, delivery, edge_copy, gate, waited].into_iter().flatten().min();
         due.map(|at| at.max(self.prompt_until.unwrap_or(0)))
     }
 

@@ -27,6 +27,11 @@ pub struct Queued {
     /// answer never came is checked at Kling by its external id before it is sent again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sending_since: Option<u64>,
+    /// Kling answered 1303 to it when the edge sent it with the slot it got at once: the
+    /// gate must be told (its coordinator tells it as it keeps the create), so that it goes
+    /// back in line.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tell_refused: bool,
 }
 
 /// A tenant's line, as `GET /v1/queue` shows it: its creates waiting, in the order they

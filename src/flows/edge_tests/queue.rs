@@ -292,3 +292,90 @@ fn a_create_cut_off_while_it_joins_the_line_leaves_nothing_that_reaches_kling_or
         assert!(cut < 50);
     }
 }
+
+#[test]
+fn a_send_that_kling_fails_with_5xx_is_looked_for_then_sent_again_once() {
+    let world = busy(1, &[]);
+    let (web, ops) = (server("web"), server("ops"));
+    world.create_and_record(&web, &V2A, body());
+    let waiting = world.create_and_record(&ops, &V2A, body());
+    world.finish_running();
+    // Kling's gateway fails the first send: it may have the task, so nothing is ended.
+    let failed = KlingReply { status: 503, body: b"<html>busy</html>".to_vec() };
+    world.kling.create_scripts.borrow_mut().push_back(CreateScript::Reply(failed));
+    world.run_alarms_for(1_000);
+    let task = world.query(&ops, &id_of(&waiting)).unwrap();
+    assert_eq!(task["task_status"], "submitted", "{task}");
+    // After the send's deadline the gate sends again; Kling has no such task, so it is sent.
+    world.run_alarms_for(5 * 60_000);
+    assert_eq!(world.taken_by_kling(), 2);
+    let task = world.query(&ops, &id_of(&waiting)).unwrap();
+    assert!(task["kling_task_id"].as_str().is_some(), "{task}");
+}
+
+#[test]
+fn kling_rate_limiting_a_send_puts_the_create_back_in_line() {
+    let world = busy(1, &[]);
+    let (web, ops) = (server("web"), server("ops"));
+    world.create_and_record(&web, &V2A, body());
+    let waiting = world.create_and_record(&ops, &V2A, body());
+    world.finish_running();
+    let limited = json!({"code": 1302, "message": "rate limit exceeded", "request_id": "k"});
+    let reply = KlingReply { status: 429, body: limited.to_string().into_bytes() };
+    world.kling.create_scripts.borrow_mut().push_back(CreateScript::Reply(reply));
+    world.run_alarms_for(60_000);
+    let task = world.query(&ops, &id_of(&waiting)).unwrap();
+    assert!(task["kling_task_id"].as_str().is_some(), "sent after the pause, not failed: {task}");
+}
+
+#[test]
+fn a_1303_to_a_body_too_large_to_wait_is_refused_and_gives_its_slot_back() {
+    use base64ct::{Base64, Encoding};
+    let world = busy(2, &[]);
+    world.kling.slots.set(Some(1));
+    let web = server("web");
+    world.create_and_record(&web, &V2A, body());
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.resize(1_200_000, 0);
+    let big = json!({"prompt": "a cat", "image": Base64::encode_string(&png)});
+    let refused = world.create(&server("ops"), &I2V, big).unwrap_err();
+    assert_eq!((refused.status, refused.header.as_ref().map(|h| h.0)), (429, Some("Retry-After")));
+    assert!(refused.message.contains("cannot wait in line"), "{refused}");
+    assert_eq!(world.gate(), (1, 0), "only the first holds a slot");
+}
+
+#[test]
+fn a_1303_while_the_gate_cannot_be_asked_still_ends_with_the_create_in_line_and_sent() {
+    let world = busy(2, &[]);
+    world.kling.slots.set(Some(1));
+    let (web, ops) = (server("web"), server("ops"));
+    world.create_and_record(&web, &V2A, body());
+    world.gates.down.set(true);
+    let crowded = world.create_and_record(&ops, &V2A, body());
+    assert!(waits(&crowded), "kept, not failed: {:?}", crowded.answer);
+    world.gates.down.set(false);
+    world.finish_running();
+    world.run_alarms_for(60_000);
+    let task = world.query(&ops, &id_of(&crowded)).unwrap();
+    assert!(task["kling_task_id"].as_str().is_some(), "told the gate later, and sent: {task}");
+}
+
+#[test]
+fn a_gate_that_cannot_be_told_a_task_ended_holds_back_no_webhook() {
+    let world = busy(2, &[]);
+    let web = server("web");
+    let created = world.create_and_record(&web, &V2A, body());
+    world.gates.down.set(true);
+    world.finish_running();
+    let delivered = world
+        .receiver
+        .deliveries
+        .borrow()
+        .iter()
+        .any(|d| d.body_json()["task_id"] == id_of(&created).as_str());
+    assert!(delivered, "its webhook went out");
+    assert_eq!(world.gate(), (1, 0), "the gate has not heard yet");
+    world.gates.down.set(false);
+    world.run_alarms_for(60_000);
+    assert_eq!(world.gate(), (0, 0), "told later");
+}
