@@ -320,18 +320,30 @@ impl Coordinators for DurableCoordinators<'_> {
 
 /// Sends one request's JSON to the coordinator named `shard`; its answer's bytes.
 async fn send(env: &Env, shard: &str, body: String) -> Result<Vec<u8>, ApiError> {
+    post_to_object(env, BINDING, shard, body, "the task coordinator").await
+}
+
+/// POSTs `body` to the Durable Object `name` of the namespace bound as `binding` (`what`
+/// names it in the 503 a failure answers); its answer's bytes.
+pub async fn post_to_object(
+    env: &Env,
+    binding: &str,
+    name: &str,
+    body: String,
+    what: &str,
+) -> Result<Vec<u8>, ApiError> {
     let unavailable =
-        || ApiError::new(503, code::UNAVAILABLE, "the task coordinator is unavailable; retry shortly");
+        || ApiError::new(503, code::UNAVAILABLE, format!("{what} is unavailable; retry shortly"));
     let namespace = env
-        .durable_object(BINDING)
-        .map_err(|_| ApiError::config(BINDING, "is not bound: add the Durable Object to wrangler.toml"))?;
+        .durable_object(binding)
+        .map_err(|_| ApiError::config(binding, "is not bound: add the Durable Object to wrangler.toml"))?;
     let stub: RawStub =
-        namespace.id_from_name(shard).and_then(|id| id.get_stub()).map_err(|_| unavailable())?.into_rpc();
+        namespace.id_from_name(name).and_then(|id| id.get_stub()).map_err(|_| unavailable())?.into_rpc();
     let init = web_sys::RequestInit::new();
     init.set_method("POST");
     init.set_body(&JsValue::from_str(&body));
     let outgoing =
-        web_sys::Request::new_with_str_and_init("https://coordinator/", &init).map_err(|_| unavailable())?;
+        web_sys::Request::new_with_str_and_init("https://object/", &init).map_err(|_| unavailable())?;
     let promise = stub.fetch(&outgoing).map_err(|_| unavailable())?;
     let response: web_sys::Response =
         JsFuture::from(promise).await.and_then(|value| value.dyn_into()).map_err(|_| unavailable())?;

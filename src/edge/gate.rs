@@ -14,9 +14,8 @@
 use std::cell::{Cell, RefCell};
 
 use serde::Deserialize;
-use worker::wasm_bindgen::{JsCast, JsValue};
-use worker::wasm_bindgen_futures::JsFuture;
-use worker::{durable_object, web_sys, Env, Request, Response, ScheduledTime, SqlStorage, State};
+use worker::wasm_bindgen::JsValue;
+use worker::{durable_object, Env, Request, Response, ScheduledTime, SqlStorage, State};
 
 use crate::error::{code, ApiError};
 use crate::flows::gate::{GateFlows, GateSettings};
@@ -28,7 +27,7 @@ use crate::record::gate::{Gate, Ticket};
 
 use super::clock::{self, WorkerRuntime};
 use super::config;
-use super::coordinator::{DurableCoordinators, RawStub};
+use super::coordinator::{post_to_object, DurableCoordinators};
 
 /// The Durable Object binding in `wrangler.toml`.
 pub const BINDING: &str = "GATE";
@@ -237,20 +236,5 @@ impl Gates for DurableGates<'_> {
 }
 
 async fn send(env: &Env, body: String) -> Result<Vec<u8>, ApiError> {
-    let unavailable =
-        || ApiError::new(503, code::UNAVAILABLE, "the account's gate is unavailable; retry shortly");
-    let namespace = env
-        .durable_object(BINDING)
-        .map_err(|_| ApiError::config(BINDING, "is not bound: add the Durable Object to wrangler.toml"))?;
-    let stub: RawStub =
-        namespace.id_from_name(ACCOUNT).and_then(|id| id.get_stub()).map_err(|_| unavailable())?.into_rpc();
-    let init = web_sys::RequestInit::new();
-    init.set_method("POST");
-    init.set_body(&JsValue::from_str(&body));
-    let outgoing =
-        web_sys::Request::new_with_str_and_init("https://gate/", &init).map_err(|_| unavailable())?;
-    let promise = stub.fetch(&outgoing).map_err(|_| unavailable())?;
-    let response: web_sys::Response =
-        JsFuture::from(promise).await.and_then(|value| value.dyn_into()).map_err(|_| unavailable())?;
-    super::http::body_bytes(&response).await.map_err(|_| unavailable())
+    post_to_object(env, BINDING, ACCOUNT, body, "the account's gate").await
 }
