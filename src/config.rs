@@ -9,6 +9,7 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::accounts::{KlingAccounts, KlingCredentials};
 use crate::auth::cors::AllowedOrigins;
 use crate::error::ApiError;
 use crate::links::capability::CapabilityKey;
@@ -36,15 +37,6 @@ impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
-}
-
-/// How the worker authenticates to Kling.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KlingCredentials {
-    /// `KLING_API_KEY`: sent as the bearer token itself.
-    ApiKey(Secret),
-    /// `KLING_ACCESS_KEY` + `KLING_SECRET_KEY`: an HS256 JWT is signed per [`crate::jwt`].
-    AccessKey { access_key: Secret, secret_key: Secret },
 }
 
 /// One client of the proxy, from `PROXY_API_KEYS`: a tenant name, its key, and the key's
@@ -144,7 +136,8 @@ fn is_client_name(name: &str) -> bool {
 /// Every setting the worker reads, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    pub kling: KlingCredentials,
+    /// The Kling accounts (`KLING_ACCOUNTS`, or the one of the one-account settings).
+    pub accounts: KlingAccounts,
     /// Kling's origin (and optional path prefix), without a trailing slash.
     pub kling_api_base: String,
     pub clients: ClientKeys,
@@ -171,9 +164,6 @@ pub struct Config {
     pub kling_poll: Schedule,
     /// Signs the callback capabilities, derived from the Kling credential.
     pub capability_key: CapabilityKey,
-    /// `KLING_ACCOUNT_EMAIL`: the Kling account's email, which useapi.net-style calls may
-    /// name (`email`); without it, they may not.
-    pub kling_account_email: Option<String>,
     /// `VIDEO_PROBE`: strict (default), lenient or off.
     pub video_probe: Policy,
     /// `VIDEO_PROBE_TIMEOUT_MS`: how long measuring one video may take, all its reads together.
@@ -188,8 +178,6 @@ pub struct Config {
     pub asset_retention_ms: u64,
     /// `UPLOAD_BYTES_PER_DAY`.
     pub upload_bytes_per_day: u64,
-    /// `KLING_MAX_CONCURRENCY`: the account's slots; 0 turns the line off.
-    pub kling_max_concurrency: u32,
     /// `QUEUE_MAX_PER_TENANT`.
     pub queue_max_per_tenant: u32,
     /// `QUEUE_MAX_WAIT_SECONDS`, in milliseconds.
@@ -257,6 +245,8 @@ pub const SETTINGS: &[Setting] = &[
     var("FORWARD_RETRY_SECONDS", Rule::Delays { default: "5,300,1800,7200,18000,36000,36000" }, "the delays between attempts of a webhook, comma-separated seconds (by default 8 attempts over about 28 hours)"),
     var("KLING_POLL_SECONDS", Rule::Delays { default: "30,60,120,300,600" }, "the delays between polls of a task Kling sends no news about; the last repeats until the task is final or a day has passed"),
     var("KLING_ACCOUNT_EMAIL", TEXT, "the Kling account's email, which useapi.net-style calls may name in `email`; unset, they may not"),
+    var("KLING_ACCOUNTS", TEXT, "several Kling accounts, `name:email:concurrency,...` (email and concurrency optional; concurrency defaults to `KLING_MAX_CONCURRENCY`): creates go to the least loaded, and `email` picks one (see \"Several Kling accounts\"); unset, the one account above, named `default`"),
+    secret("KLING_ACCOUNT_KEYS", "the credentials of the accounts in `KLING_ACCOUNTS`: `name:access_key:secret_key` or `name:api_key`, comma-separated; the first account may keep its credential in the settings above instead"),
     var("VIDEO_PROBE", Rule::Choice { default: "strict", options: &["strict", "lenient", "off"] }, "what to do with a video that cannot be measured (see \"Measuring the video\")"),
     var("VIDEO_PROBE_TIMEOUT_MS", Rule::Whole { default: 4_000, min: 200, max: 30_000 }, "how long measuring one video may take, all its reads together, in milliseconds"),
     var("RESULT_COPY_MAX_BYTES", Rule::Whole { default: 100 * 1024 * 1024, min: 1024, max: 5 * 1024 * 1024 * 1024 }, "files larger than this are not copied (Kling's link only)"),
@@ -328,24 +318,19 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ApiError> {
         let get = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
 
-        let kling = match (get("KLING_API_KEY"), get("KLING_ACCESS_KEY"), get("KLING_SECRET_KEY")) {
-            (Some(api_key), _, _) => KlingCredentials::ApiKey(Secret::new(api_key.trim())),
-            (None, Some(access_key), Some(secret_key)) => KlingCredentials::AccessKey {
+        let single = match (get("KLING_API_KEY"), get("KLING_ACCESS_KEY"), get("KLING_SECRET_KEY")) {
+            (Some(api_key), _, _) => Some(KlingCredentials::ApiKey(Secret::new(api_key.trim()))),
+            (None, Some(access_key), Some(secret_key)) => Some(KlingCredentials::AccessKey {
                 access_key: Secret::new(access_key.trim()),
                 secret_key: Secret::new(secret_key.trim()),
-            },
+            }),
             (None, Some(_), None) => {
                 return Err(ApiError::config("KLING_SECRET_KEY", "is not set (KLING_ACCESS_KEY is)"))
             }
             (None, None, Some(_)) => {
                 return Err(ApiError::config("KLING_ACCESS_KEY", "is not set (KLING_SECRET_KEY is)"))
             }
-            (None, None, None) => {
-                return Err(ApiError::config(
-                    "KLING_API_KEY",
-                    "is not set (set it, or KLING_ACCESS_KEY and KLING_SECRET_KEY)",
-                ))
-            }
+            (None, None, None) => None,
         };
 
         let kling_api_base = match get("KLING_API_BASE") {
@@ -386,6 +371,25 @@ impl Config {
             }
         };
         let kling_timeout_ms = whole("KLING_TIMEOUT_MS")? as u32;
+        let max_concurrency = whole("KLING_MAX_CONCURRENCY")? as u32;
+        let email = get("KLING_ACCOUNT_EMAIL");
+        let account_keys = get("KLING_ACCOUNT_KEYS");
+        let accounts = match (get("KLING_ACCOUNTS"), single) {
+            (Some(listed), single) => KlingAccounts::parse(
+                &listed,
+                account_keys.as_deref(),
+                single,
+                email.as_deref(),
+                max_concurrency,
+            )?,
+            (None, Some(single)) => KlingAccounts::single(single, email, max_concurrency),
+            (None, None) => {
+                return Err(ApiError::config(
+                    "KLING_API_KEY",
+                    "is not set (set it, or KLING_ACCESS_KEY and KLING_SECRET_KEY, or KLING_ACCOUNTS)",
+                ))
+            }
+        };
 
         let public_base_url = match get("PUBLIC_BASE_URL") {
             None => None,
@@ -407,10 +411,7 @@ impl Config {
                 .map(|raw| Schedule::parse(&raw).map_err(|problem| ApiError::config(name, problem)))
                 .unwrap_or_else(|| Ok(default_delays(name)))
         };
-        let kling_secret = match &kling {
-            KlingCredentials::ApiKey(key) => key.expose(),
-            KlingCredentials::AccessKey { secret_key, .. } => secret_key.expose(),
-        };
+        let kling_secret = accounts.first().credentials.secret();
         // Bound to the deployment too: another deployment on the same Kling account (staging
         // beside production) must not accept these callback URLs and result links.
         let deployment = public_base_url.as_deref().unwrap_or_default();
@@ -425,7 +426,6 @@ impl Config {
             forward_retry: schedule("FORWARD_RETRY_SECONDS")?,
             kling_poll: schedule("KLING_POLL_SECONDS")?,
             capability_key,
-            kling_account_email: get("KLING_ACCOUNT_EMAIL").map(|email| email.trim().to_ascii_lowercase()),
             video_probe: match (get("VIDEO_PROBE"), setting("VIDEO_PROBE").rule) {
                 (raw, Rule::Choice { default, .. }) => Policy::parse(raw.as_deref().unwrap_or(default))
                     .ok_or_else(|| ApiError::config("VIDEO_PROBE", "must be strict, lenient or off"))?,
@@ -437,10 +437,9 @@ impl Config {
             link_key,
             asset_retention_ms: copies::days_ms(whole("ASSET_RETENTION_DAYS")? as u32),
             upload_bytes_per_day: whole("UPLOAD_BYTES_PER_DAY")?,
-            kling_max_concurrency: whole("KLING_MAX_CONCURRENCY")? as u32,
             queue_max_per_tenant: whole("QUEUE_MAX_PER_TENANT")? as u32,
             queue_max_wait_ms: whole("QUEUE_MAX_WAIT_SECONDS")? * 1000,
-            kling,
+            accounts,
             kling_api_base,
             clients,
             allow_private_urls,
@@ -556,13 +555,15 @@ mod tests {
         assert_eq!(config.kling_timeout_ms, 30_000);
         assert_eq!(config.video_probe_timeout_ms, 4_000);
         assert_eq!(config.video_probe, Policy::Strict);
-        assert!(matches!(config.kling, KlingCredentials::AccessKey { .. }));
+        assert!(matches!(config.accounts.first().credentials, KlingCredentials::AccessKey { .. }));
+        assert_eq!(config.accounts.first().name, crate::accounts::DEFAULT_ACCOUNT);
+        assert_eq!(config.accounts.first().max_concurrency, 5);
     }
 
     #[test]
     fn api_key_wins_over_access_keys() {
         let config = config(&with(&[("KLING_API_KEY", "api-example")])).unwrap();
-        assert_eq!(config.kling, KlingCredentials::ApiKey(Secret::new("api-example")));
+        assert_eq!(config.accounts.first().credentials, KlingCredentials::ApiKey(Secret::new("api-example")));
     }
 
     #[test]
@@ -574,6 +575,30 @@ mod tests {
         let error =
             config(&[("PROXY_API_KEYS", "web:k_1_web_example_key"), ("KLING_ACCESS_KEY", "ak")]).unwrap_err();
         assert!(error.message.contains("KLING_SECRET_KEY"), "{}", error.message);
+    }
+
+    #[test]
+    fn several_accounts_come_from_kling_accounts_and_their_keys() {
+        let config = config(&[
+            ("PROXY_API_KEYS", "web:k_1_web_example_key"),
+            ("KLING_ACCOUNTS", "main:main@example.com:2,spare:spare@example.com"),
+            ("KLING_ACCOUNT_KEYS", "main:ak-main:sk-main,spare:api-spare"),
+            ("KLING_MAX_CONCURRENCY", "4"),
+        ])
+        .unwrap();
+        let accounts = config.accounts.all();
+        assert_eq!((accounts[0].name.as_str(), accounts[0].max_concurrency), ("main", 2));
+        assert_eq!((accounts[1].name.as_str(), accounts[1].max_concurrency), ("spare", 4));
+        // The first account's secret keys what the deployment signs, as the one account's did.
+        assert_eq!(config.capability_key, CapabilityKey::derive("sk-main", ""));
+        let error = super::tests::config(&[
+            ("PROXY_API_KEYS", "web:k_1_web_example_key"),
+            ("KLING_ACCOUNTS", "main,spare"),
+            ("KLING_ACCOUNT_KEYS", "main:api-secret-value"),
+        ])
+        .unwrap_err();
+        assert!(error.message.contains("KLING_ACCOUNT_KEYS") && error.message.contains("spare"));
+        assert!(!error.message.contains("secret-value"));
     }
 
     #[test]

@@ -42,11 +42,15 @@ pub(crate) fn timestamp(secs: i64) -> DateTime<Utc> {
     DateTime::from_timestamp(secs, 0).unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
-/// One signed token, remembered with the credentials it was signed for.
+/// The signed tokens, one per account, each remembered with the credentials it was signed
+/// for.
 #[derive(Debug, Default)]
 pub struct KlingTokenCache {
-    cached: Option<CachedToken>,
+    cached: Vec<CachedToken>,
 }
+
+/// Tokens kept at most (a deployment has a few accounts; past this, the oldest is dropped).
+const ACCOUNTS_KEPT: usize = 16;
 
 #[derive(Debug)]
 struct CachedToken {
@@ -58,22 +62,28 @@ struct CachedToken {
 
 impl KlingTokenCache {
     pub const fn new() -> Self {
-        KlingTokenCache { cached: None }
+        KlingTokenCache { cached: Vec::new() }
     }
 
     /// A token for these credentials that stays valid for at least 5 more minutes.
     pub fn token(&mut self, access_key: &str, secret_key: &str, now_secs: i64) -> String {
         let credentials_digest = credentials_digest(access_key, secret_key);
-        if let Some(cached) = &self.cached {
+        if let Some(cached) =
+            self.cached.iter().find(|cached| cached.credentials_digest == credentials_digest)
+        {
             let fresh = now_secs < cached.expires_at_secs - RENEW_BEFORE_EXPIRY_SECS
                 // A clock that went backwards past `nbf` must not reuse a token Kling refuses.
                 && now_secs >= cached.expires_at_secs - TOKEN_LIFETIME_SECS - NOT_BEFORE_SKEW_SECS;
-            if fresh && cached.credentials_digest == credentials_digest {
+            if fresh {
                 return cached.token.clone();
             }
         }
         let token = sign_kling_token(access_key, secret_key, now_secs);
-        self.cached = Some(CachedToken {
+        self.cached.retain(|cached| cached.credentials_digest != credentials_digest);
+        if self.cached.len() >= ACCOUNTS_KEPT {
+            self.cached.remove(0);
+        }
+        self.cached.push(CachedToken {
             token: token.clone(),
             expires_at_secs: now_secs + TOKEN_LIFETIME_SECS,
             credentials_digest,
@@ -161,6 +171,20 @@ mod tests {
         let rotated = cache.token("ak", "sk-rotated", NOW + 1);
         assert_ne!(rotated, first);
         assert_ne!(cache.token("ak-2", "sk-rotated", NOW + 2), rotated);
+    }
+
+    #[test]
+    fn cache_keeps_one_token_per_account() {
+        let mut cache = KlingTokenCache::new();
+        let main = cache.token("ak-main", "sk-main", NOW);
+        let spare = cache.token("ak-spare", "sk-spare", NOW + 1);
+        assert_ne!(main, spare);
+        assert_eq!(cache.token("ak-main", "sk-main", NOW + 2), main, "not re-signed for another account");
+        assert_eq!(cache.token("ak-spare", "sk-spare", NOW + 3), spare);
+        for i in 0..ACCOUNTS_KEPT {
+            cache.token(&format!("ak-{i}"), "sk", NOW + 4);
+        }
+        assert_eq!(cache.cached.len(), ACCOUNTS_KEPT, "bounded");
     }
 
     #[test]

@@ -21,11 +21,13 @@
 //!   - [`record`]: what a coordinator keeps per task: delivery, result copies, the edge copy;
 //!   - [`flows`]: every flow of a task's life, against the [`ports`], with [`testing`]'s
 //!     in-memory ports;
-//!   - and the shared pieces: [`config`] (the settings table), [`error`], [`routes`],
+//!   - and the shared pieces: [`config`] (the settings table), [`accounts`] (the Kling
+//!     accounts), [`error`], [`routes`],
 //!     [`validate`], [`schedule`], [`url_safety`], [`byte_range`], [`jwt`], [`ids`].
 //! - **Edge modules** ([`edge`], wasm32 only): glue that implements the ports with the
 //!   Workers runtime and turns each flow's answer into a response.
 
+pub mod accounts;
 pub mod api;
 pub mod auth;
 pub mod byte_range;

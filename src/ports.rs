@@ -104,16 +104,28 @@ pub trait AssetStore {
 }
 
 /// Kling, as the coordinator asks it about a task, and sends it a create that waited at the
-/// edge for a free slot.
+/// edge for a free slot: each call on the account it names (`crate::accounts`; `None`, a
+/// task from before accounts had names, is the first).
 pub trait Upstream {
     /// Sends a queued create to Kling, once (see [`KlingApi::create`]), with the create's
     /// full deadline.
-    async fn create(&self, endpoint: &Endpoint, body: &Map<String, Value>) -> Result<KlingReply, ApiError>;
+    async fn create(
+        &self,
+        account: Option<&str>,
+        endpoint: &Endpoint,
+        body: &Map<String, Value>,
+    ) -> Result<KlingReply, ApiError>;
     /// The task's `data` as Kling reports it now (by task id only), or why Kling did not say.
-    async fn current_task(&self, endpoint: &Endpoint, task_id: &str) -> Result<Value, ApiError>;
+    async fn current_task(
+        &self,
+        account: Option<&str>,
+        endpoint: &Endpoint,
+        task_id: &str,
+    ) -> Result<Value, ApiError>;
     /// The task Kling knows by this `external_task_id`, or why Kling did not say (404: none).
     async fn task_by_external_id(
         &self,
+        account: Option<&str>,
         endpoint: &Endpoint,
         external_task_id: &str,
     ) -> Result<Value, ApiError>;
@@ -172,7 +184,7 @@ pub trait AssetBucket {
     async fn remove(&self, key: &str) -> Result<(), ApiError>;
 }
 
-/// A Kling account's gate (`crate::record::gate`), kept whole by its object. Synchronous,
+/// The gate of the Kling accounts (`crate::record::gate`), kept whole by its object. Synchronous,
 /// like the coordinator's store: a load-change-save with no `await` between is atomic.
 pub trait GateStore {
     fn load_gate(&self) -> Result<Gate, ApiError>;
@@ -195,13 +207,13 @@ pub enum Dispatched {
     Unknown,
 }
 
-/// The coordinators, as a gate reaches them: send a queued create to Kling.
+/// The coordinators, as a gate reaches them: send a queued create to Kling, on `account`.
 pub trait Dispatcher {
-    async fn dispatch(&self, ticket: &Ticket) -> Dispatched;
+    async fn dispatch(&self, ticket: &Ticket, account: &str) -> Dispatched;
 }
 
-/// The Kling account's gate, as the request path and the coordinators call it (one object;
-/// see `crate::flows::gate_protocol`).
+/// The gate of the Kling accounts, as the request path and the coordinators call it (one
+/// object; see `crate::flows::gate_protocol`).
 pub trait Gates {
     async fn call<C: GateCall>(&self, call: C) -> Result<C::Answer, ApiError>;
 }
@@ -230,8 +242,15 @@ pub struct KlingReply {
 /// answer that does not come in time is an error (502, 504) saying the task may or may not
 /// exist. Reading the account's costs is free and read-only.
 pub trait KlingApi {
-    async fn create(&self, endpoint: &Endpoint, body: &Map<String, Value>) -> Result<KlingReply, ApiError>;
-    /// `GET /account/costs?{query}`: the account's resource packs, Kling's answer unchanged.
+    /// A create on the account named `account`.
+    async fn create(
+        &self,
+        account: &str,
+        endpoint: &Endpoint,
+        body: &Map<String, Value>,
+    ) -> Result<KlingReply, ApiError>;
+    /// `GET /account/costs?{query}`: the first account's resource packs, Kling's answer
+    /// unchanged.
     async fn account_costs(&self, query: &CostsQuery) -> Result<KlingReply, ApiError>;
 }
 

@@ -285,7 +285,7 @@ static ADD_SOUND_BODY: Body = Body {
         edge(
             "email",
             Rule::Text { max: 254, nonempty: true },
-            "The Kling account to use: must be the deployment's KLING_ACCOUNT_EMAIL.",
+            "The Kling account to use: one of the deployment's accounts (an email of KLING_ACCOUNTS, or KLING_ACCOUNT_EMAIL); the create goes to that account only (waiting for its slots). Unknown: 400.",
         ),
     ],
     checks: &[Check::NotTrue(

@@ -149,7 +149,7 @@ impl TaskCoordinator {
             shard: self.shard()?,
             store: self.store()?,
             prompts: &self.prompts,
-            kling: LazyKling { config: config.clone(), client_waits, kling: OnceCell::new() },
+            kling: AccountKling { config: config.clone(), client_waits },
             edge_copies: KvEdgeCopies { env: &self.env },
             settings: flow_settings(&config, &bucket),
             bucket,
@@ -191,50 +191,52 @@ impl TaskCoordinator {
     }
 }
 
-/// Kling for the coordinator: the client (and its token) is made at the first poll.
-struct LazyKling {
+/// Kling for the coordinator: a client (and its account's token, from the isolate's cache)
+/// for each call, on the account of the task it is about.
+struct AccountKling {
     config: std::rc::Rc<Config>,
     client_waits: bool,
-    kling: OnceCell<Kling>,
 }
 
-impl LazyKling {
-    fn kling(&self) -> &Kling {
-        self.kling.get_or_init(|| {
-            let kling = Kling::new(&self.config);
-            kling.with_timeout_ms(if self.client_waits {
-                QUERY_REFRESH_TIMEOUT_MS
-            } else {
-                ALARM_POLL_TIMEOUT_MS
-            })
+impl AccountKling {
+    fn kling(&self, account: Option<&str>) -> Kling {
+        let kling = Kling::new(&self.config, self.config.accounts.of_task(account));
+        kling.with_timeout_ms(if self.client_waits {
+            QUERY_REFRESH_TIMEOUT_MS
+        } else {
+            ALARM_POLL_TIMEOUT_MS
         })
     }
 }
 
-impl crate::ports::Upstream for LazyKling {
+impl crate::ports::Upstream for AccountKling {
     /// With the create's own deadline (`KLING_TIMEOUT_MS`), not a poll's.
     async fn create(
         &self,
+        account: Option<&str>,
         endpoint: &crate::api::Endpoint,
         body: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<crate::ports::KlingReply, ApiError> {
-        Kling::new(&self.config).create(endpoint, body).await
+        let kling = Kling::new(&self.config, self.config.accounts.of_task(account));
+        kling.create(endpoint, body).await
     }
 
     async fn current_task(
         &self,
+        account: Option<&str>,
         endpoint: &crate::api::Endpoint,
         task_id: &str,
     ) -> Result<serde_json::Value, ApiError> {
-        self.kling().current_task(endpoint, task_id).await
+        self.kling(account).current_task(endpoint, task_id).await
     }
 
     async fn task_by_external_id(
         &self,
+        account: Option<&str>,
         endpoint: &crate::api::Endpoint,
         external_task_id: &str,
     ) -> Result<serde_json::Value, ApiError> {
-        self.kling().task_by_external_id(endpoint, external_task_id).await
+        self.kling(account).task_by_external_id(endpoint, external_task_id).await
     }
 }
 
@@ -244,7 +246,7 @@ struct Ports<'a> {
     shard: &'a str,
     store: &'a SqlStore,
     prompts: &'a PromptSteps,
-    kling: LazyKling,
+    kling: AccountKling,
     edge_copies: KvEdgeCopies<'a>,
     bucket: R2Results,
     settings: Settings,
@@ -253,7 +255,7 @@ struct Ports<'a> {
 type RealCoordinator<'a> = Coordinator<
     'a,
     SqlStore,
-    LazyKling,
+    AccountKling,
     FetchWebhooks,
     KvEdgeCopies<'a>,
     R2Results,
@@ -290,6 +292,7 @@ fn flow_settings(config: &crate::config::Config, bucket: &R2Results) -> Settings
             public_base_url: config.public_base_url.clone(),
         },
         send_deadline_ms: crate::flows::gate::coordinator_send_deadline_ms(config),
+        accounts: config.accounts.all().iter().map(|account| account.name.clone()).collect(),
     }
 }
 

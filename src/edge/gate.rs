@@ -1,15 +1,18 @@
-//! The Kling account's gate: a SQLite-backed Durable Object that holds the account's slots
-//! and the line of creates waiting for one (`crate::record::gate`), and the way the request
-//! path and the coordinators call it.
+//! The gate of the Kling accounts: a SQLite-backed Durable Object that holds each account's
+//! slots and the one line of creates waiting for a slot (`crate::record::gate`), and the way
+//! the request path and the coordinators call it.
 //!
 //! **Why one object.** Kling counts concurrency per account, across every tenant and every
 //! key: only one place can know how many slots are held and who is next, and decide it
 //! atomically. The object runs the flows of `crate::flows::gate`: each request (admit,
 //! release, cancel) is a load, a rule and a save with no `await` between. Its alarm sends
 //! waiting creates to Kling through their tenants' coordinators (which hold each create's
-//! body), so the line survives eviction and restarts. The gate is one object per account,
-//! so its cost is one small request per create and one per task's end: at Cloudflare's
-//! ~1,000 requests a second per object it serves far more creates than an account can run.
+//! body), so the line survives eviction and restarts. One object holds every account (each
+//! with its own slots and pace): choosing the least loaded account is then one decision in
+//! one place, with no round trip per account, and a create in line goes to whichever account
+//! frees a slot first. Its cost is one small request per create and one per task's end: at
+//! Cloudflare's ~1,000 requests a second per object it serves far more creates than a few
+//! accounts can run.
 
 use std::cell::{Cell, RefCell};
 
@@ -31,7 +34,8 @@ use super::coordinator::{post_to_object, DurableCoordinators};
 
 /// The Durable Object binding in `wrangler.toml`.
 pub const BINDING: &str = "GATE";
-/// The object of the deployment's one Kling account.
+/// The gate's object (named when the deployment had one account; kept, so that a line
+/// waiting at an upgrade is still there after it).
 pub const ACCOUNT: &str = "account:default";
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS gate (id INTEGER PRIMARY KEY, state TEXT NOT NULL)";
 const LOAD: &str = "SELECT state FROM gate WHERE id = 0";
@@ -50,6 +54,8 @@ pub struct AccountGate {
 
 struct SqlGate<'a> {
     sql: SqlStorage,
+    /// The deployment's first account: a gate saved before accounts had names held its slots.
+    first_account: &'a str,
     cache: &'a RefCell<Option<Gate>>,
     /// Whether this instance has made its table.
     opened: &'a Cell<bool>,
@@ -82,11 +88,12 @@ impl GateStore for SqlGate<'_> {
         }
         self.open()?;
         let rows: Vec<StateRow> = self.sql.exec(LOAD, None).and_then(|c| c.to_array()).map_err(failed)?;
-        let gate = match rows.first() {
+        let mut gate: Gate = match rows.first() {
             Some(row) => serde_json::from_str(&row.state)
                 .map_err(|_| ApiError::internal("the account's gate state is unreadable"))?,
             None => Gate::default(),
         };
+        gate.name_unnamed(self.first_account);
         *self.cache.borrow_mut() = Some(gate.clone());
         Ok(gate)
     }
@@ -109,10 +116,11 @@ struct CoordinatorDispatcher<'a> {
 }
 
 impl Dispatcher for CoordinatorDispatcher<'_> {
-    async fn dispatch(&self, ticket: &Ticket) -> Dispatched {
+    async fn dispatch(&self, ticket: &Ticket, account: &str) -> Dispatched {
         let coordinators = DurableCoordinators { env: self.env, calls: &self.calls };
         let shard = task::tenant_shard(&ticket.tenant);
-        match coordinators.call(&shard, protocol::Dispatch { nonce: ticket.id.clone() }).await {
+        let call = protocol::Dispatch { nonce: ticket.id.clone(), account: account.to_owned() };
+        match coordinators.call(&shard, call).await {
             Ok(outcome) => outcome,
             Err(error) => {
                 WorkerRuntime.log_problem("dispatch", &error.message);
@@ -139,7 +147,7 @@ impl worker::DurableObject for AccountGate {
             Ok(config) => {
                 let settings = GateSettings::of(&config);
                 let dispatcher = CoordinatorDispatcher { env: &self.env, calls: Cell::new(0) };
-                let store = self.store();
+                let store = self.store(&config);
                 let flows = GateFlows {
                     store: &store,
                     dispatcher: &dispatcher,
@@ -166,7 +174,7 @@ impl worker::DurableObject for AccountGate {
         };
         let settings = GateSettings::of(&config);
         let dispatcher = CoordinatorDispatcher { env: &self.env, calls: Cell::new(0) };
-        let store = self.store();
+        let store = self.store(&config);
         let flows = GateFlows {
             store: &store,
             dispatcher: &dispatcher,
@@ -183,8 +191,13 @@ impl worker::DurableObject for AccountGate {
 }
 
 impl AccountGate {
-    fn store(&self) -> SqlGate<'_> {
-        SqlGate { sql: self.state.storage().sql(), cache: &self.gate, opened: &self.opened }
+    fn store<'a>(&'a self, config: &'a crate::config::Config) -> SqlGate<'a> {
+        SqlGate {
+            sql: self.state.storage().sql(),
+            first_account: &config.accounts.first().name,
+            cache: &self.gate,
+            opened: &self.opened,
+        }
     }
 
     /// Sets the alarm for the gate's next work (`floor_ms` from now at the earliest), unless

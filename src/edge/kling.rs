@@ -10,12 +10,13 @@ use std::time::Duration;
 
 use worker::{Headers, Method, Request, RequestInit};
 
+use crate::accounts::{KlingAccount, KlingCredentials};
 use crate::api::Endpoint;
-use crate::config::{Config, KlingCredentials};
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::jwt::KlingTokenCache;
 use crate::kling::task;
-use crate::ports::{KlingApi, KlingReply, Upstream};
+use crate::ports::{KlingApi, KlingReply};
 
 use super::clock;
 use super::http::{fetch_with_deadline, FetchFailure};
@@ -45,8 +46,9 @@ pub struct Kling {
 }
 
 impl Kling {
-    pub fn new(config: &Config) -> Kling {
-        let token = match &config.kling {
+    /// A client of `account`, with its token (signed once per isolate and reused).
+    pub fn new(config: &Config, account: &KlingAccount) -> Kling {
+        let token = match &account.credentials {
             KlingCredentials::ApiKey(key) => key.expose().to_owned(),
             KlingCredentials::AccessKey { access_key, secret_key } => KLING_TOKENS.with(|cache| {
                 cache.borrow_mut().token(access_key.expose(), secret_key.expose(), clock::now_secs())
@@ -138,18 +140,14 @@ impl Kling {
     }
 }
 
-impl Upstream for Kling {
-    async fn create(
-        &self,
-        endpoint: &Endpoint,
-        body: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<KlingReply, ApiError> {
-        Kling::create(self, endpoint, body).await
-    }
-
+impl Kling {
     /// The task's `data` as Kling reports it now, or why Kling did not say. An answer about
     /// another task (Kling may resolve the id as someone's external id) is refused.
-    async fn current_task(&self, endpoint: &Endpoint, task_id: &str) -> Result<serde_json::Value, ApiError> {
+    pub async fn current_task(
+        &self,
+        endpoint: &Endpoint,
+        task_id: &str,
+    ) -> Result<serde_json::Value, ApiError> {
         let data = self.query_task(endpoint, task_id).await?;
         if task::task_id_of(&data) != Some(task_id) {
             return Err(ApiError::upstream_unreachable("Kling answered about another task"));
@@ -159,7 +157,7 @@ impl Upstream for Kling {
 
     /// An answer that does not echo the external id (Kling may resolve it as a task id) is
     /// refused.
-    async fn task_by_external_id(
+    pub async fn task_by_external_id(
         &self,
         endpoint: &Endpoint,
         external_task_id: &str,
@@ -190,13 +188,17 @@ pub struct KlingForRequests<'a> {
 impl KlingApi for KlingForRequests<'_> {
     async fn create(
         &self,
+        account: &str,
         endpoint: &Endpoint,
         body: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<KlingReply, ApiError> {
-        Kling::new(self.config).create(endpoint, body).await
+        Kling::new(self.config, self.config.accounts.of_task(Some(account))).create(endpoint, body).await
     }
 
+    /// The first account's.
     async fn account_costs(&self, query: &crate::validate::CostsQuery) -> Result<KlingReply, ApiError> {
-        Kling::new(self.config).get(&format!("/account/costs?{}", query.to_query())).await
+        Kling::new(self.config, self.config.accounts.first())
+            .get(&format!("/account/costs?{}", query.to_query()))
+            .await
     }
 }

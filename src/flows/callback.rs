@@ -56,7 +56,12 @@ impl<P: EdgePorts> Edge<'_, P> {
                 ApiError::new(404, code::NOT_FOUND, "callback: no task was created with this URL")
             })?;
         let report = task::parse_callback(body)?;
-        let call = protocol::Report { nonce: capability.nonce, endpoint: capability.endpoint, report };
+        let call = protocol::Report {
+            nonce: capability.nonce,
+            endpoint: capability.endpoint,
+            report,
+            account: capability.account,
+        };
         let step_now = self.coordinators.call(&capability.shard, call).await?;
         Ok(Taken {
             answer: Answer::Acknowledged,

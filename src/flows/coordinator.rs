@@ -94,6 +94,9 @@ pub struct Settings {
     /// How long a queued create's send to Kling may go unanswered before it is looked for at
     /// Kling (by its external id) and sent again if Kling has none: past a create's deadline.
     pub send_deadline_ms: u64,
+    /// The Kling accounts' names, the first one first: a create whose account was not known
+    /// when its intent was written is looked for on each.
+    pub accounts: Vec<String>,
 }
 
 /// What the links in webhooks need: the key, how long they last, and the origin to use for
@@ -139,6 +142,9 @@ pub struct Registration {
     /// given back when the task ends.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub holds_slot: bool,
+    /// The Kling account that has the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 pub struct Coordinator<'a, S, K, W, R, B, T, G> {
@@ -201,6 +207,7 @@ impl<
             data,
             max_jobs_hold,
             holds_slot,
+            account,
         } = registration;
         if let Some(bound) = self.store.find_nonce(&nonce)?.filter(|bound| *bound != task_id) {
             // Only a forged callback (with a leaked URL) could have bound this fresh nonce
@@ -232,6 +239,9 @@ impl<
         record.style = style;
         record.reply_ref = reply_ref;
         record.origin = origin;
+        if account.is_some() {
+            record.account = account;
+        }
         record.apply_report(&data, now, &self.settings.poll);
         if record.next_poll_at.is_none() {
             record.schedule_poll(now, &self.settings.poll);
@@ -250,8 +260,15 @@ impl<
     /// `endpoint`. The nonce binds to the first task it reports about; a report about
     /// another task with it is refused, and so is one for a task created with another nonce.
     /// A report that makes the task's step due answers with its prompt step, if its receiver
-    /// has room for one (`super::prompt`).
-    pub fn report(&self, nonce: &str, endpoint: u8, report: &Value) -> Result<Option<StepNow>, ApiError> {
+    /// has room for one (`super::prompt`). `account` is the capability's: the account a task
+    /// first learned from its callback is followed on.
+    pub fn report(
+        &self,
+        nonce: &str,
+        endpoint: u8,
+        report: &Value,
+        account: Option<&str>,
+    ) -> Result<Option<StepNow>, ApiError> {
         let now = self.runtime.now_ms();
         let reported = task::task_id_of(report)
             .ok_or_else(|| ApiError::bad_param("task_id", "is required (a string)"))?
@@ -266,6 +283,7 @@ impl<
             None => {
                 let mut record = TaskRecord::new(&task_id, endpoint, nonce, report.clone(), now);
                 record.tenant = self.store.meta("tenant")?;
+                record.account = account.map(str::to_owned);
                 record.schedule_poll(now, &self.settings.poll);
                 record.queue_delivery(now);
                 let step_now = self.promise_step(&mut record, now);
@@ -430,7 +448,7 @@ impl<
         if self.recorded(&intent.nonce)? {
             return self.store.delete_intent(&intent.nonce);
         }
-        let answer = self.kling.task_by_external_id(endpoint, &intent.external_task_id).await;
+        let (account, answer) = self.find_intended(&intent, endpoint).await;
         // The create's record may have come meanwhile (and removed the intent).
         if self.recorded(&intent.nonce)? {
             return self.store.delete_intent(&intent.nonce);
@@ -471,7 +489,34 @@ impl<
             data,
             max_jobs_hold: None,
             holds_slot: intent.gated,
+            account,
         })
+    }
+
+    /// The task Kling has by an intent's external id, and the account that has it: on the
+    /// intent's account, or (the gate chose the account after the intent was written) on
+    /// each account in turn until one has it. Kling's "none" only if every account said so.
+    async fn find_intended(
+        &self,
+        intent: &Intent,
+        endpoint: &api::Endpoint,
+    ) -> (Option<String>, Result<Value, ApiError>) {
+        let accounts: Vec<Option<&str>> = match (&intent.account, self.settings.accounts.len()) {
+            (Some(account), _) => vec![Some(account.as_str())],
+            (None, 0 | 1) => vec![None],
+            (None, _) => self.settings.accounts.iter().map(|name| Some(name.as_str())).collect(),
+        };
+        // An account that does not answer is not one that has none: asked again later.
+        let mut unanswered = None;
+        for account in accounts {
+            match self.kling.task_by_external_id(account, endpoint, &intent.external_task_id).await {
+                Ok(data) => return (account.map(str::to_owned), Ok(data)),
+                Err(error) if error.status == 404 => {}
+                Err(error) => unanswered = Some(error),
+            }
+        }
+        let none = || ApiError::not_found("Kling's task by the intent's external id");
+        (intent.account.clone(), Err(unanswered.unwrap_or_else(none)))
     }
 
     /// Drops an intent Kling has no task for: its create never became a task, so the slot
@@ -862,7 +907,7 @@ impl<
     async fn poll(&self, task_id: &str) -> Result<(), ApiError> {
         let Some(record) = self.store.load(task_id)? else { return Ok(()) };
         let Some(endpoint) = api::by_code(record.endpoint) else { return Ok(()) };
-        let answer = self.kling.current_task(endpoint, record.kling_id()).await;
+        let answer = self.kling.current_task(record.account.as_deref(), endpoint, record.kling_id()).await;
         let now = self.runtime.now_ms();
         let data = match answer {
             Ok(data) if task::task_id_of(&data) == Some(record.kling_id()) => Some(record.as_ours(&data)),

@@ -16,6 +16,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::accounts::KlingAccount;
 use crate::api::fields::{Target, Validated};
 use crate::api::surfaces::{Style, Surface};
 use crate::api::useapi;
@@ -68,7 +69,7 @@ pub struct Recording {
     pub registration: Registration,
 }
 
-impl<P: EdgePorts> Edge<'_, P> {
+impl<'a, P: EdgePorts> Edge<'a, P> {
     /// `POST` on a surface's path, with its body read: validate, call Kling, answer. The
     /// body is dropped once validated (an image-to-video body may be 14 MiB).
     pub async fn create(
@@ -101,9 +102,10 @@ impl<P: EdgePorts> Edge<'_, P> {
                 "this deployment does not forward webhooks (its operator has not set PROXY_WEBHOOK_SECRET)",
             ));
         }
-        if let Some(email) = &validated.options.email {
-            self.account_email_rule(email)?;
-        }
+        let pin = match &validated.options.email {
+            Some(email) => Some(self.account_email_rule(email)?),
+            None => None,
+        };
         let endpoint = surface.endpoint;
         if endpoint.video_input {
             let url = validated.upstream.get("video_url").and_then(Value::as_str).map(str::to_owned);
@@ -119,7 +121,7 @@ impl<P: EdgePorts> Edge<'_, P> {
             None => None,
         };
         let spent =
-            self.spend(client, surface, validated, &shard, client_webhook, max_jobs_hold.clone()).await;
+            self.spend(client, surface, validated, &shard, client_webhook, max_jobs_hold.clone(), pin).await;
         // A create Kling refused (or that never reached it) gives its slot back at once. One
         // whose outcome is unknown (no answer in time, a broken connection) keeps it until it
         // expires: Kling may be running the task.
@@ -133,6 +135,8 @@ impl<P: EdgePorts> Edge<'_, P> {
     }
 
     /// The create limit, then Kling, once: what a create that passed every rule spends.
+    /// `pin` is the account useapi.net's `email` named.
+    #[allow(clippy::too_many_arguments)]
     async fn spend(
         &self,
         client: &Client,
@@ -141,16 +145,21 @@ impl<P: EdgePorts> Edge<'_, P> {
         shard: &str,
         client_webhook: Option<String>,
         max_jobs_hold: Option<String>,
+        pin: Option<&KlingAccount>,
     ) -> Result<Created, ApiError> {
         let endpoint = surface.endpoint;
         // Only a create that passed every rule counts against the create limit.
         self.limiter.check(Limit::Creates, &tenant_key(&client.tenant)).await?;
         let now_secs = (self.runtime.now_ms() / 1000) as i64;
-        let capability = Capability::issue(shard, self.runtime.random_16()?, endpoint.code, now_secs);
+        let random = self.runtime.random_16()?;
+        let mut capability = Capability::issue(shard, random, endpoint.code, now_secs);
+        let accounts = &self.config.accounts;
+        let gated = accounts.gated();
+        // Without the line, the account is chosen now; with it, the gate chooses (a create
+        // that waits in line is recorded before it is sent, so its callbacks need no account).
+        let ungated_account = (!gated).then(|| accounts.pick_ungated(pin, random[15]).name.clone());
         let mut upstream = validated.upstream;
-        let callback =
-            routes::kling_callback_url(self.origin, &capability.encode(&self.config.capability_key));
-        upstream.insert("callback_url".into(), Value::String(callback));
+        self.name_account(&mut capability, &mut upstream, ungated_account.as_deref());
         // What Kling can be asked by if this create's record never comes (`Intent`): the
         // client's own external id, or one the worker gives it.
         let external_task_id = match upstream.get("external_task_id").and_then(Value::as_str) {
@@ -173,25 +182,28 @@ impl<P: EdgePorts> Edge<'_, P> {
             created_at: self.runtime.now_ms(),
             check_at: self.runtime.now_ms() + u64::from(self.config.kling_timeout_ms) + INTENT_MARGIN_MS,
             checks: 0,
-            gated: self.config.kling_max_concurrency > 0,
+            gated,
+            account: ungated_account.clone(),
         };
-        let ticket = Ticket { id: capability.nonce.clone(), tenant: client.tenant.clone() };
+        let nonce = capability.nonce.clone();
+        let ticket = Ticket { id: nonce.clone(), tenant: client.tenant.clone() };
         let waiting = Waiting {
             client,
             surface,
             shard,
-            nonce: &capability.nonce,
+            nonce: &nonce,
             external_task_id: &external_task_id,
             client_webhook: client_webhook.clone(),
             reply_ref: validated.options.reply_ref.clone(),
             ignored: validated.ignored.clone(),
+            pin: pin.map(|account| account.name.clone()),
         };
-        let gated = intent.gated;
         // The intent is recorded while the gate is asked, and the gate skipped when the line
         // is off, so a create that finds a free slot answers as fast as Kling does.
-        let (admission, reply) = if gated {
+        let (holds_slot, account, reply) = if gated {
+            let admit = gate_protocol::Admit { ticket, pin: waiting.pin.clone() };
             let (admitted, intended) = futures_util::future::join(
-                self.gates.call(gate_protocol::Admit { ticket }),
+                self.gates.call(admit),
                 self.coordinators.call(shard, protocol::Intend(intent)),
             )
             .await;
@@ -201,32 +213,42 @@ impl<P: EdgePorts> Edge<'_, P> {
             match admitted {
                 // The record the enqueue writes holds the create (its intent is not needed).
                 Ok(Admission::Queued { position }) => {
-                    return self.queue_create(&waiting, upstream, Some(position)).await;
+                    return self.queue_create(&waiting, upstream, Joins::NoSlot(position)).await;
                 }
                 Ok(Admission::Full { bound }) => {
-                    self.abandon(shard, &capability.nonce).await;
+                    self.abandon(shard, &nonce).await;
                     return Err(queue_full(bound));
                 }
-                Ok(admission) => (Some(admission), self.kling.create(endpoint, &upstream).await),
-                // A gate that cannot answer lets the create through, as it would go without one
-                // (if it did admit it, the task's end gives the slot back all the same).
-                Err(error) => {
-                    self.runtime.log(json!({"event": "gate", "problem": error.message}));
-                    (Some(Admission::Holding), self.kling.create(endpoint, &upstream).await)
+                Ok(Admission::Go { account }) => {
+                    self.name_account(&mut capability, &mut upstream, Some(&account));
+                    let reply = self.kling.create(&account, endpoint, &upstream).await;
+                    (true, account, reply)
+                }
+                // Admitted twice (never, for a fresh nonce), or a gate that cannot answer: the
+                // create goes through, as it would go without one (if the gate did admit it,
+                // the task's end gives the slot back all the same).
+                other => {
+                    if let Err(error) = other {
+                        self.runtime.log(json!({"event": "gate", "problem": error.message}));
+                    }
+                    let account = accounts.pick_ungated(pin, random[15]).name.clone();
+                    self.name_account(&mut capability, &mut upstream, Some(&account));
+                    let reply = self.kling.create(&account, endpoint, &upstream).await;
+                    (true, account, reply)
                 }
             }
         } else {
+            let account = ungated_account.unwrap_or_default();
             let (intended, reply) = futures_util::future::join(
                 self.coordinators.call(shard, protocol::Intend(intent)),
-                self.kling.create(endpoint, &upstream),
+                self.kling.create(&account, endpoint, &upstream),
             )
             .await;
             if let Err(error) = &intended {
                 self.runtime.log(json!({"event": "intend", "problem": error.message}));
             }
-            (None, reply)
+            (false, account, reply)
         };
-        let holds_slot = matches!(admission, Some(Admission::Go | Admission::Holding));
         // A create whose outcome is unknown (no answer in time) keeps its intent (and its
         // slot): Kling may have the task.
         let reply = reply?;
@@ -234,7 +256,7 @@ impl<P: EdgePorts> Edge<'_, P> {
             // Kling has fewer slots than the gate believed: the create waits at the front of
             // its tenant's line instead of failing, and the gate learns.
             // (Its coordinator puts it back in the gate's line as it keeps it.)
-            return self.queue_create(&waiting, upstream, None).await;
+            return self.queue_create(&waiting, upstream, Joins::RefusedBy(&account)).await;
         }
         drop(upstream);
 
@@ -245,7 +267,7 @@ impl<P: EdgePorts> Edge<'_, P> {
                 registration: Registration {
                     task_id: task_id.to_owned(),
                     endpoint: endpoint.code,
-                    nonce: capability.nonce.clone(),
+                    nonce: nonce.clone(),
                     tenant: client.tenant.clone(),
                     client_callback_url: client_webhook,
                     style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
@@ -254,6 +276,7 @@ impl<P: EdgePorts> Edge<'_, P> {
                     data: data.clone(),
                     max_jobs_hold,
                     holds_slot,
+                    account: Some(account),
                 },
             }),
             Some((_, None)) => {
@@ -266,9 +289,9 @@ impl<P: EdgePorts> Edge<'_, P> {
         if record.is_none() {
             // Kling refused it: there is no task to look for, and its slot is free.
             if holds_slot {
-                self.release_slot(&capability.nonce).await;
+                self.release_slot(&nonce).await;
             }
-            self.abandon(shard, &capability.nonce).await;
+            self.abandon(shard, &nonce).await;
         }
         let answer = match (surface.style, data) {
             (Style::Kling, _) => Answer::Kling(reply),
@@ -278,15 +301,34 @@ impl<P: EdgePorts> Edge<'_, P> {
         Ok(Created { answer, record, ignored: validated.ignored })
     }
 
+    /// Gives the create's callback URL its capability, naming `account` unless it is the
+    /// first (see `crate::links::capability`).
+    fn name_account(
+        &self,
+        capability: &mut Capability,
+        upstream: &mut Map<String, Value>,
+        account: Option<&str>,
+    ) {
+        let first = &self.config.accounts.first().name;
+        capability.account = account.filter(|account| *account != first.as_str()).map(str::to_owned);
+        let callback =
+            routes::kling_callback_url(self.origin, &capability.encode(&self.config.capability_key));
+        upstream.insert("callback_url".into(), Value::String(callback));
+    }
+
     /// Puts a create in line at its tenant's coordinator (it holds the body until the gate
     /// sends it) and answers it at once: the worker's task id, `submitted`, its place in line
-    /// (`None`: back at the front after a 1303). A body too large to wait is refused instead.
+    /// (after a 1303 at once, at the front). A body too large to wait is refused instead.
     async fn queue_create(
         &self,
         waiting: &Waiting<'_>,
         upstream: Map<String, Value>,
-        position: Option<u32>,
+        joins: Joins<'_>,
     ) -> Result<Created, ApiError> {
+        let (position, refused_by) = match joins {
+            Joins::NoSlot(position) => (Some(position), None),
+            Joins::RefusedBy(account) => (None, Some(account.to_owned())),
+        };
         let Waiting { client, surface, shard, nonce, .. } = *waiting;
         let body_bytes = serde_json::to_vec(&upstream).map_or(usize::MAX, |body| body.len());
         let now = self.runtime.now_ms();
@@ -305,10 +347,12 @@ impl<P: EdgePorts> Edge<'_, P> {
                 data: data.clone(),
                 max_jobs_hold: None,
                 holds_slot: false,
+                account: None,
             },
             body: upstream,
             max_wait_ms: self.config.queue_max_wait_ms,
-            refused_at_once: position.is_none(),
+            refused_by,
+            pin: waiting.pin.clone(),
         };
         let enqueued = match body_bytes > MAX_QUEUED_BODY_BYTES {
             true => Err(ApiError::new(
@@ -485,20 +529,23 @@ impl<P: EdgePorts> Edge<'_, P> {
         Ok(self.link(&shard, &kept).0)
     }
 
-    /// `email` of a useapi.net-style call: the deployment serves one Kling account, the one
-    /// `KLING_ACCOUNT_EMAIL` names.
-    fn account_email_rule(&self, email: &str) -> Result<(), ApiError> {
-        match &self.config.kling_account_email {
-            Some(account) if account.eq_ignore_ascii_case(email.trim()) => Ok(()),
-            Some(_) => Err(ApiError::bad_param(
-                "email",
-                "is not this deployment's Kling account (it has one: KLING_ACCOUNT_EMAIL)",
-            )),
-            None => Err(ApiError::bad_param(
-                "email",
-                "this deployment has one Kling account and its operator has not named it (KLING_ACCOUNT_EMAIL): leave email out",
-            )),
+    /// `email` of a useapi.net-style call: the account it names, which the create then goes
+    /// to (`KLING_ACCOUNTS`, or the one account's `KLING_ACCOUNT_EMAIL`).
+    fn account_email_rule(&self, email: &str) -> Result<&'a KlingAccount, ApiError> {
+        let accounts = &self.config.accounts;
+        if let Some(account) = accounts.by_email(email) {
+            return Ok(account);
         }
+        let several = accounts.all().len() > 1;
+        let named = accounts.all().iter().any(|account| account.email.is_some());
+        Err(ApiError::bad_param(
+            "email",
+            match (several, named) {
+                (true, _) => "is not one of this deployment's Kling accounts (KLING_ACCOUNTS): name one of them, or leave email out",
+                (false, true) => "is not this deployment's Kling account (it has one: KLING_ACCOUNT_EMAIL)",
+                (false, false) => "this deployment has one Kling account and its operator has not named it (KLING_ACCOUNT_EMAIL): leave email out",
+            },
+        ))
     }
 }
 
@@ -512,6 +559,15 @@ struct Waiting<'a> {
     client_webhook: Option<String>,
     reply_ref: Option<String>,
     ignored: Vec<&'static str>,
+    /// The account useapi.net's `email` named.
+    pin: Option<String>,
+}
+
+/// How a create joins the line: no slot was free (its place), or Kling answered 1303 at
+/// once on an account (it goes back to the front).
+enum Joins<'a> {
+    NoSlot(u32),
+    RefusedBy(&'a str),
 }
 
 /// A tenant's line is full (`QUEUE_MAX_PER_TENANT`).

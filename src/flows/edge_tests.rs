@@ -91,6 +91,7 @@ impl World {
                     public_base_url: None,
                 },
                 send_deadline_ms: crate::flows::gate::coordinator_send_deadline_ms(&config),
+                accounts: config.accounts.all().iter().map(|account| account.name.clone()).collect(),
             },
             config,
             kling: ScriptedKling::default(),
@@ -875,6 +876,8 @@ fn an_intent_never_takes_a_task_that_is_another_creates() {
         .is_empty());
 }
 
+#[cfg(test)]
+mod accounts;
 #[cfg(test)]
 mod queue;
 #[cfg(test)]

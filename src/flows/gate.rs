@@ -19,17 +19,17 @@ use serde_json::json;
 
 use crate::error::ApiError;
 use crate::ports::{Dispatched, Dispatcher, GateStore, Runtime};
-use crate::record::gate::{Admission, Cancel, GateView, InLine, Ticket};
+use crate::record::gate::{AccountSlots, Admission, Cancel, GateView, InLine, Ticket};
 
 /// How many creates one alarm sends at once.
 pub const DISPATCH_PARALLEL: usize = 6;
 
-/// What the gate follows (`KLING_MAX_CONCURRENCY`, `QUEUE_MAX_PER_TENANT`,
+/// What the gate follows (each account's concurrency, `QUEUE_MAX_PER_TENANT`,
 /// `QUEUE_MAX_WAIT_SECONDS`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GateSettings {
-    /// The account's concurrency.
-    pub capacity: u32,
+    /// The accounts, the first one first, with their concurrency (`0`: no bound).
+    pub accounts: Vec<AccountSlots>,
     /// How many creates one tenant may have waiting.
     pub queue_bound: u32,
     /// How long a create may wait before it ends as failed.
@@ -47,23 +47,16 @@ impl GateSettings {
     /// only after its coordinator would look for the task at Kling.
     pub fn of(config: &crate::config::Config) -> GateSettings {
         GateSettings {
-            capacity: config.kling_max_concurrency,
+            accounts: config
+                .accounts
+                .all()
+                .iter()
+                .map(|account| AccountSlots { name: account.name.clone(), capacity: account.max_concurrency })
+                .collect(),
             queue_bound: config.queue_max_per_tenant,
             max_wait_ms: config.queue_max_wait_ms,
             max_hold_ms: crate::schedule::POLL_HORIZON_MS + MAX_HOLD_MARGIN_MS,
             send_deadline_ms: coordinator_send_deadline_ms(config) + RESEND_MARGIN_MS,
-        }
-    }
-}
-
-impl GateSettings {
-    /// The slots the gate hands out: the account's concurrency, or every one when the line
-    /// is off (`0`: creates go straight to Kling, and any still waiting are sent).
-    pub fn slots(&self) -> u32 {
-        if self.capacity == 0 {
-            u32::MAX
-        } else {
-            self.capacity
         }
     }
 }
@@ -87,13 +80,14 @@ pub struct GateFlows<'a, S, D, R> {
 }
 
 impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
-    /// A new create: a slot at once (the edge sends it), a place in line, or refused.
-    pub fn admit(&self, ticket: Ticket) -> Result<Admission, ApiError> {
+    /// A new create (`pin`: the one account it may go to): a slot at once (the edge sends
+    /// it), a place in line, or refused.
+    pub fn admit(&self, ticket: Ticket, pin: Option<&str>) -> Result<Admission, ApiError> {
         let now = self.runtime.now_ms();
         let mut gate = self.store.load_gate()?;
         let settings = self.settings;
-        let admission = gate.admit(ticket, settings.slots(), settings.queue_bound, now);
-        if matches!(admission, Admission::Go | Admission::Queued { .. }) {
+        let admission = gate.admit(ticket, pin, &settings.accounts, settings.queue_bound, now);
+        if matches!(admission, Admission::Go { .. } | Admission::Queued { .. }) {
             self.store.save_gate(&gate)?;
         }
         Ok(admission)
@@ -110,13 +104,13 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
         Ok(released)
     }
 
-    /// Kling answered 1303 to a create the edge sent with a slot it got at once (or while
-    /// the gate could not be asked): the create (which its coordinator now holds) goes back
-    /// to the front of the line.
-    pub fn refused(&self, ticket: Ticket) -> Result<bool, ApiError> {
+    /// Kling answered 1303 on `account` to a create the edge sent with a slot it got at once
+    /// (or while the gate could not be asked): the create (which its coordinator now holds)
+    /// goes back to the front of the line.
+    pub fn refused(&self, ticket: Ticket, account: &str, pin: Option<String>) -> Result<bool, ApiError> {
         let mut gate = self.store.load_gate()?;
         let now = self.runtime.now_ms();
-        let refused = gate.refused(&ticket.id, false, now) || gate.refused_unseen(ticket, now);
+        let refused = gate.refused(&ticket.id, false, now) || gate.refused_unseen(ticket, account, pin, now);
         if refused {
             self.store.save_gate(&gate)?;
         }
@@ -142,9 +136,9 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
         Ok(self.store.load_gate()?.waiting_for(tenant))
     }
 
-    /// The account's slots and line now.
+    /// The accounts' slots and the line now.
     pub fn look(&self) -> Result<GateView, ApiError> {
-        Ok(self.store.load_gate()?.view(self.settings.capacity, self.runtime.now_ms()))
+        Ok(self.store.load_gate()?.view(&self.settings.accounts, self.runtime.now_ms()))
     }
 
     /// The alarm: drops creates that waited too long (their coordinators end them by the
@@ -164,9 +158,9 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
         }
         let mut in_flight: FuturesUnordered<LocalBoxFuture<'_, (Ticket, Dispatched)>> =
             FuturesUnordered::new();
-        let send = |ticket: Ticket| {
+        let send = |(ticket, account): (Ticket, String)| {
             async move {
-                let outcome = self.dispatcher.dispatch(&ticket).await;
+                let outcome = self.dispatcher.dispatch(&ticket, &account).await;
                 (ticket, outcome)
             }
             .boxed_local()
@@ -175,9 +169,9 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
         loop {
             while in_flight.len() < DISPATCH_PARALLEL {
                 let mut gate = self.store.load_gate()?;
-                let Some(ticket) = gate.next(settings.slots(), self.runtime.now_ms()) else { break };
+                let Some(next) = gate.next(&settings.accounts, self.runtime.now_ms()) else { break };
                 self.store.save_gate(&gate)?;
-                in_flight.push(send(ticket));
+                in_flight.push(send(next));
             }
             let Some((ticket, outcome)) = in_flight.next().await else { break };
             self.apply(&ticket, outcome)?;
@@ -191,7 +185,6 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
         match outcome {
             Dispatched::Taken => {
                 gate.sent(&ticket.id);
-                gate.taken();
             }
             Dispatched::Refused => {
                 gate.refused(&ticket.id, true, self.runtime.now_ms());
@@ -210,7 +203,7 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
         let gate = self.store.load_gate()?;
         let settings = self.settings;
         let now = self.runtime.now_ms();
-        if gate.can_dispatch_now(settings.slots(), now) {
+        if gate.can_dispatch_now(&settings.accounts, now) {
             return Ok(Some(now));
         }
         let due = gate.next_due(settings.max_wait_ms, settings.max_hold_ms, now);
@@ -260,10 +253,20 @@ mod tests {
         gone: RefCell<BTreeSet<String>>,
         /// Sends that get no answer (the next ones in order), then go through.
         unanswered: Cell<u32>,
+        /// The account each create reached Kling on (`kling_slots` is each account's).
+        accounts: RefCell<BTreeMap<String, String>>,
+    }
+
+    impl Coordinators {
+        fn running_on(&self, account: &str) -> usize {
+            let accounts = self.accounts.borrow();
+            let on = |id: &&String| accounts.get(*id).map_or(ACCOUNT, String::as_str) == account;
+            self.running.borrow().iter().filter(on).count()
+        }
     }
 
     impl Dispatcher for Coordinators {
-        async fn dispatch(&self, ticket: &Ticket) -> Dispatched {
+        async fn dispatch(&self, ticket: &Ticket, account: &str) -> Dispatched {
             crate::testing::yield_now().await;
             if self.gone.borrow().contains(&ticket.id) {
                 return Dispatched::Gone;
@@ -271,10 +274,11 @@ mod tests {
             if self.taken.borrow().contains_key(&ticket.id) {
                 return Dispatched::Taken;
             }
-            if self.running.borrow().len() >= self.kling_slots {
+            if self.running_on(account) >= self.kling_slots {
                 self.refusals.set(self.refusals.get() + 1);
                 return Dispatched::Refused;
             }
+            self.accounts.borrow_mut().insert(ticket.id.clone(), account.to_owned());
             self.running.borrow_mut().insert(ticket.id.clone());
             *self.taken.borrow_mut().entry(ticket.id.clone()).or_default() += 1;
             crate::testing::yield_now().await;
@@ -293,14 +297,25 @@ mod tests {
         settings: GateSettings,
     }
 
+    /// The account of a one-account world.
+    const ACCOUNT: &str = "default";
+
     impl World {
         fn new(capacity: u32, kling_slots: usize) -> World {
+            World::with_accounts(&[(ACCOUNT, capacity)], kling_slots)
+        }
+
+        fn with_accounts(accounts: &[(&str, u32)], kling_slots: usize) -> World {
+            let accounts = accounts
+                .iter()
+                .map(|(name, capacity)| AccountSlots { name: (*name).to_owned(), capacity: *capacity })
+                .collect();
             let world = World {
                 store: MemoryGate::default(),
                 coordinators: Coordinators { kling_slots, ..Default::default() },
                 runtime: TestRuntime::default(),
                 settings: GateSettings {
-                    capacity,
+                    accounts,
                     queue_bound: 100,
                     max_wait_ms: 3_600_000,
                     max_hold_ms: 24 * 3_600_000,
@@ -321,9 +336,15 @@ mod tests {
         }
 
         fn admit(&self, id: &str, tenant: &str) -> Admission {
-            let admission = self.flows().admit(Ticket { id: id.into(), tenant: tenant.into() }).unwrap();
-            if admission == Admission::Go {
+            self.admit_pinned(id, tenant, None)
+        }
+
+        fn admit_pinned(&self, id: &str, tenant: &str, pin: Option<&str>) -> Admission {
+            let ticket = Ticket { id: id.into(), tenant: tenant.into() };
+            let admission = self.flows().admit(ticket, pin).unwrap();
+            if let Admission::Go { account } = &admission {
                 // The edge sends it itself.
+                self.coordinators.accounts.borrow_mut().insert(id.into(), account.clone());
                 self.coordinators.running.borrow_mut().insert(id.into());
                 *self.coordinators.taken.borrow_mut().entry(id.into()).or_default() += 1;
             }
@@ -354,13 +375,17 @@ mod tests {
         }
 
         fn check(&self) {
-            assert!(
-                self.store.gate.borrow().counts().0 <= self.settings.capacity,
-                "no more slots than the setting"
-            );
+            let view = self.store.gate.borrow().view(&self.settings.accounts, self.runtime.now.get());
+            for account in &view.accounts {
+                assert!(account.holding <= account.capacity, "no more slots than the setting: {view:?}");
+                assert!(self.coordinators.running_on(&account.name) <= self.coordinators.kling_slots);
+            }
             let taken = self.coordinators.taken.borrow();
             assert!(taken.values().all(|&sends| sends == 1), "a create reached Kling twice: {taken:?}");
-            assert!(self.coordinators.running.borrow().len() <= self.coordinators.kling_slots);
+        }
+
+        fn go(&self) -> Admission {
+            Admission::Go { account: ACCOUNT.into() }
         }
     }
 
@@ -371,7 +396,7 @@ mod tests {
         for (id, tenant) in [("a0", "a"), ("a1", "a"), ("a2", "a"), ("a3", "a"), ("b0", "b"), ("c0", "c")] {
             admitted.push(world.admit(id, tenant));
         }
-        assert_eq!(admitted[..2], [Admission::Go, Admission::Go]);
+        assert_eq!(admitted[..2], [world.go(), world.go()]);
         assert!(admitted[2..].iter().all(|a| matches!(a, Admission::Queued { .. })), "{admitted:?}");
         let mut order = Vec::new();
         for _ in 0..6 {
@@ -400,11 +425,12 @@ mod tests {
         // The setting says 3; another app holds one of the account's 2.
         let world = World::new(3, 1);
         world.coordinators.running.borrow_mut().insert("other-app".into());
-        assert_eq!(world.admit("a0", "a"), Admission::Go);
+        assert_eq!(world.admit("a0", "a"), world.go());
         // The edge's send gets 1303 (Kling holds two): the create goes back in line.
         world.coordinators.running.borrow_mut().remove("a0");
         world.coordinators.taken.borrow_mut().remove("a0");
-        assert!(world.flows().refused(Ticket { id: "a0".into(), tenant: "a".into() }).unwrap());
+        let ticket = Ticket { id: "a0".into(), tenant: "a".into() };
+        assert!(world.flows().refused(ticket, ACCOUNT, None).unwrap());
         world.admit("a1", "a");
         world.run_alarms_for(30_000);
         let refusals_while_full = world.coordinators.refusals.get();
@@ -485,10 +511,73 @@ mod tests {
         let flows = &world.flows();
         let admit = |id: &'static str| async move {
             crate::testing::yield_now().await;
-            flows.admit(Ticket { id: id.into(), tenant: "a".into() }).unwrap()
+            flows.admit(Ticket { id: id.into(), tenant: "a".into() }, None).unwrap()
         };
         let outcomes = run_together(vec![admit("a0").boxed_local(), admit("a1").boxed_local()]);
-        assert_eq!(outcomes.iter().filter(|a| **a == Admission::Go).count(), 1, "{outcomes:?}");
+        assert_eq!(outcomes.iter().filter(|a| **a == world.go()).count(), 1, "{outcomes:?}");
         assert_eq!(world.store.gate.borrow().counts(), (1, 1));
+    }
+
+    #[test]
+    fn creates_spread_over_two_accounts_and_one_pinned_waits_for_its_own() {
+        let world = World::with_accounts(&[("main", 2), ("spare", 2)], 2);
+        let go = |account: &str| Admission::Go { account: account.into() };
+        // The least loaded account each time: they take turns.
+        assert_eq!(world.admit("a0", "a"), go("main"));
+        assert_eq!(world.admit("a1", "a"), go("spare"));
+        assert_eq!(world.admit_pinned("b0", "b", Some("spare")), go("spare"), "pinned");
+        assert_eq!(world.admit("c0", "c"), go("main"));
+        // Both full: a create pinned to main waits, and so does one that may go anywhere.
+        assert!(matches!(world.admit_pinned("d0", "d", Some("main")), Admission::Queued { position: 1 }));
+        assert!(matches!(world.admit("e0", "e"), Admission::Queued { position: 2 }));
+        // A slot of spare frees: the pinned create cannot take it, the next one does.
+        world.finish("a1");
+        world.run_alarms_for(1_000);
+        assert_eq!(world.coordinators.accounts.borrow().get("e0").map(String::as_str), Some("spare"));
+        assert!(!world.coordinators.taken.borrow().contains_key("d0"), "waits for main");
+        // With a create of main's waiting, a new one that main could take waits behind it.
+        world.finish("b0");
+        assert_eq!(world.admit("f0", "f"), go("spare"), "spare is free and nobody in line may take it");
+        world.finish("a0");
+        world.run_alarms_for(1_000);
+        assert_eq!(world.coordinators.accounts.borrow().get("d0").map(String::as_str), Some("main"));
+        world.check();
+        let view = world.flows().look().unwrap();
+        let holding: Vec<(String, u32)> = view.accounts.iter().map(|a| (a.name.clone(), a.holding)).collect();
+        assert_eq!(holding, [("main".to_owned(), 2), ("spare".to_owned(), 2)]);
+        assert_eq!(view.waiting, 0);
+    }
+
+    #[test]
+    fn a_1303_on_one_account_pauses_it_alone() {
+        let world = World::with_accounts(&[("main", 2), ("spare", 2)], 2);
+        // Another app fills main at Kling: the gate's sends there get 1303.
+        world.coordinators.running.borrow_mut().insert("other-1".into());
+        world.coordinators.running.borrow_mut().insert("other-2".into());
+        for id in ["h0", "h1", "h2", "h3"] {
+            world.admit(id, "h");
+        }
+        for id in ["h0", "h1", "h2", "h3"] {
+            let on_main = world.coordinators.accounts.borrow().get(id).is_some_and(|a| a == "main");
+            if on_main {
+                world.coordinators.running.borrow_mut().remove(id);
+                world.coordinators.taken.borrow_mut().remove(id);
+                world.coordinators.accounts.borrow_mut().remove(id);
+                let ticket = Ticket { id: id.into(), tenant: "h".into() };
+                assert!(world.flows().refused(ticket, "main", None).unwrap());
+            }
+        }
+        let view = world.flows().look().unwrap();
+        assert!(
+            view.accounts[0].paused_until.is_some() && view.accounts[1].paused_until.is_none(),
+            "{view:?}"
+        );
+        assert_eq!(view.accounts[0].slots, 1, "what Kling showed main has");
+        // Spare frees a slot: a refused create goes there, not waiting out main's pause.
+        world.finish("h1");
+        world.run_alarms_for(500);
+        assert_eq!(world.coordinators.refusals.get(), 0);
+        assert_eq!(world.coordinators.running_on("spare"), 2);
+        world.check();
     }
 }

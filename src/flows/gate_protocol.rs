@@ -24,6 +24,9 @@ pub trait GateCall: Into<GateRequest> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Admit {
     pub ticket: Ticket,
+    /// The one account it may go to (useapi.net's `email`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
 }
 
 /// A task that held a slot ended, or a create that got one never reached Kling.
@@ -38,6 +41,10 @@ pub struct Release {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refused {
     pub ticket: Ticket,
+    /// The account that refused it.
+    pub account: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
 }
 
 /// A client's cancel of its queued create.
@@ -59,7 +66,7 @@ pub struct WaitingFor {
     pub tenant: String,
 }
 
-/// The account's slots and line, for `GET /v1/queue`.
+/// The accounts' slots and the line, for `GET /v1/queue`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Look;
 
@@ -132,9 +139,9 @@ pub fn serve<S: GateStore, D: Dispatcher, R: Runtime>(gate: &GateFlows<'_, S, D,
         return answer::<()>(Err(ApiError::internal("the gate got a request it cannot read")));
     };
     match request {
-        GateRequest::Admit(Admit { ticket }) => answer(gate.admit(ticket)),
+        GateRequest::Admit(Admit { ticket, pin }) => answer(gate.admit(ticket, pin.as_deref())),
         GateRequest::Release(Release { id }) => answer(gate.release(&id)),
-        GateRequest::Refused(Refused { ticket }) => answer(gate.refused(ticket)),
+        GateRequest::Refused(Refused { ticket, account, pin }) => answer(gate.refused(ticket, &account, pin)),
         GateRequest::CancelTicket(CancelTicket { id, tenant }) => answer(gate.cancel(&id, &tenant)),
         GateRequest::Position(Position { id }) => answer(gate.position(&id)),
         GateRequest::WaitingFor(WaitingFor { tenant }) => answer(gate.waiting_for(&tenant)),
@@ -148,7 +155,7 @@ mod tests {
 
     #[test]
     fn gate_requests_cross_as_tagged_json() {
-        let admit = Admit { ticket: Ticket { id: "n1".into(), tenant: "web/alice".into() } };
+        let admit = Admit { ticket: Ticket { id: "n1".into(), tenant: "web/alice".into() }, pin: None };
         let text = encode(admit.clone()).unwrap();
         assert_eq!(text, r#"{"op":"admit","ticket":{"id":"n1","tenant":"web/alice"}}"#);
         assert_eq!(serde_json::from_str::<GateRequest>(&text).unwrap(), GateRequest::Admit(admit));

@@ -41,6 +41,9 @@ pub struct Report {
     pub nonce: String,
     pub endpoint: u8,
     pub report: Value,
+    /// The account the capability names (`None`: the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// A task's prompt step (`super::prompt`): the call a callback's answer asks the edge to
@@ -58,16 +61,21 @@ pub struct Enqueue {
     pub body: Map<String, Value>,
     /// `QUEUE_MAX_WAIT_SECONDS`, in ms.
     pub max_wait_ms: u64,
-    /// Kling answered 1303 to it, sent at once with the slot the gate gave: the coordinator
-    /// puts it back in the gate's line.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub refused_at_once: bool,
+    /// Kling answered 1303 to it, sent at once to this account with the slot the gate gave:
+    /// the coordinator puts it back in the gate's line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_by: Option<String>,
+    /// The account useapi.net's `email` pinned it to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
 }
 
 /// The gate's turn for a queued create (its ticket is the create's nonce): send it to Kling.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dispatch {
     pub nonce: String,
+    /// The account whose slot it got.
+    pub account: String,
 }
 
 /// A client's cancel of one of its tasks of `endpoint`, by the id it was given.
@@ -437,16 +445,16 @@ where
     }
     match request {
         Request::Register(Register(registration)) => answer(coordinator.register(registration)),
-        Request::Enqueue(Enqueue { registration, body, max_wait_ms, refused_at_once }) => {
-            answer(coordinator.enqueue(registration, body, max_wait_ms, refused_at_once).await)
+        Request::Enqueue(enqueue) => answer(coordinator.enqueue(enqueue).await),
+        Request::Dispatch(Dispatch { nonce, account }) => {
+            answer(coordinator.dispatch(&nonce, &account).await)
         }
-        Request::Dispatch(Dispatch { nonce }) => answer(coordinator.dispatch(&nonce).await),
         Request::CancelTask(CancelTask { tenant, endpoint, id }) => {
             answer(coordinator.cancel(&tenant, endpoint, &id).await)
         }
         Request::Line(Line { waiting, .. }) => answer(coordinator.line(&waiting)),
-        Request::Report(Report { nonce, endpoint, report }) => {
-            answer(coordinator.report(&nonce, endpoint, &report))
+        Request::Report(Report { nonce, endpoint, report, account }) => {
+            answer(coordinator.report(&nonce, endpoint, &report, account.as_deref()))
         }
         Request::StepNow(StepNow { task_id }) => answer(coordinator.step_now(&task_id).await),
         Request::Query(Query { tenant, endpoint, id }) => answer(
@@ -497,7 +505,8 @@ mod tests {
         let request: Request = serde_json::from_str(&text).unwrap();
         assert_eq!(request, Request::Query(query));
         assert_eq!((request.tenant(), request.op()), (Some("web/alice"), "query"));
-        let report = Request::from(Report { nonce: "n".into(), endpoint: 1, report: json!({}) });
+        let report =
+            Request::from(Report { nonce: "n".into(), endpoint: 1, report: json!({}), account: None });
         assert_eq!(report.tenant(), None);
         let text = serde_json::to_string(&report).unwrap();
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), report);

@@ -11,7 +11,7 @@
 //! the same external id). A cancel and an expiry ask the gate first: only a create the gate
 //! took out of its line ends unsent, so neither can cross a send.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::api;
 use crate::error::{code, ApiError};
@@ -85,31 +85,21 @@ impl<
     > Coordinator<'_, S, K, W, R, B, T, G>
 {
     /// Keeps a create the gate put in line (or one Kling answered 1303 with the slot it got
-    /// at once, which it then puts back in the gate's line: `refused_at_once`): listed and
+    /// at once, which it then puts back in the gate's line: `refused_by`): listed and
     /// queried as `submitted` under the worker's id, until it is sent. A repeat changes
     /// nothing.
-    pub async fn enqueue(
-        &self,
-        registration: Registration,
-        body: Map<String, Value>,
-        max_wait_ms: u64,
-        refused_at_once: bool,
-    ) -> Result<(), ApiError> {
-        let task_id = registration.task_id.clone();
-        self.keep_waiting(registration, body, max_wait_ms, refused_at_once)?;
+    pub async fn enqueue(&self, enqueue: protocol::Enqueue) -> Result<(), ApiError> {
+        let task_id = enqueue.registration.task_id.clone();
+        let refused_at_once = enqueue.refused_by.is_some();
+        self.keep_waiting(enqueue)?;
         if refused_at_once {
             self.tell_refused(&task_id).await;
         }
         Ok(())
     }
 
-    fn keep_waiting(
-        &self,
-        registration: Registration,
-        body: Map<String, Value>,
-        max_wait_ms: u64,
-        refused_at_once: bool,
-    ) -> Result<(), ApiError> {
+    fn keep_waiting(&self, enqueue: protocol::Enqueue) -> Result<(), ApiError> {
+        let protocol::Enqueue { registration, body, max_wait_ms, refused_by, pin } = enqueue;
         let now = self.runtime.now_ms();
         if self.store.find_nonce(&registration.nonce)?.is_some() {
             return Ok(());
@@ -127,7 +117,9 @@ impl<
             queued_at: now,
             wait_until: now.saturating_add(max_wait_ms),
             sending_since: None,
-            tell_refused: refused_at_once,
+            tell_refused: refused_by.is_some(),
+            pin,
+            refused_by,
         });
         self.store.save(&record)?;
         self.store.delete_intent(&nonce)?;
@@ -145,7 +137,11 @@ impl<
             return;
         };
         let ticket = Ticket { id: record.nonce.clone(), tenant: record.tenant.clone().unwrap_or_default() };
-        let told = self.gates.call(Refused { ticket }).await;
+        let (account, pin) = match &record.queued {
+            Some(waiting) => (waiting.refused_by.clone().unwrap_or_default(), waiting.pin.clone()),
+            None => (String::new(), None),
+        };
+        let told = self.gates.call(Refused { ticket, account, pin }).await;
         let retry_at = self.runtime.now_ms().saturating_add(GATE_RETRY_MS);
         let told_ok = told.is_ok();
         let saved = self.store.update(task_id, |record| match (told_ok, &mut record.queued) {
@@ -160,9 +156,9 @@ impl<
         }
     }
 
-    /// The gate's turn for the create of `nonce`: sends it to Kling, unless it went already
-    /// or is going, and answers how it fared.
-    pub async fn dispatch(&self, nonce: &str) -> Result<Dispatched, ApiError> {
+    /// The gate's turn for the create of `nonce`, with a slot of `account`: sends it to Kling
+    /// there, unless it went already or is going, and answers how it fared.
+    pub async fn dispatch(&self, nonce: &str, account: &str) -> Result<Dispatched, ApiError> {
         let Some(task_id) = self.store.find_nonce(nonce)? else {
             // Its create's enqueue may still be on its way (its intent is here), or it never
             // will be.
@@ -189,7 +185,8 @@ impl<
                 return self.taken(&task_id, &json!({"task_id": kling_task_id}));
             }
             let external_task_id = task::external_task_id_of(&record.data).unwrap_or_default().to_owned();
-            match self.kling.task_by_external_id(endpoint, &external_task_id).await {
+            let sent_to = record.account.as_deref();
+            match self.kling.task_by_external_id(sent_to, endpoint, &external_task_id).await {
                 // The task Kling made from one of its sends (a client's own external id may
                 // name an older task of the account).
                 Ok(found) if made_by_a_send(&found, &external_task_id, since) => {
@@ -211,16 +208,18 @@ impl<
                 Err(_) => return Ok(Dispatched::Unknown),
             }
         }
-        // Marked before the send: a send cut off is found by the next one.
+        // Marked before the send, with the account it goes to: a send cut off is looked for
+        // there by the next one.
         let started = self.store.update(&task_id, |record| match &mut record.queued {
             Some(waiting) if waiting.sending_since == checked_since => {
                 waiting.sending_since = Some(now);
+                record.account = Some(account.to_owned());
                 Some(waiting.body.clone())
             }
             _ => None,
         })?;
         let Some(Some(body)) = started else { return Ok(Dispatched::Unknown) };
-        let reply = self.kling.create(endpoint, &body).await;
+        let reply = self.kling.create(Some(account), endpoint, &body).await;
         drop(body);
         match reply {
             Ok(reply) if reply.status == 200 => match task::envelope_data(&reply.body) {
@@ -420,11 +419,11 @@ impl<P: EdgePorts> Edge<'_, P> {
         })
     }
 
-    /// `GET /v1/queue`, for a server key: the account's slots, and the caller's creates in
+    /// `GET /v1/queue`, for a server key: each account's slots, and the caller's creates in
     /// line (in the order they will go) and tasks running.
     pub async fn queue(&self, client: &Client) -> Result<Answer, ApiError> {
         client.require_server_key("see the line")?;
-        let (account, waiting) = futures_util::future::join(
+        let (gate, waiting) = futures_util::future::join(
             self.gates.call(gate_protocol::Look),
             self.gates.call(gate_protocol::WaitingFor { tenant: client.tenant.clone() }),
         )
@@ -432,8 +431,10 @@ impl<P: EdgePorts> Edge<'_, P> {
         let shard = task::tenant_shard(&client.tenant);
         let line = protocol::Line { tenant: client.tenant.clone(), waiting: waiting? };
         let line = self.coordinators.call(&shard, line).await?;
+        let gate = gate?;
         Ok(Answer::Success(json!({
-            "account": account?,
+            "accounts": gate.accounts,
+            "line": gate.waiting,
             "tenant": client.tenant,
             "waiting": line.waiting,
             "running": line.running,

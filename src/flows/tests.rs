@@ -66,6 +66,7 @@ impl World {
                     public_base_url: None,
                 },
                 send_deadline_ms: 35_000,
+                accounts: vec![crate::accounts::DEFAULT_ACCOUNT.to_owned()],
             },
         };
         world.runtime.now.set(START);
@@ -137,6 +138,7 @@ impl World {
                 data,
                 max_jobs_hold: None,
                 holds_slot: false,
+                account: None,
             })
             .unwrap();
         self.record(task_id).answer().data
@@ -145,7 +147,7 @@ impl World {
     /// A callback, and then its prompt step if it was promised one (as the edge asks for it).
     fn callback(&self, nonce: &str, data: &Value) -> Result<(), crate::error::ApiError> {
         let coordinator = self.coordinator();
-        if let Some(StepNow { task_id }) = coordinator.report(nonce, V2A, data)? {
+        if let Some(StepNow { task_id }) = coordinator.report(nonce, V2A, data, None)? {
             block_on(coordinator.step_now(&task_id))?;
         }
         Ok(())
@@ -515,7 +517,7 @@ fn forged_and_misdirected_callbacks_are_refused_and_change_nothing() {
     assert_eq!(
         world
             .coordinator()
-            .report("n1", 99, &world.data("t1", "failed", START + 9, false))
+            .report("n1", 99, &world.data("t1", "failed", START + 9, false), None)
             .unwrap_err()
             .status,
         403
@@ -1200,7 +1202,7 @@ fn copies_queued_before_the_bucket_was_removed_end_and_the_alarm_settles() {
 fn succeed_reported(world: &World, task_id: &str, nonce: &str) -> Option<StepNow> {
     let data = world.data(task_id, "succeed", START + 3, true);
     world.kling.set(data.clone());
-    world.coordinator().report(nonce, V2A, &data).unwrap()
+    world.coordinator().report(nonce, V2A, &data, None).unwrap()
 }
 
 #[test]

@@ -12,7 +12,11 @@
 //! mac = first 16 bytes of HMAC-SHA256(key, "kling-edge callback v1" || the 37 bytes before it)
 //! ```
 //!
-//! 71 characters in all. A forged, altered, truncated or expired capability is refused
+//! 71 characters in all, followed by the name of the Kling account the create went to when
+//! it is not the deployment's first (`crate::accounts`), which the MAC covers too
+//! (`mac = HMAC(key, label || the 37 bytes || account)`): a task first learned from its
+//! callback is followed on its own account, and a one-account deployment's URLs are as they
+//! always were. A forged, altered, truncated or expired capability is refused
 //! before anything is read or stored. The key is derived from the deployment's Kling
 //! credential, which every deployment has, and its origin (see [`CapabilityKey::derive`]).
 
@@ -55,10 +59,11 @@ impl CapabilityKey {
         CapabilityKey(mac.finalize().into_bytes().into())
     }
 
-    fn mac(&self, body: &[u8]) -> [u8; MAC_BYTES] {
+    fn mac(&self, body: &[u8], account: &str) -> [u8; MAC_BYTES] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length");
         mac.update(LABEL);
         mac.update(body);
+        mac.update(account.as_bytes());
         let tag = mac.finalize().into_bytes();
         let mut truncated = [0u8; MAC_BYTES];
         truncated.copy_from_slice(&tag[..MAC_BYTES]);
@@ -77,6 +82,8 @@ pub struct Capability {
     pub expires_at: u32,
     /// The endpoint's code (see `crate::api::Endpoint::code`).
     pub endpoint: u8,
+    /// The Kling account the create went to, unless it is the deployment's first.
+    pub account: Option<String>,
 }
 
 /// Why a capability was refused (never shown to the caller in detail).
@@ -91,7 +98,13 @@ impl Capability {
     /// A capability for one create, valid for [`LIFETIME_SECS`] from `now_secs`.
     pub fn issue(shard: &str, nonce: [u8; NONCE_BYTES], endpoint: u8, now_secs: i64) -> Capability {
         let expires_at = u32::try_from(now_secs.saturating_add(LIFETIME_SECS).max(0)).unwrap_or(u32::MAX);
-        Capability { shard: shard.to_owned(), nonce: crate::ids::hex(&nonce), expires_at, endpoint }
+        Capability {
+            shard: shard.to_owned(),
+            nonce: crate::ids::hex(&nonce),
+            expires_at,
+            endpoint,
+            account: None,
+        }
     }
 
     /// The URL-safe form that goes into the callback URL.
@@ -103,15 +116,19 @@ impl Capability {
         bytes[SHARD_BYTES..SHARD_BYTES + NONCE_BYTES].copy_from_slice(&nonce);
         bytes[SHARD_BYTES + NONCE_BYTES..BODY_BYTES - 1].copy_from_slice(&self.expires_at.to_be_bytes());
         bytes[BODY_BYTES - 1] = self.endpoint;
-        let mac = key.mac(&bytes[..BODY_BYTES]);
+        let account = self.account.as_deref().unwrap_or_default();
+        let mac = key.mac(&bytes[..BODY_BYTES], account);
         bytes[BODY_BYTES..].copy_from_slice(&mac);
-        Base64UrlUnpadded::encode_string(&bytes)
+        let mut encoded = Base64UrlUnpadded::encode_string(&bytes);
+        encoded.push_str(account);
+        encoded
     }
 
     /// Checks an encoded capability at `now_secs`: its form, its MAC (in constant time),
     /// then its expiry.
     pub fn verify(encoded: &str, key: &CapabilityKey, now_secs: i64) -> Result<Capability, Refusal> {
-        if encoded.len() != ENCODED_CHARS {
+        let (encoded, account) = encoded.split_at_checked(ENCODED_CHARS).ok_or(Refusal::Malformed)?;
+        if !account.is_empty() && !crate::accounts::is_account_name(account) {
             return Err(Refusal::Malformed);
         }
         let mut bytes = [0u8; TOTAL_BYTES];
@@ -119,7 +136,7 @@ impl Capability {
         if decoded.len() != TOTAL_BYTES {
             return Err(Refusal::Malformed);
         }
-        let expected = key.mac(&bytes[..BODY_BYTES]);
+        let expected = key.mac(&bytes[..BODY_BYTES], account);
         if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], &bytes[BODY_BYTES..])) {
             return Err(Refusal::BadMac);
         }
@@ -130,6 +147,7 @@ impl Capability {
             nonce: crate::ids::hex(&bytes[SHARD_BYTES..SHARD_BYTES + NONCE_BYTES]),
             expires_at: u32::from_be_bytes(expiry),
             endpoint: bytes[BODY_BYTES - 1],
+            account: (!account.is_empty()).then(|| account.to_owned()),
         };
         if now_secs > i64::from(capability.expires_at) {
             return Err(Refusal::Expired);
@@ -140,7 +158,7 @@ impl Capability {
 
 /// Whether a path segment has a capability's form (checked before anything else).
 pub fn looks_like_capability(segment: &str) -> bool {
-    segment.len() == ENCODED_CHARS
+    (ENCODED_CHARS..=ENCODED_CHARS + 32).contains(&segment.len())
         && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -219,6 +237,22 @@ mod tests {
             Capability::verify(&Base64UrlUnpadded::encode_string(&bytes), &key(), NOW),
             Err(Refusal::BadMac)
         );
+    }
+
+    #[test]
+    fn a_capability_names_its_account_and_the_mac_covers_it() {
+        let mut spare = issued();
+        spare.account = Some("spare".into());
+        let encoded = spare.encode(&key());
+        assert_eq!(encoded.len(), ENCODED_CHARS + "spare".len());
+        assert!(encoded.starts_with(&issued().encode(&key())[..ENCODED_CHARS - 22]), "the same body");
+        assert!(looks_like_capability(&encoded));
+        assert_eq!(Capability::verify(&encoded, &key(), NOW).unwrap(), spare);
+        // Another account's name, or none, with this MAC is refused.
+        let moved = format!("{}main", &encoded[..ENCODED_CHARS]);
+        assert_eq!(Capability::verify(&moved, &key(), NOW), Err(Refusal::BadMac));
+        assert_eq!(Capability::verify(&encoded[..ENCODED_CHARS], &key(), NOW), Err(Refusal::BadMac));
+        assert_eq!(Capability::verify(&format!("{encoded}.x"), &key(), NOW), Err(Refusal::Malformed));
     }
 
     #[test]

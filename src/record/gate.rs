@@ -1,15 +1,20 @@
-//! A Kling account's gate: the account's concurrency, the creates holding its slots, and the
-//! line of creates waiting for one, fair across tenants.
+//! The gate of the deployment's Kling accounts: each account's concurrency, the creates
+//! holding its slots, and the one line of creates waiting for a slot, fair across tenants.
 //!
 //! Kling counts concurrency per account: a task holds a slot from `submitted` until it ends,
 //! and a create past the limit is refused with 1303. The gate turns that refusal into a
-//! line. A create that finds a free slot, with nobody waiting, goes at once; otherwise it
+//! line. A create that finds a free slot, with nobody waiting who could take it, goes at
+//! once, to the least loaded account (the fewest slots held for its size); otherwise it
 //! waits, and slots go to the waiting creates round-robin over tenants (the tenant served
 //! longest ago first), first come first served within one, so one tenant's single create
-//! never waits behind another tenant's whole burst. A 1303 that comes anyway (another app
-//! shares the account, or the setting is too high) puts the create back at the front of its
-//! tenant's line, holds dispatch back for a while (from 1 s, doubling to a minute) and lowers
-//! the slots the gate uses for a few minutes, so Kling is not hammered.
+//! never waits behind another tenant's whole burst. A create pinned to one account
+//! (useapi.net's `email`) waits for that account's slots only; the others take any
+//! account's, so a slot freed on any account goes to the next in line.
+//!
+//! Each account keeps its own pace: a 1303 that comes anyway (another app shares the
+//! account, or the setting is too high) puts the create back at the front of its tenant's
+//! line, holds that account's dispatch back for a while (from 1 s, doubling to a minute) and
+//! lowers the slots the gate uses on it for a few minutes, so Kling is not hammered.
 //!
 //! Pure: time comes as an argument, and every change is one call with no `await` inside (the
 //! gate's object keeps this whole, so each change is atomic there).
@@ -35,10 +40,23 @@ pub struct Ticket {
     pub tenant: String,
 }
 
-/// A create holding one of the account's slots (sent to Kling, or being sent).
+/// One account as the gate counts it: its name and concurrency (`0`: no bound).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountSlots {
+    pub name: String,
+    pub capacity: u32,
+}
+
+/// A create holding one of an account's slots (sent to Kling, or being sent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Holder {
     ticket: Ticket,
+    /// The account whose slot it holds (empty in a gate saved before accounts had names:
+    /// see [`Gate::name_unnamed`]).
+    #[serde(default)]
+    account: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pin: Option<String>,
     since: u64,
     /// When it came to the gate (kept if it goes back in line after a 1303).
     #[serde(default)]
@@ -53,19 +71,39 @@ struct Holder {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Waiting {
     ticket: Ticket,
+    /// The only account it may go to, if its client named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pin: Option<String>,
     queued_at: u64,
     /// The order it came in (a create put back after a 1303 goes before its tenant's first).
     seq: i64,
 }
 
-/// What Kling's 1303s taught: fewer slots than the setting says, until `until`.
+impl Waiting {
+    fn may_go_to(&self, account: &str) -> bool {
+        self.pin.as_deref().is_none_or(|pin| pin == account)
+    }
+}
+
+/// What Kling's 1303s taught about one account: fewer slots than the setting says, until
+/// `until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Learned {
     slots: u32,
     until: u64,
 }
 
-/// The gate of one account.
+/// One account's pace after 1303s.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Pace {
+    learned: Option<Learned>,
+    /// No dispatch to the account before this.
+    paused_until: Option<u64>,
+    /// The next pause, doubled by each 1303 and reset by a create Kling takes.
+    backoff_ms: u64,
+}
+
+/// The gate of the deployment's accounts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gate {
     holders: Vec<Holder>,
@@ -74,11 +112,9 @@ pub struct Gate {
     served: BTreeMap<String, u64>,
     next_seq: i64,
     serves: u64,
-    learned: Option<Learned>,
-    /// No dispatch before this (after a 1303).
-    paused_until: Option<u64>,
-    /// The next pause, doubled by each 1303 and reset by a create Kling takes.
-    backoff_ms: u64,
+    /// Each account's pace, by name (an account Kling never refused has none).
+    #[serde(default)]
+    paces: BTreeMap<String, Pace>,
 }
 
 /// A create in line: its ticket's id, its place (1 is next) and when it came.
@@ -89,28 +125,35 @@ pub struct InLine {
     pub queued_at: u64,
 }
 
-/// A gate's slots and line, as its operator and clients see them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GateView {
-    /// `KLING_MAX_CONCURRENCY`.
+/// One account's slots, as its operator sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountView {
+    pub name: String,
+    /// Its concurrency (`KLING_MAX_CONCURRENCY`, or its entry of `KLING_ACCOUNTS`).
     pub capacity: u32,
     /// The slots the gate uses now: the setting, or fewer for a while after a 1303.
     pub slots: u32,
     /// Creates holding a slot (at Kling, or being sent).
     pub holding: u32,
-    /// Creates in line.
-    pub waiting: u32,
-    /// No create is sent before this (epoch ms), after a 1303.
+    /// No create is sent to it before this (epoch ms), after a 1303.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_until: Option<u64>,
 }
 
+/// The accounts' slots and the line, as `GET /v1/queue` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateView {
+    pub accounts: Vec<AccountView>,
+    /// Creates in line, all tenants together.
+    pub waiting: u32,
+}
+
 /// How a create fared at the gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum Admission {
-    /// A slot is the create's: send it to Kling now.
-    Go,
+    /// A slot of `account` is the create's: send it to Kling there now.
+    Go { account: String },
     /// In line, at this place (1 is next).
     Queued { position: u32 },
     /// The tenant already has `bound` creates in line (`QUEUE_MAX_PER_TENANT`).
@@ -132,84 +175,148 @@ pub enum Cancel {
 }
 
 impl Gate {
-    /// The slots the gate uses at `now`: the setting, or fewer for a while after a 1303.
-    pub fn slots(&self, capacity: u32, now: u64) -> u32 {
-        match self.learned {
+    /// Gives the slots held in a gate saved before accounts had names to `first`, the
+    /// account that gate served.
+    pub fn name_unnamed(&mut self, first: &str) {
+        for holder in self.holders.iter_mut().filter(|holder| holder.account.is_empty()) {
+            holder.account = first.to_owned();
+        }
+    }
+
+    /// The slots the gate uses on `account` at `now`: its setting (all, for `0`), or fewer
+    /// for a while after a 1303.
+    pub fn slots(&self, account: &AccountSlots, now: u64) -> u32 {
+        let capacity = if account.capacity == 0 { u32::MAX } else { account.capacity };
+        match self.paces.get(&account.name).and_then(|pace| pace.learned) {
             Some(learned) if now < learned.until => learned.slots.min(capacity),
             _ => capacity,
         }
     }
 
-    /// A new create of `ticket`'s tenant: a slot at once if one is free and nobody waits,
-    /// else a place in line, unless the tenant already has `bound` creates waiting.
-    /// An id the gate already knows changes nothing: it answers where that create is.
-    pub fn admit(&mut self, ticket: Ticket, capacity: u32, bound: u32, now: u64) -> Admission {
+    fn holding(&self, account: &str) -> u32 {
+        self.holders.iter().filter(|holder| holder.account == account).count() as u32
+    }
+
+    /// Whether `account` can take a create at `now`: not paused, and a slot free.
+    fn has_room(&self, account: &AccountSlots, now: u64) -> bool {
+        let paused = self.paces.get(&account.name).and_then(|pace| pace.paused_until);
+        paused.is_none_or(|until| now >= until) && self.holding(&account.name) < self.slots(account, now)
+    }
+
+    /// The least loaded account with room that `pin` allows (and, `skip_wanted`, that no
+    /// create in line could take): the fewest slots held for its size, the first listed
+    /// on a tie.
+    fn least_loaded<'a>(
+        &self,
+        accounts: &'a [AccountSlots],
+        pin: Option<&str>,
+        skip_wanted: bool,
+        now: u64,
+    ) -> Option<&'a AccountSlots> {
+        accounts
+            .iter()
+            .filter(|account| pin.is_none_or(|pin| pin == account.name))
+            .filter(|account| self.has_room(account, now))
+            .filter(|account| {
+                !skip_wanted || !self.line.iter().any(|waiting| waiting.may_go_to(&account.name))
+            })
+            .map(|account| {
+                (account, u64::from(self.holding(&account.name)), u64::from(self.slots(account, now)))
+            })
+            .min_by(|(_, held_a, slots_a), (_, held_b, slots_b)| (held_a * slots_b).cmp(&(held_b * slots_a)))
+            .map(|(account, _, _)| account)
+    }
+
+    /// A new create of `ticket`'s tenant (`pin`: the one account it may go to): a slot at
+    /// once if one is free that nobody in line could take, else a place in line, unless the
+    /// tenant already has `bound` creates waiting. An id the gate already knows changes
+    /// nothing: it answers where that create is.
+    pub fn admit(
+        &mut self,
+        ticket: Ticket,
+        pin: Option<&str>,
+        accounts: &[AccountSlots],
+        bound: u32,
+        now: u64,
+    ) -> Admission {
         if self.holders.iter().any(|holder| holder.ticket.id == ticket.id) {
             return Admission::Holding;
         }
         if let Some(position) = self.position(&ticket.id) {
             return Admission::Queued { position };
         }
-        if self.line.is_empty() && self.can_dispatch(capacity, now) {
-            self.holders.push(Holder { ticket, since: now, queued_at: now, sending_since: None });
-            return Admission::Go;
+        if let Some(account) = self.least_loaded(accounts, pin, true, now) {
+            let account = account.name.clone();
+            self.holders.push(Holder {
+                ticket,
+                account: account.clone(),
+                pin: pin.map(str::to_owned),
+                since: now,
+                queued_at: now,
+                sending_since: None,
+            });
+            return Admission::Go { account };
         }
         if self.waiting_of(&ticket.tenant) >= bound as usize {
             return Admission::Full { bound };
         }
         let id = ticket.id.clone();
-        self.line.push(Waiting { ticket, queued_at: now, seq: self.next_seq });
+        self.line.push(Waiting { ticket, pin: pin.map(str::to_owned), queued_at: now, seq: self.next_seq });
         self.next_seq += 1;
         Admission::Queued { position: self.position(&id).unwrap_or(1) }
-    }
-
-    fn can_dispatch(&self, capacity: u32, now: u64) -> bool {
-        self.paused_until.is_none_or(|until| now >= until)
-            && (self.holders.len() as u32) < self.slots(capacity, now)
     }
 
     fn waiting_of(&self, tenant: &str) -> usize {
         self.line.iter().filter(|waiting| waiting.ticket.tenant == tenant).count()
     }
 
-    /// The next create to send to Kling, if a slot is free and dispatch is not paused: it
-    /// holds the slot from now.
-    pub fn next(&mut self, capacity: u32, now: u64) -> Option<Ticket> {
-        if !self.can_dispatch(capacity, now) {
-            return None;
+    /// The next create to send to Kling, and the account whose slot it takes: the first in
+    /// line that an account with room (not paused) may take. It holds the slot from now.
+    pub fn next(&mut self, accounts: &[AccountSlots], now: u64) -> Option<(Ticket, String)> {
+        let (first, account) = self.order().into_iter().find_map(|i| {
+            let pin = self.line[i].pin.as_deref();
+            self.least_loaded(accounts, pin, false, now).map(|account| (i, account.name.clone()))
+        })?;
+        if let Some(pace) = self.paces.get_mut(&account) {
+            pace.paused_until = None;
         }
-        self.paused_until = None;
-        let first = self.order().into_iter().next()?;
         let waiting = self.line.remove(first);
         self.serves += 1;
         self.served.insert(waiting.ticket.tenant.clone(), self.serves);
         self.forget_old_turns();
         self.holders.push(Holder {
             ticket: waiting.ticket.clone(),
+            account: account.clone(),
+            pin: waiting.pin,
             since: now,
             queued_at: waiting.queued_at,
             sending_since: Some(now),
         });
-        Some(waiting.ticket)
+        Some((waiting.ticket, account))
     }
 
-    /// Kling took the create `id` the gate sent: it holds its slot until its task ends.
-    /// Answers whether the gate was sending it.
+    /// Kling took the create `id` the gate sent: it holds its slot until its task ends, and
+    /// its account's pause after 1303s starts over. Answers whether the gate was sending it.
     pub fn sent(&mut self, id: &str) -> bool {
-        let holder = self.holders.iter_mut().find(|holder| holder.ticket.id == id);
-        holder.and_then(|holder| holder.sending_since.take()).is_some()
+        let Some(holder) = self.holders.iter_mut().find(|holder| holder.ticket.id == id) else {
+            return false;
+        };
+        let was_sending = holder.sending_since.take().is_some();
+        let account = holder.account.clone();
+        self.taken(&account);
+        was_sending
     }
 
     /// The creates the gate began sending `deadline_ms` or more before `now` whose outcome it
-    /// never learned (it was cut off, or its call went unanswered): to be sent again (the
-    /// coordinator sends a create once, and answers again with how it went). Each is
-    /// counted as sent anew from `now`.
-    pub fn unsent(&mut self, deadline_ms: u64, now: u64) -> Vec<Ticket> {
+    /// never learned (it was cut off, or its call went unanswered), with their accounts: to
+    /// be sent again (the coordinator sends a create once, and answers again with how it
+    /// went). Each is counted as sent anew from `now`.
+    pub fn unsent(&mut self, deadline_ms: u64, now: u64) -> Vec<(Ticket, String)> {
         let mut again = Vec::new();
         for holder in &mut self.holders {
             if holder.sending_since.is_some_and(|since| now.saturating_sub(since) >= deadline_ms) {
                 holder.sending_since = Some(now);
-                again.push(holder.ticket.clone());
+                again.push((holder.ticket.clone(), holder.account.clone()));
             }
         }
         again
@@ -265,48 +372,60 @@ impl Gate {
         order.iter().position(|&i| self.line[i].ticket.id == id).map(|place| place as u32 + 1)
     }
 
-    /// Kling took the create: the pause after 1303s starts over.
-    pub fn taken(&mut self) {
-        self.backoff_ms = 0;
+    /// Kling took a create on `account`: its pause after 1303s starts over.
+    fn taken(&mut self, account: &str) {
+        if let Some(pace) = self.paces.get_mut(account) {
+            pace.backoff_ms = 0;
+        }
     }
 
     /// Kling answered 1303 to the create `id`, sent by the gate (`by_gate`) or by the edge
-    /// with the slot it got at once: it goes back to the front of its tenant's line,
-    /// dispatch pauses, and the gate uses no more slots than Kling showed it has (the ones
-    /// held but this) for a while. Answers whether `id` held a slot sent that way (a late
-    /// report of an earlier send, whose create the gate has sent again since, changes
-    /// nothing).
+    /// with the slot it got at once: it goes back to the front of its tenant's line, its
+    /// account's dispatch pauses, and the gate uses no more of that account's slots than
+    /// Kling showed it has (the ones held but this) for a while. Answers whether `id` held a
+    /// slot sent that way (a late report of an earlier send, whose create the gate has sent
+    /// again since, changes nothing).
     pub fn refused(&mut self, id: &str, by_gate: bool, now: u64) -> bool {
         let sent_so = |holder: &Holder| holder.ticket.id == id && holder.sending_since.is_some() == by_gate;
         let Some(at) = self.holders.iter().position(sent_so) else { return false };
         let holder = self.holders.remove(at);
-        self.back_to_front(holder.ticket, holder.queued_at, now);
+        self.back_to_front(holder.ticket, holder.pin, holder.queued_at, &holder.account, now);
         true
     }
 
-    /// Kling answered 1303 to a create the edge sent while the gate could not be asked (so it
-    /// holds no slot here): it joins the line at the front, as [`Self::refused`] puts one.
-    /// Answers whether it did (an id the gate knows changes nothing).
-    pub fn refused_unseen(&mut self, ticket: Ticket, now: u64) -> bool {
+    /// Kling answered 1303 on `account` to a create the edge sent while the gate could not
+    /// be asked (so it holds no slot here): it joins the line at the front, as
+    /// [`Self::refused`] puts one. Answers whether it did (an id the gate knows changes
+    /// nothing).
+    pub fn refused_unseen(&mut self, ticket: Ticket, account: &str, pin: Option<String>, now: u64) -> bool {
         let known = self.holders.iter().any(|holder| holder.ticket.id == ticket.id)
             || self.line.iter().any(|waiting| waiting.ticket.id == ticket.id);
         if known {
             return false;
         }
-        self.back_to_front(ticket, now, now);
+        self.back_to_front(ticket, pin, now, account, now);
         true
     }
 
     /// Before every create in line (so before its tenant's), its tenant's turn first;
-    /// dispatch pauses, and the gate believes the slots held are all the account has.
-    fn back_to_front(&mut self, ticket: Ticket, queued_at: u64, now: u64) {
+    /// `account`'s dispatch pauses, and the gate believes the slots held there are all it
+    /// has.
+    fn back_to_front(
+        &mut self,
+        ticket: Ticket,
+        pin: Option<String>,
+        queued_at: u64,
+        account: &str,
+        now: u64,
+    ) {
         let seq = self.line.iter().map(|waiting| waiting.seq).min().unwrap_or(self.next_seq) - 1;
         self.served.insert(ticket.tenant.clone(), 0);
-        self.line.push(Waiting { ticket, queued_at, seq });
-        self.backoff_ms = (self.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
-        self.paused_until = Some(now.saturating_add(self.backoff_ms));
-        let slots = (self.holders.len() as u32).max(1);
-        self.learned = Some(Learned { slots, until: now.saturating_add(LEARNED_FOR_MS) });
+        self.line.push(Waiting { ticket, pin, queued_at, seq });
+        let slots = self.holding(account).max(1);
+        let pace = self.paces.entry(account.to_owned()).or_default();
+        pace.backoff_ms = (pace.backoff_ms * 2).clamp(FIRST_BACKOFF_MS, MAX_BACKOFF_MS);
+        pace.paused_until = Some(now.saturating_add(pace.backoff_ms));
+        pace.learned = Some(Learned { slots, until: now.saturating_add(LEARNED_FOR_MS) });
     }
 
     /// The task `id` ended (Kling said so, or it never reached Kling): its slot is free.
@@ -353,8 +472,12 @@ impl Gate {
     pub fn next_due(&self, max_wait_ms: u64, max_hold_ms: u64, now: u64) -> Option<u64> {
         let waited = self.line.iter().map(|waiting| waiting.queued_at.saturating_add(max_wait_ms));
         let held = self.holders.iter().map(|holder| holder.since.saturating_add(max_hold_ms));
-        let pause = self.paused_until.filter(|until| *until > now && !self.line.is_empty());
-        waited.chain(held).chain(pause).min()
+        let pauses = self
+            .paces
+            .values()
+            .filter_map(|pace| pace.paused_until)
+            .filter(|until| *until > now && !self.line.is_empty());
+        waited.chain(held).chain(pauses).min()
     }
 
     /// When the next create being sent may be sent again (see [`Self::unsent`]).
@@ -366,19 +489,31 @@ impl Gate {
             .min()
     }
 
-    /// Whether a create waits and may be dispatched at `now` (a slot free, no pause).
-    pub fn can_dispatch_now(&self, capacity: u32, now: u64) -> bool {
-        !self.line.is_empty() && self.can_dispatch(capacity, now)
+    /// Whether a create waits that an account with room may take at `now`.
+    pub fn can_dispatch_now(&self, accounts: &[AccountSlots], now: u64) -> bool {
+        self.line
+            .iter()
+            .any(|waiting| self.least_loaded(accounts, waiting.pin.as_deref(), false, now).is_some())
     }
 
-    /// The account's slots and line at `now`, as `GET /v1/queue` shows them.
-    pub fn view(&self, capacity: u32, now: u64) -> GateView {
+    /// The accounts' slots and the line at `now`, as `GET /v1/queue` shows them.
+    pub fn view(&self, accounts: &[AccountSlots], now: u64) -> GateView {
         GateView {
-            capacity,
-            slots: self.slots(capacity, now),
-            holding: self.holders.len() as u32,
+            accounts: accounts
+                .iter()
+                .map(|account| AccountView {
+                    name: account.name.clone(),
+                    capacity: account.capacity,
+                    slots: self.slots(account, now),
+                    holding: self.holding(&account.name),
+                    paused_until: self
+                        .paces
+                        .get(&account.name)
+                        .and_then(|pace| pace.paused_until)
+                        .filter(|until| *until > now),
+                })
+                .collect(),
             waiting: self.line.len() as u32,
-            paused_until: self.paused_until.filter(|until| *until > now),
         }
     }
 
@@ -412,12 +547,25 @@ mod tests {
         Ticket { id: id.into(), tenant: tenant.into() }
     }
 
+    /// One account, `a`, of `capacity` slots.
+    fn one(capacity: u32) -> Vec<AccountSlots> {
+        vec![AccountSlots { name: "a".into(), capacity }]
+    }
+
+    fn go() -> Admission {
+        Admission::Go { account: "a".into() }
+    }
+
+    /// The next create sent (by the gate's one account's slots).
+    fn next(gate: &mut Gate, capacity: u32, now: u64) -> Option<Ticket> {
+        gate.next(&one(capacity), now).map(|(ticket, _)| ticket)
+    }
+
     /// Dispatches everything a slot allows, ending each dispatched create at once (as if
     /// Kling finished it), and answers the order they went in.
     fn drain(gate: &mut Gate, capacity: u32) -> Vec<String> {
         let mut sent = Vec::new();
-        while let Some(next) = gate.next(capacity, NOW) {
-            gate.taken();
+        while let Some(next) = next(gate, capacity, NOW) {
             gate.release(&next.id);
             sent.push(next.id);
         }
@@ -427,12 +575,12 @@ mod tests {
     #[test]
     fn a_1303_to_a_create_the_gate_never_admitted_puts_it_at_the_front_once() {
         let mut gate = Gate::default();
-        assert_eq!(gate.admit(ticket("a0", "a"), 1, 10, NOW), Admission::Go);
-        assert!(matches!(gate.admit(ticket("a1", "a"), 1, 10, NOW), Admission::Queued { .. }));
+        assert_eq!(gate.admit(ticket("a0", "a"), None, &one(1), 10, NOW), go());
+        assert!(matches!(gate.admit(ticket("a1", "a"), None, &one(1), 10, NOW), Admission::Queued { .. }));
         // Sent while the gate could not be asked, and refused by Kling.
-        assert!(gate.refused_unseen(ticket("b0", "b"), NOW));
-        assert!(!gate.refused_unseen(ticket("b0", "b"), NOW), "once");
-        assert!(!gate.refused_unseen(ticket("a0", "a"), NOW), "a holder is not new");
+        assert!(gate.refused_unseen(ticket("b0", "b"), "a", None, NOW));
+        assert!(!gate.refused_unseen(ticket("b0", "b"), "a", None, NOW), "once");
+        assert!(!gate.refused_unseen(ticket("a0", "a"), "a", None, NOW), "a holder is not new");
         assert_eq!(gate.position("b0"), Some(1));
         assert_eq!(gate.position("a1"), Some(2));
     }
@@ -440,28 +588,28 @@ mod tests {
     #[test]
     fn a_free_slot_goes_at_once_and_a_full_account_queues() {
         let mut gate = Gate::default();
-        assert_eq!(gate.admit(ticket("a1", "a"), 2, 10, NOW), Admission::Go);
-        assert_eq!(gate.admit(ticket("a2", "a"), 2, 10, NOW), Admission::Go);
-        assert_eq!(gate.admit(ticket("a3", "a"), 2, 10, NOW), Admission::Queued { position: 1 });
-        assert_eq!(gate.admit(ticket("b1", "b"), 2, 10, NOW), Admission::Queued { position: 2 });
-        assert_eq!(gate.next(2, NOW), None, "no slot is free");
+        assert_eq!(gate.admit(ticket("a1", "a"), None, &one(2), 10, NOW), go());
+        assert_eq!(gate.admit(ticket("a2", "a"), None, &one(2), 10, NOW), go());
+        assert_eq!(gate.admit(ticket("a3", "a"), None, &one(2), 10, NOW), Admission::Queued { position: 1 });
+        assert_eq!(gate.admit(ticket("b1", "b"), None, &one(2), 10, NOW), Admission::Queued { position: 2 });
+        assert_eq!(next(&mut gate, 2, NOW), None, "no slot is free");
         assert!(gate.release("a1"));
-        assert_eq!(gate.next(2, NOW), Some(ticket("a3", "a")));
+        assert_eq!(next(&mut gate, 2, NOW), Some(ticket("a3", "a")));
         assert_eq!(gate.counts(), (2, 1));
         // A slot free while others wait is theirs, not a newcomer's.
         assert!(gate.release("a2"));
-        assert_eq!(gate.admit(ticket("c1", "c"), 2, 10, NOW), Admission::Queued { position: 2 });
-        assert_eq!(gate.next(2, NOW), Some(ticket("b1", "b")));
+        assert_eq!(gate.admit(ticket("c1", "c"), None, &one(2), 10, NOW), Admission::Queued { position: 2 });
+        assert_eq!(next(&mut gate, 2, NOW), Some(ticket("b1", "b")));
     }
 
     #[test]
     fn one_tenants_single_create_never_waits_behind_anothers_burst() {
         let mut gate = Gate::default();
-        assert_eq!(gate.admit(ticket("busy", "x"), 1, 100, NOW), Admission::Go);
+        assert_eq!(gate.admit(ticket("busy", "x"), None, &one(1), 100, NOW), go());
         for i in 0..20 {
-            gate.admit(ticket(&format!("a{i}"), "a"), 1, 100, NOW);
+            gate.admit(ticket(&format!("a{i}"), "a"), None, &one(1), 100, NOW);
         }
-        assert_eq!(gate.admit(ticket("b0", "b"), 1, 100, NOW), Admission::Queued { position: 2 });
+        assert_eq!(gate.admit(ticket("b0", "b"), None, &one(1), 100, NOW), Admission::Queued { position: 2 });
         gate.release("busy");
         let sent = drain(&mut gate, 1);
         assert_eq!(&sent[..3], ["a0", "b0", "a1"], "second in line, behind one of the burst");
@@ -471,9 +619,9 @@ mod tests {
     #[test]
     fn tenants_take_turns_first_come_first_served_within_each() {
         let mut gate = Gate::default();
-        gate.admit(ticket("hold", "x"), 1, 100, NOW);
+        gate.admit(ticket("hold", "x"), None, &one(1), 100, NOW);
         for (id, tenant) in [("a0", "a"), ("a1", "a"), ("a2", "a"), ("b0", "b"), ("b1", "b"), ("c0", "c")] {
-            gate.admit(ticket(id, tenant), 1, 100, NOW);
+            gate.admit(ticket(id, tenant), None, &one(1), 100, NOW);
         }
         assert_eq!(
             gate.waiting_for("a").iter().map(|w| (w.id.as_str(), w.position)).collect::<Vec<_>>(),
@@ -486,13 +634,13 @@ mod tests {
     #[test]
     fn a_tenant_just_served_goes_behind_the_others() {
         let mut gate = Gate::default();
-        gate.admit(ticket("hold", "x"), 1, 100, NOW);
-        gate.admit(ticket("a0", "a"), 1, 100, NOW);
-        gate.admit(ticket("a1", "a"), 1, 100, NOW);
+        gate.admit(ticket("hold", "x"), None, &one(1), 100, NOW);
+        gate.admit(ticket("a0", "a"), None, &one(1), 100, NOW);
+        gate.admit(ticket("a1", "a"), None, &one(1), 100, NOW);
         gate.release("hold");
-        assert_eq!(gate.next(1, NOW).unwrap().id, "a0");
+        assert_eq!(next(&mut gate, 1, NOW).unwrap().id, "a0");
         // b comes after a was served: b is next, then a again.
-        gate.admit(ticket("b0", "b"), 1, 100, NOW);
+        gate.admit(ticket("b0", "b"), None, &one(1), 100, NOW);
         assert_eq!(gate.position("b0"), Some(1));
         assert_eq!(gate.position("a1"), Some(2));
     }
@@ -500,11 +648,11 @@ mod tests {
     #[test]
     fn a_tenant_past_its_bound_is_refused_and_others_are_not() {
         let mut gate = Gate::default();
-        gate.admit(ticket("hold", "x"), 1, 2, NOW);
-        assert!(matches!(gate.admit(ticket("a0", "a"), 1, 2, NOW), Admission::Queued { .. }));
-        assert!(matches!(gate.admit(ticket("a1", "a"), 1, 2, NOW), Admission::Queued { .. }));
-        assert_eq!(gate.admit(ticket("a2", "a"), 1, 2, NOW), Admission::Full { bound: 2 });
-        assert!(matches!(gate.admit(ticket("b0", "b"), 1, 2, NOW), Admission::Queued { .. }));
+        gate.admit(ticket("hold", "x"), None, &one(1), 2, NOW);
+        assert!(matches!(gate.admit(ticket("a0", "a"), None, &one(1), 2, NOW), Admission::Queued { .. }));
+        assert!(matches!(gate.admit(ticket("a1", "a"), None, &one(1), 2, NOW), Admission::Queued { .. }));
+        assert_eq!(gate.admit(ticket("a2", "a"), None, &one(1), 2, NOW), Admission::Full { bound: 2 });
+        assert!(matches!(gate.admit(ticket("b0", "b"), None, &one(1), 2, NOW), Admission::Queued { .. }));
         assert_eq!(gate.counts(), (1, 3), "the refused create left nothing");
     }
 
@@ -513,28 +661,29 @@ mod tests {
         let mut gate = Gate::default();
         // The setting says 3, but another app holds one of the account's slots.
         for id in ["a0", "a1", "a2"] {
-            assert_eq!(gate.admit(ticket(id, "a"), 3, 100, NOW), Admission::Go);
+            assert_eq!(gate.admit(ticket(id, "a"), None, &one(3), 100, NOW), go());
         }
-        gate.admit(ticket("a3", "a"), 3, 100, NOW);
+        gate.admit(ticket("a3", "a"), None, &one(3), 100, NOW);
         assert!(gate.refused("a2", false, NOW));
         assert_eq!(gate.position("a2"), Some(1), "back at the front, before a3");
-        assert_eq!(gate.slots(3, NOW), 2, "what Kling showed it has");
-        assert_eq!(gate.next(3, NOW), None, "paused");
+        assert_eq!(gate.slots(&one(3)[0], NOW), 2, "what Kling showed it has");
+        assert_eq!(next(&mut gate, 3, NOW), None, "paused");
         gate.release("a0");
-        assert_eq!(gate.next(3, NOW + FIRST_BACKOFF_MS - 1), None, "still paused");
-        assert_eq!(gate.next(3, NOW + FIRST_BACKOFF_MS).unwrap().id, "a2");
-        assert_eq!(gate.next(3, NOW + FIRST_BACKOFF_MS), None, "two slots, both held");
+        assert_eq!(next(&mut gate, 3, NOW + FIRST_BACKOFF_MS - 1), None, "still paused");
+        assert_eq!(next(&mut gate, 3, NOW + FIRST_BACKOFF_MS).unwrap().id, "a2");
+        assert_eq!(next(&mut gate, 3, NOW + FIRST_BACKOFF_MS), None, "two slots, both held");
         // Another 1303 doubles the pause; a create Kling takes resets it.
         assert!(gate.refused("a2", true, NOW + 2_000));
-        assert_eq!(gate.next(3, NOW + 3_999), None);
-        assert_eq!(gate.next(3, NOW + 4_000), None, "one slot held, and one is all Kling showed");
+        assert_eq!(next(&mut gate, 3, NOW + 3_999), None);
+        assert_eq!(next(&mut gate, 3, NOW + 4_000), None, "one slot held, and one is all Kling showed");
         gate.release("a1");
-        assert_eq!(gate.next(3, NOW + 4_000).unwrap().id, "a2");
-        gate.taken();
-        assert!(gate.refused("a2", true, NOW + 5_000));
-        assert_eq!(gate.paused_until, Some(NOW + 5_000 + FIRST_BACKOFF_MS));
+        assert_eq!(next(&mut gate, 3, NOW + 4_000).unwrap().id, "a2");
+        assert!(gate.sent("a2"), "Kling took it");
+        assert_eq!(gate.paces["a"].backoff_ms, 0);
+        assert!(gate.refused("a2", false, NOW + 5_000));
+        assert_eq!(gate.paces["a"].paused_until, Some(NOW + 5_000 + FIRST_BACKOFF_MS));
         // The learned slots are forgotten after a while.
-        assert_eq!(gate.slots(3, NOW + 5_000 + LEARNED_FOR_MS), 3);
+        assert_eq!(gate.slots(&one(3)[0], NOW + 5_000 + LEARNED_FOR_MS), 3);
     }
 
     #[test]
@@ -542,20 +691,20 @@ mod tests {
         let mut gate = Gate::default();
         let mut now = NOW;
         for _ in 0..20 {
-            assert_eq!(gate.admit(ticket("a", "a"), 1, 100, now), Admission::Go);
+            assert_eq!(gate.admit(ticket("a", "a"), None, &one(1), 100, now), go());
             gate.refused("a", false, now);
             assert_eq!(gate.cancel("a", "a"), Cancel::Cancelled);
-            now = gate.paused_until.unwrap();
+            now = gate.paces["a"].paused_until.unwrap();
         }
-        assert_eq!(gate.backoff_ms, MAX_BACKOFF_MS);
+        assert_eq!(gate.paces["a"].backoff_ms, MAX_BACKOFF_MS);
     }
 
     #[test]
     fn a_cancel_removes_a_waiting_create_and_refuses_one_kling_has() {
         let mut gate = Gate::default();
-        gate.admit(ticket("a0", "a"), 1, 100, NOW);
-        gate.admit(ticket("a1", "a"), 1, 100, NOW);
-        gate.admit(ticket("b0", "b"), 1, 100, NOW);
+        gate.admit(ticket("a0", "a"), None, &one(1), 100, NOW);
+        gate.admit(ticket("a1", "a"), None, &one(1), 100, NOW);
+        gate.admit(ticket("b0", "b"), None, &one(1), 100, NOW);
         assert_eq!(gate.cancel("a1", "b"), Cancel::Unknown, "another tenant's");
         assert_eq!(gate.cancel("a0", "a"), Cancel::AtKling);
         assert_eq!(gate.cancel("a1", "a"), Cancel::Cancelled);
@@ -567,9 +716,9 @@ mod tests {
     #[test]
     fn a_create_that_waited_too_long_leaves_the_line() {
         let mut gate = Gate::default();
-        gate.admit(ticket("hold", "x"), 1, 100, NOW);
-        gate.admit(ticket("a0", "a"), 1, 100, NOW);
-        gate.admit(ticket("b0", "b"), 1, 100, NOW + 5_000);
+        gate.admit(ticket("hold", "x"), None, &one(1), 100, NOW);
+        gate.admit(ticket("a0", "a"), None, &one(1), 100, NOW);
+        gate.admit(ticket("b0", "b"), None, &one(1), 100, NOW + 5_000);
         assert_eq!(gate.next_due(60_000, u64::MAX, NOW), Some(NOW + 60_000));
         assert!(gate.expire(60_000, NOW + 59_999).is_empty());
         assert_eq!(gate.expire(60_000, NOW + 60_000), [ticket("a0", "a")]);
@@ -580,14 +729,14 @@ mod tests {
     #[test]
     fn a_callback_and_a_cancel_crossing_free_one_slot_once() {
         let mut gate = Gate::default();
-        gate.admit(ticket("a0", "a"), 1, 100, NOW);
-        gate.admit(ticket("b0", "b"), 1, 100, NOW);
+        gate.admit(ticket("a0", "a"), None, &one(1), 100, NOW);
+        gate.admit(ticket("b0", "b"), None, &one(1), 100, NOW);
         // The cancel of a0 comes as its end is learned: it is Kling's, and its slot frees once.
         assert_eq!(gate.cancel("a0", "a"), Cancel::AtKling);
         assert!(gate.release("a0"));
         assert!(!gate.release("a0"), "a second report of its end frees nothing");
-        assert_eq!(gate.next(1, NOW).unwrap().id, "b0");
-        assert_eq!(gate.next(1, NOW), None);
+        assert_eq!(next(&mut gate, 1, NOW).unwrap().id, "b0");
+        assert_eq!(next(&mut gate, 1, NOW), None);
     }
 
     #[test]
@@ -611,14 +760,14 @@ mod tests {
                     let id = format!("c{ids}");
                     let tenant = format!("t{}", step() % 4);
                     let waiting = gate.waiting_of(&tenant);
-                    match gate.admit(ticket(&id, &tenant), capacity, 5, now) {
+                    match gate.admit(ticket(&id, &tenant), None, &one(capacity), 5, now) {
                         Admission::Full { .. } => assert!(waiting >= 5),
                         Admission::Holding => panic!("a new id"),
                         _ => assert!(alive.insert(id.clone())),
                     }
                     // Admitted again (a retried create), it changes nothing.
-                    let again = gate.admit(ticket(&id, &tenant), capacity, 5, now);
-                    assert!(!matches!(again, Admission::Go), "never sent twice");
+                    let again = gate.admit(ticket(&id, &tenant), None, &one(capacity), 5, now);
+                    assert!(!matches!(again, Admission::Go { .. }), "never sent twice");
                 }
                 1 => {
                     if let Some(holder) = gate.holders.first().map(|h| h.ticket.id.clone()) {
@@ -649,7 +798,7 @@ mod tests {
                         assert!(alive.remove(&stale.id));
                     }
                 }
-                _ => while gate.next(capacity, now).is_some() {},
+                _ => while next(&mut gate, capacity, now).is_some() {},
             }
             assert!(gate.holders.len() as u32 <= capacity, "never more than the setting's slots");
             let mut seen: Vec<String> = gate.holders.iter().map(|h| h.ticket.id.clone()).collect();
@@ -669,19 +818,19 @@ mod tests {
     #[test]
     fn a_tenant_that_keeps_one_create_waiting_takes_its_turn_after_the_others() {
         let mut gate = Gate::default();
-        gate.admit(ticket("hold", "x"), 1, 100, NOW);
+        gate.admit(ticket("hold", "x"), None, &one(1), 100, NOW);
         for i in 0..6 {
-            gate.admit(ticket(&format!("b{i}"), "b"), 1, 100, NOW);
-            gate.admit(ticket(&format!("c{i}"), "c"), 1, 100, NOW);
+            gate.admit(ticket(&format!("b{i}"), "b"), None, &one(1), 100, NOW);
+            gate.admit(ticket(&format!("c{i}"), "c"), None, &one(1), 100, NOW);
         }
         gate.release("hold");
         let mut sent = Vec::new();
         for i in 0..6 {
             // a has one create in line at a time: a new one each time its last was sent.
             if gate.waiting_of("a") == 0 {
-                gate.admit(ticket(&format!("a{i}"), "a"), 1, 100, NOW);
+                gate.admit(ticket(&format!("a{i}"), "a"), None, &one(1), 100, NOW);
             }
-            let next = gate.next(1, NOW).unwrap();
+            let next = next(&mut gate, 1, NOW).unwrap();
             gate.release(&next.id);
             sent.push(next.tenant);
         }
@@ -692,9 +841,9 @@ mod tests {
     #[test]
     fn a_1303_keeps_the_time_the_create_came_and_goes_before_a_newcomer() {
         let mut gate = Gate::default();
-        assert_eq!(gate.admit(ticket("hold", "x"), 2, 100, NOW), Admission::Go);
-        assert_eq!(gate.admit(ticket("a0", "a"), 2, 100, NOW), Admission::Go);
-        gate.admit(ticket("b0", "b"), 2, 100, NOW + 10);
+        assert_eq!(gate.admit(ticket("hold", "x"), None, &one(2), 100, NOW), go());
+        assert_eq!(gate.admit(ticket("a0", "a"), None, &one(2), 100, NOW), go());
+        gate.admit(ticket("b0", "b"), None, &one(2), 100, NOW + 10);
         assert!(gate.refused("a0", false, NOW + 20_000));
         assert_eq!(gate.position("a0"), Some(1), "before b0, though b was never served");
         assert_eq!(
@@ -708,8 +857,8 @@ mod tests {
     #[test]
     fn a_pause_that_passed_is_not_due_again() {
         let mut gate = Gate::default();
-        gate.admit(ticket("a0", "a"), 1, 100, NOW);
-        gate.admit(ticket("a1", "a"), 1, 100, NOW);
+        gate.admit(ticket("a0", "a"), None, &one(1), 100, NOW);
+        gate.admit(ticket("a1", "a"), None, &one(1), 100, NOW);
         gate.refused("a0", false, NOW);
         let max_wait = 3_600_000;
         assert_eq!(gate.next_due(max_wait, u64::MAX, NOW), Some(NOW + FIRST_BACKOFF_MS));
@@ -719,29 +868,29 @@ mod tests {
             Some(NOW + max_wait),
             "then only the wait bound"
         );
-        assert_eq!(gate.next(1, later).unwrap().id, "a0");
-        assert_eq!(gate.paused_until, None);
+        assert_eq!(next(&mut gate, 1, later).unwrap().id, "a0");
+        assert_eq!(gate.paces["a"].paused_until, None);
     }
 
     #[test]
     fn a_slot_held_past_its_bound_is_reclaimed_and_goes_to_the_next() {
         let mut gate = Gate::default();
-        gate.admit(ticket("lost", "a"), 1, 100, NOW);
-        gate.admit(ticket("b0", "b"), 1, 100, NOW + 1);
+        gate.admit(ticket("lost", "a"), None, &one(1), 100, NOW);
+        gate.admit(ticket("b0", "b"), None, &one(1), 100, NOW + 1);
         let day = 24 * 3600 * 1000;
         assert_eq!(gate.next_due(2 * day, day, NOW), Some(NOW + day));
         assert!(gate.reclaim(day, NOW + day - 1).is_empty());
         assert_eq!(gate.reclaim(day, NOW + day), [ticket("lost", "a")]);
-        assert_eq!(gate.next(1, NOW + day).unwrap().id, "b0");
+        assert_eq!(next(&mut gate, 1, NOW + day).unwrap().id, "b0");
     }
 
     #[test]
     fn a_create_admitted_twice_is_held_or_queued_once() {
         let mut gate = Gate::default();
-        assert_eq!(gate.admit(ticket("a0", "a"), 1, 100, NOW), Admission::Go);
-        assert_eq!(gate.admit(ticket("a0", "a"), 1, 100, NOW), Admission::Holding);
-        assert_eq!(gate.admit(ticket("a1", "a"), 1, 100, NOW), Admission::Queued { position: 1 });
-        assert_eq!(gate.admit(ticket("a1", "a"), 1, 100, NOW), Admission::Queued { position: 1 });
+        assert_eq!(gate.admit(ticket("a0", "a"), None, &one(1), 100, NOW), go());
+        assert_eq!(gate.admit(ticket("a0", "a"), None, &one(1), 100, NOW), Admission::Holding);
+        assert_eq!(gate.admit(ticket("a1", "a"), None, &one(1), 100, NOW), Admission::Queued { position: 1 });
+        assert_eq!(gate.admit(ticket("a1", "a"), None, &one(1), 100, NOW), Admission::Queued { position: 1 });
         assert_eq!(gate.counts(), (1, 1));
     }
 }

@@ -55,6 +55,10 @@ pub struct Intent {
     /// task found holds it, and a create never found gives it back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gated: bool,
+    /// The Kling account the create is sent to (`None`: an intent from before accounts had
+    /// names, the first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 impl Intent {
@@ -112,6 +116,7 @@ mod tests {
             check_at: 0,
             checks: 0,
             gated: false,
+            account: None,
         }
     }
 

@@ -108,6 +108,11 @@ pub struct TaskRecord {
     /// is made again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate_retry_at: Option<u64>,
+    /// The Kling account that has the task (`crate::accounts`): every call about it goes
+    /// there. `None`: a record from before accounts had names (the first account), or a
+    /// create still waiting in line for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
 }
 
 /// A task as its client reads it, before the links to its copies are minted: Kling's data
@@ -154,6 +159,7 @@ impl TaskRecord {
             kling_task_id: None,
             holds_slot: false,
             gate_retry_at: None,
+            account: None,
         }
     }
 

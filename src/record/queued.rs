@@ -32,6 +32,13 @@ pub struct Queued {
     /// back in line.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tell_refused: bool,
+    /// The account useapi.net's `email` pinned it to: it waits for that account's slots only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin: Option<String>,
+    /// The account the edge sent it to before Kling's 1303 at once (the gate learns that
+    /// account has fewer slots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_by: Option<String>,
 }
 
 /// A tenant's line, as `GET /v1/queue` shows it: its creates waiting, in the order they

@@ -352,12 +352,43 @@ pub struct ScriptedKling {
     pub slots: Cell<Option<usize>>,
     /// The most tasks that ever ran at once.
     pub peak_running: Cell<usize>,
+    /// The account each task was created on: Kling knows a task only on its own account
+    /// (a task `set` by a test is known on every one). `slots` is each account's.
+    pub task_accounts: RefCell<HashMap<String, String>>,
+    /// The account every create and query was sent to, in order.
+    pub calls_on: RefCell<Vec<String>>,
+    /// The account a call that names none goes to (a task from before accounts had names):
+    /// the deployment's first, `default` unless a test says.
+    pub first_account: RefCell<String>,
 }
 
 impl ScriptedKling {
     /// How many of Kling's tasks have not ended (each holds one of the account's slots).
     pub fn running(&self) -> usize {
         self.tasks.borrow().values().filter(|data| !crate::kling::task::is_final(data)).count()
+    }
+
+    /// How many tasks of `account` have not ended.
+    pub fn running_on(&self, account: &str) -> usize {
+        let accounts = self.task_accounts.borrow();
+        let tasks = self.tasks.borrow();
+        let on = |(id, data): &(&String, &Value)| {
+            accounts.get(*id).is_some_and(|own| own == account) && !crate::kling::task::is_final(data)
+        };
+        tasks.iter().filter(on).count()
+    }
+
+    fn account_of_call(&self, account: Option<&str>) -> String {
+        let first = self.first_account.borrow();
+        let name =
+            account.unwrap_or(if first.is_empty() { crate::accounts::DEFAULT_ACCOUNT } else { &first });
+        self.calls_on.borrow_mut().push(name.to_owned());
+        name.to_owned()
+    }
+
+    /// Whether `account` knows the task `id`.
+    fn knows(&self, account: &str, id: &str) -> bool {
+        self.task_accounts.borrow().get(id).is_none_or(|own| own == account)
     }
 
     pub fn set(&self, data: Value) {
@@ -367,35 +398,51 @@ impl ScriptedKling {
 }
 
 impl Upstream for ScriptedKling {
-    async fn create(&self, endpoint: &Endpoint, body: &Map<String, Value>) -> Result<KlingReply, ApiError> {
-        <ScriptedKling as KlingApi>::create(self, endpoint, body).await
+    async fn create(
+        &self,
+        account: Option<&str>,
+        endpoint: &Endpoint,
+        body: &Map<String, Value>,
+    ) -> Result<KlingReply, ApiError> {
+        let account = account.map_or_else(|| self.account_of_call(None), str::to_owned);
+        <ScriptedKling as KlingApi>::create(self, &account, endpoint, body).await
     }
 
-    async fn current_task(&self, _endpoint: &Endpoint, task_id: &str) -> Result<Value, ApiError> {
+    async fn current_task(
+        &self,
+        account: Option<&str>,
+        _endpoint: &Endpoint,
+        task_id: &str,
+    ) -> Result<Value, ApiError> {
+        let account = self.account_of_call(account);
         self.calls.set(self.calls.get() + 1);
         yield_once().await;
         if let Some(fault) = self.faults.borrow_mut().pop_front() {
             return Err(ApiError::upstream_unreachable(&fault));
         }
         let id = self.answer_with.borrow().clone().unwrap_or_else(|| task_id.to_owned());
-        self.tasks.borrow().get(&id).cloned().ok_or_else(|| ApiError::not_found("Kling answered 404"))
+        let found = self.tasks.borrow().get(&id).cloned().filter(|_| self.knows(&account, &id));
+        found.ok_or_else(|| ApiError::not_found("Kling answered 404"))
     }
 
     async fn task_by_external_id(
         &self,
+        account: Option<&str>,
         _endpoint: &Endpoint,
         external_task_id: &str,
     ) -> Result<Value, ApiError> {
+        let account = self.account_of_call(account);
         self.calls.set(self.calls.get() + 1);
         yield_once().await;
         if let Some(fault) = self.faults.borrow_mut().pop_front() {
             return Err(ApiError::upstream_unreachable(&fault));
         }
         let tasks = self.tasks.borrow();
-        let found = tasks
-            .values()
-            .find(|data| crate::kling::task::external_task_id_of(data) == Some(external_task_id));
-        found.cloned().ok_or_else(|| ApiError::not_found("Kling answered 404"))
+        let found = tasks.iter().find(|(id, data)| {
+            crate::kling::task::external_task_id_of(data) == Some(external_task_id)
+                && self.knows(&account, id)
+        });
+        found.map(|(_, data)| data.clone()).ok_or_else(|| ApiError::not_found("Kling answered 404"))
     }
 }
 
@@ -739,7 +786,13 @@ pub enum CreateScript {
 impl KlingApi for ScriptedKling {
     /// Records the body; answers the next scripted answer, else accepts the task as Kling
     /// does (`submitted`, a fresh id), which later queries then find.
-    async fn create(&self, endpoint: &Endpoint, body: &Map<String, Value>) -> Result<KlingReply, ApiError> {
+    async fn create(
+        &self,
+        account: &str,
+        endpoint: &Endpoint,
+        body: &Map<String, Value>,
+    ) -> Result<KlingReply, ApiError> {
+        self.account_of_call(Some(account));
         self.created.borrow_mut().push((endpoint.code, body.clone()));
         yield_once().await;
         if let Some(script) = self.create_scripts.borrow_mut().pop_front() {
@@ -748,7 +801,7 @@ impl KlingApi for ScriptedKling {
                 CreateScript::Fail(error) => Err(error),
             };
         }
-        if self.slots.get().is_some_and(|slots| self.running() >= slots) {
+        if self.slots.get().is_some_and(|slots| self.running_on(account) >= slots) {
             let envelope = serde_json::json!({"code": 1303, "message": "parallel task over resource pack limit", "request_id": "kling-req"});
             return Ok(KlingReply { status: 429, body: envelope.to_string().into_bytes() });
         }
@@ -759,6 +812,7 @@ impl KlingApi for ScriptedKling {
             data["task_info"] = serde_json::json!({"external_task_id": external});
         }
         self.set(data.clone());
+        self.task_accounts.borrow_mut().insert(task_id, account.to_owned());
         self.peak_running.set(self.peak_running.get().max(self.running()));
         let envelope =
             serde_json::json!({"code": 0, "message": "SUCCEED", "request_id": "kling-req", "data": data});
@@ -958,7 +1012,7 @@ impl MemoryGates {
 pub struct NoDispatch;
 
 impl Dispatcher for NoDispatch {
-    async fn dispatch(&self, _ticket: &Ticket) -> Dispatched {
+    async fn dispatch(&self, _ticket: &Ticket, _account: &str) -> Dispatched {
         Dispatched::Unknown
     }
 }
@@ -979,9 +1033,9 @@ impl Gates for MemoryGates {
 
 /// The coordinators as the gate's alarm reaches them: a queued create's turn.
 impl Dispatcher for MemoryCoordinators<'_> {
-    async fn dispatch(&self, ticket: &Ticket) -> Dispatched {
+    async fn dispatch(&self, ticket: &Ticket, account: &str) -> Dispatched {
         let shard = crate::kling::task::tenant_shard(&ticket.tenant);
-        let call = protocol::Dispatch { nonce: ticket.id.clone() };
+        let call = protocol::Dispatch { nonce: ticket.id.clone(), account: account.to_owned() };
         self.call(&shard, call).await.unwrap_or(Dispatched::Unknown)
     }
 }
