@@ -79,8 +79,8 @@ async function line(tenant = 'web') {
 async function drain() {
   await eventually(async () => {
     await finishRunning();
-    const { account } = await line();
-    return account.holding === 0 && account.waiting === 0;
+    const view = await line();
+    return view.accounts.every((account) => account.holding === 0) && view.line === 0;
   }, { timeoutMs: 30_000, what: 'the account to drain' });
 }
 

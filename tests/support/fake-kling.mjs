@@ -123,13 +123,19 @@ function envelope(code, message, data) {
 }
 
 export class FakeKling {
-  constructor({ accessKey, secretKey, apiKey, autoProgress = false, webhookSecret, stepMs = 1500, resolveExternalFirst = false, resultBase, maxConcurrency = Infinity } = {}) {
+  constructor({ accessKey, secretKey, apiKey, autoProgress = false, webhookSecret, stepMs = 1500, resolveExternalFirst = false, resultBase, maxConcurrency = Infinity, accounts } = {}) {
+    // Kling's accounts: each has its own credentials, tasks and concurrency. A token is
+    // Kling's for the account whose credentials verify it, and that account sees only its
+    // own tasks. `accounts` lists several ({ name, accessKey, secretKey, apiKey,
+    // maxConcurrency }); by default there is one, named `default`, from the options above.
+    this.accounts = accounts ?? [{ name: 'default', accessKey, secretKey, apiKey, maxConcurrency }];
     // Kling's account concurrency: a task holds a slot from `submitted` until it ends, and
     // a create past the limit is refused with HTTP 429, code 1303. `otherRunning` plays
-    // another app's tasks on the same account; `peakRunning` is the most ever running.
-    this.maxConcurrency = maxConcurrency;
+    // another app's tasks on the first account; `peakRunning` is the most ever running on
+    // one account (`peakRunningOf` by account).
     this.otherRunning = 0;
     this.peakRunning = 0;
+    this.peakRunningOf = {};
     this.refusedOverConcurrency = 0;
     // Where the result links point: the stand-in's own /samples, or another file server
     // (`resultBase` + `/sample-audio.mp3`...), as Kling's CDN is another host.
@@ -138,7 +144,6 @@ export class FakeKling {
     // which wins when one task's external id is another's task id: this mode plays the
     // worst case, external ids first.
     this.resolveExternalFirst = resolveExternalFirst;
-    this.credentials = { accessKey, secretKey, apiKey };
     this.autoProgress = autoProgress;
     this.webhookSecret = webhookSecret;
     this.stepMs = stepMs;
@@ -157,6 +162,15 @@ export class FakeKling {
       this.sockets.add(socket);
       socket.on('close', () => this.sockets.delete(socket));
     });
+  }
+
+  /** The first account's concurrency (tests change it while running). */
+  get maxConcurrency() {
+    return this.accounts[0].maxConcurrency ?? Infinity;
+  }
+
+  set maxConcurrency(value) {
+    this.accounts[0].maxConcurrency = value;
   }
 
   async listen(port = 0, host = '127.0.0.1') {
@@ -184,9 +198,11 @@ export class FakeKling {
     );
   }
 
-  /** How many of the account's tasks (this stand-in's) have not ended: each holds a slot. */
-  running() {
-    return [...this.tasks.values()].filter((t) => !['succeed', 'failed'].includes(t.data.task_status)).length;
+  /** How many tasks have not ended (each holds a slot of its account), of `account` or all. */
+  running(account) {
+    return [...this.tasks.values()]
+      .filter((t) => account === undefined || t.account === account)
+      .filter((t) => !['succeed', 'failed'].includes(t.data.task_status)).length;
   }
 
   /** Makes the next `count` matching calls fail: kind is 'drop', 'hang' or a status. */
@@ -306,8 +322,13 @@ export class FakeKling {
     if (!auth) return send(401, envelope(1001, 'Authorization header is empty'));
     if (!auth.startsWith('Bearer ')) return send(401, envelope(1002, 'token invalid'));
     record.token = auth.slice('Bearer '.length);
-    const rejected = verifyKlingToken(record.token, this.credentials, Math.floor(Date.now() / 1000));
-    if (rejected) return send(401, envelope(rejected[0], rejected[1]));
+    const now = Math.floor(Date.now() / 1000);
+    const account = this.accounts.find((a) => !verifyKlingToken(record.token, a, now));
+    if (!account) {
+      const rejected = verifyKlingToken(record.token, this.accounts[0], now);
+      return send(401, envelope(rejected[0], rejected[1]));
+    }
+    record.account = account.name;
 
     const fault = this.#takeFault(req.method);
     if (fault) {
@@ -320,11 +341,11 @@ export class FakeKling {
     if (url.pathname === '/account/costs' && req.method === 'GET') return this.#costs(url, send);
     const endpoint = Object.keys(ENDPOINTS).find((p) => url.pathname === p || url.pathname.startsWith(`${p}/`));
     if (!endpoint) return send(404, envelope(1202, 'invalid method'));
-    if (url.pathname === endpoint && req.method === 'POST') return this.#create(endpoint, raw, record, send);
-    if (url.pathname === endpoint && req.method === 'GET') return this.#list(endpoint, url, send);
+    if (url.pathname === endpoint && req.method === 'POST') return this.#create(endpoint, raw, record, send, account);
+    if (url.pathname === endpoint && req.method === 'GET') return this.#list(endpoint, url, send, account);
     if (url.pathname.startsWith(`${endpoint}/`) && req.method === 'GET') {
       const id = decodeURIComponent(url.pathname.slice(endpoint.length + 1));
-      const mine = [...this.tasks.values()].filter((t) => t.path === endpoint);
+      const mine = [...this.tasks.values()].filter((t) => t.path === endpoint && t.account === account.name);
       const byExternal = () => mine.find((t) => t.data.task_info.external_task_id === id);
       const byId = () => mine.find((t) => t.data.task_id === id);
       const task = this.resolveExternalFirst ? byExternal() ?? byId() : byId() ?? byExternal();
@@ -334,7 +355,7 @@ export class FakeKling {
     return send(404, envelope(1202, 'invalid method'));
   }
 
-  async #create(endpoint, raw, record, send) {
+  async #create(endpoint, raw, record, send, account) {
     let body;
     try {
       body = JSON.parse(raw);
@@ -348,10 +369,13 @@ export class FakeKling {
     const problem = check(body);
     if (problem) return send(400, envelope(1201, problem));
     const externalId = body.external_task_id;
-    if (externalId && [...this.tasks.values()].some((t) => t.data.task_info.external_task_id === externalId)) {
+    const ofAccount = [...this.tasks.values()].filter((t) => t.account === account.name);
+    if (externalId && ofAccount.some((t) => t.data.task_info.external_task_id === externalId)) {
       return send(400, envelope(1201, 'external_task_id already exists'));
     }
-    if (this.running() + this.otherRunning >= this.maxConcurrency) {
+    const others = account === this.accounts[0] ? this.otherRunning : 0;
+    const limit = account.maxConcurrency ?? Infinity;
+    if (this.running(account.name) + others >= limit) {
       this.refusedOverConcurrency += 1;
       return send(429, envelope(1303, 'parallel task over resource pack limit'));
     }
@@ -368,9 +392,10 @@ export class FakeKling {
     if (endpoint === BASE_PATH) {
       data.task_info.parent_video = body.video_url ? { id: '', url: body.video_url, duration: '5.0' } : { id: body.video_id, url: '', duration: '5.0' };
     }
-    const task = { data, callbackUrl: body.callback_url, body, path: endpoint };
+    const task = { data, callbackUrl: body.callback_url, body, path: endpoint, account: account.name };
     this.tasks.set(taskId, task);
-    this.peakRunning = Math.max(this.peakRunning, this.running());
+    this.peakRunningOf[account.name] = Math.max(this.peakRunningOf[account.name] ?? 0, this.running(account.name));
+    this.peakRunning = Math.max(this.peakRunning, this.peakRunningOf[account.name]);
     if (this.callbackBeforeAnswering && task.callbackUrl) {
       // Kling may call back before its create answer arrives: play that race, once.
       const status = this.callbackBeforeAnswering;
@@ -445,12 +470,12 @@ export class FakeKling {
     later(this.stepMs * 3, () => this.advance(taskId, /fail/i.test(said) ? 'failed' : 'succeed'));
   }
 
-  #list(endpoint, url, send) {
+  #list(endpoint, url, send, account) {
     const pageNum = Number(url.searchParams.get('pageNum') ?? 1);
     const pageSize = Number(url.searchParams.get('pageSize') ?? 30);
     if (!Number.isInteger(pageNum) || pageNum < 1 || pageNum > 1000) return send(400, envelope(1201, 'pageNum'));
     if (!Number.isInteger(pageSize) || pageSize < 1 || pageSize > 500) return send(400, envelope(1201, 'pageSize'));
-    const all = [...this.tasks.values()].filter((t) => t.path === endpoint).map((t) => t.data)
+    const all = [...this.tasks.values()].filter((t) => t.path === endpoint && t.account === account.name).map((t) => t.data)
       .sort((a, b) => b.created_at - a.created_at);
     send(200, envelope(0, 'SUCCEED', all.slice((pageNum - 1) * pageSize, pageNum * pageSize)));
   }
