@@ -117,7 +117,10 @@ writeEnvFile(localEnv, { ...localDefaults, ...readEnvFile(localEnv) });
 const devVarsFile = path.join(ROOT, '.dev.vars');
 const devVars = readEnvFile(devVarsFile);
 const settings = { ...readEnvFile(localEnv), ...devVars };
-const realKling = Boolean(settings.KLING_API_KEY || (settings.KLING_ACCESS_KEY && settings.KLING_SECRET_KEY));
+// Any Kling credential (one account's, or several accounts' in KLING_ACCOUNT_KEYS) means a
+// real Kling: the stand-in is only for a machine with none.
+const realKling = Boolean(settings.KLING_API_KEY || (settings.KLING_ACCESS_KEY && settings.KLING_SECRET_KEY)
+  || settings.KLING_ACCOUNTS || settings.KLING_ACCOUNT_KEYS);
 
 const envFiles = [localEnv];
 if (fs.existsSync(devVarsFile)) envFiles.push(devVarsFile);

@@ -101,6 +101,11 @@ impl KlingAccounts {
                     ))
                 }
             };
+            // A name from the secret is never quoted: an entry missing its name would make one
+            // of its keys the name.
+            if !is_account_name(&found.0) {
+                return Err(key_problem("is malformed: a name must be 1 to 32 letters, digits, '-' or '_'"));
+            }
             if credentials.iter().any(|(name, _)| *name == found.0) {
                 return Err(key_problem("is malformed: an account appears twice"));
             }
@@ -152,8 +157,8 @@ impl KlingAccounts {
                 max_concurrency,
             });
         }
-        if let Some((name, _)) = credentials.first() {
-            return Err(key_problem(&format!("names {name}, which KLING_ACCOUNTS does not list")));
+        if !credentials.is_empty() {
+            return Err(key_problem("has an entry for an account KLING_ACCOUNTS does not list"));
         }
         if listed.is_empty() {
             return Err(problem("is empty: list at least one account"));
@@ -286,6 +291,8 @@ mod tests {
             ("a", Some("a:secret-value,a:secret-value")),
             ("a", Some("secret-value")),
             ("a", Some("a:secret-value:")),
+            ("a", Some("a:x,secret-value:more-secret-value")),
+            ("a", Some("a:x,secret.value:more-secret-value")),
         ] {
             let error = KlingAccounts::parse(accounts, keys, None, None, 5).unwrap_err();
             assert_eq!(error.status, 500);

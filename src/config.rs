@@ -244,7 +244,7 @@ pub const SETTINGS: &[Setting] = &[
     secret("PROXY_TOKEN_SECRET", "at least 32 characters: signs browser tokens; without it `/v1/tokens` answers 403"),
     var("FORWARD_RETRY_SECONDS", Rule::Delays { default: "5,300,1800,7200,18000,36000,36000" }, "the delays between attempts of a webhook, comma-separated seconds (by default 8 attempts over about 28 hours)"),
     var("KLING_POLL_SECONDS", Rule::Delays { default: "30,60,120,300,600" }, "the delays between polls of a task Kling sends no news about; the last repeats until the task is final or a day has passed"),
-    var("KLING_ACCOUNT_EMAIL", TEXT, "the Kling account's email, which useapi.net-style calls may name in `email`; unset, they may not"),
+    var("KLING_ACCOUNT_EMAIL", TEXT, "the Kling account's email, which useapi.net-style calls may name in `email` (with `KLING_ACCOUNTS`, the first account's, if its entry has none); unset, they may not"),
     var("KLING_ACCOUNTS", TEXT, "several Kling accounts, `name:email:concurrency,...` (email and concurrency optional; concurrency defaults to `KLING_MAX_CONCURRENCY`): creates go to the least loaded, and `email` picks one (see \"Several Kling accounts\"); unset, the one account above, named `default`"),
     secret("KLING_ACCOUNT_KEYS", "the credentials of the accounts in `KLING_ACCOUNTS`: `name:access_key:secret_key` or `name:api_key`, comma-separated; the first account may keep its credential in the settings above instead"),
     var("VIDEO_PROBE", Rule::Choice { default: "strict", options: &["strict", "lenient", "off"] }, "what to do with a video that cannot be measured (see \"Measuring the video\")"),
@@ -253,7 +253,7 @@ pub const SETTINGS: &[Setting] = &[
     var("RESULT_RETENTION_DAYS", Rule::Whole { default: 90, min: 1, max: 3650 }, "how long result copies (and their tasks' records) are kept; set the bucket's lifecycle rule to match"),
     var("RESULT_LINK_TTL_SECONDS", Rule::Whole { default: 3_600, min: 10, max: 7 * 24 * 3600 }, "how long a link to a result copy works, from the answer that gave it"),
     var("ASSET_RETENTION_DAYS", Rule::Whole { default: 7, min: 1, max: 365 }, "how long an uploaded video is kept (see \"Uploads\"); set the bucket's lifecycle rule for `assets/` to match"),
-    var("KLING_MAX_CONCURRENCY", Rule::Whole { default: 5, min: 0, max: 10_000 }, "how many tasks the Kling account runs at once (its resource pack's concurrency; packs do not add up, the largest counts). Creates past it wait in line at the edge instead of failing with 1303 (see \"A busy account: the line\"); `0` sends every create straight to Kling, as before the line"),
+    var("KLING_MAX_CONCURRENCY", Rule::Whole { default: 5, min: 0, max: 10_000 }, "how many tasks the Kling account runs at once (its resource pack's concurrency; packs do not add up, the largest counts), and the default of each account in `KLING_ACCOUNTS`. Creates past it wait in line at the edge instead of failing with 1303 (see \"A busy account: the line\"); `0` sends every create straight to Kling, as before the line"),
     var("QUEUE_MAX_PER_TENANT", Rule::Whole { default: 20, min: 1, max: 10_000 }, "how many creates one tenant may have waiting in line; past it, creates answer 429 with `Retry-After`"),
     var("QUEUE_MAX_WAIT_SECONDS", Rule::Whole { default: 1_800, min: 10, max: 86_400 }, "how long a create may wait in line; past it, it ends `failed`, saying so, without reaching Kling (its webhook says so too)"),
     var("UPLOAD_BYTES_PER_DAY", Rule::Whole { default: 5 * 1024 * 1024 * 1024, min: 1024 * 1024, max: 1024 * 1024 * 1024 * 1024 }, "the bytes one tenant may upload per UTC day (a browser user is a tenant of their own); past it, uploads answer 429 with `Retry-After`"),
@@ -382,6 +382,12 @@ impl Config {
                 email.as_deref(),
                 max_concurrency,
             )?,
+            (None, _) if account_keys.is_some() => {
+                return Err(ApiError::config(
+                    "KLING_ACCOUNT_KEYS",
+                    "is set without KLING_ACCOUNTS: list the accounts it gives keys for",
+                ))
+            }
             (None, Some(single)) => KlingAccounts::single(single, email, max_concurrency),
             (None, None) => {
                 return Err(ApiError::config(

@@ -10,7 +10,10 @@
 //! body), so the line survives eviction and restarts. One object holds every account (each
 //! with its own slots and pace): choosing the least loaded account is then one decision in
 //! one place, with no round trip per account, and a create in line goes to whichever account
-//! frees a slot first. Its cost is one small request per create and one per task's end: at
+//! frees a slot first; an object per account could not give a create to whichever frees
+//! first without calls between the objects. What that costs: every account shares the one
+//! object's throughput, and each change rewrites the whole state, which grows with the
+//! accounts and the line. It is one small request per create and one per task's end: at
 //! Cloudflare's ~1,000 requests a second per object it serves far more creates than a few
 //! accounts can run.
 
@@ -34,8 +37,8 @@ use super::coordinator::{post_to_object, DurableCoordinators};
 
 /// The Durable Object binding in `wrangler.toml`.
 pub const BINDING: &str = "GATE";
-/// The gate's object (named when the deployment had one account; kept, so that a line
-/// waiting at an upgrade is still there after it).
+/// The gate's object: a name kept from when the deployment had one account, so that a line
+/// waiting at an upgrade is still there after it.
 pub const ACCOUNT: &str = "account:default";
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS gate (id INTEGER PRIMARY KEY, state TEXT NOT NULL)";
 const LOAD: &str = "SELECT state FROM gate WHERE id = 0";
@@ -54,8 +57,8 @@ pub struct AccountGate {
 
 struct SqlGate<'a> {
     sql: SqlStorage,
-    /// The deployment's first account: a gate saved before accounts had names held its slots.
-    first_account: &'a str,
+    /// The deployment's accounts: slots held on none of them are the first's.
+    accounts: &'a [crate::record::gate::AccountSlots],
     cache: &'a RefCell<Option<Gate>>,
     /// Whether this instance has made its table.
     opened: &'a Cell<bool>,
@@ -93,7 +96,7 @@ impl GateStore for SqlGate<'_> {
                 .map_err(|_| ApiError::internal("the account's gate state is unreadable"))?,
             None => Gate::default(),
         };
-        gate.name_unnamed(self.first_account);
+        gate.name_unnamed(self.accounts);
         *self.cache.borrow_mut() = Some(gate.clone());
         Ok(gate)
     }
@@ -147,7 +150,7 @@ impl worker::DurableObject for AccountGate {
             Ok(config) => {
                 let settings = GateSettings::of(&config);
                 let dispatcher = CoordinatorDispatcher { env: &self.env, calls: Cell::new(0) };
-                let store = self.store(&config);
+                let store = self.store(&settings);
                 let flows = GateFlows {
                     store: &store,
                     dispatcher: &dispatcher,
@@ -174,7 +177,7 @@ impl worker::DurableObject for AccountGate {
         };
         let settings = GateSettings::of(&config);
         let dispatcher = CoordinatorDispatcher { env: &self.env, calls: Cell::new(0) };
-        let store = self.store(&config);
+        let store = self.store(&settings);
         let flows = GateFlows {
             store: &store,
             dispatcher: &dispatcher,
@@ -191,10 +194,10 @@ impl worker::DurableObject for AccountGate {
 }
 
 impl AccountGate {
-    fn store<'a>(&'a self, config: &'a crate::config::Config) -> SqlGate<'a> {
+    fn store<'a>(&'a self, settings: &'a GateSettings) -> SqlGate<'a> {
         SqlGate {
             sql: self.state.storage().sql(),
-            first_account: &config.accounts.first().name,
+            accounts: &settings.accounts,
             cache: &self.gate,
             opened: &self.opened,
         }

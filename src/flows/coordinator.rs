@@ -448,7 +448,7 @@ impl<
         if self.recorded(&intent.nonce)? {
             return self.store.delete_intent(&intent.nonce);
         }
-        let (account, answer) = self.find_intended(&intent, endpoint).await;
+        let (account, answer) = self.find_intended(&intent, endpoint).await?;
         // The create's record may have come meanwhile (and removed the intent).
         if self.recorded(&intent.nonce)? {
             return self.store.delete_intent(&intent.nonce);
@@ -468,10 +468,7 @@ impl<
         let Some(task_id) = task::task_id_of(&data).map(str::to_owned) else {
             return self.drop_intent(&intent).await;
         };
-        // A task this coordinator knows from another create, or one Kling made before this
-        // create (a client's own external id reused), is not this create's.
-        let another_creates = self.store.load(&task_id)?.is_some_and(|record| record.nonce != intent.nonce);
-        if another_creates || !intent.may_be(&data) {
+        if !self.may_be_intended(&intent, &data)? {
             self.runtime.log(json!({"event": "intent", "task_id": task_id,
                 "outcome": "dropped: Kling's task by that external id is another create's"}));
             return self.drop_intent(&intent).await;
@@ -495,12 +492,14 @@ impl<
 
     /// The task Kling has by an intent's external id, and the account that has it: on the
     /// intent's account, or (the gate chose the account after the intent was written) on
-    /// each account in turn until one has it. Kling's "none" only if every account said so.
+    /// each account in turn. An external id is unique per account only, so a task another
+    /// account has by it that cannot be this create's is passed over while another account
+    /// may still have the create's own; Kling's "none" only if every account said so.
     async fn find_intended(
         &self,
         intent: &Intent,
         endpoint: &api::Endpoint,
-    ) -> (Option<String>, Result<Value, ApiError>) {
+    ) -> Result<(Option<String>, Result<Value, ApiError>), ApiError> {
         let accounts: Vec<Option<&str>> = match (&intent.account, self.settings.accounts.len()) {
             (Some(account), _) => vec![Some(account.as_str())],
             (None, 0 | 1) => vec![None],
@@ -508,15 +507,32 @@ impl<
         };
         // An account that does not answer is not one that has none: asked again later.
         let mut unanswered = None;
+        let mut another = None;
         for account in accounts {
             match self.kling.task_by_external_id(account, endpoint, &intent.external_task_id).await {
-                Ok(data) => return (account.map(str::to_owned), Ok(data)),
+                Ok(data) if self.may_be_intended(intent, &data)? => {
+                    return Ok((account.map(str::to_owned), Ok(data)))
+                }
+                Ok(data) => another = another.or(Some((account.map(str::to_owned), Ok(data)))),
                 Err(error) if error.status == 404 => {}
                 Err(error) => unanswered = Some(error),
             }
         }
-        let none = || ApiError::not_found("Kling's task by the intent's external id");
-        (intent.account.clone(), Err(unanswered.unwrap_or_else(none)))
+        if let Some(error) = unanswered {
+            return Ok((intent.account.clone(), Err(error)));
+        }
+        let none =
+            || (intent.account.clone(), Err(ApiError::not_found("Kling's task by the intent's external id")));
+        Ok(another.unwrap_or_else(none))
+    }
+
+    /// Whether Kling's task can be the intent's create: not a task this coordinator knows
+    /// from another create, and not one Kling made before it (a client's own external id
+    /// reused).
+    fn may_be_intended(&self, intent: &Intent, data: &Value) -> Result<bool, ApiError> {
+        let Some(task_id) = task::task_id_of(data) else { return Ok(false) };
+        let another_creates = self.store.load(task_id)?.is_some_and(|record| record.nonce != intent.nonce);
+        Ok(!another_creates && intent.may_be(data))
     }
 
     /// Drops an intent Kling has no task for: its create never became a task, so the slot

@@ -255,7 +255,9 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
         if holds_slot && queue::is_over_concurrency(reply.status, &reply.body) {
             // Kling has fewer slots than the gate believed: the create waits at the front of
             // its tenant's line instead of failing, and the gate learns.
-            // (Its coordinator puts it back in the gate's line as it keeps it.)
+            // (Its coordinator puts it back in the gate's line as it keeps it.) It may go to
+            // another account: its callback URL names none (its record is kept first).
+            self.name_account(&mut capability, &mut upstream, None);
             return self.queue_create(&waiting, upstream, Joins::RefusedBy(&account)).await;
         }
         drop(upstream);
@@ -542,7 +544,7 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
             "email",
             match (several, named) {
                 (true, _) => "is not one of this deployment's Kling accounts (KLING_ACCOUNTS): name one of them, or leave email out",
-                (false, true) => "is not this deployment's Kling account (it has one: KLING_ACCOUNT_EMAIL)",
+                (false, true) => "is not this deployment's Kling account (it has one: KLING_ACCOUNT_EMAIL, or the one of KLING_ACCOUNTS)",
                 (false, false) => "this deployment has one Kling account and its operator has not named it (KLING_ACCOUNT_EMAIL): leave email out",
             },
         ))

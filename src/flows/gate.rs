@@ -110,6 +110,8 @@ impl<S: GateStore, D: Dispatcher, R: Runtime> GateFlows<'_, S, D, R> {
     pub fn refused(&self, ticket: Ticket, account: &str, pin: Option<String>) -> Result<bool, ApiError> {
         let mut gate = self.store.load_gate()?;
         let now = self.runtime.now_ms();
+        let first = self.settings.accounts.first().map_or("", |first| first.name.as_str());
+        let account = if account.is_empty() { first } else { account };
         let refused = gate.refused(&ticket.id, false, now) || gate.refused_unseen(ticket, account, pin, now);
         if refused {
             self.store.save_gate(&gate)?;

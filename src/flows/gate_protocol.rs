@@ -41,7 +41,9 @@ pub struct Release {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refused {
     pub ticket: Ticket,
-    /// The account that refused it.
+    /// The account that refused it (empty from a coordinator of before accounts had names:
+    /// the first).
+    #[serde(default)]
     pub account: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin: Option<String>,

@@ -74,7 +74,9 @@ pub struct Enqueue {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Dispatch {
     pub nonce: String,
-    /// The account whose slot it got.
+    /// The account whose slot it got (empty from a gate of before accounts had names: the
+    /// first).
+    #[serde(default)]
     pub account: String,
 }
 

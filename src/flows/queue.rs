@@ -159,6 +159,8 @@ impl<
     /// The gate's turn for the create of `nonce`, with a slot of `account`: sends it to Kling
     /// there, unless it went already or is going, and answers how it fared.
     pub async fn dispatch(&self, nonce: &str, account: &str) -> Result<Dispatched, ApiError> {
+        let first = self.settings.accounts.first().map_or("", String::as_str);
+        let account = if account.is_empty() { first } else { account };
         let Some(task_id) = self.store.find_nonce(nonce)? else {
             // Its create's enqueue may still be on its way (its intent is here), or it never
             // will be.
@@ -432,7 +434,17 @@ impl<P: EdgePorts> Edge<'_, P> {
         let line = protocol::Line { tenant: client.tenant.clone(), waiting: waiting? };
         let line = self.coordinators.call(&shard, line).await?;
         let gate = gate?;
+        // `account`: the first account's, as the answer had it before there were several.
+        let first = gate.accounts.first().map(|first| {
+            let mut view = json!({"capacity": first.capacity, "slots": first.slots, "holding": first.holding,
+                "waiting": gate.waiting});
+            if let Some(until) = first.paused_until {
+                view["paused_until"] = json!(until);
+            }
+            view
+        });
         Ok(Answer::Success(json!({
+            "account": first,
             "accounts": gate.accounts,
             "line": gate.waiting,
             "tenant": client.tenant,

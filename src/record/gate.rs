@@ -175,11 +175,15 @@ pub enum Cancel {
 }
 
 impl Gate {
-    /// Gives the slots held in a gate saved before accounts had names to `first`, the
-    /// account that gate served.
-    pub fn name_unnamed(&mut self, first: &str) {
-        for holder in self.holders.iter_mut().filter(|holder| holder.account.is_empty()) {
-            holder.account = first.to_owned();
+    /// Gives the slots held on no account of `accounts` (a gate saved before accounts had
+    /// names, or the first account renamed, as from `default` to a name of `KLING_ACCOUNTS`)
+    /// to the first: their tasks run on the account that gate served, and counting them
+    /// there keeps it from being sent more than it runs.
+    pub fn name_unnamed(&mut self, accounts: &[AccountSlots]) {
+        let Some(first) = accounts.first() else { return };
+        let known = |name: &str| accounts.iter().any(|account| account.name == name);
+        for holder in self.holders.iter_mut().filter(|holder| !known(&holder.account)) {
+            holder.account = first.name.clone();
         }
     }
 
@@ -203,28 +207,47 @@ impl Gate {
         paused.is_none_or(|until| now >= until) && self.holding(&account.name) < self.slots(account, now)
     }
 
-    /// The least loaded account with room that `pin` allows (and, `skip_wanted`, that no
-    /// create in line could take): the fewest slots held for its size, the first listed
-    /// on a tie.
+    /// The least loaded of `candidates` with room at `now`: the fewest slots held for its
+    /// size, the first listed on a tie.
     fn least_loaded<'a>(
         &self,
-        accounts: &'a [AccountSlots],
-        pin: Option<&str>,
-        skip_wanted: bool,
+        candidates: impl Iterator<Item = &'a AccountSlots>,
         now: u64,
     ) -> Option<&'a AccountSlots> {
-        accounts
-            .iter()
-            .filter(|account| pin.is_none_or(|pin| pin == account.name))
+        candidates
             .filter(|account| self.has_room(account, now))
-            .filter(|account| {
-                !skip_wanted || !self.line.iter().any(|waiting| waiting.may_go_to(&account.name))
-            })
             .map(|account| {
                 (account, u64::from(self.holding(&account.name)), u64::from(self.slots(account, now)))
             })
             .min_by(|(_, held_a, slots_a), (_, held_b, slots_b)| (held_a * slots_b).cmp(&(held_b * slots_a)))
             .map(|(account, _, _)| account)
+    }
+
+    /// The account a create in line (or a new one, `joining`) with `pin` goes to at `now`,
+    /// if one has room. A new create never takes a slot a create in line could take; an
+    /// unpinned one leaves the accounts that pinned creates in line wait for to them while
+    /// another account has room.
+    fn account_for<'a>(
+        &self,
+        accounts: &'a [AccountSlots],
+        pin: Option<&str>,
+        joining: bool,
+        now: u64,
+    ) -> Option<&'a AccountSlots> {
+        let allowed = |account: &&AccountSlots| pin.is_none_or(|pin| pin == account.name);
+        let unwanted =
+            |account: &&AccountSlots| !self.line.iter().any(|waiting| waiting.may_go_to(&account.name));
+        if joining {
+            return self.least_loaded(accounts.iter().filter(allowed).filter(unwanted), now);
+        }
+        if pin.is_some() {
+            return self.least_loaded(accounts.iter().filter(allowed), now);
+        }
+        let pinned_to = |account: &&AccountSlots| {
+            self.line.iter().any(|waiting| waiting.pin.as_deref() == Some(account.name.as_str()))
+        };
+        self.least_loaded(accounts.iter().filter(|account| !pinned_to(account)), now)
+            .or_else(|| self.least_loaded(accounts.iter(), now))
     }
 
     /// A new create of `ticket`'s tenant (`pin`: the one account it may go to): a slot at
@@ -245,7 +268,7 @@ impl Gate {
         if let Some(position) = self.position(&ticket.id) {
             return Admission::Queued { position };
         }
-        if let Some(account) = self.least_loaded(accounts, pin, true, now) {
+        if let Some(account) = self.account_for(accounts, pin, true, now) {
             let account = account.name.clone();
             self.holders.push(Holder {
                 ticket,
@@ -275,7 +298,7 @@ impl Gate {
     pub fn next(&mut self, accounts: &[AccountSlots], now: u64) -> Option<(Ticket, String)> {
         let (first, account) = self.order().into_iter().find_map(|i| {
             let pin = self.line[i].pin.as_deref();
-            self.least_loaded(accounts, pin, false, now).map(|account| (i, account.name.clone()))
+            self.account_for(accounts, pin, false, now).map(|account| (i, account.name.clone()))
         })?;
         if let Some(pace) = self.paces.get_mut(&account) {
             pace.paused_until = None;
@@ -493,7 +516,7 @@ impl Gate {
     pub fn can_dispatch_now(&self, accounts: &[AccountSlots], now: u64) -> bool {
         self.line
             .iter()
-            .any(|waiting| self.least_loaded(accounts, waiting.pin.as_deref(), false, now).is_some())
+            .any(|waiting| self.account_for(accounts, waiting.pin.as_deref(), false, now).is_some())
     }
 
     /// The accounts' slots and the line at `now`, as `GET /v1/queue` shows them.
@@ -892,5 +915,132 @@ mod tests {
         assert_eq!(gate.admit(ticket("a1", "a"), None, &one(1), 100, NOW), Admission::Queued { position: 1 });
         assert_eq!(gate.admit(ticket("a1", "a"), None, &one(1), 100, NOW), Admission::Queued { position: 1 });
         assert_eq!(gate.counts(), (1, 1));
+    }
+    fn two() -> Vec<AccountSlots> {
+        vec![
+            AccountSlots { name: "main".into(), capacity: 2 },
+            AccountSlots { name: "spare".into(), capacity: 2 },
+        ]
+    }
+
+    #[test]
+    fn an_unpinned_create_leaves_the_account_a_pinned_one_waits_for() {
+        let accounts = two();
+        let mut gate = Gate::default();
+        // Taking turns: m0 and m1 on main, s0 and s1 on spare.
+        for id in ["m0", "s0", "m1", "s1"] {
+            gate.admit(ticket(id, "x"), None, &accounts, 10, NOW);
+        }
+        assert!(matches!(gate.admit(ticket("u", "a"), None, &accounts, 10, NOW), Admission::Queued { .. }));
+        assert!(matches!(
+            gate.admit(ticket("p", "b"), Some("main"), &accounts, 10, NOW),
+            Admission::Queued { .. }
+        ));
+        // A slot frees on each: the unpinned create, first in line, takes spare's, so the
+        // create pinned to main gets main's.
+        gate.release("m0");
+        gate.release("s0");
+        let sent: Vec<(String, String)> = std::iter::from_fn(|| gate.next(&accounts, NOW))
+            .map(|(ticket, account)| (ticket.id, account))
+            .collect();
+        assert_eq!(sent, [("u".to_owned(), "spare".to_owned()), ("p".to_owned(), "main".to_owned())]);
+    }
+
+    #[test]
+    fn a_gate_saved_before_accounts_had_names_counts_its_slots_on_the_first() {
+        let saved = r#"{"holders":[{"ticket":{"id":"a0","tenant":"a"},"since":1,"queued_at":1},
+            {"ticket":{"id":"a1","tenant":"a"},"account":"default","since":1}],
+            "line":[{"ticket":{"id":"b0","tenant":"b"},"queued_at":2,"seq":0}],
+            "served":{},"next_seq":1,"serves":0,"learned":null,"paused_until":null,"backoff_ms":0}"#;
+        let mut gate: Gate = serde_json::from_str(saved).unwrap();
+        // The first account renamed from `default` to `main`, as KLING_ACCOUNTS may name it.
+        gate.name_unnamed(&two());
+        let view = gate.view(&two(), NOW);
+        assert_eq!((view.accounts[0].holding, view.accounts[1].holding, view.waiting), (2, 0, 1));
+        assert_eq!(gate.next(&two(), NOW).map(|(t, a)| (t.id, a)), Some(("b0".into(), "spare".into())));
+    }
+
+    #[test]
+    fn with_two_accounts_and_pins_no_account_runs_past_its_slots_and_no_pin_is_broken() {
+        let accounts = vec![
+            AccountSlots { name: "main".into(), capacity: 2 },
+            AccountSlots { name: "spare".into(), capacity: 1 },
+        ];
+        let mut gate = Gate::default();
+        let mut seed: u64 = 7;
+        let mut step = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let mut now = NOW;
+        let mut pins: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut alive: std::collections::BTreeSet<String> = Default::default();
+        for n in 0..4_000 {
+            now += step() % 500;
+            match step() % 5 {
+                0 | 1 => {
+                    let id = format!("c{n}");
+                    let pin = match step() % 3 {
+                        0 => Some("main".to_owned()),
+                        1 => Some("spare".to_owned()),
+                        _ => None,
+                    };
+                    let tenant = format!("t{}", step() % 3);
+                    match gate.admit(ticket(&id, &tenant), pin.as_deref(), &accounts, 4, now) {
+                        Admission::Full { .. } => {}
+                        Admission::Go { account } => {
+                            assert!(
+                                pin.as_deref().is_none_or(|pin| pin == account),
+                                "{id} pinned to {pin:?}"
+                            );
+                            alive.insert(id.clone());
+                        }
+                        _ => {
+                            alive.insert(id.clone());
+                        }
+                    }
+                    pins.insert(id, pin);
+                }
+                2 => {
+                    if let Some(id) = gate.holders.first().map(|h| h.ticket.id.clone()) {
+                        gate.release(&id);
+                        alive.remove(&id);
+                    }
+                }
+                3 => {
+                    if let Some((id, by_gate)) =
+                        gate.holders.last().map(|h| (h.ticket.id.clone(), h.sending_since.is_some()))
+                    {
+                        assert!(gate.refused(&id, by_gate, now));
+                    }
+                }
+                _ => {
+                    while let Some((sent, account)) = gate.next(&accounts, now) {
+                        let pin = pins[&sent.id].as_deref();
+                        assert!(
+                            pin.is_none_or(|pin| pin == account),
+                            "{} pinned to {pin:?}, sent to {account}",
+                            sent.id
+                        );
+                        gate.sent(&sent.id);
+                    }
+                }
+            }
+            let view = gate.view(&accounts, now);
+            for account in &view.accounts {
+                assert!(account.holding <= account.capacity, "{view:?}");
+            }
+            for holder in &gate.holders {
+                assert!(holder.pin.as_deref().is_none_or(|pin| pin == holder.account));
+            }
+            let mut seen: Vec<String> = gate.holders.iter().map(|h| h.ticket.id.clone()).collect();
+            seen.extend(gate.line.iter().map(|w| w.ticket.id.clone()));
+            let count = seen.len();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), count, "a create is in one place only");
+            assert_eq!(seen.into_iter().collect::<std::collections::BTreeSet<_>>(), alive, "none lost");
+        }
+        assert!(pins.len() > 1_000);
     }
 }

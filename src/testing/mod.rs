@@ -360,6 +360,8 @@ pub struct ScriptedKling {
     /// The account a call that names none goes to (a task from before accounts had names):
     /// the deployment's first, `default` unless a test says.
     pub first_account: RefCell<String>,
+    /// The `created_at` of the tasks Kling makes (1 unless a test gives Kling a clock).
+    pub now_ms: Cell<u64>,
 }
 
 impl ScriptedKling {
@@ -404,7 +406,9 @@ impl Upstream for ScriptedKling {
         endpoint: &Endpoint,
         body: &Map<String, Value>,
     ) -> Result<KlingReply, ApiError> {
-        let account = account.map_or_else(|| self.account_of_call(None), str::to_owned);
+        let first = self.first_account.borrow().clone();
+        let default = if first.is_empty() { crate::accounts::DEFAULT_ACCOUNT.to_owned() } else { first };
+        let account = account.map_or(default, str::to_owned);
         <ScriptedKling as KlingApi>::create(self, &account, endpoint, body).await
     }
 
@@ -806,8 +810,9 @@ impl KlingApi for ScriptedKling {
             return Ok(KlingReply { status: 429, body: envelope.to_string().into_bytes() });
         }
         let task_id = format!("task-{}", self.created.borrow().len());
+        let at = self.now_ms.get().max(1);
         let mut data = serde_json::json!({"task_id": task_id, "task_status": "submitted",
-            "created_at": 1, "updated_at": 1});
+            "created_at": at, "updated_at": at});
         if let Some(external) = body.get("external_task_id") {
             data["task_info"] = serde_json::json!({"external_task_id": external});
         }
