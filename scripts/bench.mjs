@@ -42,7 +42,8 @@
 //   KLING_MAX_CONCURRENCY 0, BENCH_GATE_CREATES creates, default 400); the other phases run
 //   with the line off (requests: the zero-latency upstream's tasks never end) or an account
 //   that fits every task (delivery, scale).
-//   BENCH_PHASES (default requests,gate,delivery,scale) picks what to measure.
+//   BENCH_PHASES (default requests,gate,keys,delivery,scale) picks what to measure; `keys`
+//   compares creates with an Idempotency-Key and without (BENCH_GATE_CREATES each).
 //   BENCH_SECONDS (default 5) per figure, BENCH_CONNECTIONS (default 16).
 //   BENCH_PROFILE=1 (`make bench PROFILE=1`) also samples kling-edge's isolate with the
 //   V8 profiler (through Miniflare's inspector) during each zero-latency case of the "as
@@ -517,9 +518,10 @@ async function startDeliveryWorker({ state = fs.mkdtempSync('/dev/shm/kling-edge
     receiver,
     hook,
     headers,
-    async create(key, withHook) {
+    async create(key, withHook, idempotencyKey) {
       const body = { video_url: `${fake.url}/samples/sample-video.mp4`, ...(withHook ? { callback_url: hook } : {}) };
-      const created = await (await fetch(`${edge}${API}`, { method: 'POST', headers: headers(key), body: JSON.stringify(body) })).json();
+      const sent = { ...headers(key), ...(idempotencyKey ? { 'idempotency-key': idempotencyKey } : {}) };
+      const created = await (await fetch(`${edge}${API}`, { method: 'POST', headers: sent, body: JSON.stringify(body) })).json();
       if (created.code !== 0) throw new Error(`create refused: ${JSON.stringify(created)}`);
       return created.data.task_id;
     },
@@ -723,9 +725,60 @@ async function gatePhase(count) {
   return { count, runs, ratio: (key) => mean('on', key) / mean('off', key), mean };
 }
 
-const PHASES = (process.env.BENCH_PHASES ?? 'requests,gate,delivery,scale').split(',');
+/**
+ * What an Idempotency-Key costs a create: `count` creates, 8 at a time, each task finished
+ * by its callback at once, without a key and with a fresh key each (the line off, so only
+ * the key differs), alternating twice; then `count` repeats of keyed creates, each answered
+ * from its key.
+ */
+async function keyPhase(count) {
+  const runs = [];
+  for (const keyed of [false, true, false, true]) {
+    const w = await startDeliveryWorker({ settings: { KLING_MAX_CONCURRENCY: '0' } });
+    for (let i = 0; i < 20; i += 1) await fake.advance(await w.create(WEB_KEY, false, keyed ? `warm-${i}` : undefined), 'succeed');
+    await sleep(500);
+    const pids = workerdPids();
+    const cpuBefore = cpuMs(pids);
+    const latencies = [];
+    const finishing = [];
+    const keys = [];
+    const started = Date.now();
+    await pool(Array.from({ length: count }, (_, i) => i), 8, async (i) => {
+      const sent = Date.now();
+      const key = keyed ? `bench-${i}-${crypto.randomUUID()}` : undefined;
+      const id = await w.create(WEB_KEY, false, key);
+      latencies.push(Date.now() - sent);
+      if (key) keys.push(key);
+      finishing.push(fake.advance(id, 'succeed'));
+    });
+    const createsMs = Date.now() - started;
+    await Promise.all(finishing);
+    await sleep(1_000);
+    const cpu = cpuMs(pids) - cpuBefore;
+    let replay;
+    if (keyed) {
+      const posts = () => fake.requests.filter((r) => r.method === 'POST').length;
+      const before = posts();
+      const replays = [];
+      await pool(keys, 8, async (key) => {
+        const sent = Date.now();
+        await w.create(WEB_KEY, false, key);
+        replays.push(Date.now() - sent);
+      });
+      if (posts() !== before) throw new Error('a repeat of a keyed create reached Kling');
+      replay = percentile(replays, 50);
+    }
+    await w.close();
+    runs.push({ keyed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), rate: (count / createsMs) * 1000, cpuPerCreate: cpu / count, replay });
+  }
+  const mean = (keyed, key) => runs.filter((r) => r.keyed === keyed).reduce((sum, r) => sum + r[key], 0) / 2;
+  return { count, runs, ratio: (key) => mean(true, key) / mean(false, key), mean };
+}
+
+const PHASES = (process.env.BENCH_PHASES ?? 'requests,gate,keys,delivery,scale').split(',');
 const GATE_CREATES = Number(process.env.BENCH_GATE_CREATES ?? 400);
 const gate = PHASES.includes('gate') ? await gatePhase(GATE_CREATES) : undefined;
+const keyRuns = PHASES.includes('keys') ? await keyPhase(GATE_CREATES) : undefined;
 const DELIVERY_TASKS = Number(process.env.BENCH_DELIVERY_TASKS ?? 1000);
 const deliveries = PHASES.includes('delivery')
   ? [await deliveryPhase(1, DELIVERY_TASKS), await deliveryPhase(16, DELIVERY_TASKS)] : [];
@@ -778,6 +831,15 @@ if (gate) {
     console.log(`  line ${run.line.padEnd(3)} create p50 ${fmt(run.p50)}, p99 ${fmt(run.p99)}; ${run.rate.toFixed(0)} creates/s; runtime CPU ${fmt(run.cpuPerCreate)} per create (its callback included); gate calls per create: ${run.gateCalls.toFixed(2)}`);
   }
   console.log(`  on vs off: create p50 ${gate.ratio('p50').toFixed(2)}x, creates/s ${gate.ratio('rate').toFixed(2)}x, CPU per create ${gate.ratio('cpuPerCreate').toFixed(2)}x`);
+}
+
+if (keyRuns) {
+  console.log(`\nIdempotency-Key: ${keyRuns.count} creates (8 at a time, the line off, each task finished by its callback at once) without a key and with a fresh key each, two runs each:`);
+  for (const run of keyRuns.runs) {
+    const replay = run.keyed ? `; a repeat answered from its key: p50 ${fmt(run.replay)}` : '';
+    console.log(`  ${(run.keyed ? 'with a key' : 'no key').padEnd(10)} create p50 ${fmt(run.p50)}, p99 ${fmt(run.p99)}; ${run.rate.toFixed(0)} creates/s; runtime CPU ${fmt(run.cpuPerCreate)} per create${replay}`);
+  }
+  console.log(`  with vs without: create p50 ${keyRuns.ratio('p50').toFixed(2)}x, creates/s ${keyRuns.ratio('rate').toFixed(2)}x, CPU per create ${keyRuns.ratio('cpuPerCreate').toFixed(2)}x`);
 }
 
 if (deliveries.length) {

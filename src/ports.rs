@@ -28,6 +28,7 @@ use crate::record::copies::CopyOutcome;
 use crate::record::delivery::Attempt;
 use crate::record::edge_copy::EdgeCopy;
 use crate::record::gate::{Gate, Ticket};
+use crate::record::idempotency::KeyEntry;
 use crate::record::intent::Intent;
 use crate::record::TaskRecord;
 use crate::validate::CostsQuery;
@@ -70,6 +71,13 @@ pub trait TaskStore {
     /// Tasks that may be forgotten (see `TaskRecord::expired`, with `keep_ms`), at most
     /// `limit` of them.
     fn expired(&self, now: u64, keep_ms: u64, limit: u32) -> Result<Vec<String>, ApiError>;
+    /// The tenant's `Idempotency-Key` entry (`crate::record::idempotency`), if kept.
+    fn load_key(&self, key: &str) -> Result<Option<KeyEntry>, ApiError>;
+    /// Inserts or replaces a key's entry.
+    fn save_key(&self, entry: &KeyEntry) -> Result<(), ApiError>;
+    fn delete_key(&self, key: &str) -> Result<(), ApiError>;
+    /// Forgets up to `limit` keys expired at `now`.
+    fn forget_keys(&self, now: u64, limit: u32) -> Result<(), ApiError>;
     /// A fact the coordinator keeps about itself (`tenant`, `shard`), learned from the
     /// calls it gets.
     fn meta(&self, name: &str) -> Result<Option<String>, ApiError>;

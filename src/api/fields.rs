@@ -137,6 +137,11 @@ pub struct Body {
 
 impl Body {
     /// The client's name for the (first) field with this target.
+    /// The name of an ignored field (`Body::ignored`) as this body's table spells it.
+    pub fn ignored_name(&self, name: &str) -> Option<&'static str> {
+        self.ignored.iter().find(|ignored| **ignored == name).copied()
+    }
+
     pub fn client_name(&self, target: Target) -> Option<&'static str> {
         self.fields.iter().find(|field| field.target == target).map(|field| field.name)
     }

@@ -213,10 +213,34 @@ fn ok(description: &str, schema: &str) -> Value {
     })
 }
 
+/// The `Idempotency-Key` header of every create (`crate::flows::idempotency`).
+fn idempotency_parameter() -> Value {
+    json!({"name": "Idempotency-Key", "in": "header", "required": false, "schema": {
+        "type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+        "description": "Makes a retry safe: a create with a key your client used in the last 24 hours answers what the first answered (with Idempotent-Replayed: true) and never reaches Kling again. Keys are your own (per client, and per browser user). The same key with another body answers 422; while the first create is still on its way, 409 with Retry-After. Without a key, nothing changes."})
+}
+
+/// What a create with an `Idempotency-Key` may answer besides a create's answers.
+fn idempotency_responses(error: impl Fn(&str) -> Value) -> [(&'static str, Value); 2] {
+    [
+        ("409", error("A create with this Idempotency-Key is still on its way to Kling: retry after Retry-After seconds for its answer. No second task is made.")),
+        ("422", error("This Idempotency-Key was used with another body in the last 24 hours.")),
+    ]
+}
+
+fn envelope_error(description: &str) -> Value {
+    json!({"description": description,
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
+           "headers": request_id_header()})
+}
+
 fn kling_collection(surface: &Surface, schema_name: &str) -> Value {
     let suffix = operation_suffix(surface);
     let mut create_responses = refs(&["400", "401", "403", "413", "429", "500", "502", "503", "504"]);
     create_responses.insert("200".into(), ok("Kling accepted the task.", "CreateAnswer"));
+    for (code, response) in idempotency_responses(envelope_error) {
+        create_responses.insert(code.into(), response);
+    }
     create_responses.insert(
         "default".into(),
         json!({"description": "Kling's own error, passed through unchanged.",
@@ -232,6 +256,7 @@ fn kling_collection(surface: &Surface, schema_name: &str) -> Value {
                 "Validated in full before anything is sent to Kling ({} upstream). The worker gives Kling its own callback URL; the client's callback_url receives the finished task, signed (Standard Webhooks). When the Kling account runs all the tasks it can, the create is accepted and waits in line at the edge (its answer has the worker's task id and a queue object) instead of failing with 1303; past QUEUE_MAX_PER_TENANT waiting creates, 429. Kling's other errors (any status) are passed through unchanged.",
                 surface.endpoint.kling_path
             ),
+            "parameters": [idempotency_parameter()],
             "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema_name}")}}}},
             "responses": create_responses,
         },
@@ -310,6 +335,10 @@ fn useapi_responses(success: &str) -> Map<String, Value> {
 }
 
 fn useapi_create(surface: &Surface, schema_name: &str) -> Value {
+    let mut responses = useapi_responses("The task, as useapi.net reports a new one.");
+    for (code, response) in idempotency_responses(useapi_error) {
+        responses.insert(code.into(), response);
+    }
     json!({"post": {
         "operationId": "addSound",
         "summary": surface.summary,
@@ -323,7 +352,8 @@ fn useapi_create(surface: &Surface, schema_name: &str) -> Value {
                 "additionalProperties": {"type": "string", "description": "The other fields, as text (true/false, whole numbers as digits)."},
             }},
         }},
-        "responses": useapi_responses("The task, as useapi.net reports a new one."),
+        "parameters": [idempotency_parameter()],
+        "responses": responses,
     }})
 }
 

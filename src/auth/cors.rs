@@ -9,11 +9,12 @@
 use url::Url;
 
 pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, DELETE, OPTIONS";
-/// `Range` and `If-None-Match` for the result copies (seeking, revalidating).
-pub const ALLOWED_HEADERS: &str = "Authorization, Content-Type, Range, If-None-Match";
+/// `Range` and `If-None-Match` for the result copies (seeking, revalidating);
+/// `Idempotency-Key` for creates a page may retry.
+pub const ALLOWED_HEADERS: &str = "Authorization, Content-Type, Range, If-None-Match, Idempotency-Key";
 /// Headers a page may read from an answer (the last four from a result copy's).
 pub const EXPOSED_HEADERS: &str =
-    "X-Request-Id, Retry-After, Content-Range, Content-Length, Accept-Ranges, ETag, X-Kling-Edge-Ignored";
+    "X-Request-Id, Retry-After, Content-Range, Content-Length, Accept-Ranges, ETag, X-Kling-Edge-Ignored, Idempotent-Replayed";
 /// How long a browser may cache a preflight (Chromium caps this at 2 hours).
 pub const MAX_AGE_SECS: u32 = 7200;
 

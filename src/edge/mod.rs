@@ -38,6 +38,7 @@ use crate::auth::cors::{self, AllowedOrigins};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::flows::edge::{tenant_key, Edge, EdgePorts};
+use crate::flows::idempotency;
 use crate::flows::upload::Upload;
 use crate::links::webhook::SignatureHeaders;
 use crate::ports::Runtime;
@@ -331,6 +332,7 @@ async fn handle(
     );
     let edge = ports.edge();
     let mut ignored = Vec::new();
+    let mut replayed = false;
     let answer = match client_route {
         ClientRoute::MintToken => {
             let body = http::read_body(request, http::MAX_BODY_BYTES).await?;
@@ -338,14 +340,23 @@ async fn handle(
         }
         ClientRoute::WebhookSecret => edge.webhook_secret(&client)?,
         ClientRoute::CreateTask(surface) => {
-            let created =
-                if surface.takes_forms() && upload_of(request).content_type.as_deref().is_some_and(is_form) {
-                    edge.create_from_form(&client, surface, upload_of(request)).await?
-                } else {
-                    let body = http::read_body(request, surface.body.max_bytes).await?;
-                    edge.create(&client, surface, body).await?
-                };
+            let key = request.headers().get(idempotency::HEADER).ok().flatten();
+            let created = if surface.takes_forms()
+                && upload_of(request).content_type.as_deref().is_some_and(is_form)
+            {
+                if key.is_some() {
+                    return Err(ApiError::bad_param(
+                            idempotency::HEADER,
+                            "is not taken with a multipart create yet: upload the video first (POST /v1/assets), then create with its link and the key",
+                        ));
+                }
+                edge.create_from_form(&client, surface, upload_of(request)).await?
+            } else {
+                let body = http::read_body(request, surface.body.max_bytes).await?;
+                edge.create_keyed(&client, surface, body, key.as_deref()).await?
+            };
             ignored = created.ignored;
+            replayed = created.replayed;
             if let Some(recording) = created.record {
                 call.coordinator_calls.set(call.coordinator_calls.get() + 1);
                 let (env, config, origin, request_id) =
@@ -376,6 +387,9 @@ async fn handle(
     if !ignored.is_empty() {
         // Fields Kling's own clients send where Kling does not take them: dropped, and named.
         let _ = response.headers().set(IGNORED_HEADER, &ignored.join(", "));
+    }
+    if replayed {
+        let _ = response.headers().set(idempotency::REPLAYED_HEADER, "true");
     }
     Ok(response)
 }

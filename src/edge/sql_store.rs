@@ -10,6 +10,7 @@ use crate::error::{code, ApiError};
 use crate::ports::{AssetStore, TaskStore};
 use crate::record::asset::Asset;
 use crate::record::cache::RecordCache;
+use crate::record::idempotency::KeyEntry;
 use crate::record::intent::Intent;
 use crate::record::table;
 use crate::record::TaskRecord;
@@ -66,6 +67,11 @@ struct CountRow {
 #[derive(Deserialize)]
 struct ValueRow {
     value: String,
+}
+
+#[derive(Deserialize)]
+struct EntryRow {
+    entry: String,
 }
 
 impl SqlStore {
@@ -282,6 +288,29 @@ impl TaskStore for SqlStore {
     fn set_meta(&self, name: &str, value: &str) -> Result<(), ApiError> {
         self.sql.exec(table::SET_META, vec![name.into(), value.into()]).map_err(failed)?;
         self.meta.borrow_mut().insert(name.to_owned(), Some(value.to_owned()));
+        Ok(())
+    }
+
+    fn load_key(&self, key: &str) -> Result<Option<KeyEntry>, ApiError> {
+        let rows: Vec<EntryRow> =
+            self.sql.exec(table::LOAD_KEY, vec![key.into()]).and_then(|c| c.to_array()).map_err(failed)?;
+        Ok(rows.first().and_then(|row| serde_json::from_str(&row.entry).ok()))
+    }
+
+    fn save_key(&self, entry: &KeyEntry) -> Result<(), ApiError> {
+        let json = serde_json::to_string(entry).map_err(|_| ApiError::internal("encoding a key"))?;
+        let bindings = vec![entry.key.as_str().into(), int(entry.expires_at), json.into()];
+        self.sql.exec(table::SAVE_KEY, bindings).map_err(failed)?;
+        Ok(())
+    }
+
+    fn delete_key(&self, key: &str) -> Result<(), ApiError> {
+        self.sql.exec(table::DELETE_KEY, vec![key.into()]).map_err(failed)?;
+        Ok(())
+    }
+
+    fn forget_keys(&self, now: u64, limit: u32) -> Result<(), ApiError> {
+        self.sql.exec(table::FORGET_KEYS, vec![int(now), int(u64::from(limit))]).map_err(failed)?;
         Ok(())
     }
 }

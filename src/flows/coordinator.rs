@@ -29,6 +29,7 @@ use crate::ports::{AssetStore, EdgeCopies, Gates, ResultBucket, Runtime, TaskSto
 use crate::record::copies::{self, CopySettings};
 use crate::record::delivery::{self, Attempt};
 use crate::record::edge_copy::{self, Write};
+use crate::record::idempotency::StoredAnswer;
 use crate::record::intent::Intent;
 use crate::record::max_jobs::{self, HoldOutcome, Holds};
 use crate::record::queued::{self, Queued};
@@ -145,6 +146,9 @@ pub struct Registration {
     /// The Kling account that has the task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// The create's `Idempotency-Key` and its answer, kept for a repeat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_answer: Option<super::protocol::KeyAnswer>,
 }
 
 pub struct Coordinator<'a, S, K, W, R, B, T, G> {
@@ -208,6 +212,7 @@ impl<
             max_jobs_hold,
             holds_slot,
             account,
+            key_answer,
         } = registration;
         if let Some(bound) = self.store.find_nonce(&nonce)?.filter(|bound| *bound != task_id) {
             // Only a forged callback (with a leaked URL) could have bound this fresh nonce
@@ -250,6 +255,9 @@ impl<
         self.queue_copies_of(&mut record, now);
         self.store.save(&record)?;
         self.store.delete_intent(&nonce)?;
+        if let Some(key_answer) = key_answer {
+            self.settle_key(&nonce, key_answer)?;
+        }
         match max_jobs_hold {
             Some(hold_id) => self.release_job(&hold_id),
             None => Ok(()),
@@ -474,6 +482,17 @@ impl<
             return self.drop_intent(&intent).await;
         }
         self.runtime.log(json!({"event": "intent", "task_id": task_id, "outcome": "recorded from Kling"}));
+        // A repeat of the create's key answers the task found, in the create's shape.
+        let key_answer = intent.idempotency_key.clone().map(|key| super::protocol::KeyAnswer {
+            key,
+            answer: match intent.style.as_deref() {
+                Some(crate::record::USEAPI_STYLE) => {
+                    StoredAnswer::UseApi { body: crate::api::useapi::task_answer(&data) }
+                }
+                _ => StoredAnswer::Success { data: data.clone() },
+            },
+            ignored: Vec::new(),
+        });
         self.register(Registration {
             task_id,
             endpoint: intent.endpoint,
@@ -487,6 +506,7 @@ impl<
             max_jobs_hold: None,
             holds_slot: intent.gated,
             account,
+            key_answer,
         })
     }
 
@@ -540,6 +560,10 @@ impl<
     async fn drop_intent(&self, intent: &Intent) -> Result<(), ApiError> {
         if intent.gated {
             self.gates.call(Release { id: intent.nonce.clone() }).await?;
+        }
+        // Its key (if it had one) is free: the create never became a task.
+        if let Some(key) = &intent.idempotency_key {
+            self.release_key(key, &intent.nonce)?;
         }
         self.store.delete_intent(&intent.nonce)
     }
@@ -690,6 +714,9 @@ impl<
         for task_id in self.store.expired(started_at, self.settings.keep_ms(), DUE_BATCH)? {
             self.forget(&task_id).await?;
         }
+        // Keys past their day (a key's claim treats one as free anyway; this keeps the table
+        // to a day of creates).
+        self.store.forget_keys(started_at, DUE_BATCH)?;
         let left_over = !plan.steps.is_empty() || !plan.copies.is_empty();
         Ok(if left_over { worked.max(DUE_BATCH) } else { worked })
     }

@@ -60,6 +60,8 @@ pub struct Created {
     pub answer: Answer,
     pub record: Option<Recording>,
     pub ignored: Vec<&'static str>,
+    /// The answer of an earlier create with the same `Idempotency-Key` (`super::idempotency`).
+    pub replayed: bool,
 }
 
 /// A create Kling accepted, for its tenant's coordinator.
@@ -77,6 +79,18 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
         client: &Client,
         surface: &'static Surface,
         body: Vec<u8>,
+    ) -> Result<Created, ApiError> {
+        self.create_as(client, surface, body, None).await
+    }
+
+    /// A create, as the create of `keyed`'s nonce and `Idempotency-Key` when it has one (the
+    /// key already claimed: `super::idempotency`).
+    pub(crate) async fn create_as(
+        &self,
+        client: &Client,
+        surface: &'static Surface,
+        body: Vec<u8>,
+        keyed: Option<([u8; 16], &str)>,
     ) -> Result<Created, ApiError> {
         let config = self.config;
         let policy = UrlPolicy { allow_private: config.allow_private_urls };
@@ -120,8 +134,9 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
             Some(max_jobs) => Some(self.hold_job(client, &shard, max_jobs).await?),
             None => None,
         };
-        let spent =
-            self.spend(client, surface, validated, &shard, client_webhook, max_jobs_hold.clone(), pin).await;
+        let spent = self
+            .spend(client, surface, validated, &shard, client_webhook, max_jobs_hold.clone(), pin, keyed)
+            .await;
         // A create Kling refused (or that never reached it) gives its slot back at once. One
         // whose outcome is unknown (no answer in time, a broken connection) keeps it until it
         // expires: Kling may be running the task.
@@ -146,12 +161,16 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
         client_webhook: Option<String>,
         max_jobs_hold: Option<String>,
         pin: Option<&KlingAccount>,
+        keyed: Option<([u8; 16], &str)>,
     ) -> Result<Created, ApiError> {
         let endpoint = surface.endpoint;
         // Only a create that passed every rule counts against the create limit.
         self.limiter.check(Limit::Creates, &tenant_key(&client.tenant)).await?;
         let now_secs = (self.runtime.now_ms() / 1000) as i64;
-        let random = self.runtime.random_16()?;
+        let random = match keyed {
+            Some((random, _)) => random,
+            None => self.runtime.random_16()?,
+        };
         let mut capability = Capability::issue(shard, random, endpoint.code, now_secs);
         let accounts = &self.config.accounts;
         let gated = accounts.gated();
@@ -184,6 +203,7 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
             checks: 0,
             gated,
             account: ungated_account.clone(),
+            idempotency_key: keyed.map(|(_, key)| key.to_owned()),
         };
         let nonce = capability.nonce.clone();
         let ticket = Ticket { id: nonce.clone(), tenant: client.tenant.clone() };
@@ -279,6 +299,7 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
                     max_jobs_hold,
                     holds_slot,
                     account: Some(account),
+                    key_answer: None,
                 },
             }),
             Some((_, None)) => {
@@ -300,7 +321,7 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
             (Style::UseApi, Some(data)) => Answer::UseApi(useapi::task_answer(&data)),
             (Style::UseApi, None) => return Err(kling_refusal(&reply)),
         };
-        Ok(Created { answer, record, ignored: validated.ignored })
+        Ok(Created { answer, record, ignored: validated.ignored, replayed: false })
     }
 
     /// Gives the create's callback URL its capability, naming `account` unless it is the
@@ -350,6 +371,7 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
                 max_jobs_hold: None,
                 holds_slot: false,
                 account: None,
+                key_answer: None,
             },
             body: upstream,
             max_wait_ms: self.config.queue_max_wait_ms,
@@ -394,7 +416,7 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
             Style::Kling => Answer::Success(data),
             Style::UseApi => Answer::UseApi(useapi::task_answer(&data)),
         };
-        Ok(Created { answer, record: None, ignored: waiting.ignored.clone() })
+        Ok(Created { answer, record: None, ignored: waiting.ignored.clone(), replayed: false })
     }
 
     /// Drops a create's intent: it never reached Kling, or Kling refused it.

@@ -879,6 +879,8 @@ fn an_intent_never_takes_a_task_that_is_another_creates() {
 #[cfg(test)]
 mod accounts;
 #[cfg(test)]
+mod idempotency;
+#[cfg(test)]
 mod queue;
 #[cfg(test)]
 mod uploads;

@@ -19,6 +19,7 @@ use crate::ports::{
 };
 use crate::record::asset::{Admission, Asset, Measured};
 use crate::record::gate::InLine;
+use crate::record::idempotency::{Claim, StoredAnswer};
 use crate::record::intent::Intent;
 use crate::record::max_jobs::HoldOutcome;
 use crate::record::queued::TenantLine;
@@ -44,6 +45,41 @@ pub struct Report {
     /// The account the capability names (`None`: the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+}
+
+/// A create brings an `Idempotency-Key` (`crate::record::idempotency`): the key is the
+/// create of `nonce`'s, or it answers what the key's create answered, or refuses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimKey {
+    pub tenant: String,
+    pub key: String,
+    pub fingerprint: String,
+    pub nonce: String,
+    /// How long the create may be on its way.
+    pub in_flight_ms: u64,
+}
+
+/// The create holding a key answered: a repeat answers this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettleKey {
+    pub nonce: String,
+    pub answer: KeyAnswer,
+}
+
+/// A create holding a key spent nothing (refused before Kling, or by Kling): the key is free.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseKey {
+    pub key: String,
+    pub nonce: String,
+}
+
+/// A key and the answer its create gave.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyAnswer {
+    pub key: String,
+    pub answer: StoredAnswer,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<String>,
 }
 
 /// A task's prompt step (`super::prompt`): the call a callback's answer asks the edge to
@@ -224,6 +260,15 @@ impl Call for DeleteAsset {
 impl Call for Register {
     type Answer = ();
 }
+impl Call for ClaimKey {
+    type Answer = Claim;
+}
+impl Call for SettleKey {
+    type Answer = ();
+}
+impl Call for ReleaseKey {
+    type Answer = ();
+}
 impl Call for Enqueue {
     type Answer = ();
 }
@@ -270,6 +315,9 @@ impl Call for CopySource {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Register(Register),
+    ClaimKey(ClaimKey),
+    SettleKey(SettleKey),
+    ReleaseKey(ReleaseKey),
     Enqueue(Enqueue),
     Dispatch(Dispatch),
     CancelTask(CancelTask),
@@ -302,6 +350,9 @@ macro_rules! into_request {
 }
 into_request!(
     Register,
+    ClaimKey,
+    SettleKey,
+    ReleaseKey,
     Enqueue,
     Dispatch,
     CancelTask,
@@ -332,6 +383,7 @@ impl Request {
             }
             Request::Intend(Intend(intent)) => Some(&intent.tenant),
             Request::Query(Query { tenant, .. })
+            | Request::ClaimKey(ClaimKey { tenant, .. })
             | Request::CancelTask(CancelTask { tenant, .. })
             | Request::Line(Line { tenant, .. })
             | Request::List(List { tenant, .. })
@@ -343,6 +395,8 @@ impl Request {
             | Request::ListAssets(ListAssets { tenant, .. })
             | Request::DeleteAsset(DeleteAsset { tenant, .. }) => Some(tenant),
             Request::Report(_)
+            | Request::SettleKey(_)
+            | Request::ReleaseKey(_)
             | Request::Dispatch(_)
             | Request::StepNow(_)
             | Request::ReleaseJob(_)
@@ -354,6 +408,9 @@ impl Request {
     pub fn op(&self) -> &'static str {
         match self {
             Request::Register(_) => "register",
+            Request::ClaimKey(_) => "claim_key",
+            Request::SettleKey(_) => "settle_key",
+            Request::ReleaseKey(_) => "release_key",
             Request::Enqueue(_) => "enqueue",
             Request::Dispatch(_) => "dispatch",
             Request::CancelTask(_) => "cancel_task",
@@ -447,6 +504,13 @@ where
     }
     match request {
         Request::Register(Register(registration)) => answer(coordinator.register(registration)),
+        Request::ClaimKey(ClaimKey { key, fingerprint, nonce, in_flight_ms, .. }) => {
+            answer(coordinator.claim_key(&key, &fingerprint, &nonce, in_flight_ms))
+        }
+        Request::SettleKey(SettleKey { nonce, answer: settled }) => {
+            answer(coordinator.settle_key(&nonce, settled))
+        }
+        Request::ReleaseKey(ReleaseKey { key, nonce }) => answer(coordinator.release_key(&key, &nonce)),
         Request::Enqueue(enqueue) => answer(coordinator.enqueue(enqueue).await),
         Request::Dispatch(Dispatch { nonce, account }) => {
             answer(coordinator.dispatch(&nonce, &account).await)

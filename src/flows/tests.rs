@@ -139,6 +139,7 @@ impl World {
                 max_jobs_hold: None,
                 holds_slot: false,
                 account: None,
+                key_answer: None,
             })
             .unwrap();
         self.record(task_id).answer().data

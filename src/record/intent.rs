@@ -59,6 +59,9 @@ pub struct Intent {
     /// names, the first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// The create's `Idempotency-Key`: settled by the task found, freed if none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl Intent {
@@ -117,6 +120,7 @@ mod tests {
             checks: 0,
             gated: false,
             account: None,
+            idempotency_key: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod copies;
 pub mod delivery;
 pub mod edge_copy;
 pub mod gate;
+pub mod idempotency;
 pub mod intent;
 pub mod max_jobs;
 pub mod queued;

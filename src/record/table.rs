@@ -36,6 +36,8 @@ pub const SCHEMA: &[&str] = &[
     "INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', '3')",
     // Creates on their way to Kling (`crate::record::intent`), by their capability's nonce.
     "CREATE TABLE IF NOT EXISTS intents (nonce TEXT PRIMARY KEY, check_at INTEGER NOT NULL, intent TEXT NOT NULL)",
+    // The tenant's `Idempotency-Key`s (`crate::record::idempotency`), kept a day.
+    "CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL, entry TEXT NOT NULL)",
     // The tenant's uploads (`crate::record::asset`): `listed` once measured and kept.
     "CREATE TABLE IF NOT EXISTS assets (
         asset_id TEXT PRIMARY KEY,
@@ -84,6 +86,7 @@ pub const INDEXES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS intents_check ON intents (check_at)",
     "CREATE INDEX IF NOT EXISTS assets_newest ON assets (created_at DESC, asset_id DESC) WHERE listed = 1",
     "CREATE INDEX IF NOT EXISTS assets_due ON assets (due_at)",
+    "CREATE INDEX IF NOT EXISTS idempotency_expiry ON idempotency (expires_at)",
 ];
 
 pub const SCHEMA_VERSION: &str = "SELECT value FROM meta WHERE name = 'schema'";
@@ -131,6 +134,11 @@ pub const ASSET_PAGE: &str =
 pub const DUE_ASSETS: &str = "SELECT asset FROM assets WHERE due_at <= ? ORDER BY due_at LIMIT ?";
 pub const NEXT_ASSET: &str = "SELECT MIN(due_at) AS due_at FROM assets";
 pub const META: &str = "SELECT value FROM meta WHERE name = ?";
+pub const LOAD_KEY: &str = "SELECT entry FROM idempotency WHERE key = ?";
+pub const SAVE_KEY: &str = "INSERT OR REPLACE INTO idempotency (key, expires_at, entry) VALUES (?, ?, ?)";
+pub const DELETE_KEY: &str = "DELETE FROM idempotency WHERE key = ?";
+pub const FORGET_KEYS: &str =
+    "DELETE FROM idempotency WHERE key IN (SELECT key FROM idempotency WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)";
 pub const SET_META: &str =
     "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value";
 
@@ -212,12 +220,15 @@ mod tests {
             (ASSET_PAGE, "assets_newest"),
             (DUE_ASSETS, "assets_due"),
             (NEXT_ASSET, "assets_due"),
+            (LOAD_KEY, "sqlite_autoindex_idempotency_1"),
+            (DELETE_KEY, "sqlite_autoindex_idempotency_1"),
+            (FORGET_KEYS, "idempotency_expiry"),
         ] {
             let plan = plan(&db, query);
             assert!(plan.contains(index), "{query}\n  plan: {plan}");
             // A walk of an index in its order (a page with a LIMIT) is fine; a scan of the table is not.
             let scans_table = plan.split("; ").any(|step| {
-                ["tasks", "assets"].iter().any(|table| {
+                ["tasks", "assets", "idempotency"].iter().any(|table| {
                     step.strip_prefix(&format!("SCAN {table}"))
                         .is_some_and(|rest| !rest.starts_with(" USING"))
                 })

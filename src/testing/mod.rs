@@ -117,6 +117,7 @@ pub struct MemoryStore {
     meta: RefCell<HashMap<String, String>>,
     intents: RefCell<BTreeMap<String, Intent>>,
     assets: RefCell<BTreeMap<String, Asset>>,
+    pub keys: RefCell<BTreeMap<String, crate::record::idempotency::KeyEntry>>,
     /// Makes every call fail, as a storage outage would.
     pub broken: Cell<bool>,
     /// Tasks the steps' index misses until they are saved again (rows an earlier version
@@ -285,6 +286,38 @@ impl TaskStore for MemoryStore {
     fn set_meta(&self, name: &str, value: &str) -> Result<(), ApiError> {
         self.check()?;
         self.meta.borrow_mut().insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    fn load_key(&self, key: &str) -> Result<Option<crate::record::idempotency::KeyEntry>, ApiError> {
+        self.check()?;
+        Ok(self.keys.borrow().get(key).cloned())
+    }
+
+    fn save_key(&self, entry: &crate::record::idempotency::KeyEntry) -> Result<(), ApiError> {
+        self.check()?;
+        self.keys.borrow_mut().insert(entry.key.clone(), entry.clone());
+        Ok(())
+    }
+
+    fn delete_key(&self, key: &str) -> Result<(), ApiError> {
+        self.check()?;
+        self.keys.borrow_mut().remove(key);
+        Ok(())
+    }
+
+    fn forget_keys(&self, now: u64, limit: u32) -> Result<(), ApiError> {
+        self.check()?;
+        let mut keys = self.keys.borrow_mut();
+        let expired: Vec<String> = keys
+            .values()
+            .filter(|entry| entry.expired(now))
+            .take(limit as usize)
+            .map(|e| e.key.clone())
+            .collect();
+        for key in expired {
+            keys.remove(&key);
+        }
         Ok(())
     }
 }
