@@ -16,6 +16,7 @@ use crate::links::capability::CapabilityKey;
 use crate::links::result_links::LinkKey;
 use crate::links::webhook::WebhookKey;
 use crate::probe::video_check::Policy;
+use crate::record::budget::{self, Millicredits};
 use crate::record::copies::{self, CopySettings};
 use crate::schedule::Schedule;
 
@@ -182,6 +183,79 @@ pub struct Config {
     pub queue_max_per_tenant: u32,
     /// `QUEUE_MAX_WAIT_SECONDS`, in milliseconds.
     pub queue_max_wait_ms: u64,
+    /// `CREDIT_BUDGETS`: credits per UTC day, by client.
+    pub credit_budgets: CreditBudgets,
+    /// `CREDIT_ESTIMATES`: what a create is reserved before Kling has charged one like it.
+    pub credit_estimates: CreditEstimates,
+}
+
+/// `CREDIT_BUDGETS` (`name:credits,...`): each client's credits per UTC day, in thousandths.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreditBudgets(Vec<(String, Millicredits)>);
+
+impl CreditBudgets {
+    fn parse(raw: &str, clients: &ClientKeys) -> Result<Self, &'static str> {
+        let mut budgets: Vec<(String, Millicredits)> = Vec::new();
+        for entry in raw.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+            let (name, credits) =
+                entry.split_once(':').ok_or("is malformed: each entry must be name:credits")?;
+            let credits = budget::parse_credits(credits)
+                .ok_or("is malformed: credits must be a decimal, like 500 or 2.5")?;
+            let name = name.trim();
+            if !clients.names().any(|client| client == name) {
+                return Err("names a client PROXY_API_KEYS does not have");
+            }
+            if budgets.iter().any(|(listed, _)| listed == name) {
+                return Err("is malformed: a client appears twice");
+            }
+            budgets.push((name.to_owned(), credits));
+        }
+        Ok(CreditBudgets(budgets))
+    }
+
+    /// The client's budget per day, if it has one.
+    pub fn of(&self, client: &str) -> Option<Millicredits> {
+        self.0.iter().find(|(name, _)| name == client).map(|(_, credits)| *credits)
+    }
+}
+
+/// `CREDIT_ESTIMATES` (`endpoint:credits,...`) over the default table: a create's reservation
+/// until Kling has charged the tenant for one like it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditEstimates(Vec<(&'static str, Millicredits)>);
+
+/// The default estimates, in thousandths, by endpoint name: conservative guesses, replaced by
+/// what Kling charges once it has.
+pub const DEFAULT_ESTIMATES: &[(&str, Millicredits)] =
+    &[("video-to-audio", 1_000), ("text-to-audio", 1_000), ("text2video", 10_000), ("image2video", 10_000)];
+
+impl CreditEstimates {
+    fn parse(raw: Option<&str>) -> Result<Self, &'static str> {
+        let mut estimates: Vec<(&'static str, Millicredits)> = DEFAULT_ESTIMATES.to_vec();
+        for entry in raw.unwrap_or_default().split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+            let (name, credits) =
+                entry.split_once(':').ok_or("is malformed: each entry must be endpoint:credits")?;
+            let credits = budget::parse_credits(credits)
+                .ok_or("is malformed: credits must be a decimal, like 5 or 0.5")?;
+            let slot = estimates
+                .iter_mut()
+                .find(|(endpoint, _)| *endpoint == name.trim())
+                .ok_or("names no endpoint (video-to-audio, text-to-audio, text2video, image2video)")?;
+            slot.1 = credits;
+        }
+        Ok(CreditEstimates(estimates))
+    }
+
+    /// The estimate of a create of the endpoint named `endpoint`.
+    pub fn of(&self, endpoint: &str) -> Millicredits {
+        self.0.iter().find(|(name, _)| *name == endpoint).map_or(1_000, |(_, credits)| *credits)
+    }
+}
+
+impl Default for CreditEstimates {
+    fn default() -> Self {
+        CreditEstimates(DEFAULT_ESTIMATES.to_vec())
+    }
 }
 
 /// Where a setting is kept: a secret (`wrangler secret put`, `.dev.vars` locally) or a var
@@ -256,6 +330,8 @@ pub const SETTINGS: &[Setting] = &[
     var("KLING_MAX_CONCURRENCY", Rule::Whole { default: 5, min: 0, max: 10_000 }, "how many tasks the Kling account runs at once (its resource pack's concurrency; packs do not add up, the largest counts), and the default of each account in `KLING_ACCOUNTS`. Creates past it wait in line at the edge instead of failing with 1303 (see \"A busy account: the line\"); `0` sends every create straight to Kling, as before the line"),
     var("QUEUE_MAX_PER_TENANT", Rule::Whole { default: 20, min: 1, max: 10_000 }, "how many creates one tenant may have waiting in line; past it, creates answer 429 with `Retry-After`"),
     var("QUEUE_MAX_WAIT_SECONDS", Rule::Whole { default: 1_800, min: 10, max: 86_400 }, "how long a create may wait in line; past it, it ends `failed`, saying so, without reaching Kling (its webhook says so too)"),
+    var("CREDIT_BUDGETS", TEXT, "credits per UTC day, by client: `name:credits,...` (for example `ops:500,web:2000`); a browser user's is its token's `budget`, capped by its client's (see \"Credit budgets\"); a client without one has no bound"),
+    var("CREDIT_ESTIMATES", TEXT, "what a create reserves of its budget before Kling has charged one like it, by endpoint: `video-to-audio:1,text-to-audio:1,text2video:10,image2video:10` (the defaults); once Kling has, the last cost it charged the tenant for the same endpoint and options"),
     var("UPLOAD_BYTES_PER_DAY", Rule::Whole { default: 5 * 1024 * 1024 * 1024, min: 1024 * 1024, max: 1024 * 1024 * 1024 * 1024 }, "the bytes one tenant may upload per UTC day (a browser user is a tenant of their own); past it, uploads answer 429 with `Retry-After`"),
 ];
 
@@ -445,6 +521,13 @@ impl Config {
             upload_bytes_per_day: whole("UPLOAD_BYTES_PER_DAY")?,
             queue_max_per_tenant: whole("QUEUE_MAX_PER_TENANT")? as u32,
             queue_max_wait_ms: whole("QUEUE_MAX_WAIT_SECONDS")? * 1000,
+            credit_budgets: match get("CREDIT_BUDGETS") {
+                None => CreditBudgets::default(),
+                Some(raw) => CreditBudgets::parse(&raw, &clients)
+                    .map_err(|problem| ApiError::config("CREDIT_BUDGETS", problem))?,
+            },
+            credit_estimates: CreditEstimates::parse(get("CREDIT_ESTIMATES").as_deref())
+                .map_err(|problem| ApiError::config("CREDIT_ESTIMATES", problem))?,
             accounts,
             kling_api_base,
             clients,

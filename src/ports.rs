@@ -71,6 +71,8 @@ pub trait TaskStore {
     /// Tasks that may be forgotten (see `TaskRecord::expired`, with `keep_ms`), at most
     /// `limit` of them.
     fn expired(&self, now: u64, keep_ms: u64, limit: u32) -> Result<Vec<String>, ApiError>;
+    /// How many of the endpoint's tasks created at or after `since` are in each status.
+    fn statuses_since(&self, endpoint: u8, since: u64) -> Result<Vec<(String, u32)>, ApiError>;
     /// The tenant's `Idempotency-Key` entry (`crate::record::idempotency`), if kept.
     fn load_key(&self, key: &str) -> Result<Option<KeyEntry>, ApiError>;
     /// Inserts or replaces a key's entry.

@@ -70,6 +70,8 @@ pub enum ClientRoute {
     CancelTask(&'static Surface, String),
     /// `GET /v1/queue`: the tenant's waiting creates and the account's slots, for a server key.
     Queue,
+    /// `GET /v1/usage`: the tenant's credits and tasks today.
+    Usage,
     /// `GET /account/costs`: the Kling account's resource packs, for a server key.
     AccountCosts,
     /// `POST /v1/assets` (Kling's envelope) or `POST /v1/kling/assets` (useapi.net's shape):
@@ -104,6 +106,8 @@ pub struct ResultCopy {
 
 /// `GET` of the tenant's line and the account's slots.
 pub const QUEUE_PATH: &str = "/v1/queue";
+/// The caller's credits and tasks today.
+pub const USAGE_PATH: &str = "/v1/usage";
 
 /// A task's cancel: `{path}/{id}/cancel`.
 pub const CANCEL_SUFFIX: &str = "/cancel";
@@ -135,6 +139,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     }
     if path == "/account/costs" {
         return only(method, GET, Route::Client(ClientRoute::AccountCosts));
+    }
+    if path == USAGE_PATH {
+        return only(method, GET, Route::Client(ClientRoute::Usage));
     }
     if path == QUEUE_PATH {
         return only(method, GET, Route::Client(ClientRoute::Queue));

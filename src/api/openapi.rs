@@ -253,7 +253,7 @@ fn kling_collection(surface: &Surface, schema_name: &str) -> Value {
             "operationId": format!("create{suffix}"),
             "summary": surface.summary,
             "description": format!(
-                "Validated in full before anything is sent to Kling ({} upstream). The worker gives Kling its own callback URL; the client's callback_url receives the finished task, signed (Standard Webhooks). When the Kling account runs all the tasks it can, the create is accepted and waits in line at the edge (its answer has the worker's task id and a queue object) instead of failing with 1303; past QUEUE_MAX_PER_TENANT waiting creates, 429. Kling's other errors (any status) are passed through unchanged.",
+                "Validated in full before anything is sent to Kling ({} upstream). The worker gives Kling its own callback URL; the client's callback_url receives the finished task, signed (Standard Webhooks). When the Kling account runs all the tasks it can, the create is accepted and waits in line at the edge (its answer has the worker's task id and a queue object) instead of failing with 1303; past QUEUE_MAX_PER_TENANT waiting creates, 429. A create that would take the caller past its credit budget for the day (CREDIT_BUDGETS, or a browser token's budget) is refused with 429 and Retry-After until 00:00 UTC, before Kling. Kling's other errors (any status) are passed through unchanged.",
                 surface.endpoint.kling_path
             ),
             "parameters": [idempotency_parameter()],

@@ -43,6 +43,9 @@ struct BrowserClaims {
     /// The only webhook this token's tasks may be forwarded to, set by the app's server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cbu: Option<String>,
+    /// The user's credits per day (thousandths), set by the app's server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bud: Option<u64>,
 }
 
 /// Who a valid browser token speaks for.
@@ -55,6 +58,8 @@ pub struct BrowserIdentity {
     pub app_key_fingerprint: String,
     /// The webhook the app chose for this user's tasks when minting, if any.
     pub callback_url: Option<String>,
+    /// The user's credits per day (thousandths) the app gave when minting, if any.
+    pub budget: Option<u64>,
 }
 
 impl BrowserIdentity {
@@ -79,9 +84,11 @@ pub struct MintRequest {
     /// The webhook every task of this token is forwarded to. A browser cannot choose its
     /// own: only the app's server decides where the worker posts.
     pub callback_url: Option<String>,
+    /// The user's credits per day (thousandths), capped by the app's own budget.
+    pub budget: Option<u64>,
 }
 
-/// Parses `{"sub": "...", "ttl_seconds": N, "callback_url": "https://..."}`.
+/// Parses `{"sub": "...", "ttl_seconds": N, "callback_url": "https://...", "budget": 50}`.
 pub fn mint_request(body: &[u8], policy: UrlPolicy) -> Result<MintRequest, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("body: must be valid JSON ({e})")))?;
@@ -89,12 +96,12 @@ pub fn mint_request(body: &[u8], policy: UrlPolicy) -> Result<MintRequest, ApiEr
         return Err(ApiError::bad_request("body: must be a JSON object"));
     };
     if let Some(unknown) =
-        fields.keys().find(|k| !matches!(k.as_str(), "sub" | "ttl_seconds" | "callback_url"))
+        fields.keys().find(|k| !matches!(k.as_str(), "sub" | "ttl_seconds" | "callback_url" | "budget"))
     {
         let shown: String = unknown.chars().take(40).collect();
         return Err(ApiError::bad_param(
             &shown,
-            "unknown field (expected one of sub, ttl_seconds, callback_url)",
+            "unknown field (expected one of sub, ttl_seconds, callback_url, budget)",
         ));
     }
     let sub = match fields.remove("sub") {
@@ -117,7 +124,20 @@ pub fn mint_request(body: &[u8], policy: UrlPolicy) -> Result<MintRequest, ApiEr
         Some(Value::String(raw)) => Some(validate::http_url("callback_url", &raw, policy)?.into()),
         Some(_) => return Err(ApiError::bad_param("callback_url", "must be a string")),
     };
-    Ok(MintRequest { sub, ttl_secs, callback_url })
+    let budget_rule = || {
+        ApiError::bad_param(
+            "budget",
+            "must be the user's credits per day: a number of 0 or more, with up to 3 decimals",
+        )
+    };
+    let budget = match fields.remove("budget") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => {
+            Some(crate::record::budget::parse_credits(&n.to_string()).ok_or_else(budget_rule)?)
+        }
+        Some(_) => return Err(budget_rule()),
+    };
+    Ok(MintRequest { sub, ttl_secs, callback_url, budget })
 }
 
 fn is_valid_sub(sub: &str) -> bool {
@@ -151,6 +171,7 @@ pub fn mint(
         app: app.to_owned(),
         akf: app_key_fingerprint(secret, app_key_digest),
         cbu: request.callback_url.clone(),
+        bud: request.budget,
     });
     claims.issued_at = Some(timestamp(now_secs));
     claims.not_before = Some(timestamp(now_secs));
@@ -205,6 +226,7 @@ pub fn verify(secret: &[u8], token: &str, now_secs: i64) -> Result<BrowserIdenti
         sub: custom.sub.clone(),
         app_key_fingerprint: custom.akf.clone(),
         callback_url: custom.cbu.clone(),
+        budget: custom.bud,
     })
 }
 
@@ -224,7 +246,7 @@ mod tests {
     }
 
     fn alice(ttl_secs: u32) -> MintRequest {
-        MintRequest { sub: "alice".into(), ttl_secs, callback_url: None }
+        MintRequest { sub: "alice".into(), ttl_secs, callback_url: None, budget: None }
     }
 
     /// A token with any header and claims, signed with HMAC-SHA256 and `secret`.

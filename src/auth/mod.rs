@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::Config;
 use crate::error::{code, ApiError};
+use crate::record::budget::Millicredits;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientKind {
@@ -33,9 +34,21 @@ pub struct Client {
     /// For a browser token: the webhook its app set when minting it, the only one its
     /// tasks may be forwarded to.
     pub token_callback_url: Option<String>,
+    /// For a browser token: the credits per day its app gave its user (`budget`), if any.
+    pub token_budget: Option<Millicredits>,
 }
 
 impl Client {
+    /// The client's credits per UTC day: a server key's `CREDIT_BUDGETS`; a browser user's
+    /// token `budget`, capped by its app's (or its app's, when the token has none).
+    pub fn budget(&self, budgets: &crate::config::CreditBudgets) -> Option<Millicredits> {
+        let app = budgets.of(&self.app);
+        match (self.kind, self.token_budget) {
+            (ClientKind::BrowserToken, Some(own)) => Some(app.map_or(own, |app| app.min(own))),
+            _ => app,
+        }
+    }
+
     /// Only a server key may do `action` (mint tokens, read the webhook secret).
     pub fn require_server_key(&self, action: &str) -> Result<(), ApiError> {
         match self.kind {
@@ -90,6 +103,7 @@ pub fn authenticate(config: &Config, header: Option<&str>, now_secs: i64) -> Res
             app: name.to_owned(),
             kind: ClientKind::ServerKey,
             token_callback_url: None,
+            token_budget: None,
         });
     }
     if !browser_token::looks_like_jwt(credential) {
@@ -102,6 +116,7 @@ pub fn authenticate(config: &Config, header: Option<&str>, now_secs: i64) -> Res
             app: name,
             kind: ClientKind::ServerKey,
             token_callback_url: None,
+            token_budget: None,
         });
     }
     let Some(secret) = &config.token_secret else {
@@ -127,6 +142,7 @@ pub fn authenticate(config: &Config, header: Option<&str>, now_secs: i64) -> Res
         app: identity.app,
         kind: ClientKind::BrowserToken,
         token_callback_url: identity.callback_url,
+        token_budget: identity.budget,
     })
 }
 
@@ -157,7 +173,7 @@ mod tests {
             SECRET.as_bytes(),
             app,
             &digest,
-            &MintRequest { sub: sub.into(), ttl_secs: 600, callback_url: None },
+            &MintRequest { sub: sub.into(), ttl_secs: 600, callback_url: None, budget: None },
             NOW,
         )
         .token

@@ -377,6 +377,7 @@ async fn handle(
         ClientRoute::UseApiTask(id) => edge.useapi_task(&client, &id).await?,
         ClientRoute::CancelTask(surface, id) => edge.cancel(&client, surface, &id).await?,
         ClientRoute::Queue => edge.queue(&client).await?,
+        ClientRoute::Usage => edge.usage(&client, url.query()).await?,
         ClientRoute::AccountCosts => edge.account_costs(&client, url.query()).await?,
         ClientRoute::Upload(style) => edge.upload(&client, style, upload_of(request)).await?,
         ClientRoute::ListAssets => edge.list_assets(&client, validate::page(url.query())?).await?,

@@ -70,6 +70,12 @@ struct ValueRow {
 }
 
 #[derive(Deserialize)]
+struct StatusRow {
+    status: String,
+    count: f64,
+}
+
+#[derive(Deserialize)]
 struct EntryRow {
     entry: String,
 }
@@ -289,6 +295,15 @@ impl TaskStore for SqlStore {
         self.sql.exec(table::SET_META, vec![name.into(), value.into()]).map_err(failed)?;
         self.meta.borrow_mut().insert(name.to_owned(), Some(value.to_owned()));
         Ok(())
+    }
+
+    fn statuses_since(&self, endpoint: u8, since: u64) -> Result<Vec<(String, u32)>, ApiError> {
+        let rows: Vec<StatusRow> = self
+            .sql
+            .exec(table::STATUSES_SINCE, vec![int(u64::from(endpoint)), int(since)])
+            .and_then(|c| c.to_array())
+            .map_err(failed)?;
+        Ok(rows.into_iter().map(|row| (row.status, row.count as u32)).collect())
     }
 
     fn load_key(&self, key: &str) -> Result<Option<KeyEntry>, ApiError> {

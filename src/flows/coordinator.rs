@@ -149,6 +149,9 @@ pub struct Registration {
     /// The create's `Idempotency-Key` and its answer, kept for a repeat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_answer: Option<super::protocol::KeyAnswer>,
+    /// What kind of create it was (`super::budget::cost_kind`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_kind: Option<String>,
 }
 
 pub struct Coordinator<'a, S, K, W, R, B, T, G> {
@@ -213,6 +216,7 @@ impl<
             holds_slot,
             account,
             key_answer,
+            cost_kind,
         } = registration;
         if let Some(bound) = self.store.find_nonce(&nonce)?.filter(|bound| *bound != task_id) {
             // Only a forged callback (with a leaked URL) could have bound this fresh nonce
@@ -247,12 +251,17 @@ impl<
         if account.is_some() {
             record.account = account;
         }
+        if cost_kind.is_some() {
+            record.cost_kind = cost_kind;
+        }
         record.apply_report(&data, now, &self.settings.poll);
         if record.next_poll_at.is_none() {
             record.schedule_poll(now, &self.settings.poll);
         }
         record.queue_delivery(now);
         self.queue_copies_of(&mut record, now);
+        self.take_credits(&mut record, &nonce)?;
+        self.count_cost(&mut record)?;
         self.store.save(&record)?;
         self.store.delete_intent(&nonce)?;
         if let Some(key_answer) = key_answer {
@@ -295,6 +304,7 @@ impl<
                 record.schedule_poll(now, &self.settings.poll);
                 record.queue_delivery(now);
                 let step_now = self.promise_step(&mut record, now);
+                self.count_cost(&mut record)?;
                 self.store.save(&record)?;
                 return Ok(step_now);
             }
@@ -304,6 +314,7 @@ impl<
         }
         self.queue_copies_of(&mut record, now);
         let step_now = self.promise_step(&mut record, now);
+        self.count_cost(&mut record)?;
         self.store.save(&record)?;
         Ok(step_now)
     }
@@ -507,6 +518,7 @@ impl<
             holds_slot: intent.gated,
             account,
             key_answer,
+            cost_kind: None,
         })
     }
 
@@ -561,10 +573,11 @@ impl<
         if intent.gated {
             self.gates.call(Release { id: intent.nonce.clone() }).await?;
         }
-        // Its key (if it had one) is free: the create never became a task.
+        // Its key (if it had one) and its credits are free: the create never became a task.
         if let Some(key) = &intent.idempotency_key {
             self.release_key(key, &intent.nonce)?;
         }
+        self.release_credits(&intent.nonce)?;
         self.store.delete_intent(&intent.nonce)
     }
 
@@ -972,7 +985,7 @@ impl<
                 record.polled_without_news(now, &self.settings.poll);
             }
         })?;
-        Ok(())
+        self.settle_cost(task_id)
     }
 
     /// Tells the gate that a task holding one of its account's slots ended, so the next

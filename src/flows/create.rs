@@ -178,150 +178,171 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
         // that waits in line is recorded before it is sent, so its callbacks need no account).
         let ungated_account = (!gated).then(|| accounts.pick_ungated(pin, random[15]).name.clone());
         let mut upstream = validated.upstream;
-        self.name_account(&mut capability, &mut upstream, ungated_account.as_deref());
-        // What Kling can be asked by if this create's record never comes (`Intent`): the
-        // client's own external id, or one the worker gives it.
-        let external_task_id = match upstream.get("external_task_id").and_then(Value::as_str) {
-            Some(own) if !own.is_empty() => own.to_owned(),
-            _ => {
-                let edge_id = Intent::edge_external_id(&capability.nonce);
-                upstream.insert("external_task_id".into(), Value::String(edge_id.clone()));
-                edge_id
-            }
-        };
-        let intent = Intent {
-            nonce: capability.nonce.clone(),
-            endpoint: endpoint.code,
-            tenant: client.tenant.clone(),
-            external_task_id: external_task_id.clone(),
-            client_callback_url: client_webhook.clone(),
-            style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
-            reply_ref: validated.options.reply_ref.clone(),
-            origin: Some(self.origin.to_owned()),
-            created_at: self.runtime.now_ms(),
-            check_at: self.runtime.now_ms() + u64::from(self.config.kling_timeout_ms) + INTENT_MARGIN_MS,
-            checks: 0,
-            gated,
-            account: ungated_account.clone(),
-            idempotency_key: keyed.map(|(_, key)| key.to_owned()),
-        };
+        let cost_kind = super::budget::cost_kind(endpoint, &upstream);
+        // A tenant with a budget reserves the create's estimate before Kling is called.
+        let reserved = self.reserve_credits(client, shard, &capability.nonce, surface, &upstream).await?;
         let nonce = capability.nonce.clone();
-        let ticket = Ticket { id: nonce.clone(), tenant: client.tenant.clone() };
-        let waiting = Waiting {
-            client,
-            surface,
-            shard,
-            nonce: &nonce,
-            external_task_id: &external_task_id,
-            client_webhook: client_webhook.clone(),
-            reply_ref: validated.options.reply_ref.clone(),
-            ignored: validated.ignored.clone(),
-            pin: pin.map(|account| account.name.clone()),
-        };
-        // The intent is recorded while the gate is asked, and the gate skipped when the line
-        // is off, so a create that finds a free slot answers as fast as Kling does.
-        let (holds_slot, account, reply) = if gated {
-            let admit = gate_protocol::Admit { ticket, pin: waiting.pin.clone() };
-            let (admitted, intended) = futures_util::future::join(
-                self.gates.call(admit),
-                self.coordinators.call(shard, protocol::Intend(intent)),
-            )
-            .await;
-            if let Err(error) = &intended {
-                self.runtime.log(json!({"event": "intend", "problem": error.message}));
-            }
-            match admitted {
-                // The record the enqueue writes holds the create (its intent is not needed).
-                Ok(Admission::Queued { position }) => {
-                    return self.queue_create(&waiting, upstream, Joins::NoSlot(position)).await;
+        let sent: Result<Created, ApiError> = async {
+            self.name_account(&mut capability, &mut upstream, ungated_account.as_deref());
+            // What Kling can be asked by if this create's record never comes (`Intent`): the
+            // client's own external id, or one the worker gives it.
+            let external_task_id = match upstream.get("external_task_id").and_then(Value::as_str) {
+                Some(own) if !own.is_empty() => own.to_owned(),
+                _ => {
+                    let edge_id = Intent::edge_external_id(&capability.nonce);
+                    upstream.insert("external_task_id".into(), Value::String(edge_id.clone()));
+                    edge_id
                 }
-                Ok(Admission::Full { bound }) => {
-                    self.abandon(shard, &nonce).await;
-                    return Err(queue_full(bound));
+            };
+            let intent = Intent {
+                nonce: capability.nonce.clone(),
+                endpoint: endpoint.code,
+                tenant: client.tenant.clone(),
+                external_task_id: external_task_id.clone(),
+                client_callback_url: client_webhook.clone(),
+                style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
+                reply_ref: validated.options.reply_ref.clone(),
+                origin: Some(self.origin.to_owned()),
+                created_at: self.runtime.now_ms(),
+                check_at: self.runtime.now_ms() + u64::from(self.config.kling_timeout_ms) + INTENT_MARGIN_MS,
+                checks: 0,
+                gated,
+                account: ungated_account.clone(),
+                idempotency_key: keyed.map(|(_, key)| key.to_owned()),
+            };
+            let ticket = Ticket { id: nonce.clone(), tenant: client.tenant.clone() };
+            let waiting = Waiting {
+                client,
+                surface,
+                shard,
+                nonce: &nonce,
+                external_task_id: &external_task_id,
+                client_webhook: client_webhook.clone(),
+                reply_ref: validated.options.reply_ref.clone(),
+                ignored: validated.ignored.clone(),
+                pin: pin.map(|account| account.name.clone()),
+                cost_kind: cost_kind.clone(),
+            };
+            // The intent is recorded while the gate is asked, and the gate skipped when the line
+            // is off, so a create that finds a free slot answers as fast as Kling does.
+            let (holds_slot, account, reply) = if gated {
+                let admit = gate_protocol::Admit { ticket, pin: waiting.pin.clone() };
+                let (admitted, intended) = futures_util::future::join(
+                    self.gates.call(admit),
+                    self.coordinators.call(shard, protocol::Intend(intent)),
+                )
+                .await;
+                if let Err(error) = &intended {
+                    self.runtime.log(json!({"event": "intend", "problem": error.message}));
                 }
-                Ok(Admission::Go { account }) => {
-                    self.name_account(&mut capability, &mut upstream, Some(&account));
-                    let reply = self.kling.create(&account, endpoint, &upstream).await;
-                    (true, account, reply)
-                }
-                // Admitted twice (never, for a fresh nonce), or a gate that cannot answer: the
-                // create goes through, as it would go without one (if the gate did admit it,
-                // the task's end gives the slot back all the same).
-                other => {
-                    if let Err(error) = other {
-                        self.runtime.log(json!({"event": "gate", "problem": error.message}));
+                match admitted {
+                    // The record the enqueue writes holds the create (its intent is not needed).
+                    Ok(Admission::Queued { position }) => {
+                        return self.queue_create(&waiting, upstream, Joins::NoSlot(position)).await;
                     }
-                    let account = accounts.pick_ungated(pin, random[15]).name.clone();
-                    self.name_account(&mut capability, &mut upstream, Some(&account));
-                    let reply = self.kling.create(&account, endpoint, &upstream).await;
-                    (true, account, reply)
+                    Ok(Admission::Full { bound }) => {
+                        self.abandon(shard, &nonce).await;
+                        return Err(queue_full(bound));
+                    }
+                    Ok(Admission::Go { account }) => {
+                        self.name_account(&mut capability, &mut upstream, Some(&account));
+                        let reply = self.kling.create(&account, endpoint, &upstream).await;
+                        (true, account, reply)
+                    }
+                    // Admitted twice (never, for a fresh nonce), or a gate that cannot answer: the
+                    // create goes through, as it would go without one (if the gate did admit it,
+                    // the task's end gives the slot back all the same).
+                    other => {
+                        if let Err(error) = other {
+                            self.runtime.log(json!({"event": "gate", "problem": error.message}));
+                        }
+                        let account = accounts.pick_ungated(pin, random[15]).name.clone();
+                        self.name_account(&mut capability, &mut upstream, Some(&account));
+                        let reply = self.kling.create(&account, endpoint, &upstream).await;
+                        (true, account, reply)
+                    }
                 }
+            } else {
+                let account = ungated_account.unwrap_or_default();
+                let (intended, reply) = futures_util::future::join(
+                    self.coordinators.call(shard, protocol::Intend(intent)),
+                    self.kling.create(&account, endpoint, &upstream),
+                )
+                .await;
+                if let Err(error) = &intended {
+                    self.runtime.log(json!({"event": "intend", "problem": error.message}));
+                }
+                (false, account, reply)
+            };
+            // A create whose outcome is unknown (no answer in time) keeps its intent (and its
+            // slot): Kling may have the task.
+            let reply = reply?;
+            if holds_slot && queue::is_over_concurrency(reply.status, &reply.body) {
+                // Kling has fewer slots than the gate believed: the create waits at the front of
+                // its tenant's line instead of failing, and the gate learns.
+                // (Its coordinator puts it back in the gate's line as it keeps it.) It may go to
+                // another account: its callback URL names none (its record is kept first).
+                self.name_account(&mut capability, &mut upstream, None);
+                return self.queue_create(&waiting, upstream, Joins::RefusedBy(&account)).await;
             }
-        } else {
-            let account = ungated_account.unwrap_or_default();
-            let (intended, reply) = futures_util::future::join(
-                self.coordinators.call(shard, protocol::Intend(intent)),
-                self.kling.create(&account, endpoint, &upstream),
-            )
-            .await;
-            if let Err(error) = &intended {
-                self.runtime.log(json!({"event": "intend", "problem": error.message}));
-            }
-            (false, account, reply)
-        };
-        // A create whose outcome is unknown (no answer in time) keeps its intent (and its
-        // slot): Kling may have the task.
-        let reply = reply?;
-        if holds_slot && queue::is_over_concurrency(reply.status, &reply.body) {
-            // Kling has fewer slots than the gate believed: the create waits at the front of
-            // its tenant's line instead of failing, and the gate learns.
-            // (Its coordinator puts it back in the gate's line as it keeps it.) It may go to
-            // another account: its callback URL names none (its record is kept first).
-            self.name_account(&mut capability, &mut upstream, None);
-            return self.queue_create(&waiting, upstream, Joins::RefusedBy(&account)).await;
-        }
-        drop(upstream);
+            drop(upstream);
 
-        let data = task::envelope_data(&reply.body).filter(|_| reply.status == 200);
-        let record = match data.as_ref().map(|data| (data, task::task_id_of(data))) {
-            Some((data, Some(task_id))) => Some(Recording {
-                shard: shard.to_owned(),
-                registration: Registration {
-                    task_id: task_id.to_owned(),
-                    endpoint: endpoint.code,
-                    nonce: nonce.clone(),
-                    tenant: client.tenant.clone(),
-                    client_callback_url: client_webhook,
-                    style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
-                    reply_ref: validated.options.reply_ref,
-                    origin: Some(self.origin.to_owned()),
-                    data: data.clone(),
-                    max_jobs_hold,
-                    holds_slot,
-                    account: Some(account),
-                    key_answer: None,
-                },
-            }),
-            Some((_, None)) => {
-                self.runtime
-                    .log(json!({"event": "create", "problem": "Kling's create answer has no task_id"}));
-                None
+            let data = task::envelope_data(&reply.body).filter(|_| reply.status == 200);
+            let record = match data.as_ref().map(|data| (data, task::task_id_of(data))) {
+                Some((data, Some(task_id))) => Some(Recording {
+                    shard: shard.to_owned(),
+                    registration: Registration {
+                        task_id: task_id.to_owned(),
+                        endpoint: endpoint.code,
+                        nonce: nonce.clone(),
+                        tenant: client.tenant.clone(),
+                        client_callback_url: client_webhook,
+                        style: (surface.style == Style::UseApi).then(|| USEAPI_STYLE.to_owned()),
+                        reply_ref: validated.options.reply_ref,
+                        origin: Some(self.origin.to_owned()),
+                        data: data.clone(),
+                        max_jobs_hold,
+                        holds_slot,
+                        account: Some(account),
+                        key_answer: None,
+                        cost_kind: Some(cost_kind),
+                    },
+                }),
+                Some((_, None)) => {
+                    self.runtime
+                        .log(json!({"event": "create", "problem": "Kling's create answer has no task_id"}));
+                    None
+                }
+                None => None,
+            };
+            if record.is_none() {
+                // Kling refused it: there is no task to look for, and its slot is free.
+                if holds_slot {
+                    self.release_slot(&nonce).await;
+                }
+                self.abandon(shard, &nonce).await;
             }
-            None => None,
-        };
-        if record.is_none() {
-            // Kling refused it: there is no task to look for, and its slot is free.
-            if holds_slot {
-                self.release_slot(&nonce).await;
-            }
-            self.abandon(shard, &nonce).await;
+            let answer = match (surface.style, data) {
+                (Style::Kling, _) => Answer::Kling(reply),
+                (Style::UseApi, Some(data)) => Answer::UseApi(useapi::task_answer(&data)),
+                (Style::UseApi, None) => return Err(kling_refusal(&reply)),
+            };
+            Ok(Created { answer, record, ignored: validated.ignored, replayed: false })
         }
-        let answer = match (surface.style, data) {
-            (Style::Kling, _) => Answer::Kling(reply),
-            (Style::UseApi, Some(data)) => Answer::UseApi(useapi::task_answer(&data)),
-            (Style::UseApi, None) => return Err(kling_refusal(&reply)),
-        };
-        Ok(Created { answer, record, ignored: validated.ignored, replayed: false })
+        .await;
+        // Credits reserved stay reserved for a task (on its record, or its create waiting in
+        // line) and for a create whose outcome is unknown (its intent settles them); a create
+        // that spent nothing gives them back.
+        if reserved {
+            let spent_nothing = match &sent {
+                Ok(created) => created.record.is_none() && !matches!(created.answer, Answer::Success(_)),
+                Err(error) => !matches!(error.status, 502 | 504),
+            };
+            if spent_nothing {
+                self.release_credits(shard, &nonce).await;
+            }
+        }
+        sent
     }
 
     /// Gives the create's callback URL its capability, naming `account` unless it is the
@@ -372,6 +393,7 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
                 holds_slot: false,
                 account: None,
                 key_answer: None,
+                cost_kind: Some(waiting.cost_kind.clone()),
             },
             body: upstream,
             max_wait_ms: self.config.queue_max_wait_ms,
@@ -585,6 +607,8 @@ struct Waiting<'a> {
     ignored: Vec<&'static str>,
     /// The account useapi.net's `email` named.
     pin: Option<String>,
+    /// What kind of create it is (`super::budget::cost_kind`).
+    cost_kind: String,
 }
 
 /// How a create joins the line: no slot was free (its place), or Kling answered 1303 at

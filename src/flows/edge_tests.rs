@@ -244,7 +244,13 @@ impl World {
 }
 
 fn server(name: &str) -> Client {
-    Client { tenant: name.into(), app: name.into(), kind: ClientKind::ServerKey, token_callback_url: None }
+    Client {
+        tenant: name.into(),
+        app: name.into(),
+        kind: ClientKind::ServerKey,
+        token_callback_url: None,
+        token_budget: None,
+    }
 }
 
 fn browser(app: &str, sub: &str, callback: Option<&str>) -> Client {
@@ -253,6 +259,7 @@ fn browser(app: &str, sub: &str, callback: Option<&str>) -> Client {
         app: app.into(),
         kind: ClientKind::BrowserToken,
         token_callback_url: callback.map(str::to_owned),
+        token_budget: None,
     }
 }
 
@@ -878,6 +885,8 @@ fn an_intent_never_takes_a_task_that_is_another_creates() {
 
 #[cfg(test)]
 mod accounts;
+#[cfg(test)]
+mod budget;
 #[cfg(test)]
 mod idempotency;
 #[cfg(test)]

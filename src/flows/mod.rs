@@ -2,8 +2,8 @@
 //! the Worker runs them with the Workers runtime and `cargo test` runs them in memory, with
 //! faults, races and crashes between any two steps (`crate::testing`).
 //!
-//! - The request path ([`edge`]'s context): [`create`] (with [`idempotency`]'s keys, both
-//!   sides), [`upload`] (a user's own video),
+//! - The request path ([`edge`]'s context): [`create`] (with [`idempotency`]'s keys and
+//!   [`budget`]'s credits, both sides), [`upload`] (a user's own video),
 //!   [`read`] (query, list, useapi.net's task), [`callback`] (Kling's callbacks), [`tokens`] (browser tokens, webhook secrets).
 //! - The coordinator's ([`coordinator`]): record a create, take a callback, answer a query
 //!   or a list, and the alarm that polls Kling, copies results, forwards webhooks and
@@ -14,6 +14,7 @@
 //!   alarm that sends them.
 
 pub mod assets;
+pub mod budget;
 pub mod callback;
 pub mod coordinator;
 pub mod create;

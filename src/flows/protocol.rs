@@ -18,6 +18,7 @@ use crate::ports::{
     AssetStore, Dispatched, EdgeCopies, Gates, ResultBucket, Runtime, TaskStore, Upstream, Webhooks,
 };
 use crate::record::asset::{Admission, Asset, Measured};
+use crate::record::budget::Millicredits;
 use crate::record::gate::InLine;
 use crate::record::idempotency::{Claim, StoredAnswer};
 use crate::record::intent::Intent;
@@ -71,6 +72,33 @@ pub struct SettleKey {
 pub struct ReleaseKey {
     pub key: String,
     pub nonce: String,
+}
+
+/// Reserves a create's estimate of its tenant's budget (`crate::record::budget`): the
+/// estimate reserved, or 429 past the budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReserveCredits {
+    pub tenant: String,
+    pub nonce: String,
+    /// What kind of create it is (its endpoint and options), for the last cost of one like it.
+    pub kind: String,
+    /// The table's estimate, if Kling has charged none like it yet.
+    pub estimate: Millicredits,
+    pub budget: Millicredits,
+    /// How long the create may take to be recorded.
+    pub hold_ms: u64,
+}
+
+/// A create that spent nothing gives its reservation back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseCredits {
+    pub nonce: String,
+}
+
+/// The tenant's credits and tasks today, for `GET /v1/usage`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GetUsage {
+    pub tenant: String,
 }
 
 /// A key and the answer its create gave.
@@ -260,6 +288,15 @@ impl Call for DeleteAsset {
 impl Call for Register {
     type Answer = ();
 }
+impl Call for ReserveCredits {
+    type Answer = Millicredits;
+}
+impl Call for ReleaseCredits {
+    type Answer = ();
+}
+impl Call for GetUsage {
+    type Answer = super::budget::Usage;
+}
 impl Call for ClaimKey {
     type Answer = Claim;
 }
@@ -318,6 +355,9 @@ pub enum Request {
     ClaimKey(ClaimKey),
     SettleKey(SettleKey),
     ReleaseKey(ReleaseKey),
+    ReserveCredits(ReserveCredits),
+    ReleaseCredits(ReleaseCredits),
+    GetUsage(GetUsage),
     Enqueue(Enqueue),
     Dispatch(Dispatch),
     CancelTask(CancelTask),
@@ -353,6 +393,9 @@ into_request!(
     ClaimKey,
     SettleKey,
     ReleaseKey,
+    ReserveCredits,
+    ReleaseCredits,
+    GetUsage,
     Enqueue,
     Dispatch,
     CancelTask,
@@ -384,6 +427,8 @@ impl Request {
             Request::Intend(Intend(intent)) => Some(&intent.tenant),
             Request::Query(Query { tenant, .. })
             | Request::ClaimKey(ClaimKey { tenant, .. })
+            | Request::ReserveCredits(ReserveCredits { tenant, .. })
+            | Request::GetUsage(GetUsage { tenant })
             | Request::CancelTask(CancelTask { tenant, .. })
             | Request::Line(Line { tenant, .. })
             | Request::List(List { tenant, .. })
@@ -397,6 +442,7 @@ impl Request {
             Request::Report(_)
             | Request::SettleKey(_)
             | Request::ReleaseKey(_)
+            | Request::ReleaseCredits(_)
             | Request::Dispatch(_)
             | Request::StepNow(_)
             | Request::ReleaseJob(_)
@@ -411,6 +457,9 @@ impl Request {
             Request::ClaimKey(_) => "claim_key",
             Request::SettleKey(_) => "settle_key",
             Request::ReleaseKey(_) => "release_key",
+            Request::ReserveCredits(_) => "reserve_credits",
+            Request::ReleaseCredits(_) => "release_credits",
+            Request::GetUsage(_) => "usage",
             Request::Enqueue(_) => "enqueue",
             Request::Dispatch(_) => "dispatch",
             Request::CancelTask(_) => "cancel_task",
@@ -439,7 +488,14 @@ impl Request {
 #[serde(rename_all = "snake_case")]
 pub enum WireAnswer<A> {
     Ok(A),
-    Error { status: u16, code: u32, message: String },
+    Error {
+        status: u16,
+        code: u32,
+        message: String,
+        /// The error's `Retry-After`, in seconds, if it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after: Option<u64>,
+    },
 }
 
 impl<A> From<Result<A, ApiError>> for WireAnswer<A> {
@@ -447,7 +503,16 @@ impl<A> From<Result<A, ApiError>> for WireAnswer<A> {
         match result {
             Ok(value) => WireAnswer::Ok(value),
             Err(error) => {
-                WireAnswer::Error { status: error.status, code: error.code, message: error.message }
+                let retry_after = match &error.header {
+                    Some(("Retry-After", seconds)) => seconds.parse().ok(),
+                    _ => None,
+                };
+                WireAnswer::Error {
+                    status: error.status,
+                    code: error.code,
+                    message: error.message,
+                    retry_after,
+                }
             }
         }
     }
@@ -457,7 +522,13 @@ impl<A> From<WireAnswer<A>> for Result<A, ApiError> {
     fn from(answer: WireAnswer<A>) -> Result<A, ApiError> {
         match answer {
             WireAnswer::Ok(value) => Ok(value),
-            WireAnswer::Error { status, code, message } => Err(ApiError::new(status, code, message)),
+            WireAnswer::Error { status, code, message, retry_after } => {
+                let error = ApiError::new(status, code, message);
+                Err(match retry_after {
+                    Some(seconds) => error.with_retry_after(seconds),
+                    None => error,
+                })
+            }
         }
     }
 }
@@ -511,6 +582,11 @@ where
             answer(coordinator.settle_key(&nonce, settled))
         }
         Request::ReleaseKey(ReleaseKey { key, nonce }) => answer(coordinator.release_key(&key, &nonce)),
+        Request::ReserveCredits(ReserveCredits { nonce, kind, estimate, budget, hold_ms, .. }) => {
+            answer(coordinator.reserve_credits(&nonce, &kind, estimate, budget, hold_ms))
+        }
+        Request::ReleaseCredits(ReleaseCredits { nonce }) => answer(coordinator.release_credits(&nonce)),
+        Request::GetUsage(GetUsage { .. }) => answer(coordinator.usage()),
         Request::Enqueue(enqueue) => answer(coordinator.enqueue(enqueue).await),
         Request::Dispatch(Dispatch { nonce, account }) => {
             answer(coordinator.dispatch(&nonce, &account).await)

@@ -104,7 +104,8 @@ impl<
         if self.store.find_nonce(&registration.nonce)?.is_some() {
             return Ok(());
         }
-        let Registration { task_id, endpoint, nonce, tenant, data, max_jobs_hold, .. } = registration;
+        let Registration { task_id, endpoint, nonce, tenant, data, max_jobs_hold, cost_kind, .. } =
+            registration;
         let mut record = TaskRecord::new(&task_id, endpoint, &nonce, data, now);
         record.registered = true;
         record.tenant = Some(tenant);
@@ -121,6 +122,8 @@ impl<
             pin,
             refused_by,
         });
+        record.cost_kind = cost_kind;
+        self.take_credits(&mut record, &nonce)?;
         self.store.save(&record)?;
         self.store.delete_intent(&nonce)?;
         match max_jobs_hold {
@@ -204,6 +207,7 @@ impl<
                         let waited = waiting.wait_until.saturating_sub(waiting.queued_at) / 1000;
                         let message = queued::waited_too_long(waited);
                         self.store.update(&task_id, |record| record.end_unsent(&message, now))?;
+                        self.settle_cost(&task_id)?;
                         return Ok(Dispatched::Gone);
                     }
                 }
@@ -305,6 +309,7 @@ impl<
             }
             record.schedule_poll(now, &self.settings.poll);
         })?;
+        self.settle_cost(task_id)?;
         self.runtime.log(json!({"event": "dispatch", "task_id": task_id, "kling_task_id": kling_task_id}));
         Ok(Dispatched::Taken)
     }
@@ -314,6 +319,7 @@ impl<
     fn refused_for_good(&self, task_id: &str, message: &str) -> Result<Dispatched, ApiError> {
         let now = self.runtime.now_ms();
         self.store.update(task_id, |record| record.end_unsent(&queued::refused(message), now))?;
+        self.settle_cost(task_id)?;
         self.runtime.log(json!({"event": "dispatch", "task_id": task_id, "outcome": "refused"}));
         Ok(Dispatched::Gone)
     }
@@ -389,6 +395,7 @@ impl<
             unsent
         })?;
         if ended == Some(true) {
+            self.settle_cost(task_id)?;
             self.runtime.log(json!({"event": "queue", "task_id": task_id,
                 "outcome": if tenant.is_some() { "cancelled" } else { "waited too long" }}));
         }

@@ -140,6 +140,7 @@ impl World {
                 holds_slot: false,
                 account: None,
                 key_answer: None,
+                cost_kind: None,
             })
             .unwrap();
         self.record(task_id).answer().data

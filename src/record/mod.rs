@@ -6,6 +6,7 @@
 //! them (`crate::flows::coordinator`) stay short and the rules are tested one by one.
 
 pub mod asset;
+pub mod budget;
 pub mod cache;
 pub mod copies;
 pub mod delivery;
@@ -109,6 +110,16 @@ pub struct TaskRecord {
     /// is made again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate_retry_at: Option<u64>,
+    /// What the task reserved of its tenant's budget until its cost is known
+    /// (`crate::record::budget`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<budget::Reservation>,
+    /// Its cost is counted in its tenant's credits (it ended).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cost_counted: bool,
+    /// What kind of create it was (endpoint and options), to estimate the next like it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_kind: Option<String>,
     /// The Kling account that has the task (`crate::accounts`): every call about it goes
     /// there. `None`: a record from before accounts had names (the first account), or a
     /// create still waiting in line for one.
@@ -160,6 +171,9 @@ impl TaskRecord {
             kling_task_id: None,
             holds_slot: false,
             gate_retry_at: None,
+            reserved: None,
+            cost_counted: false,
+            cost_kind: None,
             account: None,
         }
     }

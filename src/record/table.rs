@@ -134,6 +134,9 @@ pub const ASSET_PAGE: &str =
 pub const DUE_ASSETS: &str = "SELECT asset FROM assets WHERE due_at <= ? ORDER BY due_at LIMIT ?";
 pub const NEXT_ASSET: &str = "SELECT MIN(due_at) AS due_at FROM assets";
 pub const META: &str = "SELECT value FROM meta WHERE name = ?";
+pub const STATUSES_SINCE: &str =
+    "SELECT coalesce(json_extract(record, '$.data.task_status'), '') AS status, COUNT(*) AS count
+     FROM tasks WHERE endpoint = ? AND created_at >= ? GROUP BY status";
 pub const LOAD_KEY: &str = "SELECT entry FROM idempotency WHERE key = ?";
 pub const SAVE_KEY: &str = "INSERT OR REPLACE INTO idempotency (key, expires_at, entry) VALUES (?, ?, ?)";
 pub const DELETE_KEY: &str = "DELETE FROM idempotency WHERE key = ?";
@@ -220,6 +223,7 @@ mod tests {
             (ASSET_PAGE, "assets_newest"),
             (DUE_ASSETS, "assets_due"),
             (NEXT_ASSET, "assets_due"),
+            (STATUSES_SINCE, "tasks_newest"),
             (LOAD_KEY, "sqlite_autoindex_idempotency_1"),
             (DELETE_KEY, "sqlite_autoindex_idempotency_1"),
             (FORGET_KEYS, "idempotency_expiry"),

@@ -289,6 +289,17 @@ impl TaskStore for MemoryStore {
         Ok(())
     }
 
+    fn statuses_since(&self, endpoint: u8, since: u64) -> Result<Vec<(String, u32)>, ApiError> {
+        self.check()?;
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for record in self.tasks.borrow().values().filter(|r| r.endpoint == endpoint && r.created_at >= since)
+        {
+            let status = crate::kling::task::status_of(&record.data).unwrap_or_default().to_owned();
+            *counts.entry(status).or_default() += 1;
+        }
+        Ok(counts.into_iter().collect())
+    }
+
     fn load_key(&self, key: &str) -> Result<Option<crate::record::idempotency::KeyEntry>, ApiError> {
         self.check()?;
         Ok(self.keys.borrow().get(key).cloned())
