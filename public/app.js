@@ -500,9 +500,24 @@ function playTogether() {
 
 // --- earlier tasks -------------------------------------------------------------------
 
+/** The user's Kling credits today (GET /v1/usage): spent, and what is left of a budget. */
+async function refreshCredits() {
+  if (!token) return;
+  try {
+    const { credits } = await api('GET', '/v1/usage');
+    const spent = `Credits today: ${credits.spent} spent${credits.reserved ? `, ${credits.reserved} reserved` : ''}`;
+    $('credits').textContent = credits.budget === undefined
+      ? `${spent} (no daily budget).`
+      : `${spent}; ${credits.left} of ${credits.budget} left today (renews at 00:00 UTC).`;
+  } catch (error) {
+    $('credits').textContent = '';
+  }
+}
+
 async function refreshList() {
   const body = $('task-list');
   if (!token) return;
+  refreshCredits();
   try {
     const tasks = await api('GET', `${familyPath()}?pageNum=1&pageSize=20`);
     body.replaceChildren(...(tasks.length ? tasks.map(row) : [emptyRow('No tasks yet.')]));

@@ -262,7 +262,14 @@ pub trait KlingApi {
     /// `GET /account/costs?{query}`: the first account's resource packs, Kling's answer
     /// unchanged.
     async fn account_costs(&self, query: &CostsQuery) -> Result<KlingReply, ApiError>;
+    /// The resource packs of the account named `account` (of the year to `now_ms`), as Kling
+    /// answered at most [`ACCOUNT_PACKS_CACHE_SECS`] ago: Kling asks for one call a second
+    /// at most, and its figures lag by hours anyway.
+    async fn account_packs(&self, account: &str, now_ms: u64) -> Result<KlingReply, ApiError>;
 }
+
+/// How long an account's packs are answered from the cache (Workers KV's shortest).
+pub const ACCOUNT_PACKS_CACHE_SECS: u64 = 60;
 
 /// The tenants' coordinators, as the edge calls them: `shard` names the object.
 pub trait Coordinators {

@@ -72,6 +72,8 @@ pub enum ClientRoute {
     Queue,
     /// `GET /v1/usage`: the tenant's credits and tasks today.
     Usage,
+    /// `GET /v1/account`: the Kling accounts' resource packs, for a server key.
+    Account,
     /// `GET /account/costs`: the Kling account's resource packs, for a server key.
     AccountCosts,
     /// `POST /v1/assets` (Kling's envelope) or `POST /v1/kling/assets` (useapi.net's shape):
@@ -139,6 +141,9 @@ pub fn route(method: &str, path: &str) -> Result<Route, ApiError> {
     }
     if path == "/account/costs" {
         return only(method, GET, Route::Client(ClientRoute::AccountCosts));
+    }
+    if path == "/v1/account" {
+        return only(method, GET, Route::Client(ClientRoute::Account));
     }
     if path == USAGE_PATH {
         return only(method, GET, Route::Client(ClientRoute::Usage));

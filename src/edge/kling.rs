@@ -183,6 +183,8 @@ fn encode_create(body: &serde_json::Map<String, serde_json::Value>) -> Result<St
 /// Kling for the request path: the client (and its token) is made only when a call is sent.
 pub struct KlingForRequests<'a> {
     pub config: &'a Config,
+    /// For the cache of the accounts' packs.
+    pub env: &'a worker::Env,
 }
 
 impl KlingApi for KlingForRequests<'_> {
@@ -193,6 +195,32 @@ impl KlingApi for KlingForRequests<'_> {
         body: &serde_json::Map<String, serde_json::Value>,
     ) -> Result<KlingReply, ApiError> {
         Kling::new(self.config, self.config.accounts.of_task(Some(account))).create(endpoint, body).await
+    }
+
+    /// From Workers KV when Kling answered it in the last minute (the cache is per location,
+    /// which keeps Kling's calls far under one a second).
+    async fn account_packs(&self, account: &str, now_ms: u64) -> Result<KlingReply, ApiError> {
+        let key = format!("account-packs:{account}");
+        let kv = self.env.kv(super::edge_copy::BINDING).ok();
+        if let Some(kv) = &kv {
+            if let Ok(Some(body)) = kv.get(&key).text().await {
+                return Ok(KlingReply { status: 200, body: body.into_bytes() });
+            }
+        }
+        let query = crate::validate::CostsQuery {
+            start_time: now_ms.saturating_sub(365 * 86_400_000),
+            end_time: now_ms,
+            resource_pack_name: None,
+        };
+        let kling = Kling::new(self.config, self.config.accounts.of_task(Some(account)));
+        let reply = kling.get(&format!("/account/costs?{}", query.to_query())).await?;
+        if let (Some(kv), 200) = (&kv, reply.status) {
+            let body = String::from_utf8_lossy(&reply.body).into_owned();
+            if let Ok(put) = kv.put(&key, body) {
+                let _ = put.expiration_ttl(crate::ports::ACCOUNT_PACKS_CACHE_SECS).execute().await;
+            }
+        }
+        Ok(reply)
     }
 
     /// The first account's.

@@ -140,7 +140,7 @@ impl<'a> WorkerPorts<'a> {
         WorkerPorts {
             config,
             origin,
-            kling: KlingForRequests { config },
+            kling: KlingForRequests { config, env },
             coordinators: DurableCoordinators { env, calls },
             gates: DurableGates { env, calls: gate_calls },
             limiter: Bindings { env },
@@ -378,6 +378,7 @@ async fn handle(
         ClientRoute::CancelTask(surface, id) => edge.cancel(&client, surface, &id).await?,
         ClientRoute::Queue => edge.queue(&client).await?,
         ClientRoute::Usage => edge.usage(&client, url.query()).await?,
+        ClientRoute::Account => edge.account(&client).await?,
         ClientRoute::AccountCosts => edge.account_costs(&client, url.query()).await?,
         ClientRoute::Upload(style) => edge.upload(&client, style, upload_of(request)).await?,
         ClientRoute::ListAssets => edge.list_assets(&client, validate::page(url.query())?).await?,

@@ -868,6 +868,16 @@ impl KlingApi for ScriptedKling {
         Ok(KlingReply { status: 200, body: envelope.to_string().into_bytes() })
     }
 
+    async fn account_packs(&self, account: &str, now_ms: u64) -> Result<KlingReply, ApiError> {
+        self.account_of_call(Some(account));
+        let query = crate::validate::CostsQuery {
+            start_time: now_ms.saturating_sub(365 * 86_400_000),
+            end_time: now_ms,
+            resource_pack_name: None,
+        };
+        <ScriptedKling as KlingApi>::account_costs(self, &query).await
+    }
+
     async fn account_costs(&self, query: &crate::validate::CostsQuery) -> Result<KlingReply, ApiError> {
         self.costs_queries.borrow_mut().push(query.to_query());
         yield_once().await;

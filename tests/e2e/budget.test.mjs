@@ -105,4 +105,21 @@ describe('a credit budget', () => {
     assert.equal(refused.status, 400, refused.text);
     assert.match(refused.json.message, /^budget: /);
   });
+
+  it('shows a server key the Kling account\'s packs at /v1/account, cached a minute', async () => {
+    const costs = () => fake.requests.filter((r) => r.path.startsWith('/account/costs')).length;
+    const before = costs();
+    const first = await call(worker, 'GET', '/v1/account', { key: OPS_KEY });
+    assert.equal(first.status, 200, first.text);
+    const [account] = first.json.data.accounts;
+    assert.equal(account.name, 'default');
+    assert.equal(account.packs[0].remaining, 118);
+    assert.equal(account.packs[0].status, 'online');
+    assert.ok(account.packs[0].expires_at > Date.now());
+    const again = await call(worker, 'GET', '/v1/account', { key: WEB_KEY });
+    assert.deepEqual(again.json.data, first.json.data);
+    assert.equal(costs() - before, 1, 'the second answer came from the cache');
+    const minted = await call(worker, 'POST', '/v1/tokens', { key: OPS_KEY, body: { sub: 'maya' } });
+    assert.equal((await call(worker, 'GET', '/v1/account', { key: minted.json.data.token })).status, 403);
+  });
 });

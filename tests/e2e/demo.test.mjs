@@ -30,6 +30,8 @@ before(async () => {
     // The stand-in's sample video is on loopback, and measured before each create, as in `make dev`.
     ALLOW_PRIVATE_URLS: 'true',
     VIDEO_PROBE: 'strict',
+    // Each demo user may spend 50 credits a day (the stand-in charges one a task).
+    CREDIT_BUDGETS: 'web:50',
   }));
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -314,6 +316,19 @@ describe('the demo page in Chromium', () => {
     await page.locator('#status-msg').filter({ hasText: /1st in line/ }).waitFor({ timeout: 20_000 });
     await page.getByTestId('status').filter({ hasText: 'Done' }).waitFor({ timeout: 40_000 });
     fake.maxConcurrency = Infinity;
+  });
+
+  it('shows the credits the user spent today and what is left of the budget', async () => {
+    await page.reload();
+    const credits = page.getByTestId('credits').filter({ hasText: /Credits today: [1-9]\d*(\.\d+)? spent/ });
+    await credits.waitFor({ timeout: 20_000 });
+    const shown = await text('credits');
+    assert.match(shown, /; \d+(\.\d+)? of 50 left today \(renews at 00:00 UTC\)\.$/, shown);
+    const usage = await page.evaluate(async () => {
+      const token = sessionStorage.getItem('kling-edge-token');
+      return (await (await fetch('/v1/usage', { headers: { Authorization: `Bearer ${token}` } })).json()).data;
+    });
+    assert.ok(shown.startsWith(`Credits today: ${usage.credits.spent} spent`), `${shown} vs ${JSON.stringify(usage)}`);
   });
 
   it('logged no page errors', () => {

@@ -221,3 +221,21 @@ fn one_account_is_as_it_was() {
     let store = world.coordinators().store(&task::tenant_shard("web"));
     assert_eq!(store.load(&id).unwrap().unwrap().account.as_deref(), Some(crate::accounts::DEFAULT_ACCOUNT));
 }
+
+#[test]
+fn the_accounts_packs_are_each_accounts_for_a_server_key_only() {
+    let world = two_accounts(&[]);
+    let refused = world.edge(|edge| block_on(edge.account(&browser("web", "alice", None))));
+    assert_eq!(refused.unwrap_err().status, 403);
+    assert!(world.kling.costs_queries.borrow().is_empty(), "refused before Kling");
+    let Answer::Success(answer) = world.edge(|edge| block_on(edge.account(&server("web")))).unwrap() else {
+        panic!("the worker's envelope")
+    };
+    let names: Vec<&str> =
+        answer["accounts"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["main", "spare"]);
+    assert_eq!(answer["accounts"][1]["packs"][0]["remaining"], 10);
+    assert_eq!(*world.kling.calls_on.borrow(), ["main", "spare"], "each asked on its own account");
+    let year = world.kling.costs_queries.borrow()[0].clone();
+    assert_eq!(year, format!("start_time={}&end_time={START}", START - 365 * 86_400_000));
+}
