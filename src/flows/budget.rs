@@ -28,6 +28,10 @@ use super::protocol;
 /// its credits when its task is found (and gives them back at once if none is).
 pub const RESERVATION_HOLD_MS: u64 = 2 * 60 * 60 * 1000;
 
+/// How long a recorded task's reservation holds if its end is never learned: past the day
+/// its coordinator follows it (`crate::schedule::POLL_HORIZON_MS`).
+pub const TASK_HOLD_MS: u64 = crate::schedule::POLL_HORIZON_MS + 60 * 60 * 1000;
+
 /// A tenant's usage today, as its coordinator knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
@@ -118,44 +122,48 @@ impl<
 
     /// A create that spent nothing gives its reservation back.
     pub fn release_credits(&self, nonce: &str) -> Result<(), ApiError> {
-        let stored = self.store.meta(budget::LEDGER)?;
-        if stored.is_none() {
-            return Ok(());
-        }
-        let mut ledger = Ledger::read(stored.as_deref());
-        let before = ledger.clone();
-        ledger.release_hold(nonce);
-        if ledger != before {
-            self.store.set_meta(budget::LEDGER, &ledger.write())?;
-        }
-        Ok(())
-    }
-
-    /// The create of `nonce` became this task: its reservation moves onto it. The caller
-    /// saves the record.
-    pub(crate) fn take_credits(&self, record: &mut TaskRecord, nonce: &str) -> Result<(), ApiError> {
         let Some(stored) = self.store.meta(budget::LEDGER)? else { return Ok(()) };
         let mut ledger = Ledger::read(Some(&stored));
-        if let Some(reservation) = ledger.take_hold(nonce, self.runtime.now_ms()) {
-            record.reserved = Some(reservation);
+        if ledger.release(nonce) {
             self.store.set_meta(budget::LEDGER, &ledger.write())?;
         }
         Ok(())
     }
 
-    /// A task that ended has its cost counted, once: its reservation is given back, Kling's
-    /// deduction counted today, and (for a task that succeeded) remembered as the estimate
-    /// of the next create like it. The caller saves the record.
+    /// The reservation of the create of `nonce` (if it has one) holds until at least `until`:
+    /// its task was recorded, or it is still looked for at Kling.
+    pub(crate) fn keep_credits(&self, nonce: &str, until: u64) -> Result<(), ApiError> {
+        let Some(stored) = self.store.meta(budget::LEDGER)? else { return Ok(()) };
+        let mut ledger = Ledger::read(Some(&stored));
+        if ledger.keep(nonce, until) {
+            self.store.set_meta(budget::LEDGER, &ledger.write())?;
+        }
+        Ok(())
+    }
+
+    /// The create of `nonce` became a task: its reservation holds until the task ends, or
+    /// until its coordinator stops following it.
+    pub(crate) fn take_credits(&self, nonce: &str) -> Result<(), ApiError> {
+        self.keep_credits(nonce, self.runtime.now_ms().saturating_add(TASK_HOLD_MS))
+    }
+
+    /// A task that ended has its cost counted: its reservation is given back, Kling's
+    /// deduction counted today (a later report with another deduction counts the
+    /// difference), and, for a task that succeeded, remembered as the estimate of the next
+    /// create like it. The caller saves the record.
     pub(crate) fn count_cost(&self, record: &mut TaskRecord) -> Result<(), ApiError> {
-        if record.cost_counted || !task::is_final(&record.data) {
+        if !task::is_final(&record.data) {
             return Ok(());
         }
-        let now = self.runtime.now_ms();
         let cost = deduction(&record.data);
+        if record.counted_cost.is_some_and(|counted| counted >= cost) {
+            return Ok(());
+        }
+        let added = cost - record.counted_cost.unwrap_or(0);
         let mut ledger = self.ledger()?;
-        ledger.settle(record.reserved.take(), cost, now);
+        ledger.settle(&record.nonce, added, self.runtime.now_ms());
         self.store.set_meta(budget::LEDGER, &ledger.write())?;
-        record.cost_counted = true;
+        record.counted_cost = Some(cost);
         if let (Some(kind), true) =
             (&record.cost_kind, cost > 0 && task::status_of(&record.data) == Some("succeed"))
         {
@@ -168,13 +176,13 @@ impl<
         Ok(())
     }
 
-    /// Counts the cost of the task `task_id` if it has just ended (after a change saved
-    /// elsewhere, with no `await` between: one atomic step with it).
+    /// Counts the cost of the task `task_id` if it has ended with a cost not yet counted
+    /// (after a change saved elsewhere, with no `await` between: one atomic step with it).
     pub(crate) fn settle_cost(&self, task_id: &str) -> Result<(), ApiError> {
-        let due = self
-            .store
-            .load(task_id)?
-            .is_some_and(|record| !record.cost_counted && task::is_final(&record.data));
+        let due = self.store.load(task_id)?.is_some_and(|record| {
+            task::is_final(&record.data)
+                && record.counted_cost.is_none_or(|counted| counted < deduction(&record.data))
+        });
         if due {
             self.store.update(task_id, |record| self.count_cost(record))?.transpose()?;
         }
@@ -267,7 +275,7 @@ impl<P: EdgePorts> Edge<'_, P> {
             answer["credits"]["budget"] = json!(budget::show(budget));
             answer["credits"]["left"] = json!(budget::show(left));
         }
-        if client.kind == ClientKind::BrowserToken && user.is_none() {
+        if client.kind == ClientKind::BrowserToken && user.is_none() && budget.is_some() {
             answer["credits"]["budget_from"] =
                 json!(if client.token_budget.is_some() { "token" } else { "client" });
         }

@@ -260,7 +260,7 @@ impl<
         }
         record.queue_delivery(now);
         self.queue_copies_of(&mut record, now);
-        self.take_credits(&mut record, &nonce)?;
+        self.take_credits(&nonce)?;
         self.count_cost(&mut record)?;
         self.store.save(&record)?;
         self.store.delete_intent(&nonce)?;
@@ -470,6 +470,7 @@ impl<
         let (account, answer) = self.find_intended(&intent, endpoint).await?;
         // The create's record may have come meanwhile (and removed the intent).
         if self.recorded(&intent.nonce)? {
+            self.take_credits(&intent.nonce)?;
             return self.store.delete_intent(&intent.nonce);
         }
         let now = self.runtime.now_ms();
@@ -478,6 +479,8 @@ impl<
             Err(error) => {
                 let absent = error.status == 404;
                 if intent.not_found(now, absent) {
+                    // Still looked for: its credits stay reserved until its next check.
+                    self.keep_credits(&intent.nonce, intent.check_at.saturating_add(60 * 60 * 1000))?;
                     return self.store.reschedule_intent(&intent);
                 }
                 self.runtime.log(json!({"event": "intent", "outcome": "dropped", "problem": error.message}));

@@ -62,6 +62,19 @@ pub struct Created {
     pub ignored: Vec<&'static str>,
     /// The answer of an earlier create with the same `Idempotency-Key` (`super::idempotency`).
     pub replayed: bool,
+    /// What the create came to: what its key and its reserved credits follow.
+    pub spent: Spent,
+}
+
+/// What a create came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spent {
+    /// A task: Kling's (its record lands after the answer), or one waiting in line (recorded).
+    Task,
+    /// Nothing: refused before Kling, or by Kling.
+    Nothing,
+    /// Kling may or may not have the task (its gateway failed): its intent finds out.
+    Unknown,
 }
 
 /// A create Kling accepted, for its tenant's coordinator.
@@ -277,6 +290,7 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
             // A create whose outcome is unknown (no answer in time) keeps its intent (and its
             // slot): Kling may have the task.
             let reply = reply?;
+            let reply_status = reply.status;
             if holds_slot && queue::is_over_concurrency(reply.status, &reply.body) {
                 // Kling has fewer slots than the gate believed: the create waits at the front of
                 // its tenant's line instead of failing, and the gate learns.
@@ -315,8 +329,9 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
                 }
                 None => None,
             };
-            if record.is_none() {
-                // Kling refused it: there is no task to look for, and its slot is free.
+            // Kling refused it: there is no task to look for, and its slot is free. (A 5xx
+            // from Kling's gateway may come after Kling made the task: its intent looks.)
+            if record.is_none() && reply_status < 500 {
                 if holds_slot {
                     self.release_slot(&nonce).await;
                 }
@@ -325,22 +340,27 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
             let answer = match (surface.style, data) {
                 (Style::Kling, _) => Answer::Kling(reply),
                 (Style::UseApi, Some(data)) => Answer::UseApi(useapi::task_answer(&data)),
+                (Style::UseApi, None) if reply_status >= 500 => {
+                    return Err(ApiError::upstream_unreachable(&format!(
+                        "Kling answered {reply_status}, so the task may or may not exist"
+                    )))
+                }
                 (Style::UseApi, None) => return Err(kling_refusal(&reply)),
             };
-            Ok(Created { answer, record, ignored: validated.ignored, replayed: false })
+            // A 5xx from Kling's gateway may come after Kling made the task: its intent looks.
+            let spent = match (&record, reply_status) {
+                (Some(_), _) => Spent::Task,
+                (None, 500..) => Spent::Unknown,
+                (None, _) => Spent::Nothing,
+            };
+            Ok(Created { answer, record, ignored: validated.ignored, replayed: false, spent })
         }
         .await;
         // Credits reserved stay reserved for a task (on its record, or its create waiting in
         // line) and for a create whose outcome is unknown (its intent settles them); a create
         // that spent nothing gives them back.
-        if reserved {
-            let spent_nothing = match &sent {
-                Ok(created) => created.record.is_none() && !matches!(created.answer, Answer::Success(_)),
-                Err(error) => !matches!(error.status, 502 | 504),
-            };
-            if spent_nothing {
-                self.release_credits(shard, &nonce).await;
-            }
+        if reserved && spent_of(&sent) == Spent::Nothing {
+            self.release_credits(shard, &nonce).await;
         }
         sent
     }
@@ -438,7 +458,13 @@ impl<'a, P: EdgePorts> Edge<'a, P> {
             Style::Kling => Answer::Success(data),
             Style::UseApi => Answer::UseApi(useapi::task_answer(&data)),
         };
-        Ok(Created { answer, record: None, ignored: waiting.ignored.clone(), replayed: false })
+        Ok(Created {
+            answer,
+            record: None,
+            ignored: waiting.ignored.clone(),
+            replayed: false,
+            spent: Spent::Task,
+        })
     }
 
     /// Drops a create's intent: it never reached Kling, or Kling refused it.
@@ -616,6 +642,16 @@ struct Waiting<'a> {
 enum Joins<'a> {
     NoSlot(u32),
     RefusedBy(&'a str),
+}
+
+/// What a create's outcome came to: an error with no answer in time (or a broken
+/// connection) may have reached Kling; any other error spent nothing.
+pub fn spent_of(outcome: &Result<Created, ApiError>) -> Spent {
+    match outcome {
+        Ok(created) => created.spent,
+        Err(error) if matches!(error.status, 502 | 504) => Spent::Unknown,
+        Err(_) => Spent::Nothing,
+    }
 }
 
 /// A tenant's line is full (`QUEUE_MAX_PER_TENANT`).

@@ -27,7 +27,7 @@ use crate::validate::UrlPolicy;
 use crate::{api::useapi, ids::hex, kling::task};
 
 use super::coordinator::Coordinator;
-use super::create::{Created, INTENT_MARGIN_MS};
+use super::create::{spent_of, Created, Spent, INTENT_MARGIN_MS};
 use super::edge::{Answer, Edge, EdgePorts};
 use super::protocol::{self, KeyAnswer};
 
@@ -146,7 +146,7 @@ impl<P: EdgePorts> Edge<'_, P> {
         idempotency::check_key(key).map_err(|rule| ApiError::bad_param(HEADER, rule))?;
         // A body that breaks a rule claims nothing.
         surface.validate(&body, UrlPolicy { allow_private: self.config.allow_private_urls })?;
-        let fingerprint = idempotency::fingerprint(surface.endpoint.code, &body);
+        let fingerprint = idempotency::fingerprint(surface.path, &body);
         let random = self.runtime.random_16()?;
         let nonce = hex(&random);
         let shard = task::tenant_shard(&client.tenant);
@@ -155,13 +155,22 @@ impl<P: EdgePorts> Edge<'_, P> {
             key: key.to_owned(),
             fingerprint,
             nonce: nonce.clone(),
-            in_flight_ms: u64::from(self.config.kling_timeout_ms) + INTENT_MARGIN_MS,
+            // Until its intent is written the create may still be measuring its video.
+            in_flight_ms: u64::from(self.config.kling_timeout_ms)
+                + u64::from(self.config.video_probe_timeout_ms)
+                + INTENT_MARGIN_MS,
         };
         match self.coordinators.call(&shard, claim).await? {
             Claim::Fresh => {}
             Claim::Replay { answer, ignored } => {
                 let ignored = ignored.iter().filter_map(|name| surface.body.ignored_name(name)).collect();
-                return Ok(Created { answer: answer.into_answer(), record: None, ignored, replayed: true });
+                return Ok(Created {
+                    answer: answer.into_answer(),
+                    record: None,
+                    ignored,
+                    replayed: true,
+                    spent: Spent::Task,
+                });
             }
             Claim::InFlight { retry_after_secs } => {
                 return Err(ApiError::new(
@@ -191,15 +200,16 @@ impl<P: EdgePorts> Edge<'_, P> {
         nonce: &str,
         outcome: Result<Created, ApiError>,
     ) -> Result<Created, ApiError> {
-        let mut created = match outcome {
+        match spent_of(&outcome) {
             // Kling may have the task: the create's intent settles the key, or frees it.
-            Err(error) if matches!(error.status, 502 | 504) => return Err(error),
-            Err(error) => {
+            Spent::Unknown => return outcome,
+            Spent::Nothing => {
                 self.free_key(shard, key, nonce).await;
-                return Err(error);
+                return outcome;
             }
-            Ok(created) => created,
-        };
+            Spent::Task => {}
+        }
+        let Ok(mut created) = outcome else { return outcome };
         let ignored: Vec<String> = created.ignored.iter().map(|name| (*name).to_owned()).collect();
         let answer = StoredAnswer::of(&created.answer);
         let settled = answer.map(|answer| KeyAnswer { key: key.to_owned(), answer, ignored });
@@ -207,14 +217,13 @@ impl<P: EdgePorts> Edge<'_, P> {
             // Kept with the task's record, which lands after the answer.
             (Some(recording), settled) => recording.registration.key_answer = settled,
             // A create waiting in line has its record already: its answer is kept now.
-            (None, Some(settled)) if matches!(created.answer, Answer::Success(_)) => {
+            (None, Some(settled)) => {
                 let call = protocol::SettleKey { nonce: nonce.to_owned(), answer: settled };
                 if let Err(error) = self.coordinators.call(shard, call).await {
                     self.runtime.log(json!({"event": "settle_key", "problem": error.message}));
                 }
             }
-            // Kling refused it: nothing was spent.
-            _ => self.free_key(shard, key, nonce).await,
+            (None, None) => {}
         }
         Ok(created)
     }

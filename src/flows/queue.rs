@@ -123,7 +123,11 @@ impl<
             refused_by,
         });
         record.cost_kind = cost_kind;
-        self.take_credits(&mut record, &nonce)?;
+        // Held while it waits, and then while its task runs.
+        self.keep_credits(
+            &nonce,
+            now.saturating_add(max_wait_ms).saturating_add(super::budget::TASK_HOLD_MS),
+        )?;
         self.store.save(&record)?;
         self.store.delete_intent(&nonce)?;
         match max_jobs_hold {

@@ -9,11 +9,13 @@
 //! taken in the tenant's coordinator in one read-modify-write, so concurrent creates cannot
 //! overshoot: the one that finds no room is refused.
 //!
-//! A reservation lives as a hold (by the create's nonce) until its task is recorded, then on
-//! the task; the task's end replaces it with the real cost (a failed task costs what Kling
-//! says, usually nothing). A create refused by Kling, or that never reached it, gives its
-//! hold back (its intent's checks say so for one cut off); a hold nothing ever claims gives
-//! itself back after its time.
+//! A reservation is a hold by the create's nonce, for a while: a create's time, then (its
+//! task recorded) until its coordinator stops following the task. The task's end replaces
+//! it with the real cost (a failed task costs what Kling says, usually nothing), whichever
+//! comes first of the end and the record; a later report with another deduction counts the
+//! difference. A create refused by Kling, or that never reached it, gives its hold back (its
+//! intent's checks say so for one cut off); a hold nothing ever settles runs out by itself,
+//! so the ledger never drifts.
 //!
 //! Credits are kept in thousandths (Kling's deductions may have decimals). Pure: time comes
 //! as an argument.
@@ -35,10 +37,11 @@ const COSTS_KEPT: usize = 64;
 pub type Millicredits = u64;
 
 /// Credits as a decimal (`12`, `0.5`, `"1.25"`), in thousandths; `None` if it is not one.
+/// Past three decimals, the rest is dropped.
 pub fn parse_credits(text: &str) -> Option<Millicredits> {
     let text = text.trim();
     let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
-    if whole.is_empty() && fraction.is_empty() || fraction.len() > 3 {
+    if whole.is_empty() && fraction.is_empty() {
         return None;
     }
     let digits = |part: &str| part.is_empty() || part.bytes().all(|b| b.is_ascii_digit());
@@ -46,7 +49,7 @@ pub fn parse_credits(text: &str) -> Option<Millicredits> {
         return None;
     }
     let whole: u64 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
-    let fraction: u64 = format!("{fraction:0<3}").parse().ok()?;
+    let fraction: u64 = format!("{:0<3}", &fraction[..fraction.len().min(3)]).parse().ok()?;
     whole.checked_mul(1000)?.checked_add(fraction)
 }
 
@@ -60,7 +63,8 @@ pub fn day_of(now: u64) -> u64 {
     now / DAY_MS
 }
 
-/// A create's reservation, by its nonce, until its task is recorded.
+/// A create's reservation, by its nonce: until its task is recorded, then until its task
+/// ends (or, never heard to end, until its coordinator stops following it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Hold {
     nonce: String,
@@ -68,21 +72,13 @@ struct Hold {
     until: u64,
 }
 
-/// A task's reservation: what was reserved, on which day.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Reservation {
-    pub credits: Millicredits,
-    pub day: u64,
-}
-
-/// A tenant's credits today.
+/// A tenant's credits today. What is reserved is the sum of the holds still in force, so a
+/// reservation nothing ever settles runs out by itself: the ledger cannot drift.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ledger {
     day: u64,
     /// What today's ended tasks cost.
     spent: Millicredits,
-    /// What the tasks (and creates) not yet ended hold, whatever day they began.
-    reserved: Millicredits,
     holds: Vec<Hold>,
 }
 
@@ -112,16 +108,18 @@ impl Ledger {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    /// A new day starts with nothing spent (reservations carry over until their tasks end).
+    /// A new day starts with nothing spent (reservations carry over until their tasks end);
+    /// holds past their time are dropped.
     fn roll(&mut self, now: u64) {
         if day_of(now) != self.day {
             self.day = day_of(now);
             self.spent = 0;
         }
-        let expired: Millicredits =
-            self.holds.iter().filter(|hold| hold.until <= now).map(|hold| hold.credits).sum();
         self.holds.retain(|hold| hold.until > now);
-        self.reserved = self.reserved.saturating_sub(expired);
+    }
+
+    fn reserved(&self, now: u64) -> Millicredits {
+        self.holds.iter().filter(|hold| hold.until > now).map(|hold| hold.credits).sum()
     }
 
     /// Reserves `estimate` for the create of `nonce` until `now + hold_ms`, if the day's spent
@@ -138,15 +136,15 @@ impl Ledger {
         if self.holds.iter().any(|hold| hold.nonce == nonce) {
             return Ok(());
         }
-        if self.spent.saturating_add(self.reserved).saturating_add(estimate) > budget {
+        let reserved = self.reserved(now);
+        if self.spent.saturating_add(reserved).saturating_add(estimate) > budget {
             return Err(OverBudget {
                 spent: self.spent,
-                reserved: self.reserved,
+                reserved,
                 budget,
                 renews_at: (self.day + 1) * DAY_MS,
             });
         }
-        self.reserved = self.reserved.saturating_add(estimate);
         self.holds.push(Hold {
             nonce: nonce.to_owned(),
             credits: estimate,
@@ -155,38 +153,38 @@ impl Ledger {
         Ok(())
     }
 
-    /// The create of `nonce` became a task: its hold moves onto the task (the credits stay
-    /// reserved). `None` if it had none (no budget, or the hold expired).
-    pub fn take_hold(&mut self, nonce: &str, now: u64) -> Option<Reservation> {
-        let at = self.holds.iter().position(|hold| hold.nonce == nonce)?;
-        let hold = self.holds.remove(at);
-        Some(Reservation { credits: hold.credits, day: day_of(now) })
-    }
-
-    /// The create of `nonce` spent nothing: its hold is given back.
-    pub fn release_hold(&mut self, nonce: &str) {
-        if let Some(at) = self.holds.iter().position(|hold| hold.nonce == nonce) {
-            let hold = self.holds.remove(at);
-            self.reserved = self.reserved.saturating_sub(hold.credits);
+    /// The reservation of `nonce` holds until at least `until` (its task was recorded, or its
+    /// create is still being looked for at Kling). Answers whether there was one.
+    pub fn keep(&mut self, nonce: &str, until: u64) -> bool {
+        match self.holds.iter_mut().find(|hold| hold.nonce == nonce) {
+            Some(hold) => {
+                hold.until = hold.until.max(until);
+                true
+            }
+            None => false,
         }
     }
 
-    /// A task ended, costing `cost`, and holding `reservation` (if it had one): the
-    /// reservation is given back and the cost counted today.
-    pub fn settle(&mut self, reservation: Option<Reservation>, cost: Millicredits, now: u64) {
+    /// The create of `nonce` spent nothing: its reservation is given back. Answers whether
+    /// there was one.
+    pub fn release(&mut self, nonce: &str) -> bool {
+        let before = self.holds.len();
+        self.holds.retain(|hold| hold.nonce != nonce);
+        self.holds.len() != before
+    }
+
+    /// The task of `nonce` ended (or its cost changed), costing `added` more than was counted:
+    /// its reservation, if it still has one, is given back, and the cost counted today.
+    pub fn settle(&mut self, nonce: &str, added: Millicredits, now: u64) {
         self.roll(now);
-        if let Some(reservation) = reservation {
-            self.reserved = self.reserved.saturating_sub(reservation.credits);
-        }
-        self.spent = self.spent.saturating_add(cost);
+        self.release(nonce);
+        self.spent = self.spent.saturating_add(added);
     }
 
     /// The credits spent and reserved at `now`.
     pub fn at(&self, now: u64) -> Credits {
         let spent = if day_of(now) == self.day { self.spent } else { 0 };
-        let expired: Millicredits =
-            self.holds.iter().filter(|hold| hold.until <= now).map(|hold| hold.credits).sum();
-        Credits { spent, reserved: self.reserved.saturating_sub(expired) }
+        Credits { spent, reserved: self.reserved(now) }
     }
 }
 
@@ -232,7 +230,8 @@ mod tests {
         assert_eq!(parse_credits("0.5"), Some(500));
         assert_eq!(parse_credits(" 1.25 "), Some(1_250));
         assert_eq!(parse_credits(".5"), Some(500));
-        for bad in ["", ".", "1.2345", "-1", "1e3", "one", "1.-2"] {
+        assert_eq!(parse_credits("1.2345"), Some(1_234), "past three decimals, dropped");
+        for bad in ["", ".", "-1", "1e3", "one", "1.-2"] {
             assert_eq!(parse_credits(bad), None, "{bad}");
         }
         assert_eq!(show(1_500), 1.5);
@@ -248,34 +247,38 @@ mod tests {
         assert_eq!((refused.spent, refused.reserved, refused.budget), (0, 3_000, 3_000));
         assert_eq!(refused.renews_at, 20_001 * DAY_MS, "at 00:00 UTC");
         // A create Kling refused gives its credits back; the next fits.
-        ledger.release_hold("c");
+        assert!(ledger.release("c"));
         ledger.reserve("d", 1_000, 3_000, NOW, 40_000).unwrap();
         assert!(ledger.reserve("d", 1_000, 3_000, NOW, 40_000).is_ok(), "a repeat reserves nothing more");
+        assert_eq!(ledger.at(NOW).reserved, 3_000);
     }
 
     #[test]
-    fn a_task_that_ends_turns_its_reservation_into_its_cost() {
+    fn a_task_that_ends_turns_its_reservation_into_its_cost_whatever_the_order() {
         let mut ledger = Ledger::default();
         ledger.reserve("a", 1_000, 10_000, NOW, 40_000).unwrap();
-        let reservation = ledger.take_hold("a", NOW).unwrap();
-        assert_eq!(ledger.at(NOW), Credits { spent: 0, reserved: 1_000 }, "on the task now");
-        ledger.settle(Some(reservation), 2_500, NOW + 60_000);
+        assert!(ledger.keep("a", NOW + DAY_MS), "recorded: held until its task ends");
+        assert_eq!(
+            ledger.at(NOW + 60_000),
+            Credits { spent: 0, reserved: 1_000 },
+            "past the create's own time"
+        );
+        ledger.settle("a", 2_500, NOW + 60_000);
         assert_eq!(ledger.at(NOW + 60_000), Credits { spent: 2_500, reserved: 0 });
-        // A failed task gives its reservation back and costs what Kling says (nothing).
+        // The end learned before the task's record: settled by the nonce, nothing left to keep.
         ledger.reserve("b", 1_000, 10_000, NOW, 40_000).unwrap();
-        let reservation = ledger.take_hold("b", NOW);
-        ledger.settle(reservation, 0, NOW + 60_000);
-        assert_eq!(ledger.at(NOW + 60_000), Credits { spent: 2_500, reserved: 0 });
+        ledger.settle("b", 0, NOW + 1_000);
+        assert!(!ledger.keep("b", NOW + DAY_MS));
+        assert_eq!(ledger.at(NOW + 1_000), Credits { spent: 2_500, reserved: 0 });
     }
 
     #[test]
-    fn a_hold_whose_create_died_gives_itself_back_and_a_new_day_starts_at_nothing_spent() {
+    fn a_reservation_nothing_settles_runs_out_and_a_new_day_starts_at_nothing_spent() {
         let mut ledger = Ledger::default();
         ledger.reserve("died", 1_000, 1_000, NOW, 40_000).unwrap();
         assert!(ledger.reserve("next", 1_000, 1_000, NOW + 39_999, 40_000).is_err());
-        assert!(ledger.reserve("next", 1_000, 1_000, NOW + 40_000, 40_000).is_ok(), "the dead hold expired");
-        let reservation = ledger.take_hold("next", NOW + 40_000);
-        ledger.settle(reservation, 1_000, NOW + 50_000);
+        assert!(ledger.reserve("next", 1_000, 1_000, NOW + 40_000, 40_000).is_ok(), "the dead hold ran out");
+        ledger.settle("next", 1_000, NOW + 50_000);
         assert!(ledger.reserve("late", 1_000, 1_000, NOW + 60_000, 40_000).is_err(), "spent today");
         let tomorrow = (day_of(NOW) + 1) * DAY_MS;
         assert_eq!(ledger.at(tomorrow), Credits { spent: 0, reserved: 0 });

@@ -30,13 +30,15 @@ pub fn check_key(key: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// A create's fingerprint: its endpoint and its body as JSON, keys in order, so a retry that
-/// spells the same body with other whitespace or key order is the same create.
-pub fn fingerprint(endpoint: u8, body: &[u8]) -> String {
+/// A create's fingerprint: its path (so one body sent to another endpoint, or in another
+/// shape, is another create) and its body as JSON, keys in order, so a retry that spells the
+/// same body with other whitespace or key order is the same create.
+pub fn fingerprint(path: &str, body: &[u8]) -> String {
     let canonical =
         serde_json::from_slice::<Value>(body).ok().and_then(|value| serde_json::to_vec(&value).ok());
     let mut hasher = Sha256::new();
-    hasher.update([endpoint]);
+    hasher.update(path.as_bytes());
+    hasher.update([0]);
     hasher.update(canonical.as_deref().unwrap_or(body));
     crate::ids::hex(&hasher.finalize())
 }
@@ -148,8 +150,9 @@ pub fn claim(
             extended.in_flight_until = now.saturating_add(LOOK_AGAIN_MS);
             (wait(extended.in_flight_until), Some(extended))
         }
-        // The earlier create never reached Kling (or was given up): this one takes the key.
-        Fate::Nothing => (Claim::Fresh, Some(KeyEntry { expires_at: kept.expires_at, ..fresh })),
+        // The earlier create never reached Kling (or was given up): this one takes the key,
+        // for a day from now.
+        Fate::Nothing => (Claim::Fresh, Some(fresh)),
     }
 }
 
@@ -163,7 +166,7 @@ mod tests {
     const NOW: u64 = 1_800_000_000_000;
 
     fn fresh(nonce: &str, now: u64) -> KeyEntry {
-        KeyEntry::claimed("k1", &fingerprint(1, br#"{"a":1}"#), nonce, now, 40_000)
+        KeyEntry::claimed("k1", &fingerprint("/v1/a", br#"{"a":1}"#), nonce, now, 40_000)
     }
 
     fn never(_: &KeyEntry) -> Fate {
@@ -182,7 +185,7 @@ mod tests {
         let (replayed, changed) =
             claim(Some(&kept), &first.fingerprint, fresh("n3", NOW), NOW + 2_000, never);
         assert!(matches!(replayed, Claim::Replay { .. }) && changed.is_none());
-        let other = fingerprint(1, br#"{"a":2}"#);
+        let other = fingerprint("/v1/a", br#"{"a":2}"#);
         assert_eq!(claim(Some(&kept), &other, fresh("n4", NOW), NOW, never).0, Claim::Mismatch);
         // Kept a day, then free.
         assert_eq!(claim(Some(&kept), &other, fresh("n5", NOW), NOW + KEPT_MS, never).0, Claim::Fresh);
@@ -209,16 +212,19 @@ mod tests {
         let over = over.unwrap();
         assert_eq!(
             (over.nonce.as_str(), over.expires_at),
-            ("n2", kept.expires_at),
-            "kept from the first create"
+            ("n2", later + KEPT_MS),
+            "a day from the new create"
         );
     }
 
     #[test]
     fn the_same_body_spelled_otherwise_is_the_same_create_and_another_endpoint_is_not() {
-        assert_eq!(fingerprint(1, br#"{"a":1,"b":[2]}"#), fingerprint(1, b"{ \"b\": [2], \"a\": 1 }"));
-        assert_ne!(fingerprint(1, br#"{"a":1}"#), fingerprint(2, br#"{"a":1}"#));
-        assert_ne!(fingerprint(1, b"not json"), fingerprint(1, b"not json!"));
+        assert_eq!(
+            fingerprint("/v1/a", br#"{"a":1,"b":[2]}"#),
+            fingerprint("/v1/a", b"{ \"b\": [2], \"a\": 1 }")
+        );
+        assert_ne!(fingerprint("/v1/a", br#"{"a":1}"#), fingerprint("/v1/b", br#"{"a":1}"#));
+        assert_ne!(fingerprint("/v1/a", b"not json"), fingerprint("/v1/a", b"not json!"));
     }
 
     #[test]

@@ -110,13 +110,10 @@ pub struct TaskRecord {
     /// is made again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate_retry_at: Option<u64>,
-    /// What the task reserved of its tenant's budget until its cost is known
-    /// (`crate::record::budget`).
+    /// What of its cost is counted in its tenant's credits (`crate::record::budget`), once
+    /// it ended: Kling's deduction then, in thousandths.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reserved: Option<budget::Reservation>,
-    /// Its cost is counted in its tenant's credits (it ended).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub cost_counted: bool,
+    pub counted_cost: Option<budget::Millicredits>,
     /// What kind of create it was (endpoint and options), to estimate the next like it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_kind: Option<String>,
@@ -171,8 +168,7 @@ impl TaskRecord {
             kling_task_id: None,
             holds_slot: false,
             gate_retry_at: None,
-            reserved: None,
-            cost_counted: false,
+            counted_cost: None,
             cost_kind: None,
             account: None,
         }

@@ -61,13 +61,16 @@ describe('GET /openapi.json', () => {
     const doc = await response.json();
     assert.equal(doc.openapi, '3.1.0');
     assert.deepEqual(Object.keys(doc.paths).sort(), [
-      '/health', '/v1/assets', '/v1/assets/{asset_id}', '/v1/assets/{shard}/{asset_id}/{name}',
+      '/health', '/v1/account', '/v1/assets', '/v1/assets/{asset_id}', '/v1/assets/{shard}/{asset_id}/{name}',
       '/v1/audio/text-to-audio', '/v1/audio/text-to-audio/{task_id}', '/v1/audio/text-to-audio/{task_id}/cancel', '/v1/audio/video-to-audio',
       '/v1/audio/video-to-audio/{task_id}', '/v1/audio/video-to-audio/{task_id}/cancel', '/v1/callbacks/kling/{token}', '/v1/kling/assets', '/v1/kling/tasks/{task_id}',
-      '/v1/kling/videos/add-sound', '/v1/queue', '/v1/results/{shard}/{task_id}/{name}', '/v1/tokens', '/v1/videos/image2video', '/v1/videos/image2video/{task_id}',
+      '/v1/kling/videos/add-sound', '/v1/queue', '/v1/results/{shard}/{task_id}/{name}', '/v1/tokens', '/v1/usage', '/v1/videos/image2video', '/v1/videos/image2video/{task_id}',
       '/v1/videos/image2video/{task_id}/cancel', '/v1/videos/text2video', '/v1/videos/text2video/{task_id}', '/v1/videos/text2video/{task_id}/cancel', '/v1/videos/video-to-audio',
       '/v1/videos/video-to-audio/{task_id}', '/v1/videos/video-to-audio/{task_id}/cancel', '/v1/webhook-secret',
     ]);
+    for (const create of ['/v1/audio/text-to-audio', '/v1/kling/videos/add-sound']) {
+      assert.ok(doc.paths[create].post.parameters.some((p) => p.name === 'Idempotency-Key' && p.in === 'header'), create);
+    }
     assert.ok(doc.paths['/v1/kling/tasks/{task_id}'].delete, 'useapi.net\'s cancel');
     assert.ok(doc.components.schemas.Task.properties.queue && doc.components.schemas.Task.properties.kling_task_id);
     const create = doc.components.schemas.VideoToAudioCreate;

@@ -26,7 +26,10 @@ impl World {
     /// Kling ends the task `task_id` as `status`, charging `cost`, and calls back about it.
     fn end_with_cost(&self, n: usize, status: &str, cost: &str) {
         let task_id = format!("task-{}", n + 1);
-        let mut done = report(&task_id, status, START + 100, status == "succeed");
+        // Each report later than the last (Kling's `updated_at` moves on).
+        let last =
+            self.kling.tasks.borrow()[&task_id]["updated_at"].as_u64().unwrap_or(START).max(START + 100);
+        let mut done = report(&task_id, status, last + 1, status == "succeed");
         done["task_info"] = self.kling.tasks.borrow()[&task_id]["task_info"].clone();
         done["final_unit_deduction"] = json!(cost);
         self.kling.set(done.clone());
@@ -166,4 +169,47 @@ fn a_create_cut_off_at_any_await_never_takes_the_tenant_past_its_budget() {
             break;
         }
     }
+}
+
+#[test]
+fn an_end_learned_before_the_tasks_record_settles_its_reservation() {
+    let world = budgeted("web:1");
+    let client = server("web");
+    let created = world.create(&client, &V2A, body(0)).unwrap();
+    // Kling calls back that the task failed before the create's record lands.
+    world.end_with_cost(0, "failed", "0");
+    world.edge(|edge| block_on(edge.record_created(created.record.unwrap()))).unwrap();
+    assert_eq!(world.usage_of("web").credits.reserved, 0, "nothing left reserved");
+    world.create_and_record(&client, &V2A, body(1));
+}
+
+#[test]
+fn a_task_whose_end_is_never_learned_gives_its_credits_back_once_it_is_no_longer_followed() {
+    let world = budgeted("web:1");
+    let client = server("web");
+    world.create_and_record(&client, &V2A, body(0));
+    assert_eq!(world.create(&client, &V2A, body(1)).unwrap_err().status, 429);
+    world.runtime.now.set(START + crate::flows::budget::TASK_HOLD_MS + 1);
+    assert_eq!(world.usage_of("web").credits.reserved, 0);
+    world.create_and_record(&client, &V2A, body(2));
+}
+
+#[test]
+fn a_later_report_with_another_deduction_counts_the_difference() {
+    let world = budgeted("web:10");
+    let client = server("web");
+    world.create_and_record(&client, &V2A, body(0));
+    let info = world.kling.tasks.borrow()["task-1"]["task_info"].clone();
+    // A `succeed` without its files, and no deduction yet; then the whole task with it.
+    let mut partial = report("task-1", "succeed", START + 200, false);
+    partial["task_info"] = info.clone();
+    world.callback(&world.capability(0), &partial).unwrap();
+    assert_eq!(world.usage_of("web").credits.spent, 0);
+    let mut whole = report("task-1", "succeed", START + 300, true);
+    whole["task_info"] = info;
+    whole["final_unit_deduction"] = json!("2");
+    world.callback(&world.capability(0), &whole).unwrap();
+    assert_eq!(world.usage_of("web").credits.spent, 2_000, "counted once Kling said");
+    world.callback(&world.capability(0), &whole).unwrap();
+    assert_eq!(world.usage_of("web").credits.spent, 2_000, "and only once");
 }

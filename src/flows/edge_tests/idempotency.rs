@@ -230,3 +230,44 @@ fn a_keyed_create_that_waits_in_line_is_answered_again_with_its_place() {
     assert_eq!(again.answer, Answer::Success(first.clone()));
     assert_eq!(world.kling.created.borrow().len(), 1, "still waiting, sent once at most");
 }
+
+#[test]
+fn a_keyed_useapi_create_that_waits_in_line_keeps_its_key() {
+    let world = World::with(&[("KLING_MAX_CONCURRENCY", "1")]);
+    world.kling.slots.set(Some(1));
+    let client = server("web");
+    world.create_and_record(&client, &V2A, json!({"video_url": VIDEO}));
+    let body = json!({"video": VIDEO}).to_string().into_bytes();
+    let first =
+        world.edge(|edge| block_on(edge.create_keyed(&client, &ADD_SOUND, body.clone(), Some(KEY)))).unwrap();
+    assert!(matches!(first.answer, Answer::UseApi(_)), "{:?}", first.answer);
+    let again = world.edge(|edge| block_on(edge.create_keyed(&client, &ADD_SOUND, body, Some(KEY)))).unwrap();
+    assert!(again.replayed, "the key is the waiting create's");
+    assert_eq!(again.answer, first.answer);
+    let store = world.coordinators().store(&task::tenant_shard("web"));
+    let waiting = store.all().into_iter().filter(|record| record.queued.is_some()).count();
+    assert_eq!(waiting, 1, "one create waits, not two");
+}
+
+#[test]
+fn a_5xx_from_klings_gateway_keeps_the_key_until_the_task_is_looked_for() {
+    let world = World::new();
+    let client = server("web");
+    let failed =
+        KlingReply { status: 503, body: br#"{"code":5000,"message":"busy","request_id":"r"}"#.to_vec() };
+    world.kling.create_scripts.borrow_mut().push_back(CreateScript::Reply(failed));
+    let first = world.create_with_key(&client, &body(), Some(KEY)).unwrap();
+    assert!(
+        matches!(&first.answer, Answer::Kling(reply) if reply.status == 503),
+        "Kling's answer, passed on"
+    );
+    // Kling made the task all the same.
+    let sent = world.kling.created.borrow()[0].1.clone();
+    world.kling.set(json!({"task_id": "task-made", "task_status": "submitted", "created_at": START,
+        "updated_at": START, "task_info": {"external_task_id": sent["external_task_id"]}}));
+    assert_eq!(world.create_with_key(&client, &body(), Some(KEY)).unwrap_err().status, 409, "no second send");
+    world.run_alarms_for(60_000);
+    let replayed = world.create_with_key(&client, &body(), Some(KEY)).unwrap();
+    assert!(replayed.replayed);
+    assert_eq!(world.kling.created.borrow().len(), 1, "Kling was sent the create once");
+}
