@@ -37,6 +37,14 @@ pub fn document() -> Value {
     for (path, item) in document["paths"].as_object().cloned().unwrap_or_default() {
         paths.insert(path, item);
     }
+    // Uploads take an Idempotency-Key too (their parameter is in the base document).
+    for (path, error) in [("/v1/assets", envelope_error as fn(&str) -> Value), ("/v1/kling/assets", useapi_error)] {
+        if let Some(responses) = paths.get_mut(path).and_then(|item| item["post"]["responses"].as_object_mut()) {
+            for (code, response) in idempotency_responses(error) {
+                responses.insert(code.into(), response);
+            }
+        }
+    }
     document["paths"] = Value::Object(paths);
     document
 }
@@ -223,8 +231,8 @@ fn idempotency_parameter() -> Value {
 /// What a create with an `Idempotency-Key` may answer besides a create's answers.
 fn idempotency_responses(error: impl Fn(&str) -> Value) -> [(&'static str, Value); 2] {
     [
-        ("409", error("A create with this Idempotency-Key is still on its way to Kling: retry after Retry-After seconds for its answer. No second task is made.")),
-        ("422", error("This Idempotency-Key was used with another body in the last 24 hours.")),
+        ("409", error("A request with this Idempotency-Key is still under way (a create on its way to Kling, or an upload): retry after Retry-After seconds for its answer. Nothing is made twice.")),
+        ("422", error("This Idempotency-Key was used with another body (for an upload, another type or length) in the last 24 hours.")),
     ]
 }
 

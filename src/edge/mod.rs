@@ -380,7 +380,13 @@ async fn handle(
         ClientRoute::Usage => edge.usage(&client, url.query()).await?,
         ClientRoute::Account => edge.account(&client).await?,
         ClientRoute::AccountCosts => edge.account_costs(&client, url.query()).await?,
-        ClientRoute::Upload(style) => edge.upload(&client, style, upload_of(request)).await?,
+        ClientRoute::Upload(style) => {
+            let key = request.headers().get(idempotency::HEADER).ok().flatten();
+            let (answer, again) =
+                edge.upload_keyed(&client, style, upload_of(request), key.as_deref()).await?;
+            replayed = again;
+            answer
+        }
         ClientRoute::ListAssets => edge.list_assets(&client, validate::page(url.query())?).await?,
         ClientRoute::GetAsset(id) => edge.get_asset(&client, &id).await?,
         ClientRoute::DeleteAsset(id) => edge.delete_asset(&client, &id).await?,

@@ -2,6 +2,9 @@
 //! (`crate::record::idempotency`), and the edge claims it before anything is spent, answers
 //! a repeat from it, and settles or frees it once the create's outcome is known.
 //!
+//! Uploads take a key too ([`Edge::upload_keyed`]): a retried upload answers the asset the
+//! first stored.
+//!
 //! A create without a key never reaches this module: it costs nothing more than before.
 //! With one, the edge validates the body (a body that breaks a rule claims nothing), claims
 //! the key in one call to the coordinator, and only then runs the create. What became of
@@ -15,12 +18,14 @@
 
 use serde_json::json;
 
-use crate::api::surfaces::Surface;
+use crate::api::surfaces::{Style, Surface};
 use crate::auth::Client;
 use crate::error::{code, ApiError};
+use crate::ports::AssetBucket;
 use crate::ports::{
     AssetStore, Coordinators, EdgeCopies, Gates, ResultBucket, Runtime, TaskStore, Upstream, Webhooks,
 };
+use crate::record::asset::UPLOAD_DEADLINE_MS;
 use crate::record::idempotency::{self, Claim, Fate, KeyEntry, StoredAnswer};
 use crate::record::USEAPI_STYLE;
 use crate::validate::UrlPolicy;
@@ -30,6 +35,7 @@ use super::coordinator::Coordinator;
 use super::create::{spent_of, Created, Spent, INTENT_MARGIN_MS};
 use super::edge::{Answer, Edge, EdgePorts};
 use super::protocol::{self, KeyAnswer};
+use super::upload::Upload;
 
 /// The header.
 pub const HEADER: &str = "Idempotency-Key";
@@ -226,6 +232,72 @@ impl<P: EdgePorts> Edge<'_, P> {
             (None, None) => {}
         }
         Ok(created)
+    }
+
+    /// An upload (`POST /v1/assets`, useapi.net's `/v1/kling/assets`) with its
+    /// `Idempotency-Key`, if it has one: a retry answers the asset the first stored, and
+    /// stores (and counts against the day's bytes) nothing again. An upload's bytes are not
+    /// read before it is stored, so the same key is compared by what the request declares
+    /// (its type and length): another answers 422. Answers whether it was answered again.
+    pub async fn upload_keyed(
+        &self,
+        client: &Client,
+        style: Style,
+        upload: Upload<<P::Assets as AssetBucket>::Body>,
+        key: Option<&str>,
+    ) -> Result<(Answer, bool), ApiError> {
+        let Some(key) = key else { return Ok((self.upload(client, style, upload).await?, false)) };
+        idempotency::check_key(key).map_err(|rule| ApiError::bad_param(HEADER, rule))?;
+        let declared = format!(
+            "{}|{}",
+            upload.content_type.as_deref().unwrap_or_default(),
+            upload.content_length.map_or_else(|| "-".to_owned(), |length| length.to_string())
+        );
+        let scope = match style {
+            Style::Kling => "upload",
+            Style::UseApi => "upload:useapi",
+        };
+        let nonce = hex(&self.runtime.random_16()?);
+        let shard = task::tenant_shard(&client.tenant);
+        let claim = protocol::ClaimKey {
+            tenant: client.tenant.clone(),
+            key: key.to_owned(),
+            fingerprint: idempotency::fingerprint(scope, declared.as_bytes()),
+            nonce: nonce.clone(),
+            in_flight_ms: UPLOAD_DEADLINE_MS,
+        };
+        match self.coordinators.call(&shard, claim).await? {
+            Claim::Fresh => {}
+            Claim::Replay { answer, .. } => return Ok((answer.into_answer(), true)),
+            Claim::InFlight { retry_after_secs } => {
+                return Err(ApiError::new(
+                    409,
+                    code::INVALID_REQUEST,
+                    format!("{HEADER}: an upload with this key is still under way; retry in {retry_after_secs} s for its answer"),
+                )
+                .with_retry_after(retry_after_secs))
+            }
+            Claim::Mismatch => {
+                return Err(ApiError::new(
+                    422,
+                    code::INVALID_PARAMETER,
+                    format!("{HEADER}: was used with another upload (another type or length) in the last 24 hours; use a new key"),
+                ))
+            }
+        }
+        let outcome = self.upload(client, style, upload).await;
+        match outcome.as_ref().ok().and_then(StoredAnswer::of) {
+            Some(answer) => {
+                let settled = KeyAnswer { key: key.to_owned(), answer, ignored: Vec::new() };
+                let call = protocol::SettleKey { nonce, answer: settled };
+                if let Err(error) = self.coordinators.call(&shard, call).await {
+                    self.runtime.log(json!({"event": "settle_key", "problem": error.message}));
+                }
+            }
+            // Nothing stored: the key is free.
+            None => self.free_key(&shard, key, &nonce).await,
+        }
+        outcome.map(|answer| (answer, false))
     }
 
     /// Frees a key whose create spent nothing; if that fails, a repeat waits until the key's

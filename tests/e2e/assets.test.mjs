@@ -43,8 +43,9 @@ after(async () => {
 });
 
 /** POSTs `bytes` to `pathname` as the raw body, with its Content-Length. */
-function upload(bytes, { key = WEB_KEY, type = 'video/mp4', pathname = '/v1/assets' } = {}) {
-  return call(worker, 'POST', pathname, { key, raw: bytes, headers: { 'content-type': type } });
+function upload(bytes, { key = WEB_KEY, type = 'video/mp4', pathname = '/v1/assets', idempotencyKey } = {}) {
+  const headers = { 'content-type': type, ...(idempotencyKey ? { 'idempotency-key': idempotencyKey } : {}) };
+  return call(worker, 'POST', pathname, { key, raw: bytes, headers });
 }
 
 /** POSTs `bytes` with no Content-Length (a stream), in chunks of 1 KiB. */
@@ -329,5 +330,22 @@ describe('before the body is read, in workerd without the dev proxy', () => {
     assert.equal(kept.status, 200, kept.text);
     assert.equal((await storedKeys()).length, 1, 'and a measured one is kept');
     assert.ok(direct.logs.some((line) => line.includes('"outcome":"refused"') && line.includes('broke off')), 'the cut-off was seen');
+  });
+});
+
+describe('an upload with an Idempotency-Key', () => {
+  it('answers a retry with the asset the first stored, and stores nothing again', async () => {
+    const listed = async () => (await call(worker, 'GET', '/v1/assets', { key: OPS_KEY })).json.data.length;
+    const before = await listed();
+    const first = await upload(SIX, { key: OPS_KEY, idempotencyKey: 'upload-retry-1' });
+    assert.equal(first.status, 200, first.text);
+    const again = await upload(SIX, { key: OPS_KEY, idempotencyKey: 'upload-retry-1' });
+    assert.equal(again.status, 200, again.text);
+    assert.equal(again.headers.get('idempotent-replayed'), 'true');
+    assert.equal(again.json.data.asset_id, first.json.data.asset_id);
+    assert.equal(await listed(), before + 1, 'one asset, not two');
+    const other = await upload(SIX.subarray(0, SIX.length - 1), { key: OPS_KEY, idempotencyKey: 'upload-retry-1' });
+    assert.equal(other.status, 422, other.text);
+    assert.match(other.json.message, /^Idempotency-Key: was used with another upload/);
   });
 });

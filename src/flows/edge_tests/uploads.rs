@@ -455,3 +455,37 @@ fn concurrent_uploads_cannot_all_take_the_last_bytes_of_the_day() {
         .iter()
         .all(|outcome| outcome.as_ref().is_ok() || outcome.as_ref().is_err_and(|e| e.status == 429)));
 }
+
+#[test]
+fn a_retried_upload_with_its_key_answers_the_first_asset_and_stores_nothing_again() {
+    let world = World::new();
+    let client = server("web");
+    let key = Some("upload-key-1");
+    let upload = |bytes: &[u8]| raw("video/mp4", bytes, true);
+    let (first, again) = world
+        .edge(|edge| block_on(edge.upload_keyed(&client, Style::Kling, upload(SIX_SECONDS), key)))
+        .unwrap();
+    assert!(!again);
+    let (second, replayed) = world
+        .edge(|edge| block_on(edge.upload_keyed(&client, Style::Kling, upload(SIX_SECONDS), key)))
+        .unwrap();
+    assert!(replayed, "answered from the key");
+    assert_eq!(second, first);
+    assert_eq!(world.assets_of(&client).len(), 1, "one asset stored");
+    assert_eq!(world.asset_objects().len(), 1);
+    // Another file under the same key is refused; a refused upload frees its key.
+    let other =
+        world.edge(|edge| block_on(edge.upload_keyed(&client, Style::Kling, upload(ONE_SECOND), key)));
+    assert_eq!(other.unwrap_err().status, 422);
+    let refused = world.edge(|edge| {
+        block_on(edge.upload_keyed(
+            &client,
+            Style::Kling,
+            raw("video/mp4", b"not a video", true),
+            Some("upload-key-2"),
+        ))
+    });
+    assert_eq!(refused.unwrap_err().status, 400);
+    let store = world.coordinators().store(&task::tenant_shard("web"));
+    assert!(store.keys.borrow().get("upload-key-2").is_none(), "nothing stored, the key is free");
+}
