@@ -38,8 +38,12 @@ pub fn document() -> Value {
         paths.insert(path, item);
     }
     // Uploads take an Idempotency-Key too (their parameter is in the base document).
-    for (path, error) in [("/v1/assets", envelope_error as fn(&str) -> Value), ("/v1/kling/assets", useapi_error)] {
-        if let Some(responses) = paths.get_mut(path).and_then(|item| item["post"]["responses"].as_object_mut()) {
+    for (path, error) in
+        [("/v1/assets", envelope_error as fn(&str) -> Value), ("/v1/kling/assets", useapi_error)]
+    {
+        if let Some(responses) =
+            paths.get_mut(path).and_then(|item| item["post"]["responses"].as_object_mut())
+        {
             for (code, response) in idempotency_responses(error) {
                 responses.insert(code.into(), response);
             }
