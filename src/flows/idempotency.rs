@@ -21,9 +21,9 @@ use serde_json::json;
 use crate::api::surfaces::{Style, Surface};
 use crate::auth::Client;
 use crate::error::{code, ApiError};
-use crate::ports::AssetBucket;
 use crate::ports::{
-    AssetStore, Coordinators, EdgeCopies, Gates, ResultBucket, Runtime, TaskStore, Upstream, Webhooks,
+    AssetBucket, AssetStore, Coordinators, EdgeCopies, Gates, ResultBucket, Runtime, TaskStore, Upstream,
+    Webhooks,
 };
 use crate::record::asset::UPLOAD_DEADLINE_MS;
 use crate::record::idempotency::{self, Claim, Fate, KeyEntry, StoredAnswer};
@@ -39,6 +39,13 @@ use super::upload::Upload;
 
 /// The header.
 pub const HEADER: &str = "Idempotency-Key";
+/// What a key is claimed for (its refusals say so).
+#[derive(Debug, Clone, Copy)]
+enum Keyed {
+    Create,
+    Upload,
+}
+
 /// The header a repeat's answer carries.
 pub const REPLAYED_HEADER: &str = "Idempotent-Replayed";
 
@@ -155,44 +162,22 @@ impl<P: EdgePorts> Edge<'_, P> {
         let fingerprint = idempotency::fingerprint(surface.path, &body);
         let random = self.runtime.random_16()?;
         let nonce = hex(&random);
+        // Until its intent is written the create may still be measuring its video.
+        let in_flight_ms = u64::from(self.config.kling_timeout_ms)
+            + u64::from(self.config.video_probe_timeout_ms)
+            + INTENT_MARGIN_MS;
         let shard = task::tenant_shard(&client.tenant);
-        let claim = protocol::ClaimKey {
-            tenant: client.tenant.clone(),
-            key: key.to_owned(),
-            fingerprint,
-            nonce: nonce.clone(),
-            // Until its intent is written the create may still be measuring its video.
-            in_flight_ms: u64::from(self.config.kling_timeout_ms)
-                + u64::from(self.config.video_probe_timeout_ms)
-                + INTENT_MARGIN_MS,
-        };
-        match self.coordinators.call(&shard, claim).await? {
-            Claim::Fresh => {}
-            Claim::Replay { answer, ignored } => {
-                let ignored = ignored.iter().filter_map(|name| surface.body.ignored_name(name)).collect();
-                return Ok(Created {
-                    answer: answer.into_answer(),
-                    record: None,
-                    ignored,
-                    replayed: true,
-                    spent: Spent::Task,
-                });
-            }
-            Claim::InFlight { retry_after_secs } => {
-                return Err(ApiError::new(
-                    409,
-                    code::INVALID_REQUEST,
-                    format!("{HEADER}: a create with this key is still on its way to Kling; retry in {retry_after_secs} s for its answer"),
-                )
-                .with_retry_after(retry_after_secs))
-            }
-            Claim::Mismatch => {
-                return Err(ApiError::new(
-                    422,
-                    code::INVALID_PARAMETER,
-                    format!("{HEADER}: was used with another body in the last 24 hours; use a new key for another create"),
-                ))
-            }
+        let claim =
+            self.claim_for(client, &shard, key, fingerprint, &nonce, in_flight_ms, Keyed::Create).await?;
+        if let Some((answer, ignored)) = claim {
+            let ignored = ignored.iter().filter_map(|name| surface.body.ignored_name(name)).collect();
+            return Ok(Created {
+                answer: answer.into_answer(),
+                record: None,
+                ignored,
+                replayed: true,
+                spent: Spent::Task,
+            });
         }
         let outcome = self.create_as(client, surface, body, Some((random, key))).await;
         self.decide_key(&shard, key, &nonce, outcome).await
@@ -223,12 +208,7 @@ impl<P: EdgePorts> Edge<'_, P> {
             // Kept with the task's record, which lands after the answer.
             (Some(recording), settled) => recording.registration.key_answer = settled,
             // A create waiting in line has its record already: its answer is kept now.
-            (None, Some(settled)) => {
-                let call = protocol::SettleKey { nonce: nonce.to_owned(), answer: settled };
-                if let Err(error) = self.coordinators.call(shard, call).await {
-                    self.runtime.log(json!({"event": "settle_key", "problem": error.message}));
-                }
-            }
+            (None, Some(settled)) => self.keep_answer(shard, nonce, settled).await,
             (None, None) => {}
         }
         Ok(created)
@@ -259,45 +239,82 @@ impl<P: EdgePorts> Edge<'_, P> {
         };
         let nonce = hex(&self.runtime.random_16()?);
         let shard = task::tenant_shard(&client.tenant);
-        let claim = protocol::ClaimKey {
-            tenant: client.tenant.clone(),
-            key: key.to_owned(),
-            fingerprint: idempotency::fingerprint(scope, declared.as_bytes()),
-            nonce: nonce.clone(),
-            in_flight_ms: UPLOAD_DEADLINE_MS,
-        };
-        match self.coordinators.call(&shard, claim).await? {
-            Claim::Fresh => {}
-            Claim::Replay { answer, .. } => return Ok((answer.into_answer(), true)),
-            Claim::InFlight { retry_after_secs } => {
-                return Err(ApiError::new(
-                    409,
-                    code::INVALID_REQUEST,
-                    format!("{HEADER}: an upload with this key is still under way; retry in {retry_after_secs} s for its answer"),
-                )
-                .with_retry_after(retry_after_secs))
-            }
-            Claim::Mismatch => {
-                return Err(ApiError::new(
-                    422,
-                    code::INVALID_PARAMETER,
-                    format!("{HEADER}: was used with another upload (another type or length) in the last 24 hours; use a new key"),
-                ))
-            }
+        let fingerprint = idempotency::fingerprint(scope, declared.as_bytes());
+        let claim = self
+            .claim_for(client, &shard, key, fingerprint, &nonce, UPLOAD_DEADLINE_MS, Keyed::Upload)
+            .await?;
+        if let Some((answer, _)) = claim {
+            return Ok((answer.into_answer(), true));
         }
         let outcome = self.upload(client, style, upload).await;
         match outcome.as_ref().ok().and_then(StoredAnswer::of) {
             Some(answer) => {
-                let settled = KeyAnswer { key: key.to_owned(), answer, ignored: Vec::new() };
-                let call = protocol::SettleKey { nonce, answer: settled };
-                if let Err(error) = self.coordinators.call(&shard, call).await {
-                    self.runtime.log(json!({"event": "settle_key", "problem": error.message}));
-                }
+                self.keep_answer(
+                    &shard,
+                    &nonce,
+                    KeyAnswer { key: key.to_owned(), answer, ignored: Vec::new() },
+                )
+                .await
             }
             // Nothing stored: the key is free.
             None => self.free_key(&shard, key, &nonce).await,
         }
         outcome.map(|answer| (answer, false))
+    }
+
+    /// Claims `key` for the request of `nonce` in its tenant's coordinator: `None`, the key is
+    /// this request's; the answer (and fields dropped) of the key's earlier request; or the
+    /// key's refusal (409 while that request is under way, 422 for another body).
+    #[allow(clippy::too_many_arguments)]
+    async fn claim_for(
+        &self,
+        client: &Client,
+        shard: &str,
+        key: &str,
+        fingerprint: String,
+        nonce: &str,
+        in_flight_ms: u64,
+        keyed: Keyed,
+    ) -> Result<Option<(StoredAnswer, Vec<String>)>, ApiError> {
+        let claim = protocol::ClaimKey {
+            tenant: client.tenant.clone(),
+            key: key.to_owned(),
+            fingerprint,
+            nonce: nonce.to_owned(),
+            in_flight_ms,
+        };
+        match self.coordinators.call(shard, claim).await? {
+            Claim::Fresh => Ok(None),
+            Claim::Replay { answer, ignored } => Ok(Some((answer, ignored))),
+            Claim::InFlight { retry_after_secs } => {
+                let what = match keyed {
+                    Keyed::Create => "a create with this key is still on its way to Kling",
+                    Keyed::Upload => "an upload with this key is still under way",
+                };
+                Err(ApiError::new(
+                    409,
+                    code::INVALID_REQUEST,
+                    format!("{HEADER}: {what}; retry in {retry_after_secs} s for its answer"),
+                )
+                .with_retry_after(retry_after_secs))
+            }
+            Claim::Mismatch => {
+                let what = match keyed {
+                    Keyed::Create => "was used with another body in the last 24 hours; use a new key for another create",
+                    Keyed::Upload => "was used with another upload (another type or length) in the last 24 hours; use a new key",
+                };
+                Err(ApiError::new(422, code::INVALID_PARAMETER, format!("{HEADER}: {what}")))
+            }
+        }
+    }
+
+    /// Keeps the answer of the request of `nonce` under its key; if that fails, a repeat
+    /// waits until the key's time in flight ends and then finds what became of it.
+    async fn keep_answer(&self, shard: &str, nonce: &str, settled: KeyAnswer) {
+        let call = protocol::SettleKey { nonce: nonce.to_owned(), answer: settled };
+        if let Err(error) = self.coordinators.call(shard, call).await {
+            self.runtime.log(json!({"event": "settle_key", "problem": error.message}));
+        }
     }
 
     /// Frees a key whose create spent nothing; if that fails, a repeat waits until the key's
